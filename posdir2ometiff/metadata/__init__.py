@@ -1,0 +1,21 @@
+"""Experiment metadata: parsers (plug-ins) producing one typed model, and its HDF5 tables."""
+
+from posdir2ometiff.metadata.model import (
+    Channel,
+    ExperimentMetadata,
+    PlaneTime,
+    StagePosition,
+    TimeSettings,
+    ZSectioning,
+    merge,
+)
+
+__all__ = [
+    "Channel",
+    "ExperimentMetadata",
+    "PlaneTime",
+    "StagePosition",
+    "TimeSettings",
+    "ZSectioning",
+    "merge",
+]
