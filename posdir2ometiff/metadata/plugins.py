@@ -91,7 +91,9 @@ def _class_from_spec(spec: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise MetadataError(f"--metadata {spec}: cannot import module {module_name!r}: {exc}") from exc
+        raise MetadataError(
+            f"--metadata {spec}: cannot import module {module_name!r}: {exc}"
+        ) from exc
     obj = module
     for part in attr.split("."):
         try:
@@ -147,7 +149,9 @@ def _detects(cls: type, folder: Path) -> bool:
     try:
         return bool(cls().detect(folder))
     except Exception as exc:  # noqa: BLE001 - a broken detect() must not stop the others
-        log.warning("metadata parser %r: detect(%s) failed: %s", getattr(cls, "name", cls), folder, exc)
+        log.warning(
+            "metadata parser %r: detect(%s) failed: %s", getattr(cls, "name", cls), folder, exc
+        )
         return False
 
 

@@ -1,0 +1,97 @@
+"""The experiment's tabular metadata as one HDF5 file (pandas + PyTables), for archiving and OMERO.tables.
+
+Every table the parsers kept (channels, z-sectioning, time settings, positions, pumps, switching, ...)
+plus the per-plane acquisition times go into one file per experiment, one node per table, in
+PyTables' "table" format so that each column keeps its type (int64, float64, str, datetime) and any
+HDF5 tool, or ``pandas.read_hdf(path, name)``, reads it back. The file is written under a temporary
+name and renamed when complete, so a crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from posdir2ometiff.metadata.model import ExperimentMetadata
+
+log = logging.getLogger(__name__)
+
+PLANE_TIMES = "plane_times"
+
+
+def _node_name(name: str) -> str:
+    """An HDF5 node name PyTables accepts as a natural name (letters, digits, underscores)."""
+    clean = re.sub(r"\W+", "_", name.strip()).strip("_") or "table"
+    return clean if not clean[0].isdigit() else f"t_{clean}"
+
+
+def plane_times_frame(meta: ExperimentMetadata) -> pd.DataFrame:
+    """The per-plane acquisition times as a typed table (z is -1 where the log gives whole stacks)."""
+    return pd.DataFrame(
+        {
+            "position": pd.Series([p.position for p in meta.plane_times], dtype="str"),
+            "t": pd.Series([p.t for p in meta.plane_times], dtype="int64"),
+            "channel": pd.Series([p.channel for p in meta.plane_times], dtype="str"),
+            "z": pd.Series([-1 if p.z is None else p.z for p in meta.plane_times], dtype="int64"),
+            "time": pd.Series([p.time for p in meta.plane_times], dtype="datetime64[us]"),
+        }
+    )
+
+
+def _for_hdf(df: pd.DataFrame) -> pd.DataFrame:
+    """PyTables' table format needs plain column labels and no all-object columns of mixed type."""
+    out = df.copy()
+    out.columns = [str(c) for c in out.columns]
+    for col in out.columns:
+        if out[col].dtype == object:
+            out[col] = out[col].map(lambda v: "" if v is None else str(v)).astype("str")
+    return out.reset_index(drop=True)
+
+
+def write_tables(meta: ExperimentMetadata, path: Path) -> list[str]:
+    """Write every table of ``meta`` (and its plane times) to the HDF5 file ``path``.
+
+    Returns the node names written, in order (the manifest lists them for omero_push). Writes
+    nothing and returns ``[]`` when there is no table, rather than leaving an empty file behind.
+    """
+    path = Path(path)
+    frames: dict[str, pd.DataFrame] = {}
+    for name, df in meta.tables.items():
+        node = _node_name(name)
+        if node in frames:
+            log.warning("table %r written as %r clashes with another table; skipped", name, node)
+            continue
+        frames[node] = df
+    if meta.plane_times and PLANE_TIMES not in frames:
+        frames[PLANE_TIMES] = plane_times_frame(meta)
+    if not frames:
+        return []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with warnings.catch_warnings():
+            # Column names such as "Z sect." are kept as the lab wrote them; PyTables only warns
+            # that they cannot be used as Python attributes, which we never do.
+            warnings.filterwarnings("ignore", category=Warning, module="tables")
+            with pd.HDFStore(tmp, mode="w", complevel=5, complib="zlib") as store:
+                for node, df in frames.items():
+                    store.put(node, _for_hdf(df), format="table", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return list(frames)
+
+
+def read_tables(path: Path) -> dict[str, pd.DataFrame]:
+    """Read back every table written by :func:`write_tables`, by node name."""
+    with pd.HDFStore(Path(path), mode="r") as store:
+        return {key.lstrip("/"): store.get(key) for key in store}
+
+
+__all__ = ["PLANE_TIMES", "plane_times_frame", "read_tables", "write_tables"]
