@@ -1,0 +1,200 @@
+"""The YAML sidecar ``experiment.yml``: metadata the acquisition software never records, or all of it.
+
+A user drops ``experiment.yml`` next to the ``pos*`` folders to add what the lab's text files lack
+(pixel size, objective, channel colours and wavelengths, project/dataset, tags, key-value pairs), or
+to describe an experiment that has no such files at all. It is validated against
+``schemas/experiment.schema.json`` (JSON Schema, so editors can complete and check it too), and the
+first error names the file and the offending key, e.g.
+``experiment.yml: channels[1].color: 'greenish' does not match '^#[0-9A-Fa-f]{6}$'``.
+
+In ``--metadata auto`` the sidecar is a *supplement*: it is merged on top of the main parser's
+result (channels and positions by name, field by field), and the CLI options go on top of both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import jsonschema.exceptions
+import yaml
+
+from posdir2ometiff.metadata.model import (
+    Channel,
+    ExperimentMetadata,
+    StagePosition,
+    TimeSettings,
+    ZSectioning,
+)
+from posdir2ometiff.metadata.plugins import MetadataError
+
+log = logging.getLogger(__name__)
+
+SIDECAR_NAMES = ("experiment.yml", "experiment.yaml")
+SCHEMA_NAME = "experiment.schema.json"
+
+
+def schema_path() -> Path:
+    """The JSON Schema file: the repository's top-level ``schemas/`` folder (one copy, which the
+    README links for editors); a copy packaged inside ``posdir2ometiff/schemas/`` also works."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "schemas", here.parents[1] / "schemas"):
+        if (candidate / SCHEMA_NAME).is_file():
+            return candidate / SCHEMA_NAME
+    raise MetadataError(f"{SCHEMA_NAME} not found beside the package (is the install complete?)")
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    return json.loads(schema_path().read_text(encoding="utf-8"))
+
+
+def find_sidecar(folder: Path) -> Path | None:
+    for name in SIDECAR_NAMES:
+        p = Path(folder) / name
+        if p.is_file():
+            return p
+    return None
+
+
+def _json_path(parts) -> str:
+    """``['channels', 1, 'color']`` -> ``channels[1].color`` (how a user finds it in the file)."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """YAML reads ``2018-09-28`` as a date; the schema speaks JSON, so give it back as ISO text."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return value
+
+
+def validate(data: Any, path: Path) -> None:
+    """Raise MetadataError naming the file and the key of the most relevant schema violation."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = list(validator.iter_errors(data))
+    if not errors:
+        return
+    err = jsonschema.exceptions.best_match(errors)
+    parts = list(err.absolute_path)
+    message = err.message
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        # Point at the unknown key itself and suggest the closest allowed one (typos are the
+        # usual cause: "pixel_size" for "pixel_size_um").
+        allowed = list(err.schema.get("properties", {}))
+        unknown = [k for k in err.instance if k not in allowed]
+        if unknown:
+            parts.append(unknown[0])
+            close = difflib.get_close_matches(unknown[0], allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            message = f"unknown key (allowed: {', '.join(allowed)}){hint}"
+    where = _json_path(parts)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    raise MetadataError(f"{path}: {where + ': ' if where else ''}{message}{more}")
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return f"{v:g}"
+    return str(v)
+
+
+def _key_values(spec: Any) -> list[tuple[str, str]]:
+    if isinstance(spec, dict):
+        pairs: list[tuple[str, str]] = []
+        for k, v in spec.items():
+            pairs += [(k, _text(x)) for x in v] if isinstance(v, list) else [(k, _text(v))]
+        return pairs
+    return [(item["key"], _text(item["value"])) for item in spec or []]
+
+
+def parse_sidecar(path: Path) -> ExperimentMetadata:
+    """Read and validate one sidecar file into the model."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise MetadataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise MetadataError(f"{path}{where}: invalid YAML: {problem}") from exc
+    if data is None:
+        data = {}
+    data = _plain(data)
+    validate(data, path)
+
+    obj = data.get("objective", {})
+    omero = data.get("omero", {})
+    z = data.get("z")
+    time = data.get("time")
+    start = data.get("acquisition_start")
+    return ExperimentMetadata(
+        sources=["yaml"],
+        name=data.get("name"),
+        description=data.get("description"),
+        aim=data.get("aim"),
+        authors=list(data.get("authors", [])),
+        strains=list(data.get("strains", [])),
+        comments=data.get("comments"),
+        tags=list(data.get("tags", [])),
+        key_values=_key_values(data.get("key_values")),
+        channels=[Channel(**c) for c in data.get("channels", [])],
+        z=ZSectioning(**{**z, **({"count": int(z["count"])} if "count" in z else {})})
+        if z
+        else None,
+        time=TimeSettings(
+            **{**time, **({"timepoints": int(time["timepoints"])} if "timepoints" in time else {})}
+        )
+        if time
+        else None,
+        positions=[StagePosition(**p) for p in data.get("positions", [])],
+        acquisition_start=dt.datetime.fromisoformat(start) if start else None,
+        microscope=data.get("microscope"),
+        objective=obj.get("name"),
+        objective_magnification=obj.get("magnification"),
+        objective_na=obj.get("na"),
+        pixel_size_um=data.get("pixel_size_um"),
+        omero_project=omero.get("project"),
+        omero_dataset=omero.get("dataset"),
+    )
+
+
+class YamlSidecarParser:
+    """``experiment.yml`` (or ``.yaml``) in the experiment folder; merged on top in ``auto``."""
+
+    name = "yaml"
+    priority = 0
+    supplement = True
+
+    def detect(self, folder: Path) -> bool:
+        return find_sidecar(Path(folder)) is not None
+
+    def parse(self, folder: Path) -> ExperimentMetadata:
+        path = find_sidecar(Path(folder))
+        if path is None:
+            raise MetadataError(f"{folder}: no {' or '.join(SIDECAR_NAMES)} found")
+        return parse_sidecar(path)
+
+
+__all__ = ["YamlSidecarParser", "find_sidecar", "load_schema", "parse_sidecar", "schema_path"]
