@@ -1,0 +1,227 @@
+"""Layout discovery: which position folders exist and which file holds each (t, c, z) plane.
+
+The lab's software writes one folder per microscope position (``pos001/`` ...) holding one 2D image
+per plane, named ``{prefix}_{t}_{c}_{z}.png``. This module turns such a folder into a
+:class:`PositionLayout`: the sorted timepoints, channels and z-sections, and a map from 0-based
+(t, c, z) indices to files. It reads no pixels; it only names files, so it is cheap to run on a
+whole experiment before any conversion starts, and every problem it finds (duplicates, files that
+match no pattern) is reported with the file's name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: ``{prefix}_{t}_{c}_{z}.png|tif|tiff``: t and z numeric, c anything without an underscore.
+DEFAULT_PATTERN = r"^(?P<prefix>.+)_(?P<t>\d+)_(?P<c>[^_]+)_(?P<z>\d+)\.(?i:png|tiff?)$"
+DEFAULT_POSITIONS = "pos*"
+
+
+class LayoutError(ValueError):
+    """The experiment folder cannot be mapped to planes (the message names the file or folder)."""
+
+
+class DuplicatePlaneError(LayoutError):
+    """Two files claim the same (t, c, z) plane of one position."""
+
+
+@dataclass(frozen=True)
+class PlaneKey:
+    """0-based indices of one plane in the hypercube."""
+
+    t: int
+    c: int
+    z: int
+
+
+@dataclass
+class PositionLayout:
+    """The planes of one position folder, indexed the way they land in the OME-TIFF."""
+
+    name: str
+    folder: Path
+    #: Raw timepoint numbers from the file names, sorted; index i is OME TheT = i.
+    t_values: list[int]
+    #: Channel names in output order (the metadata's channel table first, then the rest).
+    channels: list[str]
+    #: Raw z numbers from the file names, sorted; index i is OME TheZ = i.
+    z_values: list[int]
+    files: dict[PlaneKey, Path] = field(default_factory=dict)
+    #: Files in the folder that did not match the pattern (already warned about).
+    unmatched: list[Path] = field(default_factory=list)
+    #: Why this position cannot be converted (e.g. duplicate planes); None when it can.
+    error: str | None = None
+
+    @property
+    def size_t(self) -> int:
+        return len(self.t_values)
+
+    @property
+    def size_c(self) -> int:
+        return len(self.channels)
+
+    @property
+    def size_z(self) -> int:
+        return len(self.z_values)
+
+    @property
+    def plane_count(self) -> int:
+        return self.size_t * self.size_c * self.size_z
+
+    def keys(self) -> Iterator[PlaneKey]:
+        """All (t, c, z) in OME XYZCT order (z fastest, then c, then t): the TIFF IFD order."""
+        for t in range(self.size_t):
+            for c in range(self.size_c):
+                for z in range(self.size_z):
+                    yield PlaneKey(t, c, z)
+
+    def missing(self) -> list[PlaneKey]:
+        """Planes of the hypercube that no file provides (written as zeros)."""
+        return [k for k in self.keys() if k not in self.files]
+
+    def describe(self, key: PlaneKey) -> str:
+        """Human-readable plane label with the file-name values, e.g. ``t=3 c=GFP z=2``."""
+        return f"t={self.t_values[key.t]} c={self.channels[key.c]} z={self.z_values[key.z]}"
+
+
+def find_position_folders(src: Path, positions: str = DEFAULT_POSITIONS) -> list[Path]:
+    """Sub-folders of ``src`` whose name matches the glob ``positions`` (case-insensitive), sorted."""
+    if not src.is_dir():
+        raise LayoutError(f"{src}: not a folder")
+    pat = re.compile(fnmatch.translate(positions), re.IGNORECASE)
+    return sorted(p for p in src.iterdir() if p.is_dir() and pat.match(p.name))
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """Compile a user plane pattern and check it has the named groups t, c and z."""
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise LayoutError(f"--pattern {pattern!r} is not a regular expression: {exc}") from None
+    missing = {"t", "c", "z"} - set(rx.groupindex)
+    if missing:
+        raise LayoutError(
+            f"--pattern {pattern!r} lacks the named group(s) {', '.join(sorted(missing))} "
+            "(use (?P<t>...), (?P<c>...), (?P<z>...))"
+        )
+    return rx
+
+
+def _number(value: str, what: str, path: Path) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise LayoutError(f"{path}: {what} {value!r} is not an integer") from None
+
+
+def scan_position(
+    folder: Path,
+    pattern: str | re.Pattern[str] = DEFAULT_PATTERN,
+    channel_order: Sequence[str] = (),
+) -> PositionLayout:
+    """Map the files of one position folder to plane indices.
+
+    ``channel_order`` (from the metadata's channel table) fixes the order of channels, matched
+    case-insensitively; channels present in the files but not in the table are appended in sorted
+    order with a warning, because a silent reorder would mislabel channels. Channels of the table
+    with no file at all are left out (nothing to write). Non-matching files are warned about by
+    name. Two files for one plane raise :class:`DuplicatePlaneError` naming both.
+    """
+    rx = compile_pattern(pattern) if isinstance(pattern, str) else pattern
+    raw: dict[tuple[int, str, int], Path] = {}
+    unmatched: list[Path] = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        m = rx.match(path.name)
+        if m is None:
+            unmatched.append(path)
+            continue
+        t = _number(m.group("t"), "timepoint", path)
+        z = _number(m.group("z"), "z-section", path)
+        c = m.group("c")
+        key = (t, c, z)
+        if key in raw:
+            raise DuplicatePlaneError(
+                f"{raw[key]} and {path}: two files for plane t={t} c={c} z={z}"
+            )
+        raw[key] = path
+    if unmatched:
+        shown = ", ".join(p.name for p in unmatched[:10])
+        more = f" and {len(unmatched) - 10} more" if len(unmatched) > 10 else ""
+        logger.warning(
+            "%s: %d file(s) do not match the plane pattern and are not converted: %s%s",
+            folder, len(unmatched), shown, more,
+        )
+
+    file_channels = sorted({c for _, c, _ in raw})
+    channels: list[str] = []
+    by_lower = {c.lower(): c for c in file_channels}
+    for name in channel_order:
+        c = by_lower.get(name.lower())
+        if c is not None and c not in channels:
+            channels.append(c)
+    extra = [c for c in file_channels if c not in channels]
+    if channel_order and extra:
+        logger.warning(
+            "%s: channel(s) %s are not in the metadata's channel table; appended after %s",
+            folder, ", ".join(extra), ", ".join(channels) or "none",
+        )
+    channels += extra
+
+    t_values = sorted({t for t, _, _ in raw})
+    z_values = sorted({z for _, _, z in raw})
+    t_index = {v: i for i, v in enumerate(t_values)}
+    z_index = {v: i for i, v in enumerate(z_values)}
+    c_index = {c: i for i, c in enumerate(channels)}
+    files = {PlaneKey(t_index[t], c_index[c], z_index[z]): p for (t, c, z), p in raw.items()}
+    return PositionLayout(
+        name=folder.name,
+        folder=folder,
+        t_values=t_values,
+        channels=channels,
+        z_values=z_values,
+        files=files,
+        unmatched=unmatched,
+    )
+
+
+def discover(
+    src: Path,
+    positions: str = DEFAULT_POSITIONS,
+    pattern: str = DEFAULT_PATTERN,
+    channel_order: Sequence[str] = (),
+) -> list[PositionLayout]:
+    """Scan every position folder of an experiment (see :func:`scan_position`).
+
+    Raises :class:`LayoutError` when no position folder matches, because converting nothing
+    successfully would hide a wrong ``--positions`` glob. Position folders without any matching
+    plane are skipped with a warning. A position whose files cannot be mapped (duplicates) is
+    returned with ``error`` set, so the other positions still convert.
+    """
+    src = Path(src)
+    rx = compile_pattern(pattern)
+    folders = find_position_folders(src, positions)
+    if not folders:
+        raise LayoutError(f"{src}: no position folder matches {positions!r}")
+    layouts = []
+    for folder in folders:
+        try:
+            layout = scan_position(folder, rx, channel_order)
+        except LayoutError as exc:
+            # One broken position must not stop the others: the converter reports it as failed.
+            layout = PositionLayout(folder.name, folder, [], [], [], error=str(exc))
+            layouts.append(layout)
+            continue
+        if not layout.files:
+            logger.warning("%s: no plane file matches the pattern; position skipped", folder)
+            continue
+        layouts.append(layout)
+    return layouts

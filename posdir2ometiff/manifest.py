@@ -1,0 +1,75 @@
+"""``OUT/manifest.json``: what was converted from what, with checksums, for re-runs and omero_push.
+
+The manifest is the converter's contract with omero_push (which reads exactly these keys; the
+JSON Schema in ``schemas/manifest.schema.json`` documents them) and with the next run of the
+converter (which skips positions whose output and sources still match it). Checksums are SHA-1
+because OMERO's managed-repository upload verifies with SHA-1, so the pusher can reuse ours.
+The file is written under a temporary name and renamed, so a reader never sees half a manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+#: Bumped when a key changes meaning; readers should refuse versions they do not know.
+MANIFEST_VERSION = 1
+_CHUNK = 1 << 20
+
+
+def sha1_file(path: Path) -> str:
+    """Hex SHA-1 of a file, read in 1 MiB chunks (memory does not grow with the file)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def schema_path() -> Path:
+    """Location of the manifest's JSON Schema (``schemas/`` at the repository root)."""
+    return Path(__file__).resolve().parents[1] / "schemas" / "manifest.schema.json"
+
+
+def validate_manifest(data: dict[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` if ``data`` does not follow the manifest schema."""
+    import jsonschema
+
+    schema = json.loads(schema_path().read_text(encoding="utf-8"))
+    jsonschema.validate(data, schema)
+
+
+def load_manifest(out: Path) -> dict[str, Any] | None:
+    """The manifest in ``out``, or None if there is none or it cannot be read (then: convert all)."""
+    path = Path(out) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        logger.warning("%s: unreadable manifest (%s); every position will be converted", path, exc)
+        return None
+    if not isinstance(data, dict) or data.get("manifest_version") != MANIFEST_VERSION:
+        logger.warning("%s: unknown manifest version; every position will be converted", path)
+        return None
+    return data
+
+
+def write_manifest(out: Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` as ``out/manifest.json`` atomically (temporary name, then rename)."""
+    path = Path(out) / MANIFEST_NAME
+    tmp = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,191 @@
+"""Streaming OME-TIFF writer: planes in, a tiled pyramidal OME-TIFF out, one plane in memory at a time.
+
+Why these choices:
+
+* **Streaming.** Planes come from an iterator and each is written (with its pyramid levels) before
+  the next is read, so memory is one plane plus its smaller levels, whatever the number of
+  timepoints.
+* **Tiles** (default 512) let viewers (OMERO.iviewer, QuPath) read a region without decoding a
+  whole plane; a tile larger than the plane is shrunk to the plane (rounded up to 16, as TIFF
+  requires) so small planes do not carry padding.
+* **Pyramid** levels go into SubIFDs of each plane with NewSubfileType=1, each level 2× smaller in
+  X and Y (2×2 mean, dtype kept; odd edges replicated), as the OME-TIFF pyramid specification
+  says; Bio-Formats then reports them as resolutions of one series.
+* **BigTIFF** only when the uncompressed size (all planes and levels) could pass 3.5 GB: classic
+  TIFF is limited to 4 GB and is readable by more (older) software; compression can only shrink
+  the data, so the uncompressed estimate is a safe upper bound.
+* **Compression** default zstd level 1 (see :data:`DEFAULT_COMPRESSION`): measured on the lab's
+  16-bit images it writes ~3.5× faster than zlib for ~3 % more bytes, and Bio-Formats 7.3.1 (the
+  reader inside OMERO) reads it pixel-exactly (tested in tests/test_bioformats.py).
+* The file is written under a temporary name and renamed only when complete, so a crash or a bad
+  plane never leaves a truncated ``<position>.ome.tiff`` behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+logger = logging.getLogger(__name__)
+
+#: Choices for ``--compression`` → (tifffile compression, compressionargs, predictor).
+COMPRESSIONS: dict[str, tuple[str | None, dict, bool]] = {
+    "zstd": ("zstd", {"level": 1}, False),
+    "zlib": ("zlib", {"level": 1}, True),
+    "lzw": ("lzw", {}, True),
+    "none": (None, {}, False),
+}
+DEFAULT_COMPRESSION = "zstd"
+DEFAULT_TILE = 512
+#: Above this many uncompressed bytes we write BigTIFF (classic TIFF stops at 4 GiB).
+BIGTIFF_THRESHOLD = int(3.5e9)
+
+
+class WriterError(ValueError):
+    """The writer was given options or planes it cannot write."""
+
+
+def pyramid_levels(size_y: int, size_x: int, tile: int, pyramid: str | int = "auto") -> int:
+    """Number of resolution levels including full resolution.
+
+    ``auto``: halve until the level fits in one tile (2048² with tile 512 → 3 levels: 2048, 1024,
+    512; 512² → 1, no SubIFDs). ``none`` → 1. An integer N → N levels (N-1 sub-resolutions),
+    capped so that no level is smaller than one pixel.
+    """
+    if pyramid in ("none", 0, "0"):
+        return 1
+    biggest = max(size_x, size_y)
+    if pyramid == "auto":
+        levels = 1
+        while biggest > tile:
+            biggest = math.ceil(biggest / 2)
+            levels += 1
+        return levels
+    try:
+        n = int(pyramid)
+    except (TypeError, ValueError):
+        raise WriterError(f"--pyramid must be auto, none or a number, not {pyramid!r}") from None
+    if n < 1:
+        raise WriterError(f"--pyramid must be at least 1, not {n}")
+    return max(1, min(n, int(math.log2(max(biggest, 1))) + 1))
+
+
+def downsample2(plane: np.ndarray) -> np.ndarray:
+    """2×2 mean of a 2D plane, same dtype (integers rounded half up); odd edges replicated."""
+    h, w = plane.shape
+    if h % 2 or w % 2:
+        plane = np.pad(plane, ((0, h % 2), (0, w % 2)), mode="edge")
+    if plane.dtype.kind in "ui":
+        acc = plane.astype(np.uint32 if plane.dtype.kind == "u" else np.int64)
+        s = acc[0::2, 0::2] + acc[1::2, 0::2] + acc[0::2, 1::2] + acc[1::2, 1::2]
+        return ((s + 2) // 4).astype(plane.dtype)
+    acc = plane.astype(np.float64)
+    s = acc[0::2, 0::2] + acc[1::2, 0::2] + acc[0::2, 1::2] + acc[1::2, 1::2]
+    return (s / 4).astype(plane.dtype)
+
+
+def _tile_for(size_y: int, size_x: int, tile: int) -> tuple[int, int]:
+    """Tile shape: ``tile`` but no bigger than the plane rounded up to a multiple of 16."""
+    def clip(n: int) -> int:
+        return min(tile, max(16, -(-n // 16) * 16))
+
+    return clip(size_y), clip(size_x)
+
+
+def estimate_bytes(count: int, size_y: int, size_x: int, dtype: np.dtype, levels: int) -> int:
+    """Uncompressed bytes of ``count`` planes with ``levels`` pyramid levels."""
+    per = size_y * size_x * np.dtype(dtype).itemsize
+    total = sum(per / 4**i for i in range(levels))
+    return int(count * total)
+
+
+def write_ometiff(
+    path: Path,
+    planes: Iterable[np.ndarray],
+    *,
+    count: int,
+    shape: tuple[int, int],
+    dtype: np.dtype,
+    ome_xml: str,
+    tile: int = DEFAULT_TILE,
+    compression: str = DEFAULT_COMPRESSION,
+    pyramid: str | int = "auto",
+    on_plane: Callable[[int], None] | None = None,
+) -> int:
+    """Write ``count`` planes of ``shape`` and ``dtype`` to ``path`` as one OME-TIFF.
+
+    ``planes`` is consumed lazily, in the IFD order the OME-XML describes. The file appears at
+    ``path`` only when complete (written to ``path + '.partial'`` and renamed); on any error the
+    partial file is removed and the error re-raised. ``on_plane(i)`` is called after each plane
+    (progress). Returns the number of resolution levels written.
+    """
+    if tile % 16 or tile <= 0:
+        raise WriterError(f"--tile must be a positive multiple of 16, not {tile}")
+    if compression not in COMPRESSIONS:
+        raise WriterError(
+            f"--compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}"
+        )
+    codec, codec_args, predictor = COMPRESSIONS[compression]
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        predictor = False  # floating-point predictor is not read by every TIFF reader
+    size_y, size_x = shape
+    levels = pyramid_levels(size_y, size_x, tile, pyramid)
+    bigtiff = estimate_bytes(count, size_y, size_x, dtype, levels) > BIGTIFF_THRESHOLD
+    common = dict(
+        photometric="minisblack",
+        compression=codec,
+        compressionargs=codec_args or None,
+        predictor=predictor or None,
+        metadata=None,
+        software=False,
+    )
+
+    # OME-XML is UTF-8 ("µm"); tifffile accepts bytes for the tag, str only if 7-bit ASCII.
+    xml_bytes = ome_xml.encode("utf-8")
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    written = 0
+    try:
+        with tifffile.TiffWriter(partial, bigtiff=bigtiff, ome=False) as tw:
+            for plane in planes:
+                if written >= count:
+                    raise WriterError(f"{path}: more than the {count} planes announced")
+                if plane.shape != (size_y, size_x) or plane.dtype != dtype:
+                    raise WriterError(
+                        f"{path}: plane {written} is {plane.dtype} {plane.shape}, "
+                        f"expected {dtype} {(size_y, size_x)}"
+                    )
+                tw.write(
+                    plane,
+                    tile=_tile_for(size_y, size_x, tile),
+                    subifds=levels - 1 or None,
+                    subfiletype=0,
+                    description=xml_bytes if written == 0 else None,
+                    **common,
+                )
+                level = plane
+                for _ in range(levels - 1):
+                    level = downsample2(level)
+                    tw.write(
+                        level,
+                        tile=_tile_for(*level.shape, tile),
+                        subfiletype=1,
+                        **common,
+                    )
+                written += 1
+                if on_plane is not None:
+                    on_plane(written)
+        if written != count:
+            raise WriterError(f"{path}: got {written} planes, expected {count}")
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return levels
