@@ -257,12 +257,14 @@ def _acq_sections(lines: list[str], warn: _Warner) -> dict[str, list[tuple[int, 
     for lineno, line in enumerate(lines, 1):
         s = line.strip()
         m = _ACQ_SECTION_RE.fullmatch(s)
-        # Flow_control has sub-headings ("Times:", "Switched to:"); there, only a known section
-        # name or an underscored one (the software's style for top-level names) starts a section.
+        # Flow_control has one-word sub-headings ("Times:" followed by numbers); there, a heading
+        # starts a new section only if it is a known or underscored name (the software's style),
+        # or if what follows is not a value line (e.g. "Lasers:" then a table header).
         if m and (
             current != "flow_control"
             or m.group(1).lower() in KNOWN_ACQ_SECTIONS
             or "_" in m.group(1)
+            or not _followed_by_values(lines, lineno)
         ):
             name = m.group(1).lower()
             if name in sections:
@@ -278,6 +280,16 @@ def _acq_sections(lines: list[str], warn: _Warner) -> dict[str, list[tuple[int, 
             warn(lineno, "text before the first section ignored")
     sections = {k: v for k, v in sections.items() if not k.endswith("#dup")}
     return sections
+
+
+def _followed_by_values(lines: list[str], lineno: int) -> bool:
+    """Is the next non-blank line after 1-based ``lineno`` numbers, or another sub-heading?"""
+    for line in lines[lineno : lineno + 50]:
+        s = line.strip()
+        if s:
+            cells = _split_cells(s)
+            return all(_number(c) is not None for c in cells) or s.endswith(":")
+    return True
 
 
 def _generic_table(
