@@ -18,6 +18,7 @@ Two optional class attributes steer ``auto``:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import logging
@@ -209,7 +210,39 @@ def load_metadata(
         layers.append(overrides)
     if not layers:
         return None
-    return merge(*layers)
+    return merge(*_align_names(layers))
+
+
+def _align_names(layers: list[ExperimentMetadata]) -> list[ExperimentMetadata]:
+    """Spell channels and positions in later layers as the first layer that named them does.
+
+    merge() matches names case-insensitively but keeps the later spelling; a sidecar saying
+    ``gfp`` must not rename the Acq file's ``GFP`` (file names and OME channel names use it).
+    """
+    seen: dict[str, str] = {}
+    out = []
+    for layer in layers:
+        for item in [*layer.channels, *layer.positions]:
+            seen.setdefault(item.name.lower(), item.name)
+
+        def spelled(name: str) -> str:
+            return seen.get(name.lower(), name)
+
+        out.append(
+            dataclasses.replace(
+                layer,
+                channels=[dataclasses.replace(c, name=spelled(c.name)) for c in layer.channels],
+                positions=[
+                    dataclasses.replace(
+                        p,
+                        name=spelled(p.name),
+                        exposure_ms={spelled(k): v for k, v in p.exposure_ms.items()},
+                    )
+                    for p in layer.positions
+                ],
+            )
+        )
+    return out
 
 
 __all__ = [
