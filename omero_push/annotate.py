@@ -1,0 +1,335 @@
+"""One small function per OMERO verb: find/create containers, tags, key-value pairs, comments, links.
+
+Every ``ensure_*`` function first looks for what exists and creates only what is missing, which is
+what makes a re-run of the push create nothing new.  Queries stay within plain shapes any OMERO (and
+the test stand-in) answers: ``IQuery.findAllByString`` by name/textValue/description,
+``IContainer.getImages`` / ``loadContainerHierarchy`` and ``IMetadata.loadAnnotations``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from omero_push.session import Session
+
+log = logging.getLogger(__name__)
+
+KV_NS = "openmicroscopy.org/omero/client/mapAnnotation"
+TAGSET_NS = "openmicroscopy.org/omero/insight/tagset"
+
+
+def _o() -> Any:
+    import omero
+    import omero.model  # noqa: F401
+    import omero.rtypes  # noqa: F401
+
+    return omero
+
+
+def _val(x: Any) -> Any:
+    """Unwrap an RType (or None)."""
+    return None if x is None else getattr(x, "val", x)
+
+
+def _owner_id(obj: Any) -> int | None:
+    try:
+        return _val(obj.getDetails().getOwner().getId())
+    except Exception:
+        return None
+
+
+def _prefer_own(session: Session, objs: Sequence[Any]) -> Any | None:
+    """Of several candidates, the one the current user owns (else the first); None if empty."""
+    if not objs:
+        return None
+    own = [o for o in objs if _owner_id(o) in (None, session.user_id)]
+    pool = own or list(objs)
+    return min(pool, key=lambda o: _val(o.getId()))
+
+
+# --- containers ---------------------------------------------------------------------------------
+
+
+def find_project(session: Session, name: str) -> int | None:
+    """Id of the user's project called ``name`` (oldest if several), else None."""
+    found = session.query().findAllByString("Project", "name", name, True, None)
+    own = [p for p in found if _owner_id(p) in (None, session.user_id)]
+    best = _prefer_own(session, own)
+    return None if best is None else _val(best.getId())
+
+
+def create_project(session: Session, name: str) -> int:
+    o = _o()
+    p = o.model.ProjectI()
+    p.setName(o.rtypes.rstring(name))
+    return _val(session.update().saveAndReturnObject(p).getId())
+
+
+def get_or_create_project(session: Session, name: str) -> tuple[int, bool]:
+    """(project id, created?)."""
+    pid = find_project(session, name)
+    if pid is not None:
+        return pid, False
+    return create_project(session, name), True
+
+
+def datasets_in_project(session: Session, project_id: int) -> list[Any]:
+    projects = session.container().loadContainerHierarchy("Project", [project_id], None)
+    out: list[Any] = []
+    for p in projects:
+        out.extend(p.linkedDatasetList())
+    return out
+
+
+def find_dataset(session: Session, name: str, project_id: int | None) -> int | None:
+    """Id of the user's dataset ``name`` (inside ``project_id`` when given), else None."""
+    if project_id is not None:
+        cands = [d for d in datasets_in_project(session, project_id) if _val(d.getName()) == name]
+    else:
+        cands = list(session.query().findAllByString("Dataset", "name", name, True, None))
+    own = [d for d in cands if _owner_id(d) in (None, session.user_id)]
+    best = _prefer_own(session, own)
+    return None if best is None else _val(best.getId())
+
+
+def create_dataset(session: Session, name: str, project_id: int | None) -> int:
+    """Create a dataset (and its project link in the same save, so no unlinked dataset is left)."""
+    o = _o()
+    d = o.model.DatasetI()
+    d.setName(o.rtypes.rstring(name))
+    if project_id is None:
+        return _val(session.update().saveAndReturnObject(d).getId())
+    link = o.model.ProjectDatasetLinkI()
+    link.setParent(o.model.ProjectI(project_id, False))
+    link.setChild(d)
+    saved = session.update().saveAndReturnObject(link)
+    return _val(saved.getChild().getId())
+
+
+def get_or_create_dataset(session: Session, name: str, project_id: int | None) -> tuple[int, bool]:
+    did = find_dataset(session, name, project_id)
+    if did is not None:
+        return did, False
+    return create_dataset(session, name, project_id), True
+
+
+def load_object(session: Session, kind: str, obj_id: int) -> Any:
+    return session.query().get(kind, obj_id)
+
+
+def set_description(session: Session, kind: str, obj_id: int, text: str | None) -> bool:
+    """Set ``description`` when it differs; returns whether anything was written."""
+    o = _o()
+    obj = load_object(session, kind, obj_id)
+    if _val(obj.getDescription()) == (text or None):
+        return False
+    obj.setDescription(o.rtypes.rstring(text) if text else None)
+    session.update().saveObject(obj)
+    return True
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+def images_in_dataset(session: Session, dataset_id: int) -> list[Any]:
+    return list(session.container().getImages("Dataset", [dataset_id], None))
+
+
+def find_images_by_description(session: Session, text: str) -> list[Any]:
+    return list(session.query().findAllByString("Image", "description", text, True, None))
+
+
+def link_images_to_dataset(session: Session, dataset_id: int, image_ids: Sequence[int]) -> int:
+    """Link images not yet in the dataset; returns how many links were made."""
+    if not image_ids:
+        return 0
+    o = _o()
+    present = {_val(i.getId()) for i in images_in_dataset(session, dataset_id)}
+    links = []
+    for iid in image_ids:
+        if iid in present:
+            continue
+        link = o.model.DatasetImageLinkI()
+        link.setParent(o.model.DatasetI(dataset_id, False))
+        link.setChild(o.model.ImageI(iid, False))
+        links.append(link)
+    if links:
+        session.update().saveArray(links)
+    return len(links)
+
+
+# --- annotations --------------------------------------------------------------------------------
+
+
+def linked_annotations(session: Session, kind: str, obj_id: int) -> list[Any]:
+    """All annotations linked to one object (any type)."""
+    res = session.metadata().loadAnnotations(kind, [obj_id], [], [], None)
+    return list(res.get(obj_id, []))
+
+
+def linked_annotations_many(
+    session: Session, kind: str, obj_ids: Sequence[int]
+) -> dict[int, list[Any]]:
+    if not obj_ids:
+        return {}
+    res = session.metadata().loadAnnotations(kind, list(obj_ids), [], [], None)
+    return {int(k): list(v) for k, v in res.items()}
+
+
+def map_pairs(ann: Any) -> list[tuple[str, str]]:
+    return [(nv.name, nv.value) for nv in (ann.getMapValue() or [])]
+
+
+def is_kind(ann: Any, kind: str) -> bool:
+    """Annotation type check by class name (works for loaded and unloaded objects)."""
+    return type(ann).__name__ in (kind, kind + "I")
+
+
+def link_annotation(
+    session: Session, kind: str, obj_id: int, ann_id: int, ann_kind: str = "TagAnnotation"
+) -> None:
+    """Link an existing annotation (of class ``ann_kind``) to the object ``kind``:``obj_id``."""
+    o = _o()
+    link = getattr(o.model, f"{kind}AnnotationLinkI")()
+    link.setParent(getattr(o.model, f"{kind}I")(obj_id, False))
+    link.setChild(getattr(o.model, f"{ann_kind}I")(ann_id, False))
+    session.update().saveObject(link)
+
+
+def create_and_link(session: Session, kind: str, obj_id: int, ann: Any) -> int:
+    """Save a new annotation together with its link in one call: no unlinked annotation is left."""
+    o = _o()
+    link = getattr(o.model, f"{kind}AnnotationLinkI")()
+    link.setParent(getattr(o.model, f"{kind}I")(obj_id, False))
+    link.setChild(ann)
+    saved = session.update().saveAndReturnObject(link)
+    return _val(saved.getChild().getId())
+
+
+def find_tag(session: Session, text: str) -> int | None:
+    """Id of an existing tag with this exact text (not a tag set), preferring the user's own."""
+    found = session.query().findAllByString("TagAnnotation", "textValue", text, True, None)
+    tags = [t for t in found if _val(t.getNs()) != TAGSET_NS]
+    best = _prefer_own(session, tags)
+    return None if best is None else _val(best.getId())
+
+
+def get_or_create_tag(session: Session, text: str) -> tuple[int, bool]:
+    """Reuse the tag called ``text`` or create it: one tag per name, however often we push."""
+    tid = find_tag(session, text)
+    if tid is not None:
+        return tid, False
+    o = _o()
+    tag = o.model.TagAnnotationI()
+    tag.setTextValue(o.rtypes.rstring(text))
+    return _val(session.update().saveAndReturnObject(tag).getId()), True
+
+
+def ensure_tags(
+    session: Session,
+    kind: str,
+    obj_id: int,
+    texts: Sequence[str],
+    existing: list[Any] | None = None,
+) -> tuple[list[int], list[str], int]:
+    """Link tags ``texts`` to the object, reusing tags by name.
+
+    Returns (tag ids, texts of the tags that had to be created, links created).
+    """
+    if not texts:
+        return [], [], 0
+    anns = linked_annotations(session, kind, obj_id) if existing is None else existing
+    linked_text = {
+        _val(a.getTextValue()): _val(a.getId()) for a in anns if is_kind(a, "TagAnnotation")
+    }
+    ids: list[int] = []
+    created: list[str] = []
+    links = 0
+    for text in dict.fromkeys(texts):
+        if text in linked_text:
+            ids.append(linked_text[text])
+            continue
+        tid, new = get_or_create_tag(session, text)
+        if new:
+            created.append(text)
+        link_annotation(session, kind, obj_id, tid)
+        links += 1
+        ids.append(tid)
+    return ids, created, links
+
+
+def new_map_annotation(pairs: Sequence[tuple[str, str]], ns: str) -> Any:
+    o = _o()
+    ann = o.model.MapAnnotationI()
+    ann.setNs(o.rtypes.rstring(ns))
+    ann.setMapValue([o.model.NamedValue(str(k), str(v)) for k, v in pairs])
+    return ann
+
+
+def find_map_annotation(
+    anns: Sequence[Any], ns: str, pairs: Sequence[tuple[str, str]] | None = None
+) -> Any | None:
+    """A linked MapAnnotation in ``ns`` (with exactly ``pairs`` when given)."""
+    for a in anns:
+        if not is_kind(a, "MapAnnotation") or _val(a.getNs()) != ns:
+            continue
+        if pairs is None or map_pairs(a) == [(str(k), str(v)) for k, v in pairs]:
+            return a
+    return None
+
+
+def ensure_map_annotation(
+    session: Session,
+    kind: str,
+    obj_id: int,
+    pairs: Sequence[tuple[str, str]],
+    ns: str = KV_NS,
+    existing: list[Any] | None = None,
+) -> tuple[int | None, bool]:
+    """Attach key-value ``pairs`` unless an identical MapAnnotation in ``ns`` is already linked.
+
+    Identical means same namespace and same ordered pairs: OMERO's import already turns the
+    OME-XML's MapAnnotations into such annotations, so in import mode this finds them and adds none.
+    """
+    if not pairs:
+        return None, False
+    anns = linked_annotations(session, kind, obj_id) if existing is None else existing
+    found = find_map_annotation(anns, ns, pairs)
+    if found is not None:
+        return _val(found.getId()), False
+    return create_and_link(session, kind, obj_id, new_map_annotation(pairs, ns)), True
+
+
+def ensure_comments(
+    session: Session,
+    kind: str,
+    obj_id: int,
+    texts: Sequence[str],
+    existing: list[Any] | None = None,
+) -> int:
+    """Attach comments not yet present (by exact text); returns how many were created."""
+    if not texts:
+        return 0
+    o = _o()
+    anns = linked_annotations(session, kind, obj_id) if existing is None else existing
+    have = {_val(a.getTextValue()) for a in anns if is_kind(a, "CommentAnnotation")}
+    n = 0
+    for text in texts:
+        if text in have:
+            continue
+        c = o.model.CommentAnnotationI()
+        c.setTextValue(o.rtypes.rstring(text))
+        create_and_link(session, kind, obj_id, c)
+        have.add(text)
+        n += 1
+    return n
+
+
+def delete_objects(session: Session, kind: str, ids: Sequence[int]) -> None:
+    """Delete objects by id (used to remove our own half-made leftovers)."""
+    o = _o()
+    upd = session.update()
+    for i in ids:
+        upd.deleteObject(getattr(o.model, f"{kind}I")(i, False))

@@ -1,0 +1,279 @@
+"""Pixels mode: create the image with IPixels and write its pixels tile by tile.
+
+For servers or files where import is not wanted (no managed repository, a format the server's
+Bio-Formats reads differently, or only the pixels matter).  Pixels are sent as tiles
+(``RawPixelsStore.setTile``), never whole planes: a 30,000² plane is far beyond Ice's message
+limit.  Bytes are big-endian, as OMERO's pixel buffer expects.  The file is read one plane at a
+time, so memory holds one plane, not the image.  Channel names, colours and global min/max (which
+OMERO.web needs to render without a full stats pass) are set afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from omero_push.errors import InputError, ServerError
+from omero_push.plan import ImageMeta
+from omero_push.session import Session
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TILE = (1024, 1024)
+_MAX_TILE_BYTES = 64 * 1024 * 1024  # well inside Ice.MessageSizeMax (250 MB in omero-py)
+
+_OMERO_TYPES = {
+    "int8": "int8",
+    "uint8": "uint8",
+    "int16": "int16",
+    "uint16": "uint16",
+    "int32": "int32",
+    "uint32": "uint32",
+    "float32": "float",
+    "float64": "double",
+    "bool": "bit",
+}
+
+
+def omero_pixel_type(dtype: np.dtype[Any]) -> str:
+    """OMERO's PixelsType value for a numpy dtype (uint16 → "uint16", float32 → "float")."""
+    name = np.dtype(dtype).name
+    try:
+        return _OMERO_TYPES[name]
+    except KeyError:
+        raise InputError(f"pixel type {name} has no OMERO equivalent") from None
+
+
+@dataclass
+class PlaneReader:
+    """Reads one (z, c, t) plane of one OME-TIFF series without loading the whole image."""
+
+    path: Path
+    series: int = 0
+
+    def __post_init__(self) -> None:
+        self._tif = tifffile.TiffFile(self.path)
+        s = self._tif.series[self.series]
+        self._axes = s.get_axes(False)
+        self._shape = s.get_shape(False)
+        self._pages = s.pages
+        self.dtype = np.dtype(s.dtype)
+        self._outer = [a for a in self._axes if a not in "YXS"]
+        self._outer_shape = [self._shape[self._axes.index(a)] for a in self._outer]
+        self.samples = self._shape[self._axes.index("S")] if "S" in self._axes else 1
+
+    def close(self) -> None:
+        self._tif.close()
+
+    def __enter__(self) -> PlaneReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def plane(self, z: int, c: int, t: int) -> np.ndarray:
+        """The 2-D plane (Y, X); RGB samples count as channels (c = page channel × S + sample)."""
+        pos = {"Z": z, "C": c // self.samples, "T": t}
+        idx = [pos.get(a, 0) for a in self._outer]
+        flat = int(np.ravel_multi_index(idx, self._outer_shape)) if idx else 0
+        page = self._pages[flat]
+        if page is None:
+            raise InputError(f"{self.path}: plane z={z} c={c} t={t} is missing from the file")
+        arr = page.asarray()
+        if arr.ndim == 3:  # (Y, X, S)
+            arr = arr[..., c % self.samples]
+        return arr
+
+
+def tiles(
+    size_x: int, size_y: int, tile_w: int, tile_h: int
+) -> Iterator[tuple[int, int, int, int]]:
+    """(x, y, w, h) covering the plane row by row; edge tiles are smaller."""
+    for y in range(0, size_y, tile_h):
+        for x in range(0, size_x, tile_w):
+            yield x, y, min(tile_w, size_x - x), min(tile_h, size_y - y)
+
+
+def pixels_type_object(session: Session, value: str) -> Any:
+    for pt in session.pixels().getAllEnumerations("PixelsType"):
+        if pt.getValue().getValue() == value:
+            return pt
+    raise ServerError(f"the server knows no pixel type {value!r}")
+
+
+def create_image(session: Session, image: ImageMeta, dtype: np.dtype[Any], description: str) -> int:
+    """IPixels.createImage for ``image``'s sizes; returns the new image id."""
+    s = image.sizes
+    iid = session.pixels().createImage(
+        s["X"],
+        s["Y"],
+        s["Z"],
+        s["T"],
+        list(range(s["C"])),
+        pixels_type_object(session, omero_pixel_type(dtype)),
+        image.name,
+        description,
+    )
+    return int(getattr(iid, "val", iid))
+
+
+def pixels_id_of(session: Session, image_id: int) -> int:
+    """The image's (only) Pixels id."""
+    imgs = session.container().getImages("Image", [image_id], None)
+    if not imgs:
+        raise ServerError(f"image {image_id} not found after creating it")
+    return imgs[0].getPrimaryPixels().getId().getValue()
+
+
+def write_pixels(
+    session: Session,
+    pixels_id: int,
+    reader: PlaneReader,
+    image: ImageMeta,
+    *,
+    tile: tuple[int, int] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> list[tuple[float, float]]:
+    """Write every plane as tiles; returns per-channel (min, max) seen while writing."""
+    s = image.sizes
+    be = reader.dtype.newbyteorder(">")
+    rps = session.sf.createRawPixelsStore()
+    try:
+        rps.setPixelsId(pixels_id, True)
+        tw, th = tile or _server_tile(rps)
+        # Never exceed a safe message size, whatever the server proposes.
+        while tw * th * reader.dtype.itemsize > _MAX_TILE_BYTES and th > 1:
+            th //= 2
+        mins = [np.inf] * s["C"]
+        maxs = [-np.inf] * s["C"]
+        for t in range(s["T"]):
+            for c in range(s["C"]):
+                for z in range(s["Z"]):
+                    plane = reader.plane(z, c, t)
+                    if plane.shape != (s["Y"], s["X"]):
+                        raise InputError(
+                            f"{reader.path}: plane z={z} c={c} t={t} is {plane.shape}, "
+                            f"OME-XML says {(s['Y'], s['X'])}"
+                        )
+                    if plane.size:
+                        mins[c] = min(mins[c], float(np.nanmin(plane)))
+                        maxs[c] = max(maxs[c], float(np.nanmax(plane)))
+                    for x, y, w, h in tiles(s["X"], s["Y"], tw, th):
+                        buf = np.ascontiguousarray(plane[y : y + h, x : x + w], dtype=be).tobytes()
+                        rps.setTile(buf, z, c, t, x, y, w, h)
+                        if on_bytes is not None:
+                            on_bytes(len(buf))
+        rps.save()
+    finally:
+        try:
+            rps.close()
+        except Exception as exc:
+            log.debug("closing RawPixelsStore failed: %s", exc)
+    return [
+        (lo if np.isfinite(lo) else 0.0, hi if np.isfinite(hi) else 0.0)
+        for lo, hi in zip(mins, maxs, strict=True)
+    ]
+
+
+def _server_tile(rps: Any) -> tuple[int, int]:
+    try:
+        w, h = rps.getTileSize()
+        if w > 0 and h > 0:
+            return int(w), int(h)
+    except Exception as exc:
+        from omero_push.session import is_connection_lost
+
+        if is_connection_lost(exc):
+            raise
+        log.debug("getTileSize failed (%s); using %s", exc, DEFAULT_TILE)
+    return DEFAULT_TILE
+
+
+def set_channels(
+    session: Session, pixels_id: int, image: ImageMeta, minmax: list[tuple[float, float]]
+) -> None:
+    """Channel names and colours from the OME-XML, and the global min/max just measured."""
+    import omero
+    from omero.rtypes import rint, rstring
+
+    svc = session.pixels()
+    pix = svc.retrievePixDescription(pixels_id)
+    channels = list(pix.copyChannels())
+    lcs = []
+    chs = []
+    for index, ch in enumerate(channels):
+        meta = image.channels[index] if index < len(image.channels) else None
+        if meta is not None and meta.name:
+            lc = ch.getLogicalChannel()
+            lc.setName(rstring(meta.name))
+            lcs.append(lc)
+        if meta is not None and meta.color is not None:
+            r, g, b, a = meta.color
+            ch.setRed(rint(int(r)))
+            ch.setGreen(rint(int(g)))
+            ch.setBlue(rint(int(b)))
+            ch.setAlpha(rint(int(a)))
+            ch.setLogicalChannel(
+                omero.model.LogicalChannelI(ch.getLogicalChannel().getId().getValue(), False)
+            )
+            ch.setPixels(omero.model.PixelsI(pixels_id, False))
+            chs.append(ch)
+    upd = session.update()
+    if lcs:
+        upd.saveArray(lcs)
+    if chs:
+        upd.saveArray(chs)
+    for index, (lo, hi) in enumerate(minmax):
+        svc.setChannelGlobalMinMax(pixels_id, index, float(lo), float(hi))
+
+
+def set_physical_sizes(session: Session, pixels_id: int, image: ImageMeta) -> None:
+    """Pixel sizes in µm (what OMERO.web's scale bar and measurements use), when the file has them."""
+    import omero
+    from omero.model.enums import UnitsLength
+
+    sizes = {k: v for k, v in image.physical_sizes.items() if v}
+    if not sizes:
+        return
+    pix = session.query().get("Pixels", pixels_id)
+    for axis, value in sizes.items():
+        getattr(pix, f"setPhysicalSize{axis}")(
+            omero.model.LengthI(float(value), UnitsLength.MICROMETER)
+        )
+    session.update().saveObject(pix)
+
+
+def push_pixels(
+    session: Session,
+    path: Path,
+    image: ImageMeta,
+    image_id: int,
+    *,
+    tile: tuple[int, int] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> int:
+    """Write pixels, channels and sizes of an already created image; returns its pixels id."""
+    pid = pixels_id_of(session, image_id)
+    with PlaneReader(path, image.index) as reader:
+        minmax = write_pixels(session, pid, reader, image, tile=tile, on_bytes=on_bytes)
+    set_channels(session, pid, image, minmax)
+    try:
+        set_physical_sizes(session, pid, image)
+    except Exception as exc:
+        from omero_push.session import is_connection_lost
+
+        if is_connection_lost(exc):
+            raise
+        log.warning("%s: could not set the physical pixel sizes (%s)", image.name, exc)
+    return pid
+
+
+def reader_dtype(path: Path, series: int) -> np.dtype[Any]:
+    with PlaneReader(path, series) as r:
+        return r.dtype

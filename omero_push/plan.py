@@ -1,0 +1,435 @@
+"""What a push will do, worked out from the files alone (no server): the plan.
+
+A plan lists every OME-TIFF with its SHA-1 (the key by which a re-run recognises what is already in
+OMERO), the OME Images inside it and the annotations each will get, plus the dataset-level
+description, tags and HDF5 tables.  ``--dry-run`` prints exactly this and stops, so building it must
+never touch the network.
+
+Sources: a converter output folder (its ``manifest.json`` gives checksums, options, description,
+tags and the tables file: nothing has to be re-hashed), or OME-TIFF files from anywhere (hashed here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tifffile
+
+from omero_push.errors import InputError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+KV_NAMESPACE = "openmicroscopy.org/omero/client/mapAnnotation"
+OME_TIFF_SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.tf2", ".ome.tf8", ".ome.btf")
+_HASH_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ChannelMeta:
+    """A channel as OMERO should show it: name and (R, G, B, A) colour when the file has one."""
+
+    name: str | None
+    color: tuple[int, int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """One OME Image (one OMERO image) inside an OME-TIFF, with what gets annotated onto it."""
+
+    index: int
+    name: str
+    description: str | None
+    sizes: dict[str, int]
+    pixel_type: str
+    dimension_order: str
+    channels: tuple[ChannelMeta, ...]
+    physical_sizes: dict[str, float | None] = field(default_factory=dict)
+    kv_pairs: tuple[tuple[str, str], ...] = ()
+    tags: tuple[str, ...] = ()
+    comments: tuple[str, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        """Raw pixel bytes (what pixels mode sends)."""
+        n = 1
+        for axis in "XYZCT":
+            n *= self.sizes.get(axis, 1)
+        return n * _bytes_per_pixel(self.pixel_type)
+
+
+@dataclass
+class PushItem:
+    """One OME-TIFF to push."""
+
+    path: Path
+    sha1: str
+    size: int
+    images: list[ImageMeta]
+    manifest: Path | None = None
+    position: str | None = None
+    conversion: dict[str, Any] | None = None  # tool, version, options, source from the manifest
+
+    @property
+    def key(self) -> str:
+        return self.sha1
+
+
+@dataclass(frozen=True)
+class TablesSource:
+    """An HDF5 file whose tables become OMERO.tables on the dataset."""
+
+    path: Path
+    sha1: str | None
+    names: tuple[str, ...]
+
+
+@dataclass
+class PushPlan:
+    """Everything the push will create or reuse, before any connection is made."""
+
+    items: list[PushItem]
+    dataset: str
+    project: str | None = None
+    description: str | None = None
+    tags: list[str] = field(default_factory=list)
+    tables: list[TablesSource] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i.size for i in self.items)
+
+    @property
+    def n_images(self) -> int:
+        return sum(len(i.images) for i in self.items)
+
+
+def sha1_of(path: Path, chunk: int = _HASH_CHUNK) -> str:
+    """Streaming SHA-1 (the checksum OMERO's managed repository verifies)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_ome_tiff(path: Path) -> bool:
+    return path.name.lower().endswith(OME_TIFF_SUFFIXES)
+
+
+def read_ome(path: Path) -> Any:
+    """The OME model of an OME-TIFF (ome_types.OME), validated when possible.
+
+    Files from other tools are not always schema-valid; those are read without validation rather
+    than refused, because OMERO's own import is lenient too.
+    """
+    from ome_types import from_xml
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            xml = tif.ome_metadata
+    except (OSError, tifffile.TiffFileError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable TIFF ({exc})") from None
+    if not xml:
+        raise InputError(f"{path}: no OME-XML in the first IFD; not an OME-TIFF")
+    try:
+        return from_xml(xml)
+    except Exception as exc:  # ome-types raises pydantic/xmlschema errors of several types
+        log.warning("%s: OME-XML does not validate (%s); reading it leniently", path, exc)
+        try:
+            return from_xml(xml, validate=False)
+        except Exception as exc2:
+            raise InputError(f"{path}: OME-XML cannot be parsed ({exc2})") from None
+
+
+def images_from_ome(ome: Any) -> list[ImageMeta]:
+    """Per-image facts and annotations from the OME model.
+
+    Annotations are the ones *linked from the Image* (AnnotationRef): MapAnnotations in the
+    client namespace give key-value pairs (in file order, repeated keys kept), TagAnnotations give
+    tags, CommentAnnotations give comments.  Annotations not linked from an Image are not ours to
+    place and are ignored.
+    """
+    by_id: dict[str, Any] = {}
+    sa = ome.structured_annotations
+    if sa is not None:
+        for group in (sa.map_annotations, sa.tag_annotations, sa.comment_annotations):
+            for ann in group:
+                by_id[ann.id] = ann
+    out: list[ImageMeta] = []
+    for index, image in enumerate(ome.images):
+        px = image.pixels
+        kv: list[tuple[str, str]] = []
+        tags: list[str] = []
+        comments: list[str] = []
+        for ref in image.annotation_refs:
+            ann = by_id.get(ref.id)
+            if ann is None:
+                continue
+            kind = type(ann).__name__
+            if kind == "MapAnnotation":
+                if (ann.namespace or KV_NAMESPACE) == KV_NAMESPACE and ann.value is not None:
+                    kv.extend((m.k or "", m.value or "") for m in ann.value.ms)
+            elif kind == "TagAnnotation" and ann.value:
+                tags.append(ann.value)
+            elif kind == "CommentAnnotation" and ann.value:
+                comments.append(ann.value)
+        channels = []
+        for ch in px.channels:
+            color = tuple(ch.color.as_rgb_tuple(alpha=True)) if ch.color is not None else None
+            if color is not None and len(color) == 4 and isinstance(color[3], float):
+                color = (*color[:3], round(color[3] * 255))
+            channels.append(ChannelMeta(name=ch.name, color=color))  # type: ignore[arg-type]
+        out.append(
+            ImageMeta(
+                index=index,
+                name=image.name or f"image {index}",
+                description=image.description,
+                sizes={
+                    "X": px.size_x,
+                    "Y": px.size_y,
+                    "Z": px.size_z,
+                    "C": px.size_c,
+                    "T": px.size_t,
+                },
+                pixel_type=_enum_value(px.type),
+                dimension_order=_enum_value(px.dimension_order),
+                channels=tuple(channels),
+                physical_sizes={
+                    "X": px.physical_size_x,
+                    "Y": px.physical_size_y,
+                    "Z": px.physical_size_z,
+                },
+                kv_pairs=tuple(kv),
+                tags=tuple(dict.fromkeys(tags)),
+                comments=tuple(comments),
+            )
+        )
+    return out
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The converter's manifest, with a one-line error when it is missing or broken."""
+    path = folder / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(
+            f"{folder}: no {MANIFEST_NAME}; not a posdir2ometiff output folder"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("positions"), dict):
+        raise InputError(f"{path}: no 'positions' mapping; not a posdir2ometiff manifest")
+    return data
+
+
+def items_from_manifest(
+    folder: Path, manifest: dict[str, Any]
+) -> tuple[list[PushItem], list[tuple[Path, str]]]:
+    """Push items for the manifest's converted positions; failed or missing ones are skipped."""
+    items: list[PushItem] = []
+    skipped: list[tuple[Path, str]] = []
+    conversion = {
+        "tool": manifest.get("tool"),
+        "version": manifest.get("version"),
+        "created": manifest.get("created"),
+        "options": manifest.get("options"),
+        "source": manifest.get("source"),
+    }
+    for name, entry in sorted(manifest["positions"].items()):
+        out = entry.get("output") or f"{name}.ome.tiff"
+        path = (folder / out).resolve()
+        if entry.get("status", "ok") != "ok":
+            skipped.append((path, f"conversion {entry.get('status')}: {entry.get('error') or '?'}"))
+            continue
+        if not path.is_file():
+            skipped.append((path, "listed in the manifest but missing"))
+            continue
+        size = path.stat().st_size
+        sha1 = entry.get("sha1")
+        if not sha1 or (entry.get("size") is not None and int(entry["size"]) != size):
+            # A manifest older than the file (or without checksums): trust the bytes, not the list.
+            log.warning("%s: manifest checksum missing or size differs; hashing the file", path)
+            sha1 = sha1_of(path)
+        images = images_from_ome(read_ome(path))
+        sources = entry.get("sources")
+        items.append(
+            PushItem(
+                path=path,
+                sha1=str(sha1),
+                size=size,
+                images=images,
+                manifest=folder / MANIFEST_NAME,
+                position=name,
+                conversion={
+                    **conversion,
+                    "position": name,
+                    "n_sources": len(sources) if isinstance(sources, list) else None,
+                    "missing_planes": len(entry.get("missing_planes") or []),
+                },
+            )
+        )
+    return items, skipped
+
+
+def item_from_file(path: Path) -> PushItem:
+    """A push item for an OME-TIFF from anywhere: hashed here, annotations from its OME-XML."""
+    path = path.resolve()
+    images = images_from_ome(read_ome(path))
+    if not images:
+        raise InputError(f"{path}: OME-XML lists no Image")
+    return PushItem(path=path, sha1=sha1_of(path), size=path.stat().st_size, images=images)
+
+
+def build_plan(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    dataset: str | None,
+    project: str | None = None,
+) -> PushPlan:
+    """Plan the push of ``paths`` (converter output folders and/or OME-TIFF files).
+
+    The dataset and project fall back to the manifest's ``omero_dataset``/``omero_project`` hints
+    (the lab writes the OMERO project into its log file), so ``--dataset`` can be left out when the
+    experiment says where it belongs.
+    """
+    if not paths:
+        raise InputError("nothing to push: give a converter output folder or OME-TIFF files")
+    items: list[PushItem] = []
+    skipped: list[tuple[Path, str]] = []
+    tables: list[TablesSource] = []
+    descriptions: list[str] = []
+    tags: list[str] = []
+    hint_project: str | None = None
+    hint_dataset: str | None = None
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            manifest = read_manifest(p)
+            got, skip = items_from_manifest(p, manifest)
+            items.extend(got)
+            skipped.extend(skip)
+            meta = manifest.get("metadata") or {}
+            if meta.get("description"):
+                descriptions.append(str(meta["description"]))
+            tags.extend(str(t) for t in meta.get("tags") or [])
+            hint_project = hint_project or meta.get("omero_project")
+            hint_dataset = hint_dataset or meta.get("omero_dataset")
+            tinfo = manifest.get("tables") or {}
+            if tinfo.get("path"):
+                tpath = (p / tinfo["path"]).resolve()
+                if tpath.is_file():
+                    tables.append(
+                        TablesSource(
+                            path=tpath,
+                            sha1=tinfo.get("sha1"),
+                            names=tuple(tinfo.get("names") or ()),
+                        )
+                    )
+                else:
+                    log.warning("%s: tables file %s listed but missing", p, tpath)
+        elif p.is_file():
+            if not (is_ome_tiff(p) or p.suffix.lower() in (".tif", ".tiff")):
+                raise InputError(f"{p}: not an OME-TIFF (expected .ome.tif/.ome.tiff)")
+            items.append(item_from_file(p))
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    items = _dedupe(items)
+    target = dataset or hint_dataset
+    if not target:
+        raise InputError("no dataset given: use --dataset NAME (or Dataset:ID)")
+    unique_desc = list(dict.fromkeys(descriptions))
+    if len(unique_desc) > 1:
+        log.warning("the manifests give %d different descriptions; joining them", len(unique_desc))
+    return PushPlan(
+        items=items,
+        dataset=str(target),
+        project=project or hint_project,
+        description="\n\n".join(unique_desc) or None,
+        tags=list(dict.fromkeys(tags)),
+        tables=tables,
+        skipped=skipped,
+    )
+
+
+def _dedupe(items: Iterable[PushItem]) -> list[PushItem]:
+    """The same bytes given twice (two paths, or a folder and one of its files) are pushed once."""
+    seen: dict[str, PushItem] = {}
+    for item in items:
+        if item.sha1 in seen:
+            log.info("%s: same content as %s; pushing once", item.path, seen[item.sha1].path)
+            continue
+        seen[item.sha1] = item
+    return list(seen.values())
+
+
+def format_plan(plan: PushPlan, mode: str, provenance: bool) -> str:
+    """Human-readable plan (what ``--dry-run`` prints)."""
+    target = f"{plan.project} / {plan.dataset}" if plan.project else plan.dataset
+    lines = [
+        f"push plan: {len(plan.items)} file(s), {plan.n_images} image(s), "
+        f"{_human(plan.total_bytes)} -> {target} (mode {mode})"
+    ]
+    if plan.description:
+        first = plan.description.strip().splitlines()[0]
+        lines.append(f"  dataset description: {first[:70]}{'…' if len(first) > 70 else ''}")
+    if plan.tags:
+        lines.append(f"  dataset tags: {', '.join(plan.tags)}")
+    for item in plan.items:
+        lines.append(f"  {item.path}  {_human(item.size)}  sha1 {item.sha1}")
+        for im in item.images:
+            dims = " ".join(f"{a}={im.sizes[a]}" for a in "XYZCT")
+            chans = ", ".join(c.name or "?" for c in im.channels)
+            lines.append(f"    image {im.name!r}: {dims} {im.pixel_type} [{chans}]")
+            extra = [f"{len(im.kv_pairs)} key-value pairs"]
+            if im.tags:
+                extra.append(f"tags {', '.join(im.tags)}")
+            if im.comments:
+                extra.append(f"{len(im.comments)} comment(s)")
+            extra.append("provenance" if provenance else "checksum marker only")
+            lines.append(f"      annotations: {'; '.join(extra)}")
+    for t in plan.tables:
+        names = ", ".join(t.names) if t.names else "(all tables in the file)"
+        lines.append(f"  tables from {t.path}: {names}")
+    for path, why in plan.skipped:
+        lines.append(f"  skipped {path}: {why}")
+    return "\n".join(lines)
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+_BYTES = {
+    "int8": 1,
+    "uint8": 1,
+    "int16": 2,
+    "uint16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "float": 4,
+    "double": 8,
+    "bit": 1,
+}
+
+
+def _bytes_per_pixel(pixel_type: str) -> int:
+    return _BYTES.get(pixel_type, 2)
+
+
+def _enum_value(v: Any) -> str:
+    return str(getattr(v, "value", v))

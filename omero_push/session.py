@@ -1,0 +1,280 @@
+"""Opening, keeping and closing an OMERO session; turning Ice/OMERO failures into typed errors.
+
+A :class:`Session` wraps one ``omero.client`` with its ServiceFactory; services are fetched on use
+(they die with the session, so caching them across a reconnect would hand out dead proxies).
+:func:`open_session` is a context manager that always closes the session, as ezomero's does.
+
+Connection loss (server killed, network dropped, Glacier2 session gone after a server restart) is
+recognised by :func:`is_connection_lost`; the push retries such failures with exponential backoff
+by reconnecting and resuming (see ``push.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from omero_push.config import ConnectionSettings
+from omero_push.errors import (
+    AuthenticationError,
+    ConnectionLostError,
+    NoPermissionError,
+    PushError,
+    ServerError,
+    ServerUnreachableError,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+AGENT = "omero_push"
+DEFAULT_KEEPALIVE_S = 60
+CONNECT_TIMEOUT_MS = 10_000
+
+
+def _omero() -> Any:
+    """Import omero lazily: planning and --dry-run must work without the [omero] extra."""
+    try:
+        import Ice  # noqa: F401
+        import omero
+        import omero.clients  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise PushError(
+            "omero-py and zeroc-ice are not installed: pip install 'posdir2ometiff[omero]'"
+        ) from exc
+    return omero
+
+
+@dataclass
+class Session:
+    """One logged-in OMERO session (client + ServiceFactory) and who we are on it."""
+
+    client: Any
+    settings: ConnectionSettings
+    user_id: int
+    group_id: int
+    member_of: list[int] = field(default_factory=list)
+
+    @property
+    def sf(self) -> Any:
+        return self.client.getSession()
+
+    def query(self) -> Any:
+        return self.sf.getQueryService()
+
+    def update(self) -> Any:
+        return self.sf.getUpdateService()
+
+    def admin(self) -> Any:
+        return self.sf.getAdminService()
+
+    def container(self) -> Any:
+        return self.sf.getContainerService()
+
+    def metadata(self) -> Any:
+        return self.sf.getMetadataService()
+
+    def pixels(self) -> Any:
+        return self.sf.getPixelsService()
+
+    def close(self) -> None:
+        """Close the session and the communicator; never raises (used in finally blocks)."""
+        try:
+            self.client.closeSession()
+        except Exception as exc:  # a dead server cannot be told goodbye
+            log.debug("closing the session failed: %s", exc)
+        try:
+            self.client.__del__()
+        except Exception as exc:
+            log.debug("destroying the communicator failed: %s", exc)
+
+
+def connect(settings: ConnectionSettings, *, keepalive_s: int = DEFAULT_KEEPALIVE_S) -> Session:
+    """Log in (password or session key), switch to ``settings.group`` and start keep-alive.
+
+    Keep-alive matters because uploads of large files take longer than OMERO's idle session
+    timeout (10 min by default); omero-py pings the session from a background thread.
+    """
+    omero = _omero()
+    import Glacier2
+    import Ice
+
+    client = omero.client(
+        host=settings.server,
+        port=int(settings.port),
+        pmap={"Ice.Override.ConnectTimeout": str(CONNECT_TIMEOUT_MS)},
+    )
+    client.setAgent(AGENT)
+    where = settings.describe()
+    try:
+        if settings.session_key is not None:
+            key = settings.session_key.reveal()
+            client.createSession(key, key)
+        else:
+            assert settings.password is not None
+            client.createSession(settings.user, settings.password.reveal())
+    except Glacier2.PermissionDeniedException:
+        _destroy(client)
+        what = "session key" if settings.session_key is not None else "user name or password"
+        raise AuthenticationError(f"{where}: login refused (wrong {what})") from None
+    except Glacier2.CannotCreateSessionException as exc:
+        _destroy(client)
+        raise AuthenticationError(f"{where}: cannot create a session ({exc.reason})") from None
+    except Ice.DNSException:
+        _destroy(client)
+        raise ServerUnreachableError(f"{settings.server}: unknown host") from None
+    except (Ice.ConnectFailedException, Ice.ConnectTimeoutException, Ice.SocketException):
+        _destroy(client)
+        raise ServerUnreachableError(
+            f"{settings.server}:{settings.port}: no OMERO server answers (check host and port)"
+        ) from None
+    except Ice.LocalException as exc:
+        _destroy(client)
+        raise ServerUnreachableError(
+            f"{where}: connection failed ({exc.__class__.__name__})"
+        ) from None
+    except omero.ClientError as exc:
+        _destroy(client)
+        raise AuthenticationError(f"{where}: {exc}") from None
+    try:
+        client.enableKeepAlive(keepalive_s)
+        sf = client.getSession()
+        ec = sf.getAdminService().getEventContext()
+        session = Session(
+            client=client,
+            settings=settings,
+            user_id=ec.userId,
+            group_id=ec.groupId,
+            member_of=list(ec.memberOfGroups or []),
+        )
+        if settings.group:
+            _switch_group(session, settings.group)
+        log.info("connected to %s as %s (group %s)", where, ec.userName, session.group_id)
+        return session
+    except BaseException:
+        _destroy(client)
+        raise
+
+
+def _switch_group(session: Session, group: str) -> None:
+    """Make ``group`` the context for everything created; refuse a group we are not in."""
+    omero = _omero()
+    admin = session.admin()
+    try:
+        gid = int(group) if group.isdigit() else admin.lookupGroup(group).id.val
+    except omero.ApiUsageException:
+        raise NoPermissionError(
+            f"group {group!r} does not exist on {session.settings.server}"
+        ) from None
+    if session.member_of and gid not in session.member_of:
+        raise NoPermissionError(
+            f"user {session.settings.user} is not a member of group {group!r}: "
+            "ask the group owner to add you, or push to another group"
+        )
+    try:
+        session.sf.setSecurityContext(omero.model.ExperimenterGroupI(gid, False))
+    except omero.SecurityViolation:
+        raise NoPermissionError(f"not allowed to work in group {group!r}") from None
+    session.group_id = gid
+
+
+def _destroy(client: Any) -> None:
+    try:
+        client.__del__()
+    except Exception as exc:
+        log.debug("destroying the communicator failed: %s", exc)
+
+
+@contextmanager
+def open_session(
+    settings: ConnectionSettings, *, keepalive_s: int = DEFAULT_KEEPALIVE_S
+) -> Iterator[Session]:
+    """``with open_session(s) as session:`` — the session is closed however the block ends."""
+    session = connect(settings, keepalive_s=keepalive_s)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """True for failures a reconnect can cure (dropped TCP, restart, timeouts, session gone)."""
+    try:
+        import Glacier2
+        import Ice
+        import omero
+    except ImportError:  # pragma: no cover
+        return False
+    lost = (
+        Ice.ConnectionLostException,
+        Ice.ConnectionRefusedException,
+        Ice.ConnectFailedException,
+        Ice.ConnectionTimeoutException,
+        Ice.TimeoutException,
+        Ice.SocketException,
+        Ice.CloseConnectionException,
+        Ice.ConnectionManuallyClosedException,
+        Ice.ObjectNotExistException,  # the session's services vanish with a restart
+        Ice.CommunicatorDestroyedException,
+        Glacier2.SessionNotExistException,
+        omero.RemovedSessionException,
+        omero.SessionTimeoutException,
+    )
+    return isinstance(exc, lost)
+
+
+def translate(exc: BaseException, what: str) -> PushError:
+    """A server-side exception as one of our typed errors (message names ``what`` was done)."""
+    omero = _omero()
+    if isinstance(exc, PushError):
+        return exc
+    if isinstance(exc, omero.SecurityViolation):
+        return NoPermissionError(f"{what}: not allowed ({_server_message(exc)})")
+    if is_connection_lost(exc):
+        return ConnectionLostError(
+            f"{what}: connection to the server lost ({exc.__class__.__name__}); re-run to resume"
+        )
+    if isinstance(exc, omero.ServerError):
+        return ServerError(f"{what}: {exc.__class__.__name__}: {_server_message(exc)}")
+    return ServerError(f"{what}: {exc.__class__.__name__}: {exc}")
+
+
+def _server_message(exc: Any) -> str:
+    msg = getattr(exc, "message", None) or getattr(exc, "serverExceptionClass", None) or ""
+    return str(msg).strip().splitlines()[0] if msg else exc.__class__.__name__
+
+
+def with_backoff(
+    fn: Callable[[], T],
+    *,
+    retries: int,
+    base_delay_s: float = 1.0,
+    max_delay_s: float = 30.0,
+    on_retry: Callable[[int, BaseException, float], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``fn``; on connection loss wait 1, 2, 4 … s (capped) and call it again.
+
+    ``fn`` must be safe to repeat (the push is: every step first looks for what already exists).
+    After ``retries`` failed retries the last error is re-raised for the caller to translate.
+    """
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            lost = is_connection_lost(exc) or isinstance(exc, (ConnectionLostError,))
+            if isinstance(exc, ServerUnreachableError) and attempt > 0:
+                lost = True  # the server is coming back after a restart
+            if not lost or attempt >= retries:
+                raise
+            delay = min(max_delay_s, base_delay_s * (2**attempt))
+            attempt += 1
+            if on_retry is not None:
+                on_retry(attempt, exc, delay)
+            sleep(delay)

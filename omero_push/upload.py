@@ -1,0 +1,174 @@
+"""Import mode: the OME-TIFF goes up as an original file through OMERO's managed repository.
+
+This is what ``omero import`` does, without Java: ``ManagedRepository.importFileset`` gives an
+import process; the bytes go through its ``RawFileStore`` uploader in chunks; ``verifyUpload``
+with the SHA-1 of what was sent starts the server-side import (Bio-Formats on the server reads the
+file); a ``CmdCallbackI`` waits on the handle; the ``ImportResponse`` lists the new Pixels.
+
+The original file is kept in OMERO (downloadable, re-readable by newer Bio-Formats), which is why
+this is the default mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import locale
+import logging
+import platform
+from collections.abc import Callable
+from typing import Any
+
+from omero_push.errors import InputError, ServerError
+from omero_push.plan import PushItem
+from omero_push.session import Session, is_connection_lost
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK = 4 * 1024 * 1024
+_POLL_EVERY_S = 5.0
+
+
+def new_fileset(item: PushItem) -> Any:
+    """A Fileset with one entry for the file and an UploadJob that says who uploaded it."""
+    import omero
+    from omero.rtypes import rstring
+
+    fileset = omero.model.FilesetI()
+    entry = omero.model.FilesetEntryI()
+    entry.setClientPath(rstring(str(item.path)))
+    fileset.addFilesetEntry(entry)
+    system, _node, release, _version, machine, _proc = platform.uname()
+    info = [
+        omero.model.NamedValue("omero.version", _omero_version()),
+        omero.model.NamedValue("os.name", system),
+        omero.model.NamedValue("os.version", release),
+        omero.model.NamedValue("os.architecture", machine),
+    ]
+    lang = locale.getlocale()[0]
+    if lang:
+        info.append(omero.model.NamedValue("locale", lang))
+    job = omero.model.UploadJobI()
+    job.setVersionInfo(info)
+    fileset.linkJob(job)
+    return fileset
+
+
+def import_settings(dataset_id: int, description: str | None) -> Any:
+    """Import settings: target dataset, SHA-1 checksums, and our 'incomplete' description."""
+    import omero
+    import omero.grid  # noqa: F401
+    from omero.rtypes import rbool, rstring
+
+    settings = omero.grid.ImportSettings()
+    settings.doThumbnails = rbool(True)
+    settings.noStatsInfo = rbool(False)
+    settings.userSpecifiedTarget = omero.model.DatasetI(dataset_id, False)
+    settings.userSpecifiedName = None
+    settings.userSpecifiedDescription = rstring(description) if description else None
+    settings.userSpecifiedAnnotationList = None
+    settings.userSpecifiedPixels = None
+    algo = omero.model.ChecksumAlgorithmI()
+    algo.setValue(rstring("SHA1-160"))
+    settings.checksumAlgorithm = algo
+    return settings
+
+
+def upload_to(
+    uploader: Any,
+    item: PushItem,
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    on_bytes: Callable[[int], None] | None = None,
+) -> str:
+    """Write the file through ``uploader`` (a RawFileStore) in chunks; returns the SHA-1 sent.
+
+    Hashing what is actually read while sending (not the file beforehand) means a file that
+    changed since it was planned cannot be imported under the planned checksum.
+    """
+    h = hashlib.sha1()
+    offset = 0
+    try:
+        with open(item.path, "rb") as fh:
+            while block := fh.read(chunk):
+                uploader.write(block, offset, len(block))
+                h.update(block)
+                offset += len(block)
+                if on_bytes is not None:
+                    on_bytes(len(block))
+    finally:
+        try:
+            uploader.close()
+        except Exception as exc:
+            if is_connection_lost(exc):
+                raise
+            log.debug("closing the uploader failed: %s", exc)
+    return h.hexdigest()
+
+
+def wait_for(session: Session, handle: Any, what: str) -> Any:
+    """Wait on an OMERO command handle; polls now and then so a dead server is noticed."""
+    import omero
+    import omero.callbacks
+
+    cb = omero.callbacks.CmdCallbackI(session.client, handle)
+    try:
+        while not cb.block(int(_POLL_EVERY_S * 1000)):
+            cb.poll()  # raises on connection loss instead of waiting forever
+        rsp = cb.getResponse()
+    finally:
+        try:
+            cb.close(True)
+        except Exception as exc:
+            log.debug("closing the callback failed: %s", exc)
+    if isinstance(rsp, omero.cmd.ERR):
+        params = dict(rsp.parameters or {})
+        detail = params.get("message") or params.get("stacktrace", "").splitlines()[:1]
+        raise ServerError(f"{what}: the server's import failed: {rsp.name} {detail}".strip())
+    return rsp
+
+
+def import_file(
+    session: Session,
+    item: PushItem,
+    dataset_id: int,
+    *,
+    description: str | None,
+    chunk: int = DEFAULT_CHUNK,
+    on_bytes: Callable[[int], None] | None = None,
+) -> list[int]:
+    """Import one OME-TIFF into ``dataset_id``; returns the new image ids in series order."""
+    repo = session.client.getManagedRepository()
+    if repo is None:
+        raise ServerError("the server offers no managed repository: use --mode pixels")
+    proc = repo.importFileset(new_fileset(item), import_settings(dataset_id, description))
+    try:
+        sent = upload_to(proc.getUploader(0), item, chunk=chunk, on_bytes=on_bytes)
+        if sent != item.sha1:
+            raise InputError(
+                f"{item.path}: content changed since it was planned (sha1 {sent}, expected "
+                f"{item.sha1}); re-run the conversion or the push"
+            )
+        handle = proc.verifyUpload([sent])
+        rsp = wait_for(session, handle, f"import of {item.path.name}")
+    finally:
+        try:
+            proc.close()
+        except Exception as exc:
+            log.debug("closing the import process failed: %s", exc)
+    image_ids: list[int] = []
+    for px in rsp.pixels:
+        iid = px.getImage().getId().getValue()
+        if iid not in image_ids:
+            image_ids.append(iid)
+    if not image_ids:
+        raise ServerError(f"import of {item.path.name}: the server created no image")
+    return image_ids
+
+
+def _omero_version() -> str:
+    try:
+        from omero_version import omero_version
+
+        return str(omero_version)
+    except ImportError:  # pragma: no cover
+        return "unknown"
