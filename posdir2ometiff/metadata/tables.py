@@ -80,7 +80,9 @@ def write_tables(meta: ExperimentMetadata, path: Path) -> list[str]:
             warnings.filterwarnings("ignore", category=Warning, module="tables")
             with pd.HDFStore(tmp, mode="w", complevel=5, complib="zlib") as store:
                 for node, df in frames.items():
-                    store.put(node, _for_hdf(df), format="table", encoding="utf-8")
+                    store.put(
+                        node, _for_hdf(df), format="table", encoding="utf-8", track_times=False
+                    )
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
