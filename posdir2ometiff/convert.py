@@ -256,6 +256,8 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
     xml = ome_xml(build_ome(spec, job.meta, file_name=output.name, uuid=file_uuid))
 
     sources: list[dict] = []
+    # Output channel of each source channel's first sample (RGB sources span several channels).
+    first_out = [sum(probe.samples[:c]) for c in range(layout.size_c)]
 
     def load(key: PlaneKey) -> np.ndarray:
         path = layout.files.get(key)
@@ -272,7 +274,7 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
             )
         sources.append({
             "path": _relative(path, job.src), "size": size, "sha1": sha1, "mtime_ns": mtime,
-            "t": key.t, "c": key.c, "z": key.z,
+            "t": key.t, "c": first_out[key.c], "z": key.z,
         })
         return arr
 
@@ -330,7 +332,7 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
         "tile": job.tile,
         "sources": sources,
         "missing_planes": [
-            {"t": k.t, "c": k.c, "z": k.z, "label": label, "path": None}
+            {"t": k.t, "c": first_out[k.c], "z": k.z, "label": label, "path": None}
             for k, label in zip(missing, missing_labels, strict=True)
         ],
     }

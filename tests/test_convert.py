@@ -1,0 +1,243 @@
+"""End-to-end conversion through the Python API: pixels, manifest, re-runs, bad input, parallelism."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pytest
+import tifffile
+from ome_types import from_xml
+
+from posdir2ometiff.convert import convert
+from posdir2ometiff.demo import make_demo
+from posdir2ometiff.manifest import sha1_file, validate_manifest
+from posdir2ometiff.metadata.tables import read_tables
+
+FAST = dict(workers=1, progress="off")
+
+
+def read_source(path: Path) -> np.ndarray:
+    return imagecodecs.imread(path) if path.suffix == ".png" else tifffile.imread(path)
+
+
+def ome_planes(path: Path) -> tuple[np.ndarray, object]:
+    """(T, C, Z, Y, X) pixels and the OME model of an output file."""
+    with tifffile.TiffFile(path) as tf:
+        ome = from_xml(tf.pages[0].description)
+        px = ome.images[0].pixels
+        data = np.stack([p.asarray() for p in tf.pages])
+    return data.reshape(px.size_t, px.size_c, px.size_z, px.size_y, px.size_x), ome
+
+
+def assert_matches_sources(out: Path, src: Path, name: str) -> dict:
+    """Every plane equals its source file, at the (t, c, z) the manifest records."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["positions"][name]
+    data, ome = ome_planes(out / entry["output"])
+    grey = len(entry["channels"]) == len({s["c"] for s in entry["sources"]})
+    if grey:  # one source file per output plane
+        assert len(entry["sources"]) + len(entry["missing_planes"]) == np.prod(data.shape[:3])
+    for s in entry["sources"]:
+        pixels = read_source(src / s["path"])
+        if pixels.ndim == 3:  # RGB: component k is output channel c + k
+            for k in range(pixels.shape[2]):
+                np.testing.assert_array_equal(data[s["t"], s["c"] + k, s["z"]], pixels[..., k])
+        else:
+            np.testing.assert_array_equal(data[s["t"], s["c"], s["z"]], pixels)
+    return entry
+
+
+@pytest.fixture
+def demo(tmp_path: Path):
+    return make_demo(tmp_path / "exp", positions=2, z=2, t=2, size=96, seed=1)
+
+
+def test_demo_converts_bit_exact_with_valid_manifest_and_tables(demo, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = convert(demo.folder, out, **FAST)
+    assert result.ok and [p.status for p in result.positions] == ["ok", "ok"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    validate_manifest(manifest)
+    assert manifest["tool"] == "posdir2ometiff" and manifest["options"]["compression"] == "zstd"
+    assert manifest["metadata"]["parsers"] and manifest["metadata"]["omero_project"] == "Demo project"
+    for name in demo.positions:
+        entry = assert_matches_sources(out, demo.folder, name)
+        assert entry["status"] == "ok" and entry["dtype"] == "uint16"
+        assert entry["dimensions"] == {"X": 96, "Y": 96, "Z": 2, "C": 3, "T": 2}
+        assert entry["channels"] == ["Brightfield", "DIC", "GFP"]
+        assert entry["sha1"] == sha1_file(out / entry["output"])
+        assert entry["size"] == (out / entry["output"]).stat().st_size
+        assert entry["pyramid_levels"] == 1 and entry["missing_planes"] == []
+        src0 = entry["sources"][0]
+        assert src0["sha1"] == sha1_file(demo.folder / src0["path"])
+        assert not src0["path"].startswith("/")
+    tables = manifest["tables"]
+    assert tables["path"] == "experiment.h5" and tables["sha1"] == sha1_file(out / "experiment.h5")
+    assert set(tables["names"]) <= set(read_tables(out / "experiment.h5"))
+    assert not list(out.glob("*.partial")) and not list(out.glob(".*"))
+
+
+def test_rerun_skips_up_to_date_and_redoes_changed(demo, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    convert(demo.folder, out, **FAST)
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.ome.tiff")}
+    again = convert(demo.folder, out, **FAST)
+    assert [p.status for p in again.positions] == ["skipped", "skipped"]
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.ome.tiff")} == before
+
+    # same size and mtime, different content would fool a size+mtime check: rewrite pixels
+    src = next((demo.folder / "pos001").glob("*_GFP_001.png"))
+    arr = imagecodecs.imread(src)
+    arr[0, 0] ^= 1
+    src.write_bytes(imagecodecs.png_encode(arr, level=3))
+    changed = convert(demo.folder, out, **FAST)
+    assert [p.status for p in changed.positions] == ["ok", "skipped"]
+    assert_matches_sources(out, demo.folder, "pos001")
+
+    # a touched-but-identical source is recognised by its checksum
+    os.utime(src, ns=(1, 1))
+    assert [p.status for p in convert(demo.folder, out, **FAST).positions] == ["skipped"] * 2
+    # an output modified behind our back is redone; --overwrite redoes everything
+    with open(out / "pos002.ome.tiff", "r+b") as fh:
+        fh.seek(-1, 2)
+        fh.write(b"\x07")
+    assert [p.status for p in convert(demo.folder, out, **FAST).positions] == ["skipped", "ok"]
+    forced = convert(demo.folder, out, overwrite=True, **FAST)
+    assert [p.status for p in forced.positions] == ["ok", "ok"]
+    # other options → reconvert
+    assert [p.status for p in convert(demo.folder, out, compression="zlib", **FAST).positions] == ["ok", "ok"]
+
+
+def test_missing_plane_is_zeros_warned_listed_and_annotated(
+    demo, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone = demo.folder / "pos001" / "demo_000002_GFP_002.png"
+    gone.unlink()
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        result = convert(demo.folder, out, **FAST)
+    assert result.ok
+    assert "missing plane t=2 c=GFP z=2" in caplog.text
+    entry = assert_matches_sources(out, demo.folder, "pos001")
+    assert entry["missing_planes"] == [
+        {"t": 1, "c": 2, "z": 1, "label": "t=2 c=GFP z=2", "path": None}
+    ]
+    data, ome = ome_planes(out / "pos001.ome.tiff")
+    assert not data[1, 2, 1].any() and data[1, 2, 0].any()
+    pairs = [(m.k, m.value) for m in ome.structured_annotations.map_annotations[0].value.ms]
+    assert ("missing plane", "t=2 c=GFP z=2") in pairs
+
+
+def _truncate(p: Path) -> None:
+    p.write_bytes(p.read_bytes()[:200])
+
+
+def _resize(p: Path) -> None:
+    p.write_bytes(imagecodecs.png_encode(np.zeros((50, 96), np.uint16)))
+
+
+def _retype(p: Path) -> None:
+    p.write_bytes(imagecodecs.png_encode(np.zeros((96, 96), np.uint8)))
+
+
+def _duplicate(p: Path) -> None:
+    tifffile.imwrite(p.with_name(p.stem.replace("_002", "_2") + ".tif"), read_source(p))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [(_truncate, "truncated or unreadable PNG"), (_resize, "expected uint16 96x96"),
+     (_retype, "uint8"), (_duplicate, "two files for plane")],
+)
+def test_bad_plane_fails_its_position_only(demo, tmp_path: Path, damage, message: str) -> None:
+    bad = demo.folder / "pos001" / "demo_000002_DIC_002.png"
+    damage(bad)
+    out = tmp_path / "out"
+    result = convert(demo.folder, out, **FAST)
+    assert not result.ok
+    (failed,) = result.failed
+    assert failed.name == "pos001" and message in failed.error
+    assert bad.name in failed.error  # the error names the file
+    assert "\n" not in failed.error
+    assert not (out / "pos001.ome.tiff").exists()
+    assert not list(out.glob("*.partial"))
+    assert (out / "pos002.ome.tiff").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    validate_manifest(manifest)
+    assert manifest["positions"]["pos001"]["status"] == "failed"
+    assert manifest["positions"]["pos002"]["status"] == "ok"
+
+
+def test_failure_after_success_removes_stale_output_and_fail_fast_stops(
+    demo, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    convert(demo.folder, out, **FAST)
+    _truncate(demo.folder / "pos001" / "demo_000001_GFP_001.png")
+    _truncate(demo.folder / "pos002" / "demo_000001_GFP_001.png")
+    result = convert(demo.folder, out, fail_fast=True, **FAST)
+    assert [p.name for p in result.failed] == ["pos001"]
+    assert "pos002" not in [p.name for p in result.positions]  # never started
+    assert not (out / "pos001.ome.tiff").exists()  # no output that disagrees with its sources
+
+
+def test_two_workers_give_the_same_pixels(demo, tmp_path: Path) -> None:
+    one = convert(demo.folder, tmp_path / "one", workers=1, progress="off")
+    two = convert(demo.folder, tmp_path / "two", workers=2, progress="log")
+    assert one.ok and two.ok
+    for name in demo.positions:
+        a, _ = ome_planes(tmp_path / "one" / f"{name}.ome.tiff")
+        b, _ = ome_planes(tmp_path / "two" / f"{name}.ome.tiff")
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_other_dtypes_kept(tmp_path: Path, dtype: str) -> None:
+    spec = make_demo(tmp_path / "exp", positions=1, channels=["GFP"], z=2, t=2, size=64,
+                     dtype=dtype, metadata=False)
+    convert(spec.folder, tmp_path / "out", **FAST)
+    entry = assert_matches_sources(tmp_path / "out", spec.folder, "pos001")
+    assert entry["dtype"] == dtype
+
+
+def test_rgb_png_becomes_three_channels(tmp_path: Path) -> None:
+    pos = tmp_path / "exp" / "pos001"
+    pos.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rgb = {}
+    for t in (1, 2):
+        for z in (1, 2):
+            rgb[t, z] = rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)
+            (pos / f"x_{t}_photo_{z}.png").write_bytes(imagecodecs.png_encode(rgb[t, z]))
+            grey = rng.integers(0, 255, (40, 56), dtype=np.uint8)
+            (pos / f"x_{t}_GFP_{z}.png").write_bytes(imagecodecs.png_encode(grey))
+    out = tmp_path / "out"
+    assert convert(tmp_path / "exp", out, metadata="none", **FAST).ok
+    data, ome = ome_planes(out / "pos001.ome.tiff")
+    names = [c.name for c in ome.images[0].pixels.channels]
+    assert names == ["GFP", "photo-R", "photo-G", "photo-B"]
+    for (t, z), arr in rgb.items():
+        for s in range(3):
+            np.testing.assert_array_equal(data[t - 1, 1 + s, z - 1], arr[..., s])
+    assert_matches_sources(out, tmp_path / "exp", "pos001")
+
+
+def test_no_metadata_files_convert_with_warning_and_cli_overrides(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = make_demo(tmp_path / "exp", positions=1, z=2, t=2, size=32, metadata=False)
+    with caplog.at_level(logging.WARNING):
+        result = convert(spec.folder, tmp_path / "out", pixel_size_um=0.25, z_step_um=0.5,
+                         time_interval_s=120, **FAST)
+    assert result.ok and "no metadata file" in caplog.text
+    _, ome = ome_planes(tmp_path / "out" / "pos001.ome.tiff")
+    px = ome.images[0].pixels
+    assert px.physical_size_x == 0.25 and px.physical_size_z == 0.5 and px.time_increment == 120
+    assert [p.delta_t for p in px.planes if p.the_c == 0 and p.the_z == 0] == [0, 120]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["tables"] is None and manifest["metadata"]["parsers"] == []
