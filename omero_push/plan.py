@@ -184,10 +184,12 @@ def images_from_ome(ome: Any) -> list[ImageMeta]:
                 comments.append(ann.value)
         channels = []
         for ch in px.channels:
-            color = tuple(ch.color.as_rgb_tuple(alpha=True)) if ch.color is not None else None
-            if color is not None and len(color) == 4 and isinstance(color[3], float):
-                color = (*color[:3], round(color[3] * 255))
-            channels.append(ChannelMeta(name=ch.name, color=color))  # type: ignore[arg-type]
+            color = None
+            if ch.color is not None:
+                r, g, b, *a = ch.color.as_rgb_tuple(alpha=True)
+                # pydantic colours give alpha as a 0..1 fraction; OMERO wants 0..255.
+                color = (int(r), int(g), int(b), round(float(a[0]) * 255) if a else 255)
+            channels.append(ChannelMeta(name=ch.name, color=color))
         out.append(
             ImageMeta(
                 index=index,
