@@ -106,3 +106,14 @@ def test_table_names_become_valid_node_names(tmp_path: Path) -> None:
     names = write_tables(meta, tmp_path / "t.h5")
     assert names == ["Dynamic_flow_switching", "t_2nd"]
     assert pd.read_hdf(tmp_path / "t.h5", "t_2nd")["x"].tolist() == ["a"]
+
+
+def test_empty_table_is_not_listed(tmp_path: Path) -> None:
+    meta = ExperimentMetadata(
+        tables={
+            "pumps": pd.DataFrame({"Pump port": pd.Series([], dtype="str")}),
+            "z": pd.DataFrame({"n": [5]}),
+        }
+    )
+    assert write_tables(meta, tmp_path / "t.h5") == ["z"]
+    assert set(read_tables(tmp_path / "t.h5")) == {"z"}

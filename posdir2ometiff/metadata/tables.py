@@ -56,8 +56,9 @@ def _for_hdf(df: pd.DataFrame) -> pd.DataFrame:
 def write_tables(meta: ExperimentMetadata, path: Path) -> list[str]:
     """Write every table of ``meta`` (and its plane times) to the HDF5 file ``path``.
 
-    Returns the node names written, in order (the manifest lists them for omero_push). Writes
-    nothing and returns ``[]`` when there is no table, rather than leaving an empty file behind.
+    Returns the node names written, in order (the manifest lists them for omero_push). Tables
+    without rows are left out; when nothing is left, writes nothing and returns ``[]`` rather
+    than leaving an empty file behind.
     """
     path = Path(path)
     frames: dict[str, pd.DataFrame] = {}
@@ -65,6 +66,11 @@ def write_tables(meta: ExperimentMetadata, path: Path) -> list[str]:
         node = _node_name(name)
         if node in frames:
             log.warning("table %r written as %r clashes with another table; skipped", name, node)
+            continue
+        if df.empty:
+            # PyTables' table format cannot store zero rows (pandas silently writes nothing);
+            # listing a node that is not there would mislead the manifest and omero_push.
+            log.info("table %r has no rows; not written", name)
             continue
         frames[node] = df
     if meta.plane_times and PLANE_TIMES not in frames:
