@@ -1,0 +1,773 @@
+"""The managed repository of the OMERO stand-in: OMERO's import ("OMERO.fs") without Java.
+
+OMERO imports a file in four steps, all driven by the client (omero-py's own code does exactly
+this, see ``omero.testlib.ITest.full_import`` and ``omero.plugins.fs.prep_directory``)::
+
+    mrepo = client.getManagedRepository()       # SharedResources.repositories() + checkedCast
+    proc = mrepo.importFileset(fileset, settings)   # Fileset of FilesetEntry(clientPath)
+    rfs = proc.getUploader(i); rfs.write(...); rfs.close()   # one RawFileStore per file
+    handle = proc.verifyUpload([sha1, ...])     # server checks the SHA-1s, then imports
+    cb = omero.callbacks.CmdCallbackI(client, handle)   # polls handle.getResponse() once
+    rsp = cb.loop(...)                          # omero.cmd.ImportResponse(pixels=[...])
+    proc.close()
+
+The stand-in imports synchronously inside ``verifyUpload``: by the time the client holds the
+handle, ``getResponse()`` already answers, and ``CmdCallbackI``'s initial poll finishes the
+handshake without the server ever calling back into the client.
+
+What the import creates, as OMERO's import does for an OME-TIFF: one Image per OME ``Image``
+(named after the file, with `` [image name]`` appended when the file holds several), Pixels with
+sizes/type/dimension order/physical sizes/time increment, Channels with colour and a
+LogicalChannel (name, wavelengths, fluor), PlaneInfo (ΔT, exposure, stage position),
+StatsInfo per channel (unless ``settings.noStatsInfo``), the Image's MapAnnotations from the
+OME-XML's StructuredAnnotations (namespace kept; no tags — OMERO's import does not create tags),
+a Fileset with its FilesetEntries and OriginalFiles, and a DatasetImageLink when
+``settings.userSpecifiedTarget`` is a Dataset. ``userSpecifiedName``/``Description`` replace the
+image name/description and ``userSpecifiedAnnotationList`` annotations are linked to every image.
+Pixels stay in the uploaded file and are read with tifffile on demand (see :mod:`.pixels`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from pathlib import PurePosixPath
+from typing import Any
+
+import Ice
+import numpy as np
+import omero
+import omero.api
+import omero.cmd
+import omero.grid
+import omero.model
+from omero.rtypes import rdouble, rint, rlong, rstring, rtime
+
+from . import tables as tables_service
+from .pixels import (
+    PIXELS_DTYPES,
+    Geometry,
+    PixelsError,
+    TiffBuffer,
+    TiffSource,
+    new_pixels_graph,
+    plane_ifds,
+    record_tiff_source,
+)
+from .rawfile import SHA1, RawFileStoreI, original_path, refresh_file_object, sha1_of
+from .server import ServerContext, servant, server_error
+
+log = logging.getLogger(__name__)
+
+#: Checksum algorithms the stand-in can verify: OMERO name -> hex digest of a file.
+CHECKSUMS: dict[str, Callable[[Any], str]] = {
+    SHA1: lambda path: sha1_of(path),
+    "MD5-128": lambda path: _hashlib_of(path, "md5"),
+    "File-Size-64": lambda path: f"{os.path.getsize(path):x}",
+}
+
+#: Namespace of the repository's own description file (what ``root()`` returns).
+REPO_NAME = "ManagedRepository"
+
+
+def _hashlib_of(path: Any, name: str) -> str:
+    digest = hashlib.new(name)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def remote(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """For synchronous Slice operations: turn Python errors into OMERO exceptions.
+
+    (The core's ``servant`` decorator does this for asynchronous-dispatch operations only.)
+    """
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any) -> Any:
+        try:
+            return fn(self, *args)
+        except Ice.Exception:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the client must get an OMERO exception
+            log.debug("error in %s", fn.__name__, exc_info=True)
+            raise server_error(exc) from exc
+
+    return wrapper
+
+
+def unwrap_str(value: Any) -> str | None:
+    """The Python string of an RString (or None)."""
+    return None if value is None else value.getValue()
+
+
+# --------------------------------------------------------------------------- the repository
+
+
+def repository_file(ctx: ServerContext, session: Any) -> Any:
+    """The OriginalFile describing the managed repository (created once, kept in the store)."""
+    with ctx.lock:
+        found = ctx.store.find(
+            "OriginalFile",
+            lambda f: (
+                unwrap_str(f.getMimetype()) == "Repository" and unwrap_str(f.getName()) == REPO_NAME
+            ),
+        )
+        if found:
+            return found[0]
+        repo = omero.model.OriginalFileI()
+        repo.setName(rstring(REPO_NAME))
+        repo.setPath(rstring("/"))
+        repo.setMimetype(rstring("Repository"))
+        repo.setHash(rstring(str(uuid.uuid4())))
+        repo.setSize(rlong(0))
+        return session.save(repo)
+
+
+def template_prefix(session: Any, now: float | None = None) -> str:
+    """OMERO's default managed-repository template: ``user_id/YYYY-MM/DD/HH-MM-SS.mmm/``."""
+    now = time.time() if now is None else now
+    stamp = time.strftime("%Y-%m/%d/%H-%M-%S", time.localtime(now))
+    millis = int((now % 1) * 1000)
+    return f"{session.user_name}_{session.user_id}/{stamp}.{millis:03d}/"
+
+
+def shortened_paths(client_paths: list[str]) -> tuple[str, list[str]]:
+    """(shared base, paths relative to it) as OMERO shortens the client paths it is given."""
+    parts = [PurePosixPath(p.replace("\\", "/")).parts for p in client_paths]
+    if len(parts) == 1:
+        base = parts[0][:-1]
+    else:
+        base = ()
+        for level in zip(*(p[:-1] for p in parts), strict=False):
+            if len(set(level)) != 1:
+                break
+            base += (level[0],)
+    rel = ["/".join(p[len(base) :]) for p in parts]
+    return "/".join(base), rel
+
+
+@servant
+class SharedResourcesI(omero.grid.SharedResources):
+    """SharedResources: the managed repository and OMERO.tables (one servant per session)."""
+
+    def __init__(self, ctx: ServerContext, session: Any) -> None:
+        self.ctx = ctx
+        self.session = session
+        self._repo_prx: Any = None
+        self._lock = threading.Lock()
+
+    def _managed(self) -> Any:
+        with self._lock:
+            if self._repo_prx is None:
+                servant_ = ManagedRepositoryI(self.ctx, self.session)
+                prx = self.ctx.add_servant(servant_, self.session.uuid)
+                self._repo_prx = omero.grid.ManagedRepositoryPrx.uncheckedCast(prx)
+            return self._repo_prx
+
+    @remote
+    def repositories(self, current: Ice.Current | None = None) -> Any:
+        """One repository, the managed one (what ``client.getManagedRepository()`` looks for)."""
+        repo = repository_file(self.ctx, self.session)
+        return omero.grid.RepositoryMap([repo], [self._managed()])
+
+    @remote
+    def areTablesEnabled(self, current: Ice.Current | None = None) -> bool:
+        return bool(self.ctx.faults.tables_enabled)
+
+    @remote
+    def newTable(self, repoId: int, path: str, current: Ice.Current | None = None) -> Any:
+        return tables_service.new_table(self.ctx, self.session, repoId, path)
+
+    @remote
+    def openTable(self, file: Any, current: Ice.Current | None = None) -> Any:  # noqa: A002
+        return tables_service.open_table(self.ctx, self.session, file)
+
+
+@servant
+class ManagedRepositoryI(omero.grid.ManagedRepository):
+    """The managed repository: start imports, list checksum algorithms."""
+
+    def __init__(self, ctx: ServerContext, session: Any) -> None:
+        self.ctx = ctx
+        self.session = session
+
+    @remote
+    def root(self, current: Ice.Current | None = None) -> Any:
+        return repository_file(self.ctx, self.session)
+
+    @remote
+    def listChecksumAlgorithms(self, current: Ice.Current | None = None) -> list[Any]:
+        return [self._algorithm(name) for name in CHECKSUMS]
+
+    @remote
+    def suggestChecksumAlgorithm(
+        self, supported: list[Any], current: Ice.Current | None = None
+    ) -> Any:
+        names = [unwrap_str(a.getValue()) for a in supported or []]
+        for name in CHECKSUMS:
+            if name in names:
+                return self._algorithm(name)
+        return None
+
+    def _algorithm(self, name: str) -> Any:
+        algo = omero.model.ChecksumAlgorithmI()
+        algo.setValue(rstring(name))
+        return algo
+
+    @remote
+    def importPaths(self, filePaths: list[str], current: Ice.Current | None = None) -> Any:
+        """``importFileset`` with a Fileset built from the paths and default settings."""
+        fileset = omero.model.FilesetI()
+        for path in filePaths:
+            entry = omero.model.FilesetEntryI()
+            entry.setClientPath(rstring(path))
+            fileset.addFilesetEntry(entry)
+        settings = omero.grid.ImportSettings()
+        settings.checksumAlgorithm = self._algorithm(SHA1)
+        return self.importFileset(fileset, settings, current)
+
+    @remote
+    def importFileset(self, fileset: Any, settings: Any, current: Ice.Current | None = None) -> Any:
+        """Save the Fileset with one OriginalFile per entry and return an ImportProcess."""
+        if fileset is None:
+            raise omero.ApiUsageException(None, None, "importFileset needs a Fileset")
+        settings = settings or omero.grid.ImportSettings()
+        algorithm = SHA1
+        if settings.checksumAlgorithm is not None:
+            algorithm = unwrap_str(settings.checksumAlgorithm.getValue()) or SHA1
+        if algorithm not in CHECKSUMS:
+            raise omero.ApiUsageException(
+                None, None, f"checksum algorithm {algorithm} is not supported by the stand-in"
+            )
+        entries = list(fileset.copyUsedFiles()) if fileset.sizeOfUsedFiles() > 0 else []
+        if not entries:
+            raise omero.ApiUsageException(None, None, "the Fileset names no files")
+        client_paths = []
+        for i, entry in enumerate(entries):
+            path = unwrap_str(entry.getClientPath())
+            if not path:
+                raise omero.ApiUsageException(None, None, f"FilesetEntry {i} has no clientPath")
+            client_paths.append(path)
+        shared, used = shortened_paths(client_paths)
+        prefix = template_prefix(self.session)
+        fileset.setTemplatePrefix(rstring(prefix))
+        repo = repository_file(self.ctx, self.session)
+        repo_uuid = unwrap_str(repo.getHash()) or ""
+        for entry, rel in zip(entries, used, strict=True):
+            ofile = omero.model.OriginalFileI()
+            rel_path = PurePosixPath(prefix + rel)
+            ofile.setName(rstring(rel_path.name))
+            ofile.setPath(rstring(str(rel_path.parent) + "/"))
+            ofile.setRepo(rstring(repo_uuid))
+            ofile.setMimetype(rstring("application/octet-stream"))
+            ofile.setSize(rlong(0))
+            entry.setOriginalFile(ofile)
+        with self.ctx.lock:
+            saved = self.session.save(fileset)
+        fileset_id = saved.getId().getValue()
+        loaded = self.ctx.store.load("Fileset", fileset_id, fetch=("usedFiles.originalFile",))
+        file_ids = [e.getOriginalFile().getId().getValue() for e in loaded.copyUsedFiles()]
+        for fid in file_ids:
+            original_path(self.ctx, fid).touch()
+        location = omero.grid.ImportLocation(
+            sharedPath=shared, omittedLevels=0, usedFiles=used, directory=None
+        )
+        proc = ImportProcessI(
+            self.ctx, self.session, fileset_id, file_ids, settings, algorithm, location, repo_uuid
+        )
+        prx = self.ctx.add_servant(proc, self.session.uuid)
+        proc.proxy = omero.grid.ImportProcessPrx.uncheckedCast(prx)
+        log.info("import of fileset %d started: %s", fileset_id, used)
+        return proc.proxy
+
+
+@servant
+class ImportProcessI(omero.grid.ImportProcess):
+    """One running import: uploaders for its files, then verification and the import itself."""
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        session: Any,
+        fileset_id: int,
+        file_ids: list[int],
+        settings: Any,
+        algorithm: str,
+        location: Any,
+        repo_uuid: str,
+    ) -> None:
+        self.ctx = ctx
+        self.session = session
+        self.fileset_id = fileset_id
+        self.file_ids = file_ids
+        self.settings = settings
+        self.algorithm = algorithm
+        self.location = location
+        self.repo_uuid = repo_uuid
+        self.proxy: Any = None
+        self.handle: Any = None
+        self.uploaders: list[Any] = []
+
+    def _file_id(self, i: int) -> int:
+        if not 0 <= i < len(self.file_ids):
+            raise omero.ApiUsageException(
+                None, None, f"file index {i} outside 0..{len(self.file_ids) - 1}"
+            )
+        return self.file_ids[i]
+
+    @remote
+    def getUploader(self, i: int, current: Ice.Current | None = None) -> Any:
+        """A RawFileStore already pointing at the i-th file of the fileset."""
+        store = RawFileStoreI(self.ctx, self.session, self._file_id(i))
+        prx = self.ctx.add_servant(store, self.session.uuid)
+        self.uploaders.append(prx.ice_getIdentity())
+        return omero.api.RawFileStorePrx.uncheckedCast(prx)
+
+    @remote
+    def getUploadOffset(self, i: int, current: Ice.Current | None = None) -> int:
+        """How many bytes of file i are already uploaded (to resume an interrupted upload)."""
+        path = original_path(self.ctx, self._file_id(i))
+        return path.stat().st_size if path.exists() else 0
+
+    @remote
+    def getImportSettings(self, current: Ice.Current | None = None) -> Any:
+        return self.settings
+
+    @remote
+    def getHandle(self, current: Ice.Current | None = None) -> Any:
+        return self.handle
+
+    @remote
+    def verifyUpload(self, hashes: list[str], current: Ice.Current | None = None) -> Any:
+        """Check every file's checksum, then import and return the (finished) Handle."""
+        if len(hashes or []) != len(self.file_ids):
+            raise omero.ApiUsageException(
+                None, None, f"{len(hashes or [])} checksums for {len(self.file_ids)} files"
+            )
+        failing = {}
+        for fid, expected in zip(self.file_ids, hashes, strict=True):
+            actual = CHECKSUMS[self.algorithm](original_path(self.ctx, fid))
+            if actual.lower() != (expected or "").lower():
+                failing[expected] = actual
+        if failing:
+            raise omero.ChecksumValidationException(
+                None,
+                None,
+                f"checksum mismatch for {len(failing)} of {len(self.file_ids)} files",
+                failing,
+            )
+        for fid in self.file_ids:
+            refresh_file_object(self.ctx, self.session, fid)
+        started = int(time.time() * 1000)
+        try:
+            response = import_fileset(self.ctx, self.session, self.fileset_id, self.settings)
+            flags: list[Any] = []
+        except Exception as exc:  # noqa: BLE001 - reported to the client as omero.cmd.ERR
+            log.warning("import of fileset %d failed: %s", self.fileset_id, exc)
+            response = omero.cmd.ERR(
+                category="ome.formats.importer.ImportLibrary",
+                name="import-failed",
+                parameters={
+                    "message": str(exc),
+                    "stacktrace": "".join(traceback.format_exception(exc)),
+                },
+            )
+            flags = [omero.cmd.State.FAILURE]
+        status = omero.cmd.Status(
+            source=None,
+            category="omero.grid.ImportRequest",
+            name="import",
+            flags=flags,
+            parameters={},
+            currentStep=5,
+            steps=5,
+            startTime=started,
+            stepStartTimes=[started] * 5,
+            stepStopTimes=[int(time.time() * 1000)] * 5,
+            stopTime=int(time.time() * 1000),
+        )
+        fileset = self.ctx.store.load("Fileset", self.fileset_id)
+        activity = omero.model.FilesetJobLinkI()
+        activity.setParent(fileset)
+        activity.setChild(omero.model.MetadataImportJobI())
+        request = omero.grid.ImportRequest(
+            clientUuid=self.session.uuid,
+            repoUuid=self.repo_uuid,
+            process=self.proxy,
+            activity=activity,
+            settings=self.settings,
+            location=self.location,
+            logFile=None,
+        )
+        handle = HandleI(self.ctx, request, response, status)
+        prx = self.ctx.add_servant(handle, self.session.uuid)
+        self.handle = omero.cmd.HandlePrx.uncheckedCast(prx)
+        return self.handle
+
+    # -- StatefulServiceInterface (asynchronous dispatch, through the core's decorator)
+
+    def close(self, current: Ice.Current | None = None) -> None:
+        for ident in self.uploaders:
+            self.ctx.remove_servant(ident)
+        self.uploaders = []
+        if current is not None:
+            self.ctx.remove_servant(current)
+
+    def activate(self, current: Ice.Current | None = None) -> None:
+        """Nothing to do: the stand-in never passivates a service."""
+
+    def passivate(self, current: Ice.Current | None = None) -> None:
+        """Nothing to do: state lives in the servant until close."""
+
+    def getCurrentEventContext(self, current: Ice.Current | None = None) -> Any:
+        return self.session.event_context()
+
+
+@servant
+class HandleI(omero.cmd.Handle):
+    """A finished command: the response is there before the client first asks for it."""
+
+    def __init__(self, ctx: ServerContext, request: Any, response: Any, status: Any) -> None:
+        self.ctx = ctx
+        self.request = request
+        self.response = response
+        self.status = status
+        self.callbacks: list[Any] = []
+
+    @remote
+    def addCallback(self, cb: Any, current: Ice.Current | None = None) -> None:
+        """Kept, never called: the client's initial poll already sees the finished response."""
+        self.callbacks.append(cb)
+
+    @remote
+    def removeCallback(self, cb: Any, current: Ice.Current | None = None) -> None:
+        self.callbacks = [c for c in self.callbacks if c != cb]
+
+    @remote
+    def getRequest(self, current: Ice.Current | None = None) -> Any:
+        return self.request
+
+    @remote
+    def getResponse(self, current: Ice.Current | None = None) -> Any:
+        return self.response
+
+    @remote
+    def getStatus(self, current: Ice.Current | None = None) -> Any:
+        return self.status
+
+    @remote
+    def cancel(self, current: Ice.Current | None = None) -> bool:
+        """Too late: the command has finished (OMERO answers False then too)."""
+        return False
+
+    @remote
+    def close(self, current: Ice.Current | None = None) -> None:
+        if current is not None:
+            self.ctx.remove_servant(current)
+
+
+# --------------------------------------------------------------------------- the import
+
+
+class ImportFailure(Exception):
+    """An uploaded fileset that the stand-in cannot import (the message names the file)."""
+
+
+def import_fileset(ctx: ServerContext, session: Any, fileset_id: int, settings: Any) -> Any:
+    """Read every OME-TIFF of a fileset and create what OMERO's import creates.
+
+    Returns ``omero.cmd.ImportResponse(pixels=[...], objects=[fileset, images...])``.
+    """
+    import ome_types
+    import tifffile
+
+    fileset = ctx.store.load("Fileset", fileset_id, fetch=("usedFiles.originalFile",))
+    entries = list(fileset.copyUsedFiles())
+    target = _target(ctx, settings)
+    extra_annotations = _user_annotations(ctx, settings)
+    all_pixels: list[Any] = []
+    images: list[Any] = []
+    readable = 0
+    for entry in entries:
+        ofile = entry.getOriginalFile()
+        name = unwrap_str(ofile.getName()) or "file"
+        path = original_path(ctx, ofile.getId().getValue())
+        try:
+            with tifffile.TiffFile(path) as tif:
+                xml = tif.ome_metadata
+                page_count = len(tif.pages)
+        except Exception as exc:  # noqa: BLE001 - not a TIFF: maybe a companion file
+            log.debug("%s is not a TIFF (%s)", name, exc)
+            continue
+        if not xml:
+            raise ImportFailure(f"{name}: a TIFF without OME-XML (only OME-TIFF is supported)")
+        readable += 1
+        try:
+            ome = ome_types.from_xml(xml)
+        except Exception as exc:  # noqa: BLE001
+            raise ImportFailure(f"{name}: invalid OME-XML: {exc}") from exc
+        ome_annotations = {
+            a.id: a for a in getattr(ome.structured_annotations, "map_annotations", []) or []
+        }
+        created: dict[str, Any] = {}
+        for index, ome_image in enumerate(ome.images):
+            image, pixels_id = _create_image(
+                ctx,
+                session,
+                path,
+                page_count,
+                name,
+                index,
+                len(ome.images),
+                ome_image,
+                fileset,
+                settings,
+                ome_annotations,
+                created,
+                extra_annotations,
+                target,
+            )
+            images.append(image)
+            all_pixels.append(ctx.store.load("Pixels", pixels_id, fetch=("image", "pixelsType")))
+        ofile = ctx.store.load("OriginalFile", ofile.getId().getValue())
+        ofile.setMimetype(rstring("OMETiff"))
+        session.save(ofile)
+    if not readable:
+        raise ImportFailure("no OME-TIFF in the fileset")
+    fileset = ctx.store.load("Fileset", fileset_id)
+    return omero.cmd.ImportResponse(pixels=all_pixels, objects=[fileset, *images])
+
+
+def _target(ctx: ServerContext, settings: Any) -> Any:
+    """The Dataset named by ``settings.userSpecifiedTarget`` (checked), or None."""
+    target = getattr(settings, "userSpecifiedTarget", None)
+    if target is None:
+        return None
+    if not isinstance(target, omero.model.Dataset):
+        raise ImportFailure(
+            f"import target {type(target).__name__} is not supported by the stand-in "
+            "(only a Dataset)"
+        )
+    tid = target.getId().getValue()
+    if not ctx.store.exists("Dataset", tid):
+        raise ImportFailure(f"import target Dataset:{tid} does not exist")
+    return omero.model.DatasetI(tid, False)
+
+
+def _user_annotations(ctx: ServerContext, settings: Any) -> list[Any]:
+    """Existing annotations from ``settings.userSpecifiedAnnotationList`` (as unloaded refs)."""
+    out = []
+    for ann in getattr(settings, "userSpecifiedAnnotationList", None) or []:
+        if ann is None or ann.getId() is None:
+            raise ImportFailure("userSpecifiedAnnotationList holds an unsaved annotation")
+        aid = ann.getId().getValue()
+        kind = ctx.store.kind("Annotation", aid)
+        if kind is None:
+            raise ImportFailure(f"Annotation:{aid} does not exist")
+        out.append(getattr(omero.model, kind + "I")(aid, False))
+    return out
+
+
+def _length(value: float | None, unit: Any) -> Any:
+    if value is None:
+        return None
+    return omero.model.LengthI(float(value), unit.name if unit is not None else "MICROMETER")
+
+
+def _time(value: float | None, unit: Any) -> Any:
+    if value is None:
+        return None
+    return omero.model.TimeI(float(value), unit.name if unit is not None else "SECOND")
+
+
+def _image_name(file_name: str, index: int, count: int, ome_image: Any, settings: Any) -> str:
+    """OMERO's naming: the file name, plus `` [image name]`` when the file holds several."""
+    user = unwrap_str(getattr(settings, "userSpecifiedName", None))
+    if user:
+        return user
+    if count == 1:
+        return file_name
+    return f"{file_name} [{ome_image.name or index}]"
+
+
+def _create_image(
+    ctx: ServerContext,
+    session: Any,
+    path: Any,
+    page_count: int,
+    file_name: str,
+    index: int,
+    count: int,
+    ome_image: Any,
+    fileset: Any,
+    settings: Any,
+    ome_annotations: dict[str, Any],
+    created: dict[str, Any],
+    extra_annotations: list[Any],
+    target: Any,
+) -> tuple[Any, int]:
+    """Create one Image graph for one OME Image; returns (saved image, pixels id)."""
+    px = ome_image.pixels
+    ptype = px.type.value
+    if ptype not in PIXELS_DTYPES:
+        raise ImportFailure(f"{file_name}: PixelType {ptype} is not supported by the stand-in")
+    try:
+        ifds = plane_ifds(px)
+    except PixelsError as exc:
+        raise ImportFailure(f"{file_name}: {exc}") from exc
+    bad = [i for i in ifds.values() if i >= page_count]
+    if bad:
+        raise ImportFailure(f"{file_name}: TiffData points at IFD {bad[0]} of {page_count}")
+    description = unwrap_str(getattr(settings, "userSpecifiedDescription", None))
+    if description is None:
+        description = ome_image.description
+    image = new_pixels_graph(
+        ctx,
+        px.size_x,
+        px.size_y,
+        px.size_z,
+        px.size_t,
+        px.size_c,
+        ptype,
+        _image_name(file_name, index, count, ome_image, settings),
+        description,
+    )
+    image.setSeries(rint(index))
+    image.setFileset(omero.model.FilesetI(fileset.getId().getValue(), False))
+    if ome_image.acquisition_date is not None:
+        image.setAcquisitionDate(rtime(int(ome_image.acquisition_date.timestamp() * 1000)))
+    else:
+        image.setAcquisitionDate(None)
+    pixels = image.getPrimaryPixels()
+    order = ctx.store.enum("DimensionOrder", px.dimension_order.value)
+    pixels.setDimensionOrder(omero.model.DimensionOrderI(order.getId().getValue(), False))
+    if px.significant_bits:
+        pixels.setSignificantBits(rint(px.significant_bits))
+    pixels.setPhysicalSizeX(_length(px.physical_size_x, px.physical_size_x_unit))
+    pixels.setPhysicalSizeY(_length(px.physical_size_y, px.physical_size_y_unit))
+    pixels.setPhysicalSizeZ(_length(px.physical_size_z, px.physical_size_z_unit))
+    pixels.setTimeIncrement(_time(px.time_increment, px.time_increment_unit))
+    for channel, ome_channel in zip(pixels.copyChannels(), px.channels, strict=False):
+        _fill_channel(channel, ome_channel)
+    for plane in px.planes:
+        info = omero.model.PlaneInfoI()
+        info.setTheZ(rint(plane.the_z))
+        info.setTheC(rint(plane.the_c))
+        info.setTheT(rint(plane.the_t))
+        info.setDeltaT(_time(plane.delta_t, plane.delta_t_unit))
+        info.setExposureTime(_time(plane.exposure_time, plane.exposure_time_unit))
+        info.setPositionX(_length(plane.position_x, plane.position_x_unit))
+        info.setPositionY(_length(plane.position_y, plane.position_y_unit))
+        info.setPositionZ(_length(plane.position_z, plane.position_z_unit))
+        pixels.addPlaneInfo(info)
+    image = session.save(image)
+    image_id = image.getId().getValue()
+    pixels_id = image.getPrimaryPixels().getId().getValue()
+    dtype = PIXELS_DTYPES[ptype]
+    geometry = Geometry(px.size_x, px.size_y, px.size_z, px.size_c, px.size_t, dtype)
+    source = TiffSource(path, index, ifds, geometry)
+    record_tiff_source(ctx.store_dir, pixels_id, source)
+    if not _flag(getattr(settings, "noStatsInfo", None)):
+        _stats(ctx, session, pixels_id, source)
+    links: list[Any] = []
+    for ref in ome_image.annotation_refs:
+        ome_ann = ome_annotations.get(ref.id)
+        if ome_ann is None:
+            continue  # not a MapAnnotation (tags, comments...): OMERO's import makes no tag
+        ann = created.get(ref.id)
+        if ann is None:
+            ann = session.save(_map_annotation(ome_ann))
+            created[ref.id] = ann
+        links.append(omero.model.MapAnnotationI(ann.getId().getValue(), False))
+    links.extend(extra_annotations)
+    for ann in links:
+        link = omero.model.ImageAnnotationLinkI()
+        link.setParent(omero.model.ImageI(image_id, False))
+        link.setChild(ann)
+        session.save(link)
+    if target is not None:
+        link = omero.model.DatasetImageLinkI()
+        link.setParent(target)
+        link.setChild(omero.model.ImageI(image_id, False))
+        session.save(link)
+    return ctx.store.load("Image", image_id), pixels_id
+
+
+def _flag(value: Any) -> bool:
+    return bool(value.getValue()) if value is not None else False
+
+
+def _fill_channel(channel: Any, ome_channel: Any) -> None:
+    """Colour on the Channel; name, wavelengths and fluor on its LogicalChannel."""
+    if ome_channel.color is not None:
+        r, g, b, *rest = ome_channel.color.as_rgb_tuple(alpha=True)
+        alpha = int(round(rest[0] * 255)) if rest else 255
+        channel.setRed(rint(r))
+        channel.setGreen(rint(g))
+        channel.setBlue(rint(b))
+        channel.setAlpha(rint(alpha))
+    logical = channel.getLogicalChannel()
+    if ome_channel.name is not None:
+        logical.setName(rstring(ome_channel.name))
+    logical.setEmissionWave(
+        _length(ome_channel.emission_wavelength, ome_channel.emission_wavelength_unit)
+    )
+    logical.setExcitationWave(
+        _length(ome_channel.excitation_wavelength, ome_channel.excitation_wavelength_unit)
+    )
+    if ome_channel.fluor:
+        logical.setFluor(rstring(ome_channel.fluor))
+    if ome_channel.samples_per_pixel:
+        logical.setSamplesPerPixel(rint(ome_channel.samples_per_pixel))
+
+
+def _map_annotation(ome_ann: Any) -> Any:
+    """An OMERO MapAnnotation from an OME-XML one, namespace and order of pairs kept."""
+    ann = omero.model.MapAnnotationI()
+    if ome_ann.namespace:
+        ann.setNs(rstring(ome_ann.namespace))
+    if ome_ann.description:
+        ann.setDescription(rstring(ome_ann.description))
+    pairs = []
+    for m in ome_ann.value.ms if ome_ann.value is not None else []:
+        pairs.append(omero.model.NamedValue(m.k or "", m.value or ""))
+    ann.setMapValue(pairs)
+    return ann
+
+
+def _stats(ctx: ServerContext, session: Any, pixels_id: int, source: TiffSource) -> None:
+    """Per-channel global min/max over all planes, as OMERO's import computes (StatsInfo)."""
+    g = source.geometry
+    buffer = TiffBuffer(source)
+    try:
+        lows = [np.inf] * g.size_c
+        highs = [-np.inf] * g.size_c
+        for _z, c, _t in source.ifds:
+            plane = np.frombuffer(buffer.read_tile(_z, c, _t, 0, 0, g.size_x, g.size_y), g.dtype)
+            lows[c] = min(lows[c], float(plane.min()))
+            highs[c] = max(highs[c], float(plane.max()))
+    finally:
+        buffer.close()
+    pixels = ctx.store.load("Pixels", pixels_id, fetch=("channels.statsInfo",))
+    for c, channel in enumerate(pixels.copyChannels()):
+        if lows[c] == np.inf:
+            continue
+        stats = omero.model.StatsInfoI()
+        stats.setGlobalMin(rdouble(lows[c]))
+        stats.setGlobalMax(rdouble(highs[c]))
+        channel.setStatsInfo(stats)
+        session.save(channel)
+
+
+def register(ctx: ServerContext) -> None:
+    """Plug SharedResources (repository and tables) into the core; one servant per session."""
+    ctx.register_service("SharedResources", SharedResourcesI)
