@@ -17,7 +17,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-pip_install() { "$PY" -m pip install --disable-pip-version-check --quiet "$@" 2>&1 | grep -v '^WARNING: Location' || true; }
+# pip's own noise is filtered: index-location warnings from this machine's pip.conf, and the resolver's
+# note that python-bioformats' (deliberately skipped) javabridge/boto3 dependencies are absent.
+pip_install() {
+  "$PY" -m pip install --disable-pip-version-check --quiet "$@" 2>&1 \
+    | grep -v -e '^WARNING: Location' -e 'python-bioformats' -e "dependency resolver does not currently" || true
+  return "${PIPESTATUS[0]}"
+}
 
 # zeroc-ice: use a cached wheel, or build one (about 10 minutes the first time).
 if ! "$PY" -c 'import Ice' 2>/dev/null; then
