@@ -66,6 +66,14 @@ def test_builtin_parsers_are_installed_entry_points() -> None:
     assert isinstance(JsonSettingsParser(), MetadataParser)  # the README example fits too
 
 
+def test_builtins_without_installed_entry_points(monkeypatch) -> None:
+    """Run from a source tree (package not installed): the shipped parsers are still there."""
+    monkeypatch.setattr(
+        importlib.metadata, "entry_points", lambda **_: importlib.metadata.EntryPoints([])
+    )
+    assert list(available_parsers()) == ["swainlab", "yaml"]
+
+
 def test_readme_example_runs_through_module_class(tmp_path: Path) -> None:
     meta = load_metadata(_settings(tmp_path / "e"), EXAMPLE)
     assert [c.name for c in meta.channels] == ["GFP", "mCherry"]

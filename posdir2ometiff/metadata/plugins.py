@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "posdir2ometiff.parsers"
 
+#: The parsers this package ships, also registered as entry points in pyproject.toml. Used when
+#: the package runs from a source tree without being installed (no entry points then), so that
+#: ``auto`` does not silently find nothing.
+BUILTIN_PARSERS = {
+    "swainlab": "posdir2ometiff.metadata.swainlab:SwainLabParser",
+    "yaml": "posdir2ometiff.metadata.sidecar:YamlSidecarParser",
+}
+
 
 class MetadataError(ValueError):
     """Metadata that cannot be used; the message is one line naming the file (key / line) and the fault.
@@ -58,7 +66,14 @@ class MetadataParser(Protocol):
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
     # Looked up through the module attribute on every call so tests can monkeypatch
     # importlib.metadata.entry_points to register fake plug-ins (as bioio's tests do).
-    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    names = {ep.name for ep in eps}
+    eps += [
+        importlib.metadata.EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
+        for name, value in BUILTIN_PARSERS.items()
+        if name not in names
+    ]
+    return eps
 
 
 def available_parsers() -> dict[str, type]:
