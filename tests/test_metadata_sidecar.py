@@ -40,7 +40,7 @@ channels:
   - {name: GFP, color: "#00FF00", excitation_wavelength_nm: 488, emission_wavelength_nm: 509}
   - {name: mCherry, color: "#FF0000"}
 positions:
-  - {name: pos001, x_um: 10.5, y_um: -3, exposure_ms: {GFP: 7}}
+  - {name: pos001, x_um: 10.5, y_um: -3, group: 2, exposure_ms: {GFP: 7}}
 """
 
 
@@ -83,6 +83,7 @@ def test_full_sidecar_fills_the_model(tmp_path: Path) -> None:
     )
     assert (m.z.count, m.z.spacing_um, m.time.interval_s, m.time.timepoints) == (5, 0.6, 300, 3)
     assert m.position("pos001").exposure_ms == {"GFP": 7}
+    assert m.position("pos001").group == "2"
 
 
 def test_key_values_as_a_list_of_pairs(tmp_path: Path) -> None:

@@ -123,6 +123,11 @@ def _key_values(spec: Any) -> list[tuple[str, str]]:
     return [(item["key"], _text(item["value"])) for item in spec or []]
 
 
+def _as_text(item: dict[str, Any], key: str) -> dict[str, Any]:
+    """The model keeps codes such as a camera mode or a position group as text (``2`` -> "2")."""
+    return {**item, key: _text(item[key])} if key in item else item
+
+
 def parse_sidecar(path: Path) -> ExperimentMetadata:
     """Read and validate one sidecar file into the model."""
     path = Path(path)
@@ -159,7 +164,7 @@ def parse_sidecar(path: Path) -> ExperimentMetadata:
         comments=data.get("comments"),
         tags=list(data.get("tags", [])),
         key_values=_key_values(data.get("key_values")),
-        channels=[Channel(**c) for c in data.get("channels", [])],
+        channels=[Channel(**_as_text(c, "camera_mode")) for c in data.get("channels", [])],
         z=ZSectioning(**{**z, **({"count": int(z["count"])} if "count" in z else {})})
         if z
         else None,
@@ -168,7 +173,7 @@ def parse_sidecar(path: Path) -> ExperimentMetadata:
         )
         if time
         else None,
-        positions=[StagePosition(**p) for p in data.get("positions", [])],
+        positions=[StagePosition(**_as_text(p, "group")) for p in data.get("positions", [])],
         acquisition_start=dt.datetime.fromisoformat(start) if start else None,
         microscope=data.get("microscope"),
         objective=obj.get("name"),
