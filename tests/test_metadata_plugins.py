@@ -203,3 +203,28 @@ def test_parser_error_names_the_file(tmp_path: Path) -> None:
     (folder / "settings.json").write_text("{not json")
     with pytest.raises(MetadataError, match=r"settings\.json: Expecting property name"):
         load_metadata(folder, EXAMPLE)
+
+
+def test_cli_metadata_option_end_to_end(tmp_path: Path, capsys) -> None:
+    """``posdir2ometiff SRC -o OUT --metadata module:Class`` runs the README parser into OME-XML;
+    an unknown NAME is a one-line error with exit status 1 listing the installed parsers."""
+    import tifffile
+    from ome_types import from_xml
+
+    from posdir2ometiff.cli import main
+    from posdir2ometiff.demo import make_demo
+
+    src = tmp_path / "exp"
+    make_demo(src, positions=1, channels=("GFP", "mCherry"), z=1, t=1, size=64, metadata=False)
+    _settings(src)
+    out = tmp_path / "out"
+    assert main([str(src), "-o", str(out), "--metadata", EXAMPLE, "--workers", "1", "-q"]) == 0
+    with tifffile.TiffFile(out / "pos001.ome.tiff") as tif:
+        pixels = from_xml(tif.ome_metadata).images[0].pixels
+    assert [c.name for c in pixels.channels] == ["GFP", "mCherry"]
+    assert pixels.physical_size_x == 0.1
+    assert pixels.planes[0].exposure_time == 50
+
+    assert main([str(src), "-o", str(tmp_path / "o2"), "--metadata", "zeiss", "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "installed: swainlab, yaml" in err[0]
