@@ -52,7 +52,7 @@ def _write(folder: Path, text: str) -> Path:
 
 
 def test_schema_is_a_valid_json_schema_in_the_repo_schemas_folder() -> None:
-    assert schema_path() == REPO / "schemas" / "experiment.schema.json"
+    assert schema_path().resolve() == REPO / "schemas" / "experiment.schema.json"
     jsonschema.Draft202012Validator.check_schema(load_schema())
     assert json.loads(schema_path().read_text())["$schema"].endswith("2020-12/schema")
 

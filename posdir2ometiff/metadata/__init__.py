@@ -9,6 +9,7 @@ from posdir2ometiff.metadata.model import (
     ZSectioning,
     merge,
 )
+from posdir2ometiff.metadata.plugins import MetadataError, MetadataParser, load_metadata
 
 __all__ = [
     "Channel",
@@ -18,4 +19,7 @@ __all__ = [
     "TimeSettings",
     "ZSectioning",
     "merge",
+    "MetadataError",
+    "MetadataParser",
+    "load_metadata",
 ]

@@ -65,7 +65,7 @@ class StagePosition:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlaneTime:
     """When one plane (or one channel stack, z=None) was acquired, read from the log body."""
 
@@ -178,5 +178,7 @@ def _merge_named(old: list, new: list) -> list:
             index[item.name.lower()] = len(out)
             out.append(item)
         else:
-            out[i] = _merge_obj(out[i], item)
+            # The first spelling wins ("GFP" from the Acq file, not "gfp" from a sidecar), so the
+            # channel names in the OME-XML match the file names on disk.
+            out[i] = dataclasses.replace(_merge_obj(out[i], item), name=out[i].name)
     return out

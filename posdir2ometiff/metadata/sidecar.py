@@ -41,13 +41,12 @@ SCHEMA_NAME = "experiment.schema.json"
 
 
 def schema_path() -> Path:
-    """The JSON Schema file: the repository's top-level ``schemas/`` folder (one copy, which the
-    README links for editors); a copy packaged inside ``posdir2ometiff/schemas/`` also works."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "schemas", here.parents[1] / "schemas"):
-        if (candidate / SCHEMA_NAME).is_file():
-            return candidate / SCHEMA_NAME
-    raise MetadataError(f"{SCHEMA_NAME} not found beside the package (is the install complete?)")
+    """The JSON Schema file. ``posdir2ometiff/schemas`` links to the repository's top-level
+    ``schemas/`` folder (one copy, which the README links for editors), and wheels carry the files."""
+    path = Path(__file__).resolve().parents[1] / "schemas" / SCHEMA_NAME
+    if not path.is_file():
+        raise MetadataError(f"{path}: schema not found (is the install complete?)")
+    return path
 
 
 @lru_cache(maxsize=1)
