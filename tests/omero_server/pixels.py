@@ -33,6 +33,7 @@ import omero.model
 from omero.rtypes import rdouble, rint, rlong, rstring, rtime
 
 from .server import NO_REPLY, ServerContext, servant
+from .store import ENUMERATIONS, is_enum_kind
 
 log = logging.getLogger(__name__)
 
@@ -399,6 +400,21 @@ def message_digest(buffer: PixelBuffer) -> bytes:
 # --------------------------------------------------------------------------- servants
 
 
+def data_servant(cls: type) -> type:
+    """The core's ``servant`` decorator, keeping Ice's own ``ice_*`` operations working.
+
+    Without this, the decorator would stub ``ice_isA``/``ice_ping`` as unsupported and
+    ``ManagedRepositoryPrx.checkedCast`` (what ``client.getManagedRepository`` does) would fail.
+    Harmless once the core skips ``ice_*`` itself.
+    """
+    cls = servant(cls)
+    for name in ("ice_isA", "ice_ping", "ice_ids", "ice_id"):
+        for attr in (name, name + "_async"):
+            if attr in vars(cls):
+                delattr(cls, attr)
+    return cls
+
+
 def usage_error(message: str) -> omero.ApiUsageException:
     """The exception OMERO raises for a request that cannot be honoured as asked."""
     return omero.ApiUsageException(None, None, message)
@@ -410,6 +426,15 @@ def enum_name(enum_class: str) -> str:
     if name.endswith("I") and getattr(omero.model, name[:-1], None) is not None:
         name = name[:-1]
     return name
+
+
+def with_bit_size(entry: Any) -> Any:
+    """Fill ``PixelsType.bitSize`` as OMERO's database has it (other enumerations unchanged)."""
+    if isinstance(entry, omero.model.PixelsType) and entry.getValue() is not None:
+        bits = PIXELS_TYPE_BITS.get(entry.getValue().getValue())
+        if bits is not None:
+            entry.setBitSize(rint(bits))
+    return entry
 
 
 def pixels_type_value(ctx: ServerContext, ptype: Any) -> str:
@@ -512,7 +537,7 @@ def new_pixels_graph(
     return image
 
 
-@servant
+@data_servant
 class PixelsServiceI(omero.api.IPixels):
     """IPixels: create images, describe pixels, enumerations, channel min/max."""
 
@@ -566,17 +591,18 @@ class PixelsServiceI(omero.api.IPixels):
 
     def getAllEnumerations(self, enumClass: str, current: Ice.Current | None = None) -> list[Any]:
         kind = enum_name(enumClass)
-        from .store import is_enum_kind
-
-        if not is_enum_kind(kind):
+        if kind not in ENUMERATIONS and not is_enum_kind(kind):
             raise usage_error(f"{enumClass} is not an enumeration")
-        return [self.ctx.store.load(kind, f.getId().getValue()) for f in self.ctx.store.all(kind)]
+        entries = [
+            self.ctx.store.load(kind, f.getId().getValue()) for f in self.ctx.store.all(kind)
+        ]
+        return [with_bit_size(e) for e in entries]
 
     def getEnumeration(self, enumClass: str, value: str, current: Ice.Current | None = None) -> Any:
         entry = self.ctx.store.enum(enum_name(enumClass), value)
         if entry is None:
             raise usage_error(f"no {enumClass} with value {value!r}")
-        return entry
+        return with_bit_size(entry)
 
     def getBitDepth(self, type: Any, current: Ice.Current | None = None) -> int:  # noqa: A002
         return PIXELS_TYPE_BITS[pixels_type_value(self.ctx, type)]
@@ -606,7 +632,7 @@ class PixelsServiceI(omero.api.IPixels):
         self.session.save(channel)
 
 
-@servant
+@data_servant
 class RawPixelsStoreI(omero.api.RawPixelsStore):
     """RawPixelsStore: planes, tiles, rows, stacks of one Pixels object, big-endian bytes.
 

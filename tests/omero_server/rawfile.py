@@ -25,7 +25,8 @@ import omero.api
 import omero.model
 from omero.rtypes import rlong, rstring
 
-from .server import ServerContext, servant
+from .pixels import data_servant
+from .server import ServerContext
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def refresh_file_object(ctx: ServerContext, session: Any, file_id: int) -> Any:
     return ctx.store.load("OriginalFile", file_id, fetch=("hasher",))
 
 
-@servant
+@data_servant
 class RawFileStoreI(omero.api.RawFileStore):
     """A stateful reader/writer of one OriginalFile's bytes.
 

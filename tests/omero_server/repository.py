@@ -8,7 +8,7 @@ this, see ``omero.testlib.ITest.full_import`` and ``omero.plugins.fs.prep_direct
     rfs = proc.getUploader(i); rfs.write(...); rfs.close()   # one RawFileStore per file
     handle = proc.verifyUpload([sha1, ...])     # server checks the SHA-1s, then imports
     cb = omero.callbacks.CmdCallbackI(client, handle)   # polls handle.getResponse() once
-    rsp = cb.loop(...)                          # omero.cmd.ImportResponse(pixels=[...])
+    rsp = cb.loop(...)                          # omero.grid.ImportResponse(pixels=[...])
     proc.close()
 
 The stand-in imports synchronously inside ``verifyUpload``: by the time the client holds the
@@ -57,12 +57,13 @@ from .pixels import (
     PixelsError,
     TiffBuffer,
     TiffSource,
+    data_servant,
     new_pixels_graph,
     plane_ifds,
     record_tiff_source,
 )
 from .rawfile import SHA1, RawFileStoreI, original_path, refresh_file_object, sha1_of
-from .server import ServerContext, servant, server_error
+from .server import ServerContext, server_error
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def shortened_paths(client_paths: list[str]) -> tuple[str, list[str]]:
     return "/".join(base), rel
 
 
-@servant
+@data_servant
 class SharedResourcesI(omero.grid.SharedResources):
     """SharedResources: the managed repository and OMERO.tables (one servant per session)."""
 
@@ -192,7 +193,7 @@ class SharedResourcesI(omero.grid.SharedResources):
         return tables_service.open_table(self.ctx, self.session, file)
 
 
-@servant
+@data_servant
 class ManagedRepositoryI(omero.grid.ManagedRepository):
     """The managed repository: start imports, list checksum algorithms."""
 
@@ -290,7 +291,7 @@ class ManagedRepositoryI(omero.grid.ManagedRepository):
         return proc.proxy
 
 
-@servant
+@data_servant
 class ImportProcessI(omero.grid.ImportProcess):
     """One running import: uploaders for its files, then verification and the import itself."""
 
@@ -432,7 +433,7 @@ class ImportProcessI(omero.grid.ImportProcess):
         return self.session.event_context()
 
 
-@servant
+@data_servant
 class HandleI(omero.cmd.Handle):
     """A finished command: the response is there before the client first asks for it."""
 
@@ -485,7 +486,7 @@ class ImportFailure(Exception):
 def import_fileset(ctx: ServerContext, session: Any, fileset_id: int, settings: Any) -> Any:
     """Read every OME-TIFF of a fileset and create what OMERO's import creates.
 
-    Returns ``omero.cmd.ImportResponse(pixels=[...], objects=[fileset, images...])``.
+    Returns ``omero.grid.ImportResponse(pixels=[...], objects=[fileset, images...])``.
     """
     import ome_types
     import tifffile
@@ -544,7 +545,7 @@ def import_fileset(ctx: ServerContext, session: Any, fileset_id: int, settings: 
     if not readable:
         raise ImportFailure("no OME-TIFF in the fileset")
     fileset = ctx.store.load("Fileset", fileset_id)
-    return omero.cmd.ImportResponse(pixels=all_pixels, objects=[fileset, *images])
+    return omero.grid.ImportResponse(pixels=all_pixels, objects=[fileset, *images])
 
 
 def _target(ctx: ServerContext, settings: Any) -> Any:
