@@ -182,6 +182,8 @@ class _Probe:
     shape: tuple[int, int]
     dtype: np.dtype
     samples: list[int]
+    #: The planes decoded while probing, handed to the writer so no file is decoded twice.
+    cache: dict[PlaneKey, tuple[np.ndarray, int, str, int]]
 
 
 def _probe(layout: PositionLayout) -> _Probe:
@@ -189,14 +191,16 @@ def _probe(layout: PositionLayout) -> _Probe:
     shape: tuple[int, int] | None = None
     dtype: np.dtype | None = None
     samples: list[int] = []
+    cache: dict[PlaneKey, tuple[np.ndarray, int, str, int]] = {}
+    first: dict[int, PlaneKey] = {}
+    for key in layout.plane_keys():
+        if key in layout.files and key.c not in first:
+            first[key.c] = key
     for c in range(layout.size_c):
-        path = next(
-            (p for k, p in sorted(layout.files.items(), key=lambda kv: (kv[0].t, kv[0].z))
-             if k.c == c),
-            None,
-        )
-        assert path is not None  # a channel exists only because some file names it
-        arr = read_plane(path)[0]
+        key = first[c]  # a channel exists only because some file names it
+        path = layout.files[key]
+        cache[key] = read_plane(path)
+        arr = cache[key][0]
         samples.append(1 if arr.ndim == 2 else arr.shape[2])
         if shape is None:
             shape, dtype = arr.shape[:2], arr.dtype
@@ -206,7 +210,7 @@ def _probe(layout: PositionLayout) -> _Probe:
                 f"{layout.name} are {dtype} {shape[1]}x{shape[0]}"
             )
     assert shape is not None and dtype is not None
-    return _Probe(shape=shape, dtype=dtype, samples=samples)
+    return _Probe(shape=shape, dtype=dtype, samples=samples, cache=cache)
 
 
 # --------------------------------------------------------------------------- one position
@@ -265,7 +269,8 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
         if path is None:
             shape = probe.shape if samples == 1 else (*probe.shape, samples)
             return np.zeros(shape, probe.dtype)
-        arr, size, sha1, mtime = read_plane(path)
+        cached = probe.cache.pop(key, None)
+        arr, size, sha1, mtime = cached if cached is not None else read_plane(path)
         got = 1 if arr.ndim == 2 else arr.shape[2]
         if arr.shape[:2] != probe.shape or arr.dtype != probe.dtype or got != samples:
             raise PlaneError(
@@ -527,11 +532,23 @@ def convert(src: Path | str, out: Path | str, **options: Any) -> ConversionResul
         jobs.append(PositionJob(layout, _job_metadata(meta, layout.name), src, out,
                                 opts.tile, opts.compression, str(opts.pyramid)))
 
+    tables_box: dict[str, Any] = {}
+
+    def write_experiment_tables() -> None:
+        """HDF5 tables; run while the workers convert (this process is idle then)."""
+        if meta is not None and (meta.tables or meta.plane_times):
+            path = out / TABLES_NAME
+            names = write_tables(meta, path)
+            if names:
+                tables_box["entry"] = {"path": TABLES_NAME, "sha1": sha1_file(path),
+                                       "size": path.stat().st_size, "names": names}
+
     total = sum(j.layout.plane_count for j in jobs if not j.layout.error)
     workers = min(opts.workers or os.cpu_count() or 1, max(len(jobs), 1))
     progress_mode = opts.progress
     with Progress(total, mode=progress_mode) as progress:
-        for job, (entry, detail) in _run_jobs(jobs, workers, opts.fail_fast, progress):
+        for job, (entry, detail) in _run_jobs(jobs, workers, opts.fail_fast, progress,
+                                                  write_experiment_tables):
             name = job.layout.name
             entries[name] = entry
             if entry["status"] == "ok":
@@ -550,16 +567,8 @@ def convert(src: Path | str, out: Path | str, **options: Any) -> ConversionResul
                 if detail:
                     logger.debug("%s", detail)
 
-    tables_entry = None
-    tables_path = None
-    if meta is not None and (meta.tables or meta.plane_times):
-        tables_path = out / TABLES_NAME
-        names = write_tables(meta, tables_path)
-        if names:
-            tables_entry = {"path": TABLES_NAME, "sha1": sha1_file(tables_path),
-                            "size": tables_path.stat().st_size, "names": names}
-        else:
-            tables_path = None
+    tables_entry = tables_box.get("entry")
+    tables_path = out / TABLES_NAME if tables_entry else None
 
     # Keep entries of positions converted earlier into this OUT but not part of this run.
     positions = {k: v for k, v in (previous or {}).get("positions", {}).items()
@@ -591,23 +600,27 @@ def convert(src: Path | str, out: Path | str, **options: Any) -> ConversionResul
 
 
 def _run_jobs(
-    jobs: list[PositionJob], workers: int, fail_fast: bool, progress: Progress
+    jobs: list[PositionJob], workers: int, fail_fast: bool, progress: Progress,
+    meanwhile: Callable[[], None],
 ) -> Iterator[tuple[PositionJob, tuple[dict, str | None]]]:
-    """Run jobs in this process (one worker) or a process pool, yielding results as they come."""
-    if not jobs:
-        return
-    if workers <= 1:
+    """Run jobs in this process (one worker) or a process pool, yielding results as they come.
+
+    ``meanwhile`` runs exactly once: while the pool works, or after the jobs when run inline.
+    """
+    if workers <= 1 or not jobs:
         for job in jobs:
             entry, detail = _run_job_inline(job, progress)
             yield job, (entry, detail)
             if fail_fast and entry["status"] != "ok":
                 logger.error("--fail-fast: stopping after the first failure")
-                return
+                break
+        meanwhile()
         return
 
     q = mp.get_context().Queue()
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(q,)) as ex:
         futures: dict[Future, PositionJob] = {ex.submit(_run_job, job): job for job in jobs}
+        meanwhile()
         pending = set(futures)
         stop = False
         while pending:

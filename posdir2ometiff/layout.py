@@ -75,7 +75,7 @@ class PositionLayout:
     def plane_count(self) -> int:
         return self.size_t * self.size_c * self.size_z
 
-    def keys(self) -> Iterator[PlaneKey]:
+    def plane_keys(self) -> Iterator[PlaneKey]:
         """All (t, c, z) in OME XYZCT order (z fastest, then c, then t): the TIFF IFD order."""
         for t in range(self.size_t):
             for c in range(self.size_c):
@@ -84,7 +84,7 @@ class PositionLayout:
 
     def missing(self) -> list[PlaneKey]:
         """Planes of the hypercube that no file provides (written as zeros)."""
-        return [k for k in self.keys() if k not in self.files]
+        return [k for k in self.plane_keys() if k not in self.files]
 
     def describe(self, key: PlaneKey) -> str:
         """Human-readable plane label with the file-name values, e.g. ``t=3 c=GFP z=2``."""

@@ -44,7 +44,7 @@ def test_numeric_sort_zero_based_indices_and_xyzct_order(tmp_path: Path) -> None
     assert layout.channels == ["DIC", "GFP"]  # no metadata: sorted
     assert layout.files[PlaneKey(1, 1, 1)].name == "exp_10_GFP_3.tif"
     assert layout.files[PlaneKey(0, 0, 0)].name == "exp_2_DIC_1.tiff"
-    keys = list(layout.keys())
+    keys = list(layout.plane_keys())
     assert keys[:3] == [PlaneKey(0, 0, 0), PlaneKey(0, 0, 1), PlaneKey(0, 1, 0)]  # z fastest
     assert layout.missing() == []
     assert layout.describe(PlaneKey(1, 1, 0)) == "t=10 c=GFP z=1"
