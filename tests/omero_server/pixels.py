@@ -245,13 +245,16 @@ class TiffSource:
         return cls(store_dir / data["path"], data["image_index"], ifds, geometry)
 
 
-def plane_ifds(pixels: Any) -> dict[tuple[int, int, int], int]:
+def plane_ifds(
+    pixels: Any, file_uuid: str | None = None, file_name: str | None = None
+) -> dict[tuple[int, int, int], int]:
     """Map every (z, c, t) of an ome-types ``Pixels`` to its IFD, following its TiffData blocks.
 
     As the OME-TIFF specification says: a block starts at (FirstZ, FirstC, FirstT) and IFD, and
     covers PlaneCount planes (default: 1 if it names a first plane, else all) advancing in the
     DimensionOrder; no TiffData at all means IFD i holds plane i in DimensionOrder.
-    Blocks that point into another file (a UUID with a FileName) are not supported here.
+    A block's ``UUID`` may name this very file (by the root ``OME/@UUID`` *file_uuid*, or by
+    *file_name*); blocks that point into another file (multi-file OME-TIFF) are not supported.
     """
     sizes = {"Z": pixels.size_z, "C": pixels.size_c, "T": pixels.size_t}
     order = pixels.dimension_order.value[2:]  # e.g. "ZCT" from "XYZCT"
@@ -277,7 +280,11 @@ def plane_ifds(pixels: Any) -> dict[tuple[int, int, int], int]:
         return {zct(i): i for i in range(total)}
     mapping: dict[tuple[int, int, int], int] = {}
     for block in blocks:
-        if block.uuid is not None and block.uuid.file_name:
+        if block.uuid is not None and not (
+            (file_uuid and block.uuid.value == file_uuid)
+            or (file_name and block.uuid.file_name == file_name)
+            or not block.uuid.file_name
+        ):
             raise PixelsError(
                 f"TiffData refers to another file ({block.uuid.file_name}); "
                 "multi-file OME-TIFF is not supported by the stand-in"

@@ -526,6 +526,7 @@ def import_fileset(ctx: ServerContext, session: Any, fileset_id: int, settings: 
                 session,
                 path,
                 page_count,
+                ome.uuid,
                 name,
                 index,
                 len(ome.images),
@@ -605,6 +606,7 @@ def _create_image(
     session: Any,
     path: Any,
     page_count: int,
+    file_uuid: str | None,
     file_name: str,
     index: int,
     count: int,
@@ -622,7 +624,7 @@ def _create_image(
     if ptype not in PIXELS_DTYPES:
         raise ImportFailure(f"{file_name}: PixelType {ptype} is not supported by the stand-in")
     try:
-        ifds = plane_ifds(px)
+        ifds = plane_ifds(px, file_uuid, file_name)
     except PixelsError as exc:
         raise ImportFailure(f"{file_name}: {exc}") from exc
     bad = [i for i in ifds.values() if i >= page_count]
