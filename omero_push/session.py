@@ -208,6 +208,7 @@ def is_connection_lost(exc: BaseException) -> bool:
         import Glacier2
         import Ice
         import omero
+        import omero.clients  # noqa: F401 - defines omero's exception classes
     except ImportError:  # pragma: no cover
         return False
     lost = (
@@ -218,7 +219,6 @@ def is_connection_lost(exc: BaseException) -> bool:
         Ice.TimeoutException,
         Ice.SocketException,
         Ice.CloseConnectionException,
-        Ice.ConnectionManuallyClosedException,
         Ice.ObjectNotExistException,  # the session's services vanish with a restart
         Ice.CommunicatorDestroyedException,
         Glacier2.SessionNotExistException,

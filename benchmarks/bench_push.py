@@ -1,0 +1,229 @@
+"""Push throughput against the OMERO stand-in, next to a bound measured in the same run.
+
+    .venv/bin/python benchmarks/bench_push.py [--files 4] [--size 1024] [--planes 12]
+
+For each mode the figure that matters is push MB/s ÷ bound MB/s (target ≥ 0.5):
+
+* import mode — push: ``omero_push.push(mode="import")`` (managed-repository import: upload in
+  chunks, verifyUpload, wait for the server's import, annotations, provenance).
+  Bound: the same number of bytes through a loop of ``RawFileStore.write`` calls of the same
+  chunk size, nothing else (no file reading, no hashing, no import, no annotations).
+* pixels mode — push: ``omero_push.push(mode="pixels")`` (createImage, read planes from the
+  OME-TIFF, tiles to big-endian, ``RawPixelsStore.setTile``, channels, min/max, annotations).
+  Bound: ``RawPixelsStore.setTile`` of ready-made big-endian buffers, same tile size and count.
+
+Both run against one stand-in process started here, on loopback, so server-side costs (the
+stand-in's Python servants) are in both the push and the bound.  Not a test: it prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.* helpers and the stand-in live in the repository
+
+USER, PASSWORD = "bench", "bench-pw"
+
+
+def start_standin(store: Path) -> tuple[subprocess.Popen[str], int]:
+    """Run the stand-in on a free port; returns the process and the port it prints."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.omero_server",
+            "--port",
+            "0",
+            "--store",
+            str(store),
+            "--user",
+            USER,
+            "--password",
+            PASSWORD,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        m = re.search(r"listening on (\d+)", line or "")
+        if m:
+            return proc, int(m.group(1))
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise SystemExit("the stand-in did not start")
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def make_files(folder: Path, n: int, size: int, planes: int) -> list[Path]:
+    """n OME-TIFFs of `planes` uint16 planes of size² (1 channel, z = planes), random pixels."""
+    from tests.test_push_support import make_ome_tiff
+
+    paths = []
+    for i in range(n):
+        p = folder / f"bench{i:02d}.ome.tiff"
+        make_ome_tiff(
+            p, name=p.stem, shape_tczyx=(1, 1, planes, size, size), seed=i, tile=(256, 256)
+        )
+        paths.append(p)
+    return paths
+
+
+def client_session(port: int):  # noqa: ANN201 - omero types
+    import omero
+    import omero.clients  # noqa: F401
+
+    c = omero.client(host="tcp://127.0.0.1", port=port)
+    c.createSession(USER, PASSWORD)
+    return c
+
+
+def bound_rawfile(port: int, sizes: list[int], chunk: int) -> float:
+    """Seconds to send `sizes` bytes as RawFileStore.write calls of `chunk` bytes."""
+    import omero
+    from omero.rtypes import rstring
+
+    c = client_session(port)
+    try:
+        sf = c.getSession()
+        block = os.urandom(chunk)
+        t0 = time.perf_counter()
+        for i, size in enumerate(sizes):
+            of = omero.model.OriginalFileI()
+            of.setName(rstring(f"bound{i}"))
+            of.setPath(rstring("bench/"))
+            of = sf.getUpdateService().saveAndReturnObject(of)
+            rfs = sf.createRawFileStore()
+            rfs.setFileId(of.getId().getValue())
+            off = 0
+            while off < size:
+                n = min(chunk, size - off)
+                rfs.write(block[:n], off, n)
+                off += n
+            rfs.close()
+        return time.perf_counter() - t0
+    finally:
+        c.__del__()
+
+
+def bound_tiles(port: int, n_images: int, size: int, planes: int, tile: tuple[int, int]) -> float:
+    """Seconds to send the same pixels as ready-made big-endian setTile calls."""
+    c = client_session(port)
+    try:
+        sf = c.getSession()
+        px = sf.getPixelsService()
+        ptype = next(
+            p for p in px.getAllEnumerations("PixelsType") if p.getValue().getValue() == "uint16"
+        )
+        tw, th = tile
+        bufs = {}
+        t0 = time.perf_counter()
+        for i in range(n_images):
+            iid = px.createImage(size, size, planes, 1, [0], ptype, f"bound{i}", "").getValue()
+            img = sf.getContainerService().getImages("Image", [iid], None)[0]
+            pid = img.getPrimaryPixels().getId().getValue()
+            rps = sf.createRawPixelsStore()
+            rps.setPixelsId(pid, True)
+            for z in range(planes):
+                for y in range(0, size, th):
+                    for x in range(0, size, tw):
+                        w, h = min(tw, size - x), min(th, size - y)
+                        buf = bufs.get((w, h))
+                        if buf is None:
+                            buf = bufs[(w, h)] = (
+                                np.random.default_rng(0)
+                                .integers(0, 65535, (h, w), dtype=">u2")
+                                .tobytes()
+                            )
+                        rps.setTile(buf, z, 0, 0, x, y, w, h)
+            rps.save()
+            rps.close()
+        return time.perf_counter() - t0
+    finally:
+        c.__del__()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=4)
+    ap.add_argument("--size", type=int, default=1024, help="plane width and height")
+    ap.add_argument("--planes", type=int, default=12)
+    ap.add_argument("--chunk-mib", type=float, default=4.0)
+    ap.add_argument("--tile", type=int, default=512)
+    args = ap.parse_args()
+
+    from omero_push.push import push
+
+    work = Path(tempfile.mkdtemp(prefix="bench_push-"))
+    proc = None
+    try:
+        files = make_files(work / "data", args.files, args.size, args.planes)
+        file_bytes = [p.stat().st_size for p in files]
+        pixel_bytes = args.files * args.planes * args.size * args.size * 2
+        chunk = int(args.chunk_mib * 2**20)
+        tile = (args.tile, args.tile)
+        proc, port = start_standin(work / "store")
+        common = dict(server="tcp://127.0.0.1", port=port, user=USER, password=PASSWORD, retries=0)
+        rows = []
+
+        t0 = time.perf_counter()
+        push(files, dataset="bench-import", mode="import", chunk_size=chunk, **common)
+        t_push = time.perf_counter() - t0
+        t_bound = bound_rawfile(port, file_bytes, chunk)
+        rows.append(("import", sum(file_bytes), t_push, t_bound, f"{args.chunk_mib:g} MiB chunks"))
+
+        t0 = time.perf_counter()
+        push(files, dataset="bench-pixels", mode="pixels", tile=tile, **common)
+        t_push = time.perf_counter() - t0
+        t_bound = bound_tiles(port, args.files, args.size, args.planes, tile)
+        rows.append(("pixels", pixel_bytes, t_push, t_bound, f"{args.tile}² tiles"))
+
+        print(
+            f"\n{args.files} OME-TIFFs, {args.planes} planes of {args.size}² uint16 each "
+            f"({pixel_bytes / 1e6:.1f} MB of pixels), stand-in on loopback\n"
+        )
+        print(
+            f"{'mode':8}{'MB':>8}{'push s':>9}{'push MB/s':>11}{'bound MB/s':>12}{'ratio':>7}  calls"
+        )
+        ok = True
+        for mode, nbytes, tp, tb, what in rows:
+            mbps, bound = nbytes / 1e6 / tp, nbytes / 1e6 / tb
+            ratio = mbps / bound
+            ok &= ratio >= 0.5
+            print(
+                f"{mode:8}{nbytes / 1e6:8.1f}{tp:9.2f}{mbps:11.1f}{bound:12.1f}{ratio:7.2f}  {what}"
+            )
+        print(f"\ntarget: push ≥ 0.5 × bound in both modes — {'met' if ok else 'NOT met'}")
+        return 0
+    finally:
+        if proc is not None:
+            stop(proc)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

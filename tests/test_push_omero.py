@@ -1,0 +1,559 @@
+"""omero_push over real Ice against the OMERO stand-in (tests/omero_server), read back with omero-py.
+
+What each test proves is in its docstring.  Reading back uses plain omero-py service calls
+(IContainer, IQuery, IMetadata, RawPixelsStore, SharedResources) — never omero_push code — so a
+bug in the pusher cannot hide behind the same bug in the check.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("omero")
+import omero  # noqa: E402
+import omero.clients  # noqa: E402
+
+from omero_push import cli  # noqa: E402
+from omero_push.errors import ConnectionLostError  # noqa: E402
+from omero_push.progress import NullProgress  # noqa: E402
+from omero_push.provenance import MARKER_NS, PENDING_PREFIX, PROVENANCE_NS  # noqa: E402
+from omero_push.push import push  # noqa: E402
+from tests.test_push_support import KV_NS, make_converter_output, make_ome_tiff  # noqa: E402
+
+BULK_NS = "openmicroscopy.org/omero/bulk_annotations"
+SENTINEL = "Sentinel-Pw-4d1f9c"
+
+pytestmark = pytest.mark.timeout(300)
+
+
+# --- reading back with plain omero-py -----------------------------------------------------------
+
+
+@contextmanager
+def reader(server: Any) -> Iterator[Any]:
+    """A plain omero.client session on the stand-in (ServiceFactory)."""
+    c = omero.client(host=server.host, port=int(server.port))
+    try:
+        sf = c.createSession(server.user, server.password)
+        yield sf
+    finally:
+        c.__del__()
+
+
+def _v(x: Any) -> Any:
+    return None if x is None else getattr(x, "val", x)
+
+
+def dataset_by_name(sf: Any, name: str) -> Any:
+    found = sf.getQueryService().findAllByString("Dataset", "name", name, True, None)
+    assert len(found) == 1, f"expected one dataset {name!r}, found {len(found)}"
+    return found[0]
+
+
+def images_of(sf: Any, dataset_id: int) -> list[Any]:
+    return sorted(
+        sf.getContainerService().getImages("Dataset", [dataset_id], None),
+        key=lambda i: _v(i.getName()),
+    )
+
+
+def annotations_of(sf: Any, kind: str, obj_id: int) -> list[Any]:
+    return list(
+        sf.getMetadataService().loadAnnotations(kind, [obj_id], [], [], None).get(obj_id, [])
+    )
+
+
+def maps_in(anns: list[Any], ns: str) -> list[list[tuple[str, str]]]:
+    return [
+        [(nv.name, nv.value) for nv in a.getMapValue()]
+        for a in anns
+        if isinstance(a, omero.model.MapAnnotation) and _v(a.getNs()) == ns
+    ]
+
+
+def tag_texts(anns: list[Any]) -> list[str]:
+    return sorted(_v(a.getTextValue()) for a in anns if isinstance(a, omero.model.TagAnnotation))
+
+
+def read_plane(
+    sf: Any, pixels_id: int, z: int, c: int, t: int, dtype: np.dtype, shape: tuple[int, int]
+) -> np.ndarray:
+    rps = sf.createRawPixelsStore()
+    try:
+        rps.setPixelsId(pixels_id, True)
+        buf = rps.getPlane(z, c, t)
+    finally:
+        rps.close()
+    return np.frombuffer(buf, dtype=np.dtype(dtype).newbyteorder(">")).reshape(shape)
+
+
+def counts(sf: Any) -> dict[str, int]:
+    """How many objects of each kind the push could create (for 'nothing new' checks)."""
+    q = sf.getQueryService()
+    kinds = [
+        "Project",
+        "Dataset",
+        "Image",
+        "Pixels",
+        "TagAnnotation",
+        "MapAnnotation",
+        "CommentAnnotation",
+        "FileAnnotation",
+        "OriginalFile",
+        "DatasetImageLink",
+        "ImageAnnotationLink",
+        "DatasetAnnotationLink",
+        "ProjectDatasetLink",
+    ]
+    return {k: len(q.findAll(k, None)) for k in kinds}
+
+
+def push_kw(server: Any, **kw: Any) -> dict[str, Any]:
+    base = dict(
+        server=server.host,
+        port=int(server.port),
+        user=server.user,
+        password=server.password,
+        backoff_s=0.2,
+    )
+    base.update(kw)
+    return base
+
+
+# --- the shared sample, converted and pushed -----------------------------------------------------
+
+
+def _sample_pngs(sample: Path) -> dict[tuple[str, int, str, int], np.ndarray]:
+    """(position, t, channel, z) → PNG pixels, straight from the lab's files."""
+    from PIL import Image
+
+    planes: dict[tuple[str, int, str, int], np.ndarray] = {}
+    for png in sorted((sample / "pos001").glob("*.png")):
+        parts = png.stem.split("_")
+        t, ch, z = int(parts[-3]), parts[-2], int(parts[-1])
+        planes[("pos001", t, ch, z)] = np.asarray(Image.open(png))
+    return planes
+
+
+@pytest.mark.parametrize("mode", ["import", "pixels"])
+def test_sample_convert_and_push_reads_back_equal(
+    omero_server: Any, swainlab_sample: Path, tmp_path: Path, mode: str, monkeypatch
+) -> None:
+    """Convert-and-push of the shared sample (``--convert``): pixels equal to the PNGs, channel names
+    from the Acq file, the image's key-value pairs and provenance, the dataset's tables."""
+    pytest.importorskip("posdir2ometiff.convert")
+    ds = f"sample-{mode}"
+    monkeypatch.setenv("OMERO_PASSWORD", omero_server.password)
+    rc = cli.main(
+        [
+            str(swainlab_sample),
+            "--convert",
+            "--convert-out",
+            str(tmp_path / "out"),
+            "--server",
+            omero_server.host,
+            "--port",
+            str(omero_server.port),
+            "--user",
+            omero_server.user,
+            "--dataset",
+            ds,
+            "--mode",
+            mode,
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    pngs = _sample_pngs(swainlab_sample)
+    with reader(omero_server) as sf:
+        dataset = dataset_by_name(sf, ds)
+        (image,) = images_of(sf, _v(dataset.getId()))
+        assert _v(image.getName()) == "pos001"
+        pix = image.getPrimaryPixels()
+        pid = _v(pix.getId())
+        desc = sf.getPixelsService().retrievePixDescription(pid)
+        names = [_v(ch.getLogicalChannel().getName()) for ch in desc.copyChannels()]
+        channel_of = {n: i for i, n in enumerate(names)}
+        assert set(channel_of) >= {k[2] for k in pngs}, names
+        sy, sx = _v(desc.getSizeY()), _v(desc.getSizeX())
+        ts = sorted({k[1] for k in pngs})
+        zs = sorted({k[3] for k in pngs})
+        for (_pos, t, ch, z), expected in pngs.items():
+            got = read_plane(
+                sf, pid, zs.index(z), channel_of[ch], ts.index(t), expected.dtype, (sy, sx)
+            )
+            assert np.array_equal(got, expected), (t, ch, z)
+        anns = annotations_of(sf, "Image", _v(image.getId()))
+        assert len(maps_in(anns, KV_NS)) == 1  # the OME-XML's pairs, once
+        (prov,) = maps_in(anns, PROVENANCE_NS)
+        assert dict(prov)["mode"] == mode and dict(prov)["converter"] == "posdir2ometiff"
+        dsanns = annotations_of(sf, "Dataset", _v(dataset.getId()))
+        tables = [
+            a
+            for a in dsanns
+            if isinstance(a, omero.model.FileAnnotation) and _v(a.getNs()) == BULK_NS
+        ]
+        assert tables, "the experiment's tables should be attached as OMERO.tables"
+
+
+# --- our own OME-TIFFs: every annotation checked ---------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["import", "pixels"])
+def test_push_roundtrip_annotations_tables(omero_server: Any, tmp_path: Path, mode: str) -> None:
+    """Both modes: images in project/dataset, pixels equal, channel names (and colours in pixels
+    mode), tags reused by name, key-value pairs once, comment, provenance, description, tables rows."""
+    out = tmp_path / "out"
+    data = make_converter_output(out, positions=2)
+    ds = f"roundtrip-{mode}"
+    result = push([out], **push_kw(omero_server, dataset=ds, project=f"P-{mode}", mode=mode))
+    assert len(result.image_ids) == 2 and all(r.status == "created" for r in result.images)
+    with reader(omero_server) as sf:
+        q = sf.getQueryService()
+        dataset = dataset_by_name(sf, ds)
+        did = _v(dataset.getId())
+        assert did == result.dataset_id
+        assert _v(dataset.getDescription()).startswith("Aim: test the push")
+        projects = sf.getContainerService().loadContainerHierarchy(
+            "Project", [result.project_id], None
+        )
+        assert [_v(d.getId()) for d in projects[0].linkedDatasetList()] == [did]
+        images = images_of(sf, did)
+        assert [_v(i.getName()) for i in images] == ["pos001", "pos002"]
+        for image in images:
+            name = _v(image.getName())
+            iid = _v(image.getId())
+            expected = data[name]
+            assert _v(image.getDescription()) == f"{name} of a test experiment"
+            pid = _v(image.getPrimaryPixels().getId())
+            desc = sf.getPixelsService().retrievePixDescription(pid)
+            chans = list(desc.copyChannels())
+            assert [_v(c.getLogicalChannel().getName()) for c in chans] == ["Brightfield", "GFP"]
+            if mode == "pixels":
+                assert (_v(chans[1].getRed()), _v(chans[1].getGreen()), _v(chans[1].getBlue())) == (
+                    0,
+                    255,
+                    0,
+                )
+            t, c, z, y, x = expected.shape
+            for ti in range(t):
+                for ci in range(c):
+                    for zi in range(z):
+                        got = read_plane(sf, pid, zi, ci, ti, expected.dtype, (y, x))
+                        assert np.array_equal(got, expected[ti, ci, zi]), (name, ti, ci, zi)
+            anns = annotations_of(sf, "Image", iid)
+            assert maps_in(anns, KV_NS) == [
+                [("strain", "BY4741"), ("aim", "test push"), ("strain", "Hxt4-GFP")]
+            ]
+            assert tag_texts(anns) == ["glucose", "pushtest"]
+            comments = [
+                _v(a.getTextValue()) for a in anns if isinstance(a, omero.model.CommentAnnotation)
+            ]
+            assert comments == ["imaged after 2 h in glucose"]
+            (prov,) = maps_in(anns, PROVENANCE_NS)
+            prov_d = dict(prov)
+            assert prov_d["source_file"] == f"{name}.ome.tiff" and len(prov_d["source_sha1"]) == 40
+            assert prov_d["mode"] == mode and prov_d["conversion_options"]
+        # Tags reused by name: one "glucose" tag although the dataset and both images carry it.
+        glucose = q.findAllByString("TagAnnotation", "textValue", "glucose", True, None)
+        assert len(glucose) == 1
+        dsanns = annotations_of(sf, "Dataset", did)
+        assert tag_texts(dsanns) == ["exp-tag", "glucose"]
+        bulk = [
+            a
+            for a in dsanns
+            if isinstance(a, omero.model.FileAnnotation) and _v(a.getNs()) == BULK_NS
+        ]
+        assert len(bulk) == 2
+        rows = {}
+        res = sf.sharedResources()
+        for fa in bulk:
+            table = res.openTable(omero.model.OriginalFileI(_v(fa.getFile().getId()), False))
+            try:
+                cols = table.getHeaders()
+                n = table.getNumberOfRows()
+                read = table.read(list(range(len(cols))), 0, n)
+                rows[_v(fa.getFile().getName())] = {
+                    col.name: (type(col).__name__, list(col.values)) for col in read.columns
+                }
+            finally:
+                table.close()
+        ch = rows["channels"]
+        assert ch["exposure_ms"] == ("LongColumn", [30, 7])
+        assert ch["gain"] == ("DoubleColumn", [1.5, 2.25])
+        assert ch["skip"] == ("BoolColumn", [False, True])
+        assert ch["channel"] == ("StringColumn", ["Brightfield", "GFP"])
+        assert rows["positions"]["x"] == ("DoubleColumn", [10846.5, 1200.0])
+
+
+@pytest.mark.parametrize("mode", ["import", "pixels"])
+def test_second_push_creates_nothing(omero_server: Any, tmp_path: Path, mode: str) -> None:
+    """Idempotence: the same push again finds every image by its receipt and creates no object."""
+    out = tmp_path / "out"
+    make_converter_output(out, positions=2)
+    kw = push_kw(omero_server, dataset=f"idem-{mode}", project="Idem", mode=mode)
+    first = push([out], **kw)
+    with reader(omero_server) as sf:
+        before = counts(sf)
+    second = push([out], **kw)
+    with reader(omero_server) as sf:
+        after = counts(sf)
+    assert after == before
+    assert second.image_ids == first.image_ids
+    assert all(r.status == "present" for r in second.images)
+    assert second.tables_created == [] and sorted(second.tables_present) == [
+        "channels",
+        "positions",
+    ]
+
+
+def test_no_provenance_writes_marker_only_and_stays_idempotent(
+    omero_server: Any, tmp_path: Path
+) -> None:
+    """--no-provenance: no provenance record, only the checksum marker; re-runs still add nothing."""
+    f = tmp_path / "loose.ome.tiff"
+    make_ome_tiff(f, name="loose")
+    kw = push_kw(omero_server, dataset="noprov", mode="pixels", provenance_on=False)
+    first = push([f], **kw)
+    with reader(omero_server) as sf:
+        anns = annotations_of(sf, "Image", first.image_ids[0])
+        assert maps_in(anns, PROVENANCE_NS) == []
+        (marker,) = maps_in(anns, MARKER_NS)
+        assert [k for k, _ in marker] == ["source_sha1", "series"]
+        before = counts(sf)
+    second = push([f], **kw)
+    with reader(omero_server) as sf:
+        assert counts(sf) == before
+    assert second.images[0].status == "present"
+
+
+# --- interruption and resume -------------------------------------------------------------------
+
+
+class _KillAfter(NullProgress):
+    """Kills the server (from another thread, like a crash) once ``limit`` bytes were sent."""
+
+    def __init__(self, server: Any, limit: int) -> None:
+        self.server, self.limit, self.sent, self.killed = server, limit, 0, False
+
+    def advance(self, nbytes: int) -> None:
+        self.sent += nbytes
+        if not self.killed and self.sent >= self.limit:
+            self.killed = True
+            th = threading.Thread(target=self.server.kill)
+            th.start()
+            th.join()
+
+
+@pytest.mark.parametrize("mode", ["import", "pixels"])
+def test_resume_after_server_killed_midway(
+    omero_server_factory: Any, tmp_path: Path, mode: str
+) -> None:
+    """Kill the server mid-push; the push fails with a 'connection lost, re-run' error; after a
+    restart the same push completes: every image exactly once, none left half-made."""
+    server = omero_server_factory()
+    out = tmp_path / "out"
+    data = make_converter_output(out, positions=3, shape_tczyx=(2, 2, 2, 64, 64))
+    kw = push_kw(server, dataset=f"resume-{mode}", mode=mode, retries=0)
+    one = next(iter(data.values())).nbytes
+    killer = _KillAfter(server, limit=one + one // 2)  # in the middle of the second image
+    with pytest.raises(ConnectionLostError, match="re-run"):
+        push([out], progress=killer, **kw)
+    assert killer.killed
+    server.restart()
+    result = push([out], **kw)
+    assert len(result.image_ids) == 3
+    assert any(r.status in ("present", "resumed") for r in result.images)
+    with reader(server) as sf:
+        did = _v(dataset_by_name(sf, f"resume-{mode}").getId())
+        images = images_of(sf, did)
+        assert sorted(_v(i.getName()) for i in images) == ["pos001", "pos002", "pos003"]
+        all_images = sf.getQueryService().findAll("Image", None)
+        assert len(all_images) == 3, "no orphan image outside the dataset"
+        for image in images:
+            assert not (_v(image.getDescription()) or "").startswith(PENDING_PREFIX)
+            anns = annotations_of(sf, "Image", _v(image.getId()))
+            assert len(maps_in(anns, PROVENANCE_NS)) == 1
+            assert len(maps_in(anns, KV_NS)) == 1
+            exp = data[_v(image.getName())]
+            pid = _v(image.getPrimaryPixels().getId())
+            got = read_plane(sf, pid, 1, 1, 1, exp.dtype, exp.shape[-2:])
+            assert np.array_equal(got, exp[1, 1, 1])
+    # and once more: nothing new
+    with reader(server) as sf:
+        before = counts(sf)
+    push([out], **kw)
+    with reader(server) as sf:
+        assert counts(sf) == before
+
+
+def test_dropping_server_is_survived_by_retries(omero_server_factory: Any, tmp_path: Path) -> None:
+    """A server that drops the connection after N pixel writes: the push reconnects with backoff and
+    completes in one call, without duplicates."""
+    server = omero_server_factory(drop_after_pixel_writes=5)
+    out = tmp_path / "out"
+    make_converter_output(out, positions=2, shape_tczyx=(2, 2, 2, 64, 64))
+    result = push(
+        [out], **push_kw(server, dataset="drops", mode="pixels", tile=(32, 32), retries=8)
+    )
+    assert result.reconnects >= 1
+    with reader(server) as sf:
+        assert len(sf.getQueryService().findAll("Image", None)) == 2
+        did = _v(dataset_by_name(sf, "drops").getId())
+        for image in images_of(sf, did):
+            assert len(maps_in(annotations_of(sf, "Image", _v(image.getId())), PROVENANCE_NS)) == 1
+
+
+# --- tables service off --------------------------------------------------------------------------
+
+
+def test_tables_off_attaches_hdf5_file(omero_server_factory: Any, tmp_path: Path, caplog) -> None:
+    """Without OMERO.tables the HDF5 file itself is attached to the dataset, and the log says so."""
+    import hashlib
+
+    server = omero_server_factory(no_tables=True)
+    out = tmp_path / "out"
+    make_converter_output(out, positions=1)
+    result = push([out], **push_kw(server, dataset="notables", mode="pixels"))
+    assert result.tables_file_fallback and result.tables_created == []
+    assert "OMERO.tables is not enabled" in caplog.text
+    with reader(server) as sf:
+        did = _v(dataset_by_name(sf, "notables").getId())
+        files = [
+            a
+            for a in annotations_of(sf, "Dataset", did)
+            if isinstance(a, omero.model.FileAnnotation)
+        ]
+        assert len(files) == 1
+        of = sf.getQueryService().get("OriginalFile", _v(files[0].getFile().getId()))
+        rfs = sf.createRawFileStore()
+        try:
+            rfs.setFileId(_v(of.getId()))
+            content = rfs.read(0, int(_v(of.getSize())))
+        finally:
+            rfs.close()
+        assert (
+            hashlib.sha1(content).hexdigest()
+            == hashlib.sha1((out / "experiment.h5").read_bytes()).hexdigest()
+        )
+    second = push([out], **push_kw(server, dataset="notables", mode="pixels"))
+    assert second.tables_file_fallback
+    with reader(server) as sf:
+        files = [
+            a
+            for a in annotations_of(sf, "Dataset", did)
+            if isinstance(a, omero.model.FileAnnotation)
+        ]
+        assert len(files) == 1  # not attached twice
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_wrong_password_one_line_no_traceback_no_leak(
+    omero_server: Any, tmp_path: Path, capsys, caplog, monkeypatch
+) -> None:
+    """Wrong password: exit 3, one line, no traceback; the password is nowhere in output or logs,
+    not even with --verbose."""
+    f = tmp_path / "a.ome.tiff"
+    make_ome_tiff(f)
+    monkeypatch.setenv("OMERO_PASSWORD", SENTINEL)
+    base = [
+        str(f),
+        "--server",
+        omero_server.host,
+        "--port",
+        str(omero_server.port),
+        "--user",
+        omero_server.user,
+        "--dataset",
+        "D",
+    ]
+    rc = cli.main(base)
+    cap = capsys.readouterr()
+    assert rc == 3
+    assert (
+        cap.err.strip().count("\n") == 0
+        and "login refused" in cap.err
+        and "Traceback" not in cap.err
+    )
+    rc = cli.main([*base, "--verbose"])
+    cap2 = capsys.readouterr()
+    assert rc == 3
+    for text in (cap.out, cap.err, cap2.out, cap2.err, caplog.text):
+        assert SENTINEL not in text
+
+
+def test_unknown_host_and_closed_port(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Nothing listening / unknown host: exit 4 with one line naming host and port."""
+    import socket
+
+    f = tmp_path / "a.ome.tiff"
+    make_ome_tiff(f)
+    monkeypatch.setenv("OMERO_PASSWORD", SENTINEL)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    rc = cli.main(
+        [str(f), "--server", "127.0.0.1", "--port", str(free), "--user", "u", "--dataset", "D"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 4 and f"127.0.0.1:{free}" in err and err.strip().count("\n") == 0
+    rc = cli.main(
+        [
+            str(f),
+            "--server",
+            "no-such-host.invalid",
+            "--user",
+            "u",
+            "--dataset",
+            "D",
+            "--retries",
+            "0",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 4 and "no-such-host.invalid" in err and SENTINEL not in err
+
+
+def test_no_permission_on_target_group(
+    omero_server: Any, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """A group the user is not a member of: exit 5, one line, nothing created."""
+    f = tmp_path / "a.ome.tiff"
+    make_ome_tiff(f)
+    monkeypatch.setenv("OMERO_PASSWORD", omero_server.password)
+    with reader(omero_server) as sf:
+        before = counts(sf)
+        ec = sf.getAdminService().getEventContext()
+        groups = [
+            g for g in sf.getAdminService().lookupGroups() if _v(g.getId()) not in ec.memberOfGroups
+        ]
+    if not groups:
+        pytest.skip("the stand-in user is a member of every group")
+    rc = cli.main(
+        [
+            str(f),
+            "--server",
+            omero_server.host,
+            "--port",
+            str(omero_server.port),
+            "--user",
+            omero_server.user,
+            "--group",
+            _v(groups[0].getName()),
+            "--dataset",
+            "D",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 5 and "not a member" in err and err.strip().count("\n") == 0
+    with reader(omero_server) as sf:
+        assert counts(sf) == before
