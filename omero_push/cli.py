@@ -172,6 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(result.summary())
     else:
         print(result.summary())
+    if result.plan.skipped and not result.dry_run:
+        print(
+            f"omero-push: error: {len(result.plan.skipped)} file(s) were not pushed (see above)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

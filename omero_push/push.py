@@ -102,6 +102,8 @@ class PushResult:
             )
         if self.reconnects:
             lines.append(f"connection lost and re-established {self.reconnects} time(s)")
+        for path, why in self.plan.skipped:
+            lines.append(f"NOT pushed: {path}: {why}")
         return "\n".join(lines)
 
 
@@ -203,7 +205,12 @@ def _convert_all(
             raise InputError(f"{src}: --convert expects a raw experiment folder")
         dest = out if len(paths) == 1 else out / (src.name or f"experiment{i}")
         log.info("converting %s into %s", src, dest)
-        convert_experiment(src, dest, **(options or {}))
+        try:
+            result = convert_experiment(src, dest, **(options or {}))
+        except (ValueError, OSError) as exc:  # ConversionError is a ValueError
+            raise InputError(f"{src}: conversion failed: {exc}") from None
+        for failed in getattr(result, "failed", []):
+            log.warning("%s: position %s not converted: %s", src, failed.name, failed.error)
         outs.append(dest)
     return outs
 
