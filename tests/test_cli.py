@@ -1,0 +1,120 @@
+"""The command line: exit statuses, one-line errors, progress output, quiet/verbose, demo command."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from posdir2ometiff.cli import main
+from posdir2ometiff.demo import make_demo
+from posdir2ometiff.progress import Progress
+
+
+@pytest.fixture
+def demo(tmp_path: Path):
+    return make_demo(tmp_path / "exp", positions=2, z=2, t=2, size=48, seed=2)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """cli.main configures the root logger; put it back so other tests' caplog still works."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_convert_ok_exit_0_and_summary(demo, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main([str(demo.folder), "-o", str(out), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "2 converted, 0 up to date, 0 failed" in err
+    assert "planes (100%)" in err and "planes/s" in err  # plain progress lines: not a terminal
+    assert sorted(p.name for p in out.iterdir()) == [
+        "experiment.h5", "manifest.json", "pos001.ome.tiff", "pos002.ome.tiff"]
+    assert main([str(demo.folder), "-o", str(out), "--workers", "1"]) == 0
+    assert "0 converted, 2 up to date" in capsys.readouterr().err
+
+
+def test_options_reach_the_manifest(demo, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [str(demo.folder), "-o", str(out), "--workers", "2", "--tile", "32",
+            "--compression", "lzw", "--pyramid", "2", "--positions", "pos002",
+            "--pixel-size", "0.1", "--z-step", "0.5", "--time-interval", "60", "-q"]
+    assert main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["options"]["tile"] == 32 and manifest["options"]["compression"] == "lzw"
+    assert manifest["options"]["pixel_size_um"] == 0.1
+    assert list(manifest["positions"]) == ["pos002"]
+    assert manifest["positions"]["pos002"]["pyramid_levels"] == 2
+
+
+def test_failed_position_one_line_per_failure_exit_1(demo, tmp_path: Path, capsys) -> None:
+    for pos in ("pos001", "pos002"):
+        bad = demo.folder / pos / "demo_000001_GFP_001.png"
+        bad.write_bytes(bad.read_bytes()[:100])
+    assert main([str(demo.folder), "-o", str(tmp_path / "out"), "--workers", "1", "-q"]) == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 2, err
+    assert all(ln.startswith("ERROR: ") and "demo_000001_GFP_001.png" in ln for ln in lines)
+    assert "Traceback" not in err
+
+
+def test_whole_run_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    assert main([str(tmp_path / "nope"), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("posdir2ometiff: error:") and "not a folder" in err
+    assert "\n" not in err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty"), "-o", str(tmp_path / "out")]) == 1
+    assert "no position folder matches" in capsys.readouterr().err
+    assert main([str(tmp_path / "empty"), "-o", str(tmp_path / "out"), "--metadata", "nosuch"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("posdir2ometiff: error:") and "\n" not in err
+
+
+def test_bad_arguments_exit_2(tmp_path: Path, capsys) -> None:
+    for argv in (["x"], ["x", "-o", "y", "--compression", "jpeg"], ["x", "-o", "y", "--pyramid", "0"],
+                 ["x", "-o", "y", "--pixel-size", "-1"], ["x", "-o", "y", "-q", "-v"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+    capsys.readouterr()
+    assert main([str(tmp_path), "-o", str(tmp_path / "o"), "--tile", "100"]) == 1
+    assert "multiple of 16" in capsys.readouterr().err
+
+
+def test_demo_subcommand_and_module_entry_point(tmp_path: Path) -> None:
+    assert main(["demo", str(tmp_path / "d"), "--positions", "1", "-z", "1", "-t", "1",
+                 "--size", "32", "-q"]) == 0
+    assert len(list((tmp_path / "d" / "pos001").glob("*.png"))) == 3
+    proc = subprocess.run([sys.executable, "-m", "posdir2ometiff", str(tmp_path / "d"), "-o",
+                           str(tmp_path / "o"), "-q"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and proc.stdout == ""
+    assert (tmp_path / "o" / "pos001.ome.tiff").is_file()
+
+
+def test_progress_bar_on_a_terminal_and_lines_otherwise(caplog) -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    with Progress(10, stream=tty) as p:
+        assert p.mode == "bar"
+        p.update(4)
+        p.update(6)
+    assert "10/10" in tty.getvalue() and "plane" in tty.getvalue()
+    with caplog.at_level(logging.INFO), Progress(10, stream=io.StringIO(), interval=0) as p:
+        assert p.mode == "log"
+        p.update(5)
+    assert "5/10 planes (50%)" in caplog.text and "planes/s" in caplog.text
