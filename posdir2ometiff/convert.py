@@ -301,9 +301,13 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
     last = [0]
 
     def progress(n: int) -> None:
+        # Progress counts source planes (what the caller's total is made of); an RGB source
+        # plane yields several output planes, so scale.
         if on_planes is not None:
-            on_planes(n - last[0])
-            last[0] = n
+            done = n * layout.plane_count // count
+            if done > last[0]:
+                on_planes(done - last[0])
+                last[0] = done
 
     levels = write_ometiff(
         output,

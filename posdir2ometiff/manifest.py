@@ -34,8 +34,9 @@ def sha1_file(path: Path) -> str:
 
 
 def schema_path() -> Path:
-    """Location of the manifest's JSON Schema (``schemas/`` at the repository root)."""
-    return Path(__file__).resolve().parents[1] / "schemas" / "manifest.schema.json"
+    """The manifest's JSON Schema: ``posdir2ometiff/schemas`` (a link to the repository's
+    ``schemas/`` folder in a checkout; real files in a wheel)."""
+    return Path(__file__).resolve().parent / "schemas" / "manifest.schema.json"
 
 
 def validate_manifest(data: dict[str, Any]) -> None:
