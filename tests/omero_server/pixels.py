@@ -594,6 +594,7 @@ class PixelsServiceI(omero.api.IPixels):
         )
         if pixels is None:
             raise omero.ValidationException(None, None, f"Pixels:{pixId} does not exist")
+        with_bit_size(pixels.getPixelsType())
         return pixels
 
     def getAllEnumerations(self, enumClass: str, current: Ice.Current | None = None) -> list[Any]:

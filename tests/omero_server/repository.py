@@ -354,11 +354,11 @@ class ImportProcessI(omero.grid.ImportProcess):
             raise omero.ApiUsageException(
                 None, None, f"{len(hashes or [])} checksums for {len(self.file_ids)} files"
             )
-        failing = {}
-        for fid, expected in zip(self.file_ids, hashes, strict=True):
+        failing: dict[int, str] = {}  # file index -> checksum the server computed
+        for i, (fid, expected) in enumerate(zip(self.file_ids, hashes, strict=True)):
             actual = CHECKSUMS[self.algorithm](original_path(self.ctx, fid))
             if actual.lower() != (expected or "").lower():
-                failing[expected] = actual
+                failing[i] = actual
         if failing:
             raise omero.ChecksumValidationException(
                 None,
