@@ -560,8 +560,14 @@ def convert(src: Path | str, out: Path | str, **options: Any) -> ConversionResul
                     name, "ok", out / entry["output"], planes=job.layout.plane_count,
                     missing_planes=len(entry["missing_planes"]),
                 )
-                for mp_ in entry["missing_planes"]:
-                    logger.warning("%s: missing plane %s written as zeros", name, mp_["label"])
+                missing = [m["label"] for m in entry["missing_planes"]]
+                if missing:  # one line per position: a skipped channel can miss thousands
+                    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+                    logger.warning(
+                        "%s: %d missing plane(s) written as zeros (listed in the manifest and "
+                        "as 'missing plane' key-value pairs): %s%s",
+                        name, len(missing), "; ".join(missing[:5]), more,
+                    )
             else:
                 stale = out / f"{name}{OUTPUT_SUFFIX}"
                 if stale.exists():  # an old output no longer matches its sources

@@ -122,7 +122,7 @@ def test_missing_plane_is_zeros_warned_listed_and_annotated(
     with caplog.at_level(logging.WARNING):
         result = convert(demo.folder, out, **FAST)
     assert result.ok
-    assert "missing plane t=2 c=GFP z=2" in caplog.text
+    assert "1 missing plane(s) written as zeros" in caplog.text and "t=2 c=GFP z=2" in caplog.text
     entry = assert_matches_sources(out, demo.folder, "pos001")
     assert entry["missing_planes"] == [
         {"t": 1, "c": 2, "z": 1, "label": "t=2 c=GFP z=2", "path": None}
