@@ -230,3 +230,56 @@ def test_column_mapping_follows_dtypes() -> None:
     assert specs["name"].kind == "String" and specs["name"].size == len("mCherry-µ".encode())
     assert specs["when"].kind == "String" and specs["when"].values[0].startswith("2026-01-01T10:00")
     assert specs["maybe"].kind == "Double"  # missing integers need NaN
+
+
+# --- retries and progress -----------------------------------------------------------------------
+
+
+def test_backoff_retries_connection_loss_only() -> None:
+    """Connection loss is retried with 1, 2, 4 … s waits (capped); other errors are not retried."""
+    Ice = pytest.importorskip("Ice")
+    from omero_push.session import with_backoff
+
+    waits: list[float] = []
+    calls = {"n": 0}
+
+    def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] < 4:
+            raise Ice.ConnectionLostException()
+        return "done"
+
+    assert (
+        with_backoff(flaky, retries=5, base_delay_s=1, max_delay_s=3, sleep=waits.append) == "done"
+    )
+    assert waits == [1, 2, 3]
+    with pytest.raises(Ice.ConnectionLostException):
+        with_backoff(
+            lambda: (_ for _ in ()).throw(Ice.ConnectionLostException()),
+            retries=2,
+            sleep=waits.append,
+        )
+    with pytest.raises(ValueError):
+        with_backoff(
+            lambda: (_ for _ in ()).throw(ValueError("bug")),
+            retries=5,
+            sleep=lambda s: pytest.fail("retried"),
+        )
+
+
+def test_line_progress_without_terminal(caplog) -> None:
+    """Not a terminal: plain lines per image and per 10 % of bytes (readable in CI logs)."""
+    import io
+
+    from omero_push.progress import LineProgress, make_progress
+
+    assert isinstance(make_progress(stream=io.StringIO()), LineProgress)
+    p = LineProgress()
+    with caplog.at_level(logging.INFO, logger="omero_push"):
+        p.start(1000, 2)
+        for _ in range(10):
+            p.advance(100)
+        p.image_done("pos001", 7, "created")
+    assert "pushing 2 image(s)" in caplog.text
+    assert "50% of bytes sent" in caplog.text and "100% of bytes sent" in caplog.text
+    assert "[1/2] pos001: image 7 (created)" in caplog.text
