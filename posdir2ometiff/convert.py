@@ -622,14 +622,21 @@ def _run_jobs(
             entry, detail = _run_job_inline(job, progress)
             yield job, (entry, detail)
             if fail_fast and entry["status"] != "ok":
-                logger.error("--fail-fast: stopping after the first failure")
+                logger.warning("--fail-fast: no further position is started")
                 break
         meanwhile()
         return
 
     q = mp.get_context().Queue()
+    todo = iter(jobs)
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(q,)) as ex:
-        futures: dict[Future, PositionJob] = {ex.submit(_run_job, job): job for job in jobs}
+        # Submit only as many positions as there are workers, the next when one finishes:
+        # the pool would otherwise pre-queue work that --fail-fast could no longer cancel.
+        futures: dict[Future, PositionJob] = {}
+        for job in todo:
+            futures[ex.submit(_run_job, job)] = job
+            if len(futures) >= workers:
+                break
         meanwhile()
         pending = set(futures)
         stop = False
@@ -637,15 +644,17 @@ def _run_jobs(
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(q, progress)
             for fut in done:
-                if fut.cancelled():
-                    continue
                 entry, detail = fut.result()
                 yield futures[fut], (entry, detail)
                 if fail_fast and entry["status"] != "ok" and not stop:
                     stop = True
-                    logger.error("--fail-fast: stopping after the first failure")
-                    for other in pending:
-                        other.cancel()
+                    logger.warning("--fail-fast: no further position is started")
+                if not stop:
+                    nxt = next(todo, None)
+                    if nxt is not None:
+                        new = ex.submit(_run_job, nxt)
+                        futures[new] = nxt
+                        pending.add(new)
         _drain(q, progress)
 
 

@@ -241,3 +241,13 @@ def test_no_metadata_files_convert_with_warning_and_cli_overrides(
     assert [p.delta_t for p in px.planes if p.the_c == 0 and p.the_z == 0] == [0, 120]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["tables"] is None and manifest["metadata"]["parsers"] == []
+
+
+def test_fail_fast_in_the_pool_starts_no_further_position(tmp_path: Path) -> None:
+    spec = make_demo(tmp_path / "exp", positions=4, channels=["GFP"], z=2, t=4, size=128)
+    _truncate(spec.folder / "pos001" / "demo_000001_GFP_001.png")  # fails at once (probe)
+    result = convert(spec.folder, tmp_path / "out", workers=2, fail_fast=True, progress="off")
+    names = [p.name for p in result.positions]
+    assert [p.name for p in result.failed] == ["pos001"]
+    assert "pos004" not in names and len(names) <= 3
+    assert not (tmp_path / "out" / "pos001.ome.tiff").exists()
