@@ -32,7 +32,7 @@ import omero.api
 import omero.model
 from omero.rtypes import rdouble, rint, rlong, rstring, rtime
 
-from .server import NO_REPLY, ServerContext, servant
+from .server import ServerContext, servant
 from .store import ENUMERATIONS, is_enum_kind
 
 log = logging.getLogger(__name__)
@@ -824,6 +824,17 @@ class RawPixelsStoreI(omero.api.RawPixelsStore):
 
     # -- writes ---------------------------------------------------------------------------
 
+    def _count_write(self, current: Ice.Current | None) -> None:
+        """Count a pixel write against the drop fault; after a drop, the write is lost.
+
+        The dispatch still finishes (with an exception nobody receives: the connection is
+        gone), so the server's shutdown does not wait for an unanswered request.
+        """
+        if self.ctx.faults.count_pixel_write(current):
+            raise omero.InternalException(
+                None, None, "connection dropped by fault injection; the write was lost"
+            )
+
     def _write(
         self,
         data: bytes,
@@ -841,8 +852,7 @@ class RawPixelsStoreI(omero.api.RawPixelsStore):
             raise usage_error(
                 f"Pixels:{self.pixels_id} belongs to an imported image: its pixels are read-only"
             )
-        if self.ctx.faults.count_pixel_write(current):
-            return NO_REPLY
+        self._count_write(current)
         with self.lock:
             _wrap(lambda: buf.write_tile(bytes(data), z, c, t, x, y, w, h))
             self.dirty = True
@@ -878,8 +888,7 @@ class RawPixelsStoreI(omero.api.RawPixelsStore):
         g = self._geo()
         if len(buf) != g.stack_size:
             raise usage_error(f"stack buffer of {len(buf)} bytes, expected {g.stack_size}")
-        if self.ctx.faults.count_pixel_write(current):
-            return NO_REPLY
+        self._count_write(current)
         for z in range(g.size_z):
             part = buf[z * g.plane_size : (z + 1) * g.plane_size]
             _wrap(lambda p=part, z=z: self._buf().write_tile(p, z, c, t, 0, 0, g.size_x, g.size_y))
@@ -890,8 +899,7 @@ class RawPixelsStoreI(omero.api.RawPixelsStore):
         g = self._geo()
         if len(buf) != g.timepoint_size:
             raise usage_error(f"timepoint buffer of {len(buf)} bytes, expected {g.timepoint_size}")
-        if self.ctx.faults.count_pixel_write(current):
-            return NO_REPLY
+        self._count_write(current)
         for c in range(g.size_c):
             for z in range(g.size_z):
                 start = c * g.stack_size + z * g.plane_size
@@ -913,8 +921,7 @@ class RawPixelsStoreI(omero.api.RawPixelsStore):
             raise usage_error("setRegion supports whole rows only in the OMERO stand-in")
         if offset + size > g.total_size:
             raise usage_error(f"region offset={offset} size={size} outside {g.total_size} bytes")
-        if self.ctx.faults.count_pixel_write(current):
-            return NO_REPLY
+        self._count_write(current)
         pos = offset
         while pos < offset + size:
             t, rest = divmod(pos, g.timepoint_size)

@@ -1,0 +1,736 @@
+"""The OMERO stand-in's data services, driven over TCP by the real omero-py client.
+
+IPixels + RawPixelsStore (planes, tiles, big-endian bytes), RawFileStore (upload, read, SHA-1),
+the managed-repository import (exactly the calls omero-py's own ``testlib.full_import`` makes),
+OMERO.tables (omero-py's TableI over PyTables), and the faults and restarts the pusher must
+survive. Only public omero-py calls are used on the client side: what passes here is what a
+plain omero-py script would see. What each test proves is in its docstring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("omero")
+import Ice  # noqa: E402
+import omero  # noqa: E402
+import omero.clients  # noqa: E402
+import tifffile  # noqa: E402
+from ome_types import model as om  # noqa: E402
+from ome_types import to_xml  # noqa: E402
+from omero.callbacks import CmdCallbackI  # noqa: E402
+from omero.model.enums import ChecksumAlgorithmSHA1160  # noqa: E402
+from omero.rtypes import rbool, rstring  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+KV_NS = "openmicroscopy.org/omero/client/mapAnnotation"
+
+pytestmark = pytest.mark.timeout(180)
+
+
+# --- servers --------------------------------------------------------------------------------
+
+
+@dataclass
+class StandIn:
+    """A stand-in server process started through its public CLI (``python -m tests.omero_server``)."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    store: Path
+    process: subprocess.Popen[str] | None = None
+
+    def stop(self) -> None:
+        """SIGTERM and wait, as a user stopping the server would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def start_standin(store: Path, *flags: str) -> StandIn:
+    """Start a stand-in on a free port and wait for its ``listening on <port>`` line."""
+    password = "pw-" + os.urandom(4).hex()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.omero_server",
+            "--port",
+            "0",
+            "--store",
+            str(store),
+            "--password",
+            password,
+            *flags,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise RuntimeError(f"stand-in did not start: {line!r}")
+    return StandIn("127.0.0.1", int(line.split()[-1]), "root", password, store, proc)
+
+
+@contextmanager
+def standin(store: Path, *flags: str) -> Iterator[StandIn]:
+    server = start_standin(store, *flags)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The core's ``omero_server`` fixture when it exists, else a stand-in of our own."""
+    try:
+        yield request.getfixturevalue("omero_server")
+        return
+    except pytest.FixtureLookupError:
+        pass
+    with standin(tmp_path_factory.mktemp("standin")) as own:
+        yield own
+
+
+@contextmanager
+def session(server: Any) -> Iterator[tuple[Any, Any]]:
+    """A plain omero.client session over TCP: (client, ServiceFactory)."""
+    client = omero.client(f"tcp://{server.host}", int(server.port))
+    try:
+        sf = client.createSession(server.user, server.password)
+        yield client, sf
+    finally:
+        client.__del__()
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def pixels_type(sf: Any, value: str) -> Any:
+    types = sf.getPixelsService().getAllEnumerations("PixelsType")
+    return next(t for t in types if t.getValue().getValue() == value)
+
+
+def create_image(sf: Any, shape: tuple[int, int, int, int, int], ptype: str) -> int:
+    """IPixels.createImage for (T, C, Z, Y, X); returns the Pixels id."""
+    t, c, z, y, x = shape
+    iid = sf.getPixelsService().createImage(
+        x, y, z, t, list(range(c)), pixels_type(sf, ptype), "synthetic", "made by a test"
+    )
+    image = sf.getContainerService().getImages("Image", [iid.getValue()], None)[0]
+    return image.getPrimaryPixels().getId().getValue()
+
+
+def big_endian(a: np.ndarray) -> bytes:
+    return a.astype(a.dtype.newbyteorder(">")).tobytes()
+
+
+def from_wire(buf: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    return np.frombuffer(buf, np.dtype(dtype).newbyteorder(">")).reshape(shape)
+
+
+def random_stack(shape: tuple[int, ...], dtype: str, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if dtype == "float32":
+        return rng.normal(100, 30, shape).astype(np.float32)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+
+
+OME_PIXEL_TYPES = {"uint8": "uint8", "uint16": "uint16", "float32": "float"}
+
+
+def write_ome_tiff(
+    path: Path,
+    data: np.ndarray,
+    channels: list[str],
+    pairs: list[tuple[str, str]],
+    tile: tuple[int, int] | None = (16, 16),
+) -> None:
+    """An OME-TIFF of ``data`` (T, C, Z, Y, X), planes in XYZCT order, written with tifffile.
+
+    The OME-XML (ome-types) names the channels, gives them colours and links one
+    MapAnnotation to the Image — what OMERO's import turns into channels and key-value pairs.
+    """
+    t, c, z, y, x = data.shape
+    pixels = om.Pixels(
+        id="Pixels:0",
+        dimension_order="XYZCT",
+        type=OME_PIXEL_TYPES[data.dtype.name],
+        size_x=x,
+        size_y=y,
+        size_z=z,
+        size_c=c,
+        size_t=t,
+        physical_size_x=0.25,
+        physical_size_y=0.25,
+        physical_size_z=0.5,
+        channels=[
+            om.Channel(
+                id=f"Channel:0:{i}",
+                name=name,
+                samples_per_pixel=1,
+                color=om.Color(((255, 0, 0), (0, 255, 0), (0, 0, 255))[i % 3]),
+            )
+            for i, name in enumerate(channels)
+        ],
+        tiff_data_blocks=[om.TiffData(ifd=0, plane_count=t * c * z)],
+        planes=[
+            om.Plane(the_z=zz, the_c=cc, the_t=tt, delta_t=5.0 * tt, exposure_time=30.0)
+            for tt in range(t)
+            for cc in range(c)
+            for zz in range(z)
+        ],
+    )
+    annotation = om.MapAnnotation(
+        id="Annotation:0",
+        namespace=KV_NS,
+        value=om.Map(ms=[om.Map.M(k=k, value=v) for k, v in pairs]),
+    )
+    tag = om.TagAnnotation(id="Annotation:1", value="not-imported-as-tag")
+    ome = om.OME(
+        images=[
+            om.Image(
+                id="Image:0",
+                name="synthetic",
+                pixels=pixels,
+                annotation_refs=[
+                    om.AnnotationRef(id="Annotation:0"),
+                    om.AnnotationRef(id="Annotation:1"),
+                ],
+            )
+        ],
+        structured_annotations=om.StructuredAnnotations(
+            map_annotations=[annotation], tag_annotations=[tag]
+        ),
+    )
+    xml = to_xml(ome)
+    with tifffile.TiffWriter(path) as tw:
+        for i, (tt, cc, zz) in enumerate(
+            (tt, cc, zz) for tt in range(t) for cc in range(c) for zz in range(z)
+        ):
+            tw.write(
+                data[tt, cc, zz],
+                description=xml if i == 0 else None,
+                metadata=None,
+                tile=tile,
+                compression="zlib",
+                photometric="minisblack",
+            )
+
+
+def import_file(
+    client: Any, path: Path, dataset_id: int | None = None, sha1: str | None = None
+) -> Any:
+    """Import one file exactly as omero-py's ``testlib.ITest.full_import`` does.
+
+    importFileset(fileset, settings) → getUploader(0).write(...) → verifyUpload([sha1]) →
+    CmdCallbackI(client, handle).loop → ImportResponse; ``proc.close()`` at the end.
+    """
+    mrepo = client.getManagedRepository()
+    fileset = omero.model.FilesetI()
+    entry = omero.model.FilesetEntryI()
+    entry.setClientPath(rstring(str(path.resolve())))
+    fileset.addFilesetEntry(entry)
+    upload = omero.model.UploadJobI()
+    upload.setVersionInfo([omero.model.NamedValue("omero.version", "5.23.0")])
+    fileset.linkJob(upload)
+    settings = omero.grid.ImportSettings()
+    settings.doThumbnails = rbool(True)
+    settings.noStatsInfo = rbool(False)
+    settings.userSpecifiedTarget = (
+        None if dataset_id is None else omero.model.DatasetI(dataset_id, False)
+    )
+    settings.checksumAlgorithm = omero.model.ChecksumAlgorithmI()
+    settings.checksumAlgorithm.value = rstring(ChecksumAlgorithmSHA1160)
+    proc = mrepo.importFileset(fileset, settings)
+    try:
+        rfs = proc.getUploader(0)
+        try:
+            offset = 0
+            rfs.write([], offset, 0)  # touch, as testlib does
+            with open(path, "rb") as fh:
+                while block := fh.read(100_000):
+                    rfs.write(block, offset, len(block))
+                    offset += len(block)
+        finally:
+            rfs.close()
+        handle = proc.verifyUpload([sha1 or client.sha1(str(path))])
+        cb = CmdCallbackI(client, handle)
+        try:
+            rsp = cb.loop(10, 500)
+        finally:
+            cb.close(True)
+        return rsp
+    finally:
+        proc.close()
+
+
+def read_all_planes(sf: Any, pixels_id: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """Every plane through RawPixelsStore.getPlane, as (T, C, Z, Y, X)."""
+    t, c, z, y, x = shape
+    rps = sf.createRawPixelsStore()
+    try:
+        rps.setPixelsId(pixels_id, True)
+        out = np.empty(shape, dtype)
+        for tt in range(t):
+            for cc in range(c):
+                for zz in range(z):
+                    out[tt, cc, zz] = from_wire(rps.getPlane(zz, cc, tt), dtype, (y, x))
+        return out
+    finally:
+        rps.close()
+
+
+def image_maps(sf: Any, image_id: int) -> list[tuple[str | None, list[tuple[str, str]]]]:
+    anns = sf.getMetadataService().loadAnnotations("Image", [image_id], [], [], None)
+    return [
+        (
+            a.getNs().getValue() if a.getNs() else None,
+            [(nv.name, nv.value) for nv in a.getMapValue()],
+        )
+        for a in anns.get(image_id, [])
+        if isinstance(a, omero.model.MapAnnotation)
+    ]
+
+
+# --- IPixels + RawPixelsStore ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_planes_and_tiles_roundtrip(server: Any, dtype: str) -> None:
+    """createImage, then setPlane for every plane and setTile over part of one, read back equal.
+
+    Proves: the OMERO byte conventions (big-endian, XYZCT plane order, tile = h rows of w
+    samples) for 8-bit, 16-bit and float pixels, and the size/offset arithmetic clients use.
+    """
+    shape = (2, 3, 2, 37, 53)  # odd sizes catch row/column mix-ups
+    ptype = {"float32": "float"}.get(dtype, dtype)
+    data = random_stack(shape, dtype)
+    with session(server) as (_client, sf):
+        pid = create_image(sf, shape, ptype)
+        rps = sf.createRawPixelsStore()
+        try:
+            rps.setPixelsId(pid, True)
+            for t in range(2):
+                for c in range(3):
+                    for z in range(2):
+                        rps.setPlane(big_endian(data[t, c, z]), z, c, t)
+            patch = random_stack((11, 20), dtype, seed=1)
+            rps.setTile(big_endian(patch), 1, 2, 1, 30, 5, 20, 11)
+            data[1, 2, 1, 5:16, 30:50] = patch
+            rps.save()
+            itemsize = np.dtype(dtype).itemsize
+            assert rps.getByteWidth() == itemsize
+            assert rps.getPlaneSize() == 37 * 53 * itemsize
+            assert rps.getTotalSize() == 2 * 3 * 2 * 37 * 53 * itemsize
+            assert rps.getPlaneOffset(1, 2, 1) == ((1 * 3 + 2) * 2 + 1) * 37 * 53 * itemsize
+            assert rps.isFloat() == (dtype == "float32")
+            tile = from_wire(rps.getTile(1, 2, 1, 25, 3, 28, 15), dtype, (15, 28))
+            np.testing.assert_array_equal(tile, data[1, 2, 1, 3:18, 25:53])
+            row = from_wire(rps.getRow(7, 0, 1, 0), dtype, (53,))
+            np.testing.assert_array_equal(row, data[0, 1, 0, 7])
+            stack = from_wire(rps.getStack(2, 1), dtype, (2, 37, 53))
+            np.testing.assert_array_equal(stack, data[1, 2])
+        finally:
+            rps.close()
+        np.testing.assert_array_equal(read_all_planes(sf, pid, np.dtype(dtype), shape), data)
+
+
+def test_tiled_write_of_a_plane(server: Any) -> None:
+    """A plane written only through tiles (edge tiles smaller) reads back whole and equal.
+
+    Proves the pusher's pixels mode: planes larger than Ice's message limit go up as tiles.
+    """
+    shape = (1, 1, 1, 300, 410)
+    data = random_stack(shape, "uint16", seed=3)
+    with session(server) as (_client, sf):
+        pid = create_image(sf, shape, "uint16")
+        rps = sf.createRawPixelsStore()
+        try:
+            rps.setPixelsId(pid, True)
+            tw, th = rps.getTileSize()
+            assert tw > 0 and th > 0
+            for y in range(0, 300, 128):
+                for x in range(0, 410, 128):
+                    h, w = min(128, 300 - y), min(128, 410 - x)
+                    rps.setTile(
+                        big_endian(data[0, 0, 0, y : y + h, x : x + w]), 0, 0, 0, x, y, w, h
+                    )
+            rps.save()
+        finally:
+            rps.close()
+        np.testing.assert_array_equal(read_all_planes(sf, pid, np.dtype("uint16"), shape), data)
+
+
+def test_pixels_description_and_min_max(server: Any) -> None:
+    """retrievePixDescription gives type, sizes and channels; setChannelGlobalMinMax sticks."""
+    with session(server) as (_client, sf):
+        pid = create_image(sf, (3, 2, 4, 8, 9), "uint16")
+        pix = sf.getPixelsService()
+        pix.setChannelGlobalMinMax(pid, 1, 5.0, 4000.0)
+        desc = pix.retrievePixDescription(pid)
+        assert desc.getPixelsType().getValue().getValue() == "uint16"
+        assert desc.getPixelsType().getBitSize().getValue() == 16
+        assert (desc.getSizeX().getValue(), desc.getSizeY().getValue()) == (9, 8)
+        assert (
+            desc.getSizeZ().getValue(),
+            desc.getSizeC().getValue(),
+            desc.getSizeT().getValue(),
+        ) == (4, 2, 3)
+        assert desc.getDimensionOrder().getValue().getValue() == "XYZCT"
+        channels = desc.copyChannels()
+        assert len(channels) == 2 and all(ch.getLogicalChannel() is not None for ch in channels)
+        stats = channels[1].getStatsInfo()
+        assert (stats.getGlobalMin().getValue(), stats.getGlobalMax().getValue()) == (5.0, 4000.0)
+
+
+def test_pixel_requests_out_of_bounds_fail(server: Any) -> None:
+    """Bad tiles, wrong buffer sizes and unknown pixels fail with OMERO's exceptions, not hangs."""
+    with session(server) as (_client, sf):
+        pid = create_image(sf, (1, 1, 1, 10, 10), "uint8")
+        rps = sf.createRawPixelsStore()
+        try:
+            with pytest.raises(omero.ApiUsageException):
+                rps.getPlane(0, 0, 0)  # no setPixelsId yet
+            rps.setPixelsId(pid, True)
+            with pytest.raises(omero.ApiUsageException):
+                rps.setTile(b"\0" * 25, 0, 0, 0, 8, 8, 5, 5)  # beyond the plane
+            with pytest.raises(omero.ApiUsageException):
+                rps.setPlane(b"\0" * 99, 0, 0, 0)  # one byte short
+            with pytest.raises(omero.ApiUsageException):
+                rps.getPlane(0, 1, 0)  # no channel 1
+            with pytest.raises(omero.ServerError):
+                rps.setPixelsId(pid + 10_000, True)
+        finally:
+            rps.close()
+
+
+# --- RawFileStore ---------------------------------------------------------------------------
+
+
+def test_rawfile_upload_read_and_sha1(server: Any, tmp_path: Path) -> None:
+    """client.upload (saveAndReturnObject + RawFileStore) then read at offsets and download.
+
+    Proves: bytes stored as written, ``size``, partial ``read``, and ``save`` returning the
+    OriginalFile with the SHA-1 the client computes.
+    """
+    src = tmp_path / "notes.bin"
+    src.write_bytes(os.urandom(250_001))
+    with session(server) as (client, sf):
+        ofile = client.upload(str(src), type="application/octet-stream")
+        rfs = sf.createRawFileStore()
+        try:
+            rfs.setFileId(ofile.getId().getValue())
+            assert rfs.size() == 250_001
+            assert rfs.read(1000, 64) == src.read_bytes()[1000:1064]
+            saved = rfs.save()
+        finally:
+            rfs.close()
+        expected = hashlib.sha1(src.read_bytes()).hexdigest()
+        assert saved.getHash().getValue() == expected
+        assert saved.getSize().getValue() == 250_001
+        stored = sf.getQueryService().get("OriginalFile", ofile.getId().getValue())
+        assert stored.getHash().getValue() == expected
+        back = tmp_path / "back.bin"
+        client.download(stored, str(back))
+        assert back.read_bytes() == src.read_bytes()
+
+
+# --- import ---------------------------------------------------------------------------------
+
+
+def test_import_ome_tiff(server: Any, tmp_path: Path) -> None:
+    """An OME-TIFF imported as omero-py's own import code does lands as OMERO's import would.
+
+    Proves: the upload/verifyUpload/CmdCallbackI handshake, ImportResponse.pixels, every plane
+    readable and equal, channel names and colours, physical sizes, the Image's MapAnnotation
+    (and no tag), the dataset link from userSpecifiedTarget, the Fileset with its
+    OriginalFile and SHA-1, StatsInfo min/max.
+    """
+    data = random_stack((2, 2, 3, 40, 56), "uint16", seed=7)
+    path = tmp_path / "pos007.ome.tiff"
+    pairs = [("Strain", "Mig1-GFP"), ("Strain", "Dot6-GFP"), ("Aim", "import test")]
+    write_ome_tiff(path, data, ["GFP", "mCherry"], pairs)
+    with session(server) as (client, sf):
+        dataset = omero.model.DatasetI()
+        dataset.setName(rstring("import-target"))
+        dataset = sf.getUpdateService().saveAndReturnObject(dataset)
+        rsp = import_file(client, path, dataset.getId().getValue())
+        assert isinstance(rsp, omero.grid.ImportResponse), rsp
+        assert len(rsp.pixels) == 1
+        pixels = rsp.pixels[0]
+        image_id = pixels.getImage().getId().getValue()
+        np.testing.assert_array_equal(
+            read_all_planes(sf, pixels.getId().getValue(), np.dtype("uint16"), data.shape), data
+        )
+        desc = sf.getPixelsService().retrievePixDescription(pixels.getId().getValue())
+        channels = desc.copyChannels()
+        assert [ch.getLogicalChannel().getName().getValue() for ch in channels] == [
+            "GFP",
+            "mCherry",
+        ]
+        assert [(ch.getRed().getValue(), ch.getGreen().getValue()) for ch in channels] == [
+            (255, 0),
+            (0, 255),
+        ]
+        assert desc.getPhysicalSizeX().getValue() == pytest.approx(0.25)
+        assert desc.getPhysicalSizeZ().getValue() == pytest.approx(0.5)
+        for c, ch in enumerate(channels):
+            assert ch.getStatsInfo().getGlobalMax().getValue() == float(data[:, c].max())
+        assert image_maps(sf, image_id) == [(KV_NS, pairs)]
+        anns = sf.getMetadataService().loadAnnotations("Image", [image_id], [], [], None)
+        assert not [a for a in anns.get(image_id, []) if isinstance(a, omero.model.TagAnnotation)]
+        in_dataset = sf.getContainerService().getImages(
+            "Dataset", [dataset.getId().getValue()], None
+        )
+        assert [i.getId().getValue() for i in in_dataset] == [image_id]
+        assert in_dataset[0].getName().getValue() == "pos007.ome.tiff"
+        image = sf.getQueryService().findByQuery(
+            "select i from Image i join fetch i.fileset where i.id = :id",
+            omero.sys.ParametersI().addId(image_id),
+        )
+        fileset_id = image.getFileset().getId().getValue()
+        fileset = sf.getQueryService().findByQuery(
+            "select f from Fileset f left outer join fetch f.usedFiles as e "
+            "left outer join fetch e.originalFile where f.id = :id",
+            omero.sys.ParametersI().addId(fileset_id),
+        )
+        (entry,) = fileset.copyUsedFiles()
+        ofile = entry.getOriginalFile()
+        assert ofile.getName().getValue() == "pos007.ome.tiff"
+        assert ofile.getHash().getValue() == hashlib.sha1(path.read_bytes()).hexdigest()
+        assert ofile.getSize().getValue() == path.stat().st_size
+
+
+def test_import_rejects_a_wrong_checksum(server: Any, tmp_path: Path) -> None:
+    """verifyUpload with a SHA-1 that does not match fails as OMERO fails (no image made)."""
+    path = tmp_path / "bad.ome.tiff"
+    write_ome_tiff(path, random_stack((1, 1, 1, 8, 8), "uint8"), ["c0"], [])
+    with session(server) as (client, _sf), pytest.raises(omero.ChecksumValidationException):
+        import_file(client, path, sha1="0" * 40)
+
+
+def test_import_of_a_non_tiff_reports_an_error(server: Any, tmp_path: Path) -> None:
+    """A file the stand-in cannot read finishes the handle with omero.cmd.ERR, as OMERO does."""
+    path = tmp_path / "notes.txt"
+    path.write_text("not an image\n")
+    with session(server) as (client, _sf):
+        rsp = import_file(client, path)
+    assert isinstance(rsp, omero.cmd.ERR)
+
+
+def test_import_converter_output(server: Any, swainlab_sample: Path, tmp_path: Path) -> None:
+    """posdir2ometiff's output of the shared sample imports with planes, channels and pairs intact.
+
+    Proves the converter → import path of the pusher: tiled, compressed, pyramidal OME-TIFF
+    whose TiffData names its own file; every plane read through RawPixelsStore equals
+    tifffile's reading of the file; channel names and MapAnnotations match the OME-XML.
+    """
+    convert = pytest.importorskip("posdir2ometiff.convert").convert
+    from ome_types import from_xml
+
+    result = convert(swainlab_sample, tmp_path / "out", workers=1)
+    (position,) = [p for p in result.positions if p.status == "ok"]
+    path = Path(position.output)
+    with tifffile.TiffFile(path) as tif:
+        expected = tif.series[0].asarray()  # (T, C, Z, Y, X) for XYZCT
+        ome = from_xml(tif.ome_metadata)
+    ome_image = ome.images[0]
+    names = [ch.name for ch in ome_image.pixels.channels]
+    by_id = {a.id: a for a in ome.structured_annotations.map_annotations}
+    pairs = [
+        (by_id[r.id].namespace, [(m.k, m.value) for m in by_id[r.id].value.ms])
+        for r in ome_image.annotation_refs
+        if r.id in by_id
+    ]
+    with session(server) as (client, sf):
+        rsp = import_file(client, path)
+        assert isinstance(rsp, omero.grid.ImportResponse), rsp
+        pixels = rsp.pixels[0]
+        got = read_all_planes(sf, pixels.getId().getValue(), expected.dtype, expected.shape)
+        np.testing.assert_array_equal(got, expected)
+        desc = sf.getPixelsService().retrievePixDescription(pixels.getId().getValue())
+        assert [ch.getLogicalChannel().getName().getValue() for ch in desc.copyChannels()] == names
+        assert sorted(image_maps(sf, pixels.getImage().getId().getValue())) == sorted(pairs)
+
+
+# --- OMERO.tables ---------------------------------------------------------------------------
+
+
+def test_table_typed_columns_roundtrip(server: Any) -> None:
+    """newTable → initialize/addData with Long, Double, String, Bool → read back, query, reopen.
+
+    Proves omero-py's own TableI/HdfStorage serve the stand-in's tables: typed headers, values,
+    getWhereList, and an OriginalFile (mimetype OMERO.tables) that openTable reopens.
+    """
+    with session(server) as (_client, sf):
+        resources = sf.sharedResources()
+        assert resources.areTablesEnabled()
+        repo_id = resources.repositories().descriptions[0].getId().getValue()
+        table = resources.newTable(repo_id, "acq_channels.h5")
+        assert table is not None
+        cols = [
+            omero.grid.LongColumn("exposure_ms", "", []),
+            omero.grid.DoubleColumn("z_step", "", []),
+            omero.grid.StringColumn("channel", "", 32, []),
+            omero.grid.BoolColumn("skip", "", []),
+        ]
+        try:
+            table.initialize(cols)
+            cols[0].values = [30, 300, 10]
+            cols[1].values = [0.5, 0.6, 0.7]
+            cols[2].values = ["Brightfield", "DIC", "GFP"]
+            cols[3].values = [False, True, False]
+            table.addData(cols)
+            assert table.getNumberOfRows() == 3
+            assert table.getWhereList("(exposure_ms > 20)", {}, 0, 3, 1) == [0, 1]
+            ofile = table.getOriginalFile()
+        finally:
+            table.close()
+        stored = sf.getQueryService().get("OriginalFile", ofile.getId().getValue())
+        assert stored.getMimetype().getValue() == "OMERO.tables"
+        assert stored.getName().getValue() == "acq_channels.h5"
+        assert stored.getSize().getValue() > 0
+        reopened = resources.openTable(omero.model.OriginalFileI(ofile.getId().getValue(), False))
+        try:
+            headers = reopened.getHeaders()
+            assert [type(h).__name__ for h in headers] == [
+                "LongColumn",
+                "DoubleColumn",
+                "StringColumn",
+                "BoolColumn",
+            ]
+            data = reopened.read(list(range(4)), 0, 3)
+            assert [c.values for c in data.columns] == [
+                [30, 300, 10],
+                [0.5, 0.6, 0.7],
+                ["Brightfield", "DIC", "GFP"],
+                [False, True, False],
+            ]
+        finally:
+            reopened.close()
+
+
+def test_tables_disabled(tmp_path: Path) -> None:
+    """With ``--no-tables``, areTablesEnabled() is False and newTable returns None (no file)."""
+    with standin(tmp_path / "store", "--no-tables") as own, session(own) as (_client, sf):
+        resources = sf.sharedResources()
+        assert resources.areTablesEnabled() is False
+        assert resources.newTable(0, "t.h5") is None
+        assert (
+            sf.getQueryService().findAllByString(
+                "OriginalFile", "mimetype", "OMERO.tables", True, None
+            )
+            == []
+        )
+
+
+# --- faults and restarts --------------------------------------------------------------------
+
+
+def test_connection_drops_after_n_pixel_writes(tmp_path: Path) -> None:
+    """``--drop-after-pixel-writes 3``: the 4th write loses the connection; writes 1-3 are kept.
+
+    Proves the fault the pusher's resume is tested with, and that planes written before the
+    drop are on disk when a new session reads them.
+    """
+    shape = (1, 1, 6, 16, 16)
+    data = random_stack(shape, "uint16", seed=11)
+    with standin(tmp_path / "store", "--drop-after-pixel-writes", "3") as own:
+        with session(own) as (_client, sf):
+            pid = create_image(sf, shape, "uint16")
+            rps = sf.createRawPixelsStore()
+            rps.setPixelsId(pid, True)
+            for z in range(3):
+                rps.setPlane(big_endian(data[0, 0, z]), z, 0, 0)
+            with pytest.raises(Ice.LocalException) as err:
+                rps.setPlane(big_endian(data[0, 0, 3]), 3, 0, 0)
+            assert isinstance(
+                err.value,
+                (
+                    Ice.ConnectionLostException,
+                    Ice.SocketException,
+                    Ice.CloseConnectionException,
+                    Ice.ConnectionRefusedException,
+                ),
+            ), err.value
+        with session(own) as (_client, sf):
+            got = read_all_planes(sf, pid, np.dtype("uint16"), shape)
+    np.testing.assert_array_equal(got[0, 0, :3], data[0, 0, :3])
+    assert not got[0, 0, 3:].any()
+
+
+def test_restart_keeps_pixels_files_imports_and_tables(tmp_path: Path) -> None:
+    """Stop the server (SIGTERM), start it again on the same store: everything reads back.
+
+    Proves "kill the server mid-push, restart, re-run" can work: ROMIO planes, uploaded file
+    bytes and checksum, an imported image's planes, and a table are all kept in the store.
+    """
+    store = tmp_path / "store"
+    shape = (1, 2, 2, 12, 14)
+    data = random_stack(shape, "uint16", seed=5)
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(os.urandom(10_000))
+    tiff = tmp_path / "kept.ome.tiff"
+    imported = random_stack((1, 1, 2, 10, 10), "uint8", seed=6)
+    write_ome_tiff(tiff, imported, ["only"], [("k", "v")])
+    with standin(store) as first, session(first) as (client, sf):
+        pid = create_image(sf, shape, "uint16")
+        rps = sf.createRawPixelsStore()
+        rps.setPixelsId(pid, True)
+        for c in range(2):
+            for z in range(2):
+                rps.setPlane(big_endian(data[0, c, z]), z, c, 0)
+        rps.close()
+        file_id = client.upload(str(blob)).getId().getValue()
+        imported_pid = import_file(client, tiff).pixels[0].getId().getValue()
+        resources = sf.sharedResources()
+        table = resources.newTable(0, "kept.h5")
+        col = omero.grid.LongColumn("n", "", [])
+        table.initialize([col])
+        col.values = [4, 5, 6]
+        table.addData([col])
+        table_file = table.getOriginalFile().getId().getValue()
+        table.close()
+    with standin(store) as second, session(second) as (client, sf):
+        np.testing.assert_array_equal(read_all_planes(sf, pid, np.dtype("uint16"), shape), data)
+        np.testing.assert_array_equal(
+            read_all_planes(sf, imported_pid, np.dtype("uint8"), imported.shape), imported
+        )
+        stored = sf.getQueryService().get("OriginalFile", file_id)
+        assert stored.getHash().getValue() == hashlib.sha1(blob.read_bytes()).hexdigest()
+        back = tmp_path / "back.bin"
+        client.download(stored, str(back))
+        assert back.read_bytes() == blob.read_bytes()
+        table = sf.sharedResources().openTable(omero.model.OriginalFileI(table_file, False))
+        try:
+            assert table.read([0], 0, 3).columns[0].values == [4, 5, 6]
+        finally:
+            table.close()
