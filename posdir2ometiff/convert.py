@@ -436,17 +436,30 @@ def is_up_to_date(entry: dict | None, layout: PositionLayout, out: Path, src: Pa
 # --------------------------------------------------------------------------- the run
 
 
-def _job_metadata(meta: ExperimentMetadata | None, name: str) -> ExperimentMetadata | None:
-    """The metadata one worker needs: no tables, only this position's stage data and times."""
+def _job_metadata(
+    meta: ExperimentMetadata | None, name: str, times: dict[str, list] | None = None
+) -> ExperimentMetadata | None:
+    """The metadata one worker needs: no tables, only this position's stage data and times
+    (a log's plane times for all positions would otherwise be pickled to every worker).
+    ``times``: plane times already grouped by lower-case position name."""
     if meta is None:
         return None
     low = name.lower()
+    if times is None:
+        times = _times_by_position(meta)
     return dataclasses.replace(
         meta,
         tables={},
         positions=[p for p in meta.positions if p.name.lower() == low],
-        plane_times=[p for p in meta.plane_times if p.position.lower() == low],
+        plane_times=times.get(low, []),
     )
+
+
+def _times_by_position(meta: ExperimentMetadata | None) -> dict[str, list]:
+    grouped: dict[str, list] = {}
+    for pt in meta.plane_times if meta else ():
+        grouped.setdefault(pt.position.lower(), []).append(pt)
+    return grouped
 
 
 def _overrides(opts: ConversionOptions) -> ExperimentMetadata | None:
@@ -521,6 +534,7 @@ def convert(src: Path | str, out: Path | str, **options: Any) -> ConversionResul
 
     results: dict[str, PositionResult] = {}
     entries: dict[str, dict] = {}
+    times = _times_by_position(meta)
     jobs: list[PositionJob] = []
     for layout in layouts:
         entry = prev_positions.get(layout.name)
@@ -533,7 +547,7 @@ def convert(src: Path | str, out: Path | str, **options: Any) -> ConversionResul
             entries[layout.name] = entry
             logger.info("%s: up to date, skipped", layout.name)
             continue
-        jobs.append(PositionJob(layout, _job_metadata(meta, layout.name), src, out,
+        jobs.append(PositionJob(layout, _job_metadata(meta, layout.name, times), src, out,
                                 opts.tile, opts.compression, str(opts.pyramid)))
 
     tables_box: dict[str, Any] = {}
