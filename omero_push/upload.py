@@ -53,8 +53,12 @@ def new_fileset(item: PushItem) -> Any:
     return fileset
 
 
-def import_settings(dataset_id: int, description: str | None) -> Any:
-    """Import settings: target dataset, SHA-1 checksums, and our 'incomplete' description."""
+def import_settings(dataset_id: int, description: str | None, name: str | None = None) -> Any:
+    """Import settings: target dataset, SHA-1 checksums, and our 'incomplete' description.
+
+    ``name`` (the OME Image name, for single-image files) replaces OMERO's default image name,
+    the file name, as ``omero import --name`` does: both modes then give the same image names.
+    """
     import omero
     import omero.grid  # noqa: F401
     from omero.rtypes import rbool, rstring
@@ -63,7 +67,7 @@ def import_settings(dataset_id: int, description: str | None) -> Any:
     settings.doThumbnails = rbool(True)
     settings.noStatsInfo = rbool(False)
     settings.userSpecifiedTarget = omero.model.DatasetI(dataset_id, False)
-    settings.userSpecifiedName = None
+    settings.userSpecifiedName = rstring(name) if name else None
     settings.userSpecifiedDescription = rstring(description) if description else None
     settings.userSpecifiedAnnotationList = None
     settings.userSpecifiedPixels = None
@@ -140,7 +144,8 @@ def import_file(
     repo = session.client.getManagedRepository()
     if repo is None:
         raise ServerError("the server offers no managed repository: use --mode pixels")
-    proc = repo.importFileset(new_fileset(item), import_settings(dataset_id, description))
+    name = item.images[0].name if len(item.images) == 1 else None
+    proc = repo.importFileset(new_fileset(item), import_settings(dataset_id, description, name))
     try:
         sent = upload_to(proc.getUploader(0), item, chunk=chunk, on_bytes=on_bytes)
         if sent != item.sha1:

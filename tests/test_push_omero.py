@@ -36,10 +36,15 @@ pytestmark = pytest.mark.timeout(300)
 # --- reading back with plain omero-py -----------------------------------------------------------
 
 
+def host_url(server: Any) -> str:
+    """The stand-in speaks plain TCP (OMERO's port-4063 transport): ``tcp://host`` for omero-py."""
+    return server.host if "://" in server.host else f"tcp://{server.host}"
+
+
 @contextmanager
 def reader(server: Any) -> Iterator[Any]:
     """A plain omero.client session on the stand-in (ServiceFactory)."""
-    c = omero.client(host=server.host, port=int(server.port))
+    c = omero.client(host=host_url(server), port=int(server.port))
     try:
         sf = c.createSession(server.user, server.password)
         yield sf
@@ -117,7 +122,7 @@ def counts(sf: Any) -> dict[str, int]:
 
 def push_kw(server: Any, **kw: Any) -> dict[str, Any]:
     base = dict(
-        server=server.host,
+        server=host_url(server),
         port=int(server.port),
         user=server.user,
         password=server.password,
@@ -158,7 +163,7 @@ def test_sample_convert_and_push_reads_back_equal(
             "--convert-out",
             str(tmp_path / "out"),
             "--server",
-            omero_server.host,
+            host_url(omero_server),
             "--port",
             str(omero_server.port),
             "--user",
@@ -468,7 +473,7 @@ def test_wrong_password_one_line_no_traceback_no_leak(
     base = [
         str(f),
         "--server",
-        omero_server.host,
+        host_url(omero_server),
         "--port",
         str(omero_server.port),
         "--user",
@@ -542,7 +547,7 @@ def test_no_permission_on_target_group(
         [
             str(f),
             "--server",
-            omero_server.host,
+            host_url(omero_server),
             "--port",
             str(omero_server.port),
             "--user",
