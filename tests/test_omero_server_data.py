@@ -121,7 +121,8 @@ def server(
 @contextmanager
 def session(server: Any) -> Iterator[tuple[Any, Any]]:
     """A plain omero.client session over TCP: (client, ServiceFactory)."""
-    client = omero.client(f"tcp://{server.host}", int(server.port))
+    host = str(server.host)
+    client = omero.client(host if "://" in host else f"tcp://{host}", int(server.port))
     try:
         sf = client.createSession(server.user, server.password)
         yield client, sf
@@ -246,7 +247,11 @@ def write_ome_tiff(
 
 
 def import_file(
-    client: Any, path: Path, dataset_id: int | None = None, sha1: str | None = None
+    client: Any,
+    path: Path,
+    dataset_id: int | None = None,
+    sha1: str | None = None,
+    description: str | None = None,
 ) -> Any:
     """Import one file exactly as omero-py's ``testlib.ITest.full_import`` does.
 
@@ -267,6 +272,7 @@ def import_file(
     settings.userSpecifiedTarget = (
         None if dataset_id is None else omero.model.DatasetI(dataset_id, False)
     )
+    settings.userSpecifiedDescription = None if description is None else rstring(description)
     settings.checksumAlgorithm = omero.model.ChecksumAlgorithmI()
     settings.checksumAlgorithm.value = rstring(ChecksumAlgorithmSHA1160)
     proc = mrepo.importFileset(fileset, settings)
@@ -482,7 +488,7 @@ def test_import_ome_tiff(server: Any, tmp_path: Path) -> None:
         dataset = omero.model.DatasetI()
         dataset.setName(rstring("import-target"))
         dataset = sf.getUpdateService().saveAndReturnObject(dataset)
-        rsp = import_file(client, path, dataset.getId().getValue())
+        rsp = import_file(client, path, dataset.getId().getValue(), description="pushed by a test")
         assert isinstance(rsp, omero.grid.ImportResponse), rsp
         assert len(rsp.pixels) == 1
         pixels = rsp.pixels[0]
@@ -490,6 +496,16 @@ def test_import_ome_tiff(server: Any, tmp_path: Path) -> None:
         np.testing.assert_array_equal(
             read_all_planes(sf, pixels.getId().getValue(), np.dtype("uint16"), data.shape), data
         )
+        rps = sf.createRawPixelsStore()
+        try:  # windows across the file's 16x16 TIFF tiles decode only the tiles they touch
+            rps.setPixelsId(pixels.getId().getValue(), True)
+            for x, y, w, h in [(10, 5, 30, 20), (0, 0, 16, 16), (47, 31, 9, 9), (3, 17, 1, 23)]:
+                got = from_wire(rps.getTile(2, 1, 1, x, y, w, h), np.dtype("uint16"), (h, w))
+                np.testing.assert_array_equal(got, data[1, 1, 2, y : y + h, x : x + w])
+            with pytest.raises(omero.ApiUsageException):  # imported pixels are read-only
+                rps.setPlane(big_endian(data[0, 0, 0]), 0, 0, 0)
+        finally:
+            rps.close()
         desc = sf.getPixelsService().retrievePixDescription(pixels.getId().getValue())
         channels = desc.copyChannels()
         assert [ch.getLogicalChannel().getName().getValue() for ch in channels] == [
@@ -512,6 +528,7 @@ def test_import_ome_tiff(server: Any, tmp_path: Path) -> None:
         )
         assert [i.getId().getValue() for i in in_dataset] == [image_id]
         assert in_dataset[0].getName().getValue() == "pos007.ome.tiff"
+        assert in_dataset[0].getDescription().getValue() == "pushed by a test"
         image = sf.getQueryService().findByQuery(
             "select i from Image i join fetch i.fileset where i.id = :id",
             omero.sys.ParametersI().addId(image_id),
@@ -535,6 +552,57 @@ def test_import_rejects_a_wrong_checksum(server: Any, tmp_path: Path) -> None:
     write_ome_tiff(path, random_stack((1, 1, 1, 8, 8), "uint8"), ["c0"], [])
     with session(server) as (client, _sf), pytest.raises(omero.ChecksumValidationException):
         import_file(client, path, sha1="0" * 40)
+
+
+def test_import_of_a_file_with_two_images(server: Any, tmp_path: Path) -> None:
+    """Two OME Images in one file become two OMERO Images named ``file [image name]``.
+
+    Proves TiffData IFD offsets are followed per image and ImportResponse lists both Pixels.
+    """
+    first = random_stack((1, 1, 2, 12, 10), "uint8", seed=21)
+    second = random_stack((2, 1, 1, 12, 10), "uint8", seed=22)
+    images = []
+    for index, (name, data) in enumerate([("left", first), ("right", second)]):
+        t, c, z, y, x = data.shape
+        images.append(
+            om.Image(
+                id=f"Image:{index}",
+                name=name,
+                pixels=om.Pixels(
+                    id=f"Pixels:{index}",
+                    dimension_order="XYZCT",
+                    type="uint8",
+                    size_x=x,
+                    size_y=y,
+                    size_z=z,
+                    size_c=c,
+                    size_t=t,
+                    channels=[
+                        om.Channel(id=f"Channel:{index}:0", name=f"{name}-ch", samples_per_pixel=1)
+                    ],
+                    tiff_data_blocks=[om.TiffData(ifd=2 * index, plane_count=2)],
+                ),
+            )
+        )
+    path = tmp_path / "pair.ome.tif"
+    xml = to_xml(om.OME(images=images))
+    with tifffile.TiffWriter(path) as tw:
+        planes = [first[0, 0, 0], first[0, 0, 1], second[0, 0, 0], second[1, 0, 0]]
+        for i, plane in enumerate(planes):
+            tw.write(
+                plane, description=xml if i == 0 else None, metadata=None, photometric="minisblack"
+            )
+    with session(server) as (client, sf):
+        rsp = import_file(client, path)
+        assert isinstance(rsp, omero.grid.ImportResponse), rsp
+        assert len(rsp.pixels) == 2
+        for pixels, (name, data) in zip(
+            rsp.pixels, [("left", first), ("right", second)], strict=True
+        ):
+            got = read_all_planes(sf, pixels.getId().getValue(), np.dtype("uint8"), data.shape)
+            np.testing.assert_array_equal(got, data)
+            image = sf.getQueryService().get("Image", pixels.getImage().getId().getValue())
+            assert image.getName().getValue() == f"pair.ome.tif [{name}]"
 
 
 def test_import_of_a_non_tiff_reports_an_error(server: Any, tmp_path: Path) -> None:

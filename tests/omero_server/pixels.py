@@ -305,8 +305,9 @@ def plane_ifds(
 class TiffBuffer:
     """Read-only planes of an imported OME-TIFF, read with tifffile (as Bio-Formats would).
 
-    Whole planes are decoded and the last few kept, so a client walking a plane tile by tile
-    decodes it once.
+    A window of a tiled page decodes only the TIFF tiles it touches (a 30,000² plane is never
+    decoded whole to serve a 512² tile); a whole plane, or a window of a striped page, decodes
+    the page and keeps the last few, so a client walking a plane row by row decodes it once.
     """
 
     writable = False
@@ -321,34 +322,69 @@ class TiffBuffer:
         self._cache: dict[tuple[int, int, int], np.ndarray] = {}
         self._lock = threading.Lock()
 
+    def _page(self, ifd: int) -> Any:
+        page = self._tif.pages[ifd]
+        if (page.imagelength, page.imagewidth) != (self.geometry.size_y, self.geometry.size_x):
+            raise PixelsError(
+                f"IFD {ifd} of {self.source.path.name} is {page.imagewidth}x{page.imagelength}, "
+                f"expected {self.geometry.size_x}x{self.geometry.size_y}"
+            )
+        return page
+
     def _plane(self, z: int, c: int, t: int) -> np.ndarray:
-        self.geometry.check_zct(z, c, t)
         key = (z, c, t)
-        with self._lock:
-            plane = self._cache.get(key)
-            if plane is None:
-                ifd = self.source.ifds.get(key)
-                if ifd is None:
-                    # OME-TIFF allows missing planes; OMERO serves them as zeros.
-                    plane = np.zeros(
-                        (self.geometry.size_y, self.geometry.size_x), self.geometry.dtype
-                    )
-                else:
-                    data = self._tif.pages[ifd].asarray()
-                    if data.shape != (self.geometry.size_y, self.geometry.size_x):
-                        raise PixelsError(
-                            f"IFD {ifd} of {self.source.path.name} has shape {data.shape}, "
-                            f"expected {(self.geometry.size_y, self.geometry.size_x)}"
-                        )
-                    plane = data.astype(self.geometry.dtype, copy=False)
-                if len(self._cache) >= self._CACHE:
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[key] = plane
-            return plane
+        plane = self._cache.get(key)
+        if plane is None:
+            ifd = self.source.ifds.get(key)
+            if ifd is None:
+                # OME-TIFF allows missing planes; OMERO serves them as zeros.
+                plane = np.zeros((self.geometry.size_y, self.geometry.size_x), self.geometry.dtype)
+            else:
+                data = self._page(ifd).asarray()
+                plane = data.reshape(self.geometry.size_y, self.geometry.size_x)
+                plane = plane.astype(self.geometry.dtype, copy=False)
+            if len(self._cache) >= self._CACHE:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = plane
+        return plane
+
+    def _window(self, page: Any, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Decode only the TIFF tiles of a tiled, single-sample page that meet the window."""
+        tw, tl = page.tilewidth, page.tilelength
+        across = -(-page.imagewidth // tw)
+        out = np.zeros((h, w), self.geometry.dtype)
+        fh = self._tif.filehandle
+        for ty in range(y // tl, (y + h - 1) // tl + 1):
+            for tx in range(x // tw, (x + w - 1) // tw + 1):
+                index = ty * across + tx
+                count = page.databytecounts[index]
+                if not count:
+                    continue  # a sparse tile: zeros
+                fh.seek(page.dataoffsets[index])
+                segment, _, _ = page.decode(
+                    fh.read(count), index, jpegtables=page.jpegtables, jpegheader=page.jpegheader
+                )
+                tile = segment.reshape(tl, tw)
+                y0, y1 = max(y, ty * tl), min(y + h, (ty + 1) * tl)
+                x0, x1 = max(x, tx * tw), min(x + w, (tx + 1) * tw)
+                out[y0 - y : y1 - y, x0 - x : x1 - x] = tile[
+                    y0 - ty * tl : y1 - ty * tl, x0 - tx * tw : x1 - tx * tw
+                ]
+        return out
 
     def read_tile(self, z: int, c: int, t: int, x: int, y: int, w: int, h: int) -> bytes:
-        self.geometry.check_tile(x, y, w, h)
-        return self._plane(z, c, t)[y : y + h, x : x + w].tobytes()
+        g = self.geometry
+        g.check_zct(z, c, t)
+        g.check_tile(x, y, w, h)
+        with self._lock:
+            key = (z, c, t)
+            ifd = self.source.ifds.get(key)
+            whole = (x, y, w, h) == (0, 0, g.size_x, g.size_y)
+            if key not in self._cache and ifd is not None and not whole:
+                page = self._page(ifd)
+                if page.is_tiled and page.samplesperpixel == 1 and page.imagedepth == 1:
+                    return self._window(page, x, y, w, h).tobytes()
+            return self._plane(z, c, t)[y : y + h, x : x + w].tobytes()
 
     def write_tile(
         self, data: bytes, z: int, c: int, t: int, x: int, y: int, w: int, h: int

@@ -754,10 +754,15 @@ def _stats(ctx: ServerContext, session: Any, pixels_id: int, source: TiffSource)
     try:
         lows = [np.inf] * g.size_c
         highs = [-np.inf] * g.size_c
-        for _z, c, _t in source.ifds:
-            plane = np.frombuffer(buffer.read_tile(_z, c, _t, 0, 0, g.size_x, g.size_y), g.dtype)
-            lows[c] = min(lows[c], float(plane.min()))
-            highs[c] = max(highs[c], float(plane.max()))
+        # strips of at most ~32 MB: a huge tiled plane is never decoded whole
+        rows = max(1, min(g.size_y, (32 << 20) // g.row_size))
+        low, high = (np.nanmin, np.nanmax) if g.dtype.kind == "f" else (np.min, np.max)
+        for z, c, t in source.ifds:
+            for y in range(0, g.size_y, rows):
+                h = min(rows, g.size_y - y)
+                strip = np.frombuffer(buffer.read_tile(z, c, t, 0, y, g.size_x, h), g.dtype)
+                lows[c] = min(lows[c], float(low(strip)))
+                highs[c] = max(highs[c], float(high(strip)))
     finally:
         buffer.close()
     pixels = ctx.store.load("Pixels", pixels_id, fetch=("channels.statsInfo",))
