@@ -87,14 +87,17 @@ def _hashlib_of(path: Any, name: str) -> str:
 
 
 def remote(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """For synchronous Slice operations: turn Python errors into OMERO exceptions.
+    """For synchronous Slice operations: the delay fault, and Python errors as OMERO exceptions.
 
-    (The core's ``servant`` decorator does this for asynchronous-dispatch operations only.)
+    (The core's ``servant`` decorator does both for asynchronous-dispatch operations only.)
     """
 
     @functools.wraps(fn)
     def wrapper(self: Any, *args: Any) -> Any:
         try:
+            ctx = getattr(self, "ctx", None)
+            if ctx is not None:
+                ctx.faults.delay()
             return fn(self, *args)
         except Ice.Exception:
             raise
@@ -645,6 +648,9 @@ def _create_image(
         description,
     )
     image.setSeries(rint(index))
+    ome_tiff = ctx.store.enum("Format", "OMETiff")
+    if ome_tiff is not None:
+        image.setFormat(omero.model.FormatI(ome_tiff.getId().getValue(), False))
     image.setFileset(omero.model.FilesetI(fileset.getId().getValue(), False))
     if ome_image.acquisition_date is not None:
         image.setAcquisitionDate(rtime(int(ome_image.acquisition_date.timestamp() * 1000)))
