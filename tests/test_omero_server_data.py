@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,95 +30,26 @@ from omero.callbacks import CmdCallbackI  # noqa: E402
 from omero.model.enums import ChecksumAlgorithmSHA1160  # noqa: E402
 from omero.rtypes import rbool, rstring  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 KV_NS = "openmicroscopy.org/omero/client/mapAnnotation"
 
 pytestmark = pytest.mark.timeout(180)
 
 
 # --- servers --------------------------------------------------------------------------------
+# The core's fixtures (tests/omero_server/fixture.py): ``omero_server_session`` is shared by the
+# read-mostly tests below; ``omero_server_factory`` starts servers with fault options.
 
 
-@dataclass
-class StandIn:
-    """A stand-in server process started through its public CLI (``python -m tests.omero_server``)."""
-
-    host: str
-    port: int
-    user: str
-    password: str
-    store: Path
-    process: subprocess.Popen[str] | None = None
-
-    def stop(self) -> None:
-        """SIGTERM and wait, as a user stopping the server would."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-
-def start_standin(store: Path, *flags: str) -> StandIn:
-    """Start a stand-in on a free port and wait for its ``listening on <port>`` line."""
-    password = "pw-" + os.urandom(4).hex()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.omero_server",
-            "--port",
-            "0",
-            "--store",
-            str(store),
-            "--password",
-            password,
-            *flags,
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise RuntimeError(f"stand-in did not start: {line!r}")
-    return StandIn("127.0.0.1", int(line.split()[-1]), "root", password, store, proc)
-
-
-@contextmanager
-def standin(store: Path, *flags: str) -> Iterator[StandIn]:
-    server = start_standin(store, *flags)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
-    """The core's ``omero_server`` fixture when it exists, else a stand-in of our own."""
-    try:
-        yield request.getfixturevalue("omero_server")
-        return
-    except pytest.FixtureLookupError:
-        pass
-    with standin(tmp_path_factory.mktemp("standin")) as own:
-        yield own
+@pytest.fixture
+def server(omero_server_session: Any) -> Any:
+    """The shared stand-in (tests here never assume an empty store)."""
+    return omero_server_session
 
 
 @contextmanager
 def session(server: Any) -> Iterator[tuple[Any, Any]]:
     """A plain omero.client session over TCP: (client, ServiceFactory)."""
-    host = str(server.host)
-    client = omero.client(host if "://" in host else f"tcp://{host}", int(server.port))
+    client = omero.client(host=server.url, port=int(server.port))
     try:
         sf = client.createSession(server.user, server.password)
         yield client, sf
@@ -706,9 +633,10 @@ def test_table_typed_columns_roundtrip(server: Any) -> None:
             reopened.close()
 
 
-def test_tables_disabled(tmp_path: Path) -> None:
+def test_tables_disabled(omero_server_factory: Any) -> None:
     """With ``--no-tables``, areTablesEnabled() is False and newTable returns None (no file)."""
-    with standin(tmp_path / "store", "--no-tables") as own, session(own) as (_client, sf):
+    own = omero_server_factory(tables=False)
+    with session(own) as (_client, sf):
         resources = sf.sharedResources()
         assert resources.areTablesEnabled() is False
         assert resources.newTable(0, "t.h5") is None
@@ -723,7 +651,7 @@ def test_tables_disabled(tmp_path: Path) -> None:
 # --- faults and restarts --------------------------------------------------------------------
 
 
-def test_connection_drops_after_n_pixel_writes(tmp_path: Path) -> None:
+def test_connection_drops_after_n_pixel_writes(omero_server_factory: Any) -> None:
     """``--drop-after-pixel-writes 3``: the 4th write loses the connection; writes 1-3 are kept.
 
     Proves the fault the pusher's resume is tested with, and that planes written before the
@@ -731,37 +659,38 @@ def test_connection_drops_after_n_pixel_writes(tmp_path: Path) -> None:
     """
     shape = (1, 1, 6, 16, 16)
     data = random_stack(shape, "uint16", seed=11)
-    with standin(tmp_path / "store", "--drop-after-pixel-writes", "3") as own:
-        with session(own) as (_client, sf):
-            pid = create_image(sf, shape, "uint16")
-            rps = sf.createRawPixelsStore()
-            rps.setPixelsId(pid, True)
-            for z in range(3):
-                rps.setPlane(big_endian(data[0, 0, z]), z, 0, 0)
-            with pytest.raises(Ice.LocalException) as err:
-                rps.setPlane(big_endian(data[0, 0, 3]), 3, 0, 0)
-            assert isinstance(
-                err.value,
-                (
-                    Ice.ConnectionLostException,
-                    Ice.SocketException,
-                    Ice.CloseConnectionException,
-                    Ice.ConnectionRefusedException,
-                ),
-            ), err.value
-        with session(own) as (_client, sf):
-            got = read_all_planes(sf, pid, np.dtype("uint16"), shape)
+    own = omero_server_factory(drop_after_pixel_writes=3)
+    with session(own) as (_client, sf):
+        pid = create_image(sf, shape, "uint16")
+        rps = sf.createRawPixelsStore()
+        rps.setPixelsId(pid, True)
+        for z in range(3):
+            rps.setPlane(big_endian(data[0, 0, z]), z, 0, 0)
+        with pytest.raises(Ice.LocalException) as err:
+            rps.setPlane(big_endian(data[0, 0, 3]), 3, 0, 0)
+        assert isinstance(
+            err.value,
+            (
+                Ice.ConnectionLostException,
+                Ice.SocketException,
+                Ice.CloseConnectionException,
+                Ice.ConnectionRefusedException,
+            ),
+        ), err.value
+    with session(own) as (_client, sf):
+        got = read_all_planes(sf, pid, np.dtype("uint16"), shape)
     np.testing.assert_array_equal(got[0, 0, :3], data[0, 0, :3])
     assert not got[0, 0, 3:].any()
 
 
-def test_restart_keeps_pixels_files_imports_and_tables(tmp_path: Path) -> None:
-    """Stop the server (SIGTERM), start it again on the same store: everything reads back.
+def test_restart_keeps_pixels_files_imports_and_tables(
+    omero_server_factory: Any, tmp_path: Path
+) -> None:
+    """Kill the server (SIGKILL), start it again on the same store: everything reads back.
 
     Proves "kill the server mid-push, restart, re-run" can work: ROMIO planes, uploaded file
     bytes and checksum, an imported image's planes, and a table are all kept in the store.
     """
-    store = tmp_path / "store"
     shape = (1, 2, 2, 12, 14)
     data = random_stack(shape, "uint16", seed=5)
     blob = tmp_path / "blob.bin"
@@ -769,7 +698,8 @@ def test_restart_keeps_pixels_files_imports_and_tables(tmp_path: Path) -> None:
     tiff = tmp_path / "kept.ome.tiff"
     imported = random_stack((1, 1, 2, 10, 10), "uint8", seed=6)
     write_ome_tiff(tiff, imported, ["only"], [("k", "v")])
-    with standin(store) as first, session(first) as (client, sf):
+    server = omero_server_factory()
+    with session(server) as (client, sf):
         pid = create_image(sf, shape, "uint16")
         rps = sf.createRawPixelsStore()
         rps.setPixelsId(pid, True)
@@ -787,7 +717,9 @@ def test_restart_keeps_pixels_files_imports_and_tables(tmp_path: Path) -> None:
         table.addData([col])
         table_file = table.getOriginalFile().getId().getValue()
         table.close()
-    with standin(store) as second, session(second) as (client, sf):
+    server.kill()
+    server.start()
+    with session(server) as (client, sf):
         np.testing.assert_array_equal(read_all_planes(sf, pid, np.dtype("uint16"), shape), data)
         np.testing.assert_array_equal(
             read_all_planes(sf, imported_pid, np.dtype("uint8"), imported.shape), imported
