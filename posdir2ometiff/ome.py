@@ -313,6 +313,11 @@ def build_ome(
 
     # --- annotations -------------------------------------------------------------------------
     pairs = [(str(k), str(v)) for k, v in meta.key_values]
+    if position is not None:
+        # Per-image facts from the positions table (e.g. group, PFS offset): users filter by them.
+        if position.group is not None:
+            pairs.append(("Position group", str(position.group)))
+        pairs += [(str(k), str(v)) for k, v in position.extra.items()]
     pairs += [("missing plane", label) for label in spec.missing]
     annotations = StructuredAnnotations()
     refs: list[AnnotationRef] = []

@@ -62,7 +62,19 @@ def outputs(tmp_path_factory: pytest.TempPathFactory, swainlab_sample: Path) -> 
                      size=1024, seed=3)
     demo_out = base / "demo_out"
     assert convert(demo.folder, demo_out, tile=256, workers=1, progress="off").ok
+    floats = make_demo(base / "float", positions=1, channels=["GFP"], z=2, t=1, size=64,
+                       dtype="float32", metadata=False)
+    assert convert(floats.folder, base / "float_out", workers=1, progress="off").ok
+    rgb_pos = base / "rgb" / "pos001"
+    rgb_pos.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for z in (1, 2):
+        pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        (rgb_pos / f"x_1_photo_{z}.png").write_bytes(imagecodecs.png_encode(pixels))
+    assert convert(base / "rgb", base / "rgb_out", workers=1, progress="off").ok
     return {"sample": sample_out / "pos001.ome.tiff", "demo": demo_out / "pos001.ome.tiff",
+            "float": base / "float_out" / "pos001.ome.tiff",
+            "rgb": base / "rgb_out" / "pos001.ome.tiff",
             "sample_src": swainlab_sample, "base": base}
 
 
@@ -98,7 +110,8 @@ def test_imageinfo_sizes_channels_and_validation(jar: Path, outputs: dict[str, P
 def test_xmlvalidate_against_local_schema(jar: Path, outputs: dict[str, Path]) -> None:
     assert XSD.is_file()
     files = []
-    for key in ("sample", "demo"):
+    keys = ("sample", "demo", "float", "rgb")
+    for key in keys:
         with tifffile.TiffFile(outputs[key]) as tf:
             xml = tf.pages[0].description
         assert REMOTE_XSD in xml
@@ -106,7 +119,7 @@ def test_xmlvalidate_against_local_schema(jar: Path, outputs: dict[str, Path]) -
         target.write_text(xml.replace(REMOTE_XSD, XSD.as_uri()), encoding="utf-8")
         files.append(str(target))
     log = bf(jar, "XMLValidate", *files)
-    assert log.count("No validation errors found.") == 2, log
+    assert log.count("No validation errors found.") == len(keys), log
     assert "ERROR" not in log and "cvc-" not in log
 
 

@@ -70,6 +70,7 @@ def test_acquisition_facts_land_in_the_ome_xml(converted: Path) -> None:
     assert kv.namespace == "openmicroscopy.org/omero/client/mapAnnotation"
     pairs = [(m.k, m.value) for m in kv.value.ms]
     assert ("Strain", "Mig1-GFP") in pairs and ("Strain", "Msn2-GFP") in pairs
+    assert ("Position group", "1") in pairs and ("PFS offset", "19.225") in pairs
 
 
 def test_manifest_and_tables(converted: Path) -> None:

@@ -44,7 +44,8 @@ def rich_meta() -> ExperimentMetadata:
         z=ZSectioning(count=3, spacing_um=0.6),
         time=TimeSettings(interval_s=300, timepoints=2),
         positions=[
-            StagePosition("pos001", 10846.5, 10208.1, 3431.425, exposure_ms={"GFP": 7}),
+            StagePosition("pos001", 10846.5, 10208.1, 3431.425, group="1",
+                          exposure_ms={"GFP": 7}, extra={"PFS offset": "19.225"}),
             StagePosition("pos002", 1.0, 2.0, 3.0),
         ],
         acquisition_start=START,
@@ -121,7 +122,8 @@ def test_full_metadata_round_trips_through_validated_xml() -> None:
     assert kv.namespace == MAP_ANNOTATION_NS
     pairs = [(m.k, m.value) for m in kv.value.ms]
     assert pairs == [("Strain", "Mig1-GFP"), ("Strain", "Dot6-GFP"),
-                     ("Light path GFP", "470nm LED"), ("missing plane", "t=2 c=GFP z=3")]
+                     ("Light path GFP", "470nm LED"), ("Position group", "1"),
+                     ("PFS offset", "19.225"), ("missing plane", "t=2 c=GFP z=3")]
     assert [t.value for t in sa.tag_annotations] == ["28-Sep-2018", "Batgirl"]
     linked = {r.id for r in img.annotation_refs}
     assert linked == {kv.id, *(t.id for t in sa.tag_annotations)}
