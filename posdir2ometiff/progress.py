@@ -43,7 +43,12 @@ class Progress:
         if self.mode == "bar":
             from tqdm import tqdm
 
-            self._bar = tqdm(
+            class _Bar(tqdm):
+                # No monitor thread: worker processes are forked while the bar exists, and
+                # forking a process that has extra threads risks inheriting a held lock.
+                monitor_interval = 0
+
+            self._bar = _Bar(
                 total=self.total, unit="plane", file=self._stream, dynamic_ncols=True,
                 desc="planes",
             )
