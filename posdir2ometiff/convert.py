@@ -499,7 +499,11 @@ def convert(src: Path | str, out: Path | str, **options: Any) -> ConversionResul
     from posdir2ometiff.metadata.tables import write_tables
 
     started = time.monotonic()
-    opts = ConversionOptions(**options)
+    try:
+        opts = ConversionOptions(**options)
+    except TypeError as exc:
+        known = ", ".join(f.name for f in dataclasses.fields(ConversionOptions))
+        raise ConversionError(f"{exc}; known options: {known}") from None
     _check_options(opts)
     src = Path(src).resolve()
     out = Path(out).resolve()
@@ -515,6 +519,8 @@ def convert(src: Path | str, out: Path | str, **options: Any) -> ConversionResul
         )
     layouts = discover(src, opts.positions, opts.pattern,
                        [c.name for c in meta.channels] if meta else ())
+    # OUT inside SRC with a name like "pos_out" would otherwise be taken for a position.
+    layouts = [lay for lay in layouts if lay.folder.resolve() != out]
     out.mkdir(parents=True, exist_ok=True)
 
     previous = None if opts.overwrite else load_manifest(out)

@@ -251,3 +251,14 @@ def test_fail_fast_in_the_pool_starts_no_further_position(tmp_path: Path) -> Non
     assert [p.name for p in result.failed] == ["pos001"]
     assert "pos004" not in names and len(names) <= 3
     assert not (tmp_path / "out" / "pos001.ome.tiff").exists()
+
+
+def test_unknown_option_and_out_inside_src(demo, tmp_path: Path) -> None:
+    from posdir2ometiff.convert import ConversionError
+
+    with pytest.raises(ConversionError, match="known options"):
+        convert(demo.folder, tmp_path / "out", tiles=256)
+    out = demo.folder / "pos_converted"  # matches pos* but is our own output folder
+    assert [p.name for p in convert(demo.folder, out, **FAST).positions] == ["pos001", "pos002"]
+    again = convert(demo.folder, out, **FAST)
+    assert [p.status for p in again.positions] == ["skipped", "skipped"]
