@@ -16,3 +16,4 @@ def swainlab_sample() -> Path:
     if not SHARED_SAMPLE.is_dir():
         pytest.skip(f"shared sample not found at {SHARED_SAMPLE}")
     return SHARED_SAMPLE
+from tests.omero_server.fixture import omero_server, omero_server_factory, omero_server_session  # noqa: E402,F401

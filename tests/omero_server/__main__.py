@@ -1,0 +1,44 @@
+"""``python -m tests.omero_server --port P --store DIR``: run the OMERO stand-in in the foreground.
+
+Prints ``listening on <port>`` (flushed) once clients can connect, and stops cleanly on SIGTERM or
+SIGINT. The password is read from ``--password`` (a test fixture's throw-away value) or from
+``OMERO_STANDIN_PASSWORD``; defaults root/omero as a fresh OMERO.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .faults import Faults
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, configure logging, run the server; returns the exit status."""
+    p = argparse.ArgumentParser(prog="python -m tests.omero_server",
+                                description="OMERO stand-in for tests (not OMERO).")
+    p.add_argument("--port", type=int, default=4063, help="TCP port (0: any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--store", type=Path, required=True, help="folder for SQLite and files")
+    p.add_argument("--user", default="root")
+    p.add_argument("--password", default=os.environ.get("OMERO_STANDIN_PASSWORD", "omero"))
+    p.add_argument("--drop-after-pixel-writes", type=int, default=None, metavar="N",
+                   help="close the client's connection once, after N pixel writes")
+    p.add_argument("--delay-ms", type=int, default=0, metavar="N", help="delay every API reply")
+    p.add_argument("--no-tables", action="store_true", help="OMERO.tables disabled")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="omero-standin %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    faults = Faults(drop_after_pixel_writes=args.drop_after_pixel_writes, delay_ms=args.delay_ms,
+                    tables_enabled=not args.no_tables)
+    from .server import serve  # imports Ice/omero: after argument errors are reported
+
+    return serve(args.store, args.port, args.host, args.user, args.password, faults)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Fault injection: what the pusher must survive, switched on from the command line.
+
+Why: "kill the server mid-push", "the connection drops after N tiles", "the server is slow" and
+"OMERO.tables is not installed" are the failures users meet; tests need them on demand and
+repeatable. One :class:`Faults` lives in the :class:`~tests.omero_server.server.ServerContext`;
+servants consult it, nothing else changes behaviour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import Ice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Faults:
+    """Fault settings of one server process.
+
+    drop_after_pixel_writes: after this many pixel writes (RawPixelsStore setPlane/setTile/...,
+        counted server-wide) the client's connection is closed once — as a crashing or
+        restarting server would. None: never.
+    delay_ms: every API call (IQuery, IUpdate, ... and the data services that call
+        :meth:`delay`) waits this long before answering.
+    tables_enabled: False makes ``SharedResources.areTablesEnabled()`` answer False and
+        ``newTable`` return None, as on a server without OMERO.tables.
+    """
+
+    drop_after_pixel_writes: int | None = None
+    delay_ms: int = 0
+    tables_enabled: bool = True
+    pixel_writes: int = 0
+    dropped: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def delay(self) -> None:
+        """Sleep ``delay_ms`` (called by servants before they answer)."""
+        if self.delay_ms > 0:
+            time.sleep(self.delay_ms / 1000.0)
+
+    def count_pixel_write(self, current: Any | None) -> bool:
+        """Count one pixel write; on the N-th, close the caller's connection and return True.
+
+        The pixels servant calls this *before* storing the data, and when it returns True it
+        must not answer (the connection is gone): the write is lost, as when a server dies.
+        The drop happens once per server process, so a retrying client can finish.
+        """
+        with self._lock:
+            self.pixel_writes += 1
+            limit = self.drop_after_pixel_writes
+            hit = limit is not None and not self.dropped and self.pixel_writes > limit
+            if hit:
+                self.dropped = True
+        if hit:
+            log.warning("fault injection: dropping the connection after %d pixel writes", limit)
+            self.drop_connection(current)
+        return hit
+
+    @staticmethod
+    def drop_connection(current: Any | None) -> None:
+        """Forcefully close the connection a request came in on (Ice 3.6: ``close(True)``)."""
+        con = getattr(current, "con", None)
+        if con is None:
+            return
+        with contextlib.suppress(Ice.LocalException):  # already closed: nothing to do
+            con.close(True)

@@ -1,0 +1,404 @@
+"""The stand-in's core: one Ice communicator, one adapter, a Glacier2 router, and a service registry.
+
+Why one adapter: the real omero-py client talks to OMERO through a Glacier2 router. A servant of
+``Glacier2.Router`` whose ``getClientProxy``/``getServerProxy`` return the router's own direct
+proxy makes the client send every routed call to this adapter, so the sessions and services
+can all live here, each under its own identity, with no Glacier2 process.
+
+Why a registry: services are written by different people (the core here; pixels, files,
+import and tables in sibling modules). Each module exposes ``register(ctx)`` and calls
+:meth:`ServerContext.register_service`; the session servant looks factories up by name.
+
+Why :func:`servant`: OMERO's API operations use asynchronous dispatch (``name_async(cb, ...)``);
+a servant that only defines ``name`` leaves the client waiting for ever. The decorator lets
+servants be written as plain methods, generates the ``_async`` forms that answer through the
+callback, turns Python errors into OMERO's exceptions, applies the delay fault, and makes every
+operation the stand-in does not implement fail with ``omero.ApiUsageException`` instead of hanging.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import logging
+import re
+import sys
+import threading
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import Ice
+import omero
+
+from .faults import Faults
+from .store import ObjectStore, StoreError
+
+if TYPE_CHECKING:
+    from .session import Session
+
+log = logging.getLogger(__name__)
+
+#: Factory of a service servant for one session: ``factory(ctx, session) -> Ice.Object``.
+ServiceFactoryFn = Callable[["ServerContext", "Session"], Ice.Object]
+
+#: Sibling modules that plug services in (absent ones are skipped while they are being written).
+PLUGIN_MODULES = ("services_core", "pixels", "rawfile", "repository", "tables")
+
+#: Services created fresh for every ``create*`` call (stateful in OMERO, closed by the client).
+STATEFUL_SERVICES = frozenset({"RawPixelsStore", "RawFileStore", "ThumbnailStore",
+                               "RenderingEngine", "Exporter", "Search", "JobHandle"})
+
+
+@dataclass
+class ServerContext:
+    """Everything a servant may need, one per server process.
+
+    Attributes:
+        store: the :class:`~tests.omero_server.store.ObjectStore` (SQLite + files/).
+        store_dir: the folder holding it.
+        faults: fault-injection settings (:class:`~tests.omero_server.faults.Faults`).
+        adapter: the Ice object adapter every servant lives in.
+        communicator: the server's Ice communicator.
+        lock: an RLock for servant state shared across threads (Ice dispatches on a pool).
+        user / password: the one account that may log in (besides joining by session uuid).
+        services: the service registry (name -> factory), filled by ``register_service``.
+        sessions: live sessions by uuid.
+    """
+
+    store: ObjectStore
+    store_dir: Path
+    faults: Faults
+    adapter: Any
+    communicator: Any
+    user: str = "root"
+    password: str = "omero"
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    services: dict[str, ServiceFactoryFn] = field(default_factory=dict)
+    sessions: dict[str, Session] = field(default_factory=dict)
+
+    def register_service(self, name: str, factory: ServiceFactoryFn) -> None:
+        """Make service *name* available to sessions.
+
+        Names are OMERO's short service names: "IAdmin", "IQuery", "IUpdate", "IContainer",
+        "IMetadata", "ISession", "ITypes", "IConfig", "IPixels", "RawPixelsStore",
+        "RawFileStore", "SharedResources", ... A stateless service's factory is called once per
+        session; a stateful one's (see ``STATEFUL_SERVICES``) once per ``create*`` call.
+        """
+        with self.lock:
+            if name in self.services:
+                log.debug("service %s re-registered", name)
+            self.services[name] = factory
+
+    def add_servant(self, servant: Ice.Object, category: str = "", name: str | None = None) -> Any:
+        """Add *servant* to the adapter under a fresh (or given) identity; returns its proxy."""
+        ident = Ice.Identity(name or str(uuid.uuid4()), category)
+        return self.adapter.add(servant, ident)
+
+    def remove_servant(self, current_or_identity: Any) -> None:
+        """Remove a servant (by ``Ice.Current`` or identity); a stateful service's ``close``."""
+        ident = getattr(current_or_identity, "id", current_or_identity)
+        try:
+            self.adapter.remove(ident)
+        except Ice.NotRegisteredException:
+            pass
+        except Ice.ObjectAdapterDeactivatedException:
+            pass
+
+
+# --------------------------------------------------------------------------- dispatch helper
+
+_OP_LINE = re.compile(r"^\s*(\w+)\._op_(\w+) = IcePy\.Operation\((.*)\)\s*$")
+_signatures: dict[tuple[str, str], int] = {}
+_scanned: set[str] = set()
+
+
+def _scan_generated(path: Path) -> None:
+    """Read the generated ``_op_*`` lines of one Slice module: how many values each op returns."""
+    if str(path) in _scanned:
+        return
+    _scanned.add(str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return
+    for line in text.splitlines():
+        if "IcePy.Operation(" not in line:
+            continue
+        m = _OP_LINE.match(line)
+        if not m:
+            continue
+        iface, op, args = m.groups()
+        # the arguments are literals apart from type references: replace those by names
+        try:
+            tree = ast.parse(f"f({args})", mode="eval")
+        except SyntaxError:
+            continue
+        call = tree.body
+        if not isinstance(call, ast.Call) or len(call.args) < 9:
+            continue
+        outs = call.args[7]
+        ret = call.args[8]
+        n_out = len(outs.elts) if isinstance(outs, ast.Tuple) else 0
+        has_ret = not (isinstance(ret, ast.Constant) and ret.value is None)
+        _signatures[(iface, op)] = n_out + (1 if has_ret else 0)
+
+
+def _result_count(cls: type, op: str) -> int:
+    """How many values operation *op* of Slice class *cls* (or its bases) returns."""
+    for klass in cls.__mro__:
+        if f"_op_{op}" not in vars(klass):
+            continue
+        name = klass.__name__
+        if (name, op) not in _signatures:
+            for mod in list(sys.modules.values()):
+                fname = getattr(mod, "__file__", None) or ""
+                if fname.endswith("_ice.py") and name in Path(fname).stem.split("_") + [Path(fname).stem]:
+                    _scan_generated(Path(fname))
+            if (name, op) not in _signatures:
+                for mod in list(sys.modules.values()):
+                    fname = getattr(mod, "__file__", None) or ""
+                    if fname.endswith("_ice.py"):
+                        _scan_generated(Path(fname))
+                        if (name, op) in _signatures:
+                            break
+        if (name, op) in _signatures:
+            return _signatures[(name, op)]
+    raise LookupError(f"cannot find the Slice signature of {cls.__name__}.{op}")
+
+
+def _operations(cls: type) -> dict[str, type]:
+    """Slice operations of a servant class: op name -> the Slice class declaring it."""
+    ops: dict[str, type] = {}
+    for klass in reversed(cls.__mro__):
+        for attr in vars(klass):
+            if attr.startswith("_op_"):
+                ops[attr[4:]] = klass
+    return ops
+
+
+def server_error(exc: BaseException) -> omero.ServerError:
+    """Turn a Python error raised by a servant into the OMERO exception a client expects."""
+    if isinstance(exc, omero.ServerError):
+        return exc
+    stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, StoreError):
+        return omero.ValidationException(stack, type(exc).__name__, str(exc))
+    if isinstance(exc, (ValueError, KeyError, TypeError, LookupError)):
+        return omero.ApiUsageException(stack, type(exc).__name__, str(exc))
+    return omero.InternalException(stack, type(exc).__name__, f"{type(exc).__name__}: {exc}")
+
+
+def servant(cls: type) -> type:
+    """Class decorator for servants: generate AMD ``_async`` methods and fail-fast stubs.
+
+    Write a servant method as ``def getEventContext(self, current=None)`` returning the result
+    (a tuple when the operation has out-parameters). For each Slice operation of the class:
+
+    * implemented: ``name_async(cb, *args, current)`` calls it, applies ``ctx.faults.delay()``
+      (if the servant has ``self.ctx``), answers ``cb.ice_response(...)`` or ``cb.ice_exception(...)``
+      with Python errors mapped by :func:`server_error` (StoreError -> ValidationException,
+      ValueError/KeyError/... -> ApiUsageException, others -> InternalException).
+      A method may instead return :data:`NO_REPLY` after it dealt with the callback itself
+      (e.g. the connection was dropped on purpose).
+    * not implemented: both forms raise ``omero.ApiUsageException("... not supported by the
+      OMERO stand-in")`` so a client fails at once instead of hanging.
+    """
+    for op, decl in _operations(cls).items():
+        plain = None
+        for klass in cls.__mro__:
+            if klass is Ice.Object or any(a.startswith("_op_") for a in vars(klass)):
+                break  # reached generated Slice code: its methods are empty stubs
+            if op in vars(klass):
+                plain = vars(klass)[op]
+                break
+        if plain is None:
+            setattr(cls, op, _unsupported(cls, op))
+            setattr(cls, op + "_async", _unsupported_async(cls, op))
+            continue
+        if op + "_async" in vars(cls) and getattr(vars(cls)[op + "_async"], "_handwritten", False):
+            continue
+        try:
+            count = _result_count(decl, op)
+        except LookupError:
+            log.warning("no Slice signature for %s.%s; assuming one result", decl.__name__, op)
+            count = 1
+        setattr(cls, op + "_async", _make_async(plain, count))
+    return cls
+
+
+#: Returned by a servant method that already answered (or deliberately never answers).
+NO_REPLY = object()
+
+
+def _make_async(plain: Callable[..., Any], count: int) -> Callable[..., None]:
+    @functools.wraps(plain)
+    def dispatch(self: Any, cb: Any, *args: Any) -> None:
+        ctx = getattr(self, "ctx", None)
+        try:
+            if ctx is not None:
+                ctx.faults.delay()
+            result = plain(self, *args)
+            if result is NO_REPLY:
+                return
+            if count == 0:
+                cb.ice_response()
+            elif count == 1:
+                cb.ice_response(result)
+            else:
+                cb.ice_response(*result)
+        except Ice.Exception as exc:
+            if isinstance(exc, Ice.UserException):
+                cb.ice_exception(exc)
+            else:
+                cb.ice_exception(exc)
+        except Exception as exc:  # noqa: BLE001 - every error must reach the client
+            log.debug("servant error in %s", plain.__name__, exc_info=True)
+            cb.ice_exception(server_error(exc))
+
+    dispatch.__name__ = plain.__name__ + "_async"
+    return dispatch
+
+
+def _unsupported(cls: type, op: str) -> Callable[..., Any]:
+    def method(self: Any, *args: Any) -> Any:
+        raise omero.ApiUsageException(None, None, f"{op} is not supported by the OMERO stand-in")
+
+    method.__name__ = op
+    return method
+
+
+def _unsupported_async(cls: type, op: str) -> Callable[..., Any]:
+    def method(self: Any, cb: Any, *args: Any) -> None:
+        cb.ice_exception(omero.ApiUsageException(
+            None, None, f"{cls.__name__}.{op} is not supported by the OMERO stand-in"))
+
+    method.__name__ = op + "_async"
+    return method
+
+
+# --------------------------------------------------------------------------- running
+
+def _ice_properties(host: str, port: int) -> Any:
+    props = Ice.createProperties()
+    props.setProperty("Ice.ThreadPool.Server.Size", "4")
+    props.setProperty("Ice.ThreadPool.Server.SizeMax", "16")
+    props.setProperty("Ice.ThreadPool.Server.Serialize", "0")
+    # omero-py allows 250 MB messages; keep the server in step
+    props.setProperty("Ice.MessageSizeMax", "256000")
+    # never close idle client connections: long pushes keep one connection
+    props.setProperty("Ice.ACM.Server.Timeout", "0")
+    props.setProperty("Ice.Warn.Connections", "0")
+    props.setProperty("Ice.Warn.Dispatch", "0")
+    return props
+
+
+def load_plugins(ctx: ServerContext, names: tuple[str, ...] = PLUGIN_MODULES) -> list[str]:
+    """Import ``tests.omero_server.<name>`` for each plug-in and call its ``register(ctx)``.
+
+    A module that does not exist yet is skipped; one that fails to import or register is logged
+    with its traceback and skipped, so one broken service does not take the others down.
+    Returns the names registered.
+    """
+    import importlib
+
+    loaded = []
+    for name in names:
+        modname = f"{__package__}.{name}"
+        try:
+            module = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name == modname:
+                log.debug("plug-in %s not present", modname)
+                continue
+            log.exception("plug-in %s failed to import", modname)
+            continue
+        except Exception:  # noqa: BLE001 - report and go on with the other services
+            log.exception("plug-in %s failed to import", modname)
+            continue
+        register = getattr(module, "register", None)
+        if register is None:
+            log.error("plug-in %s has no register(ctx)", modname)
+            continue
+        try:
+            register(ctx)
+        except Exception:  # noqa: BLE001
+            log.exception("plug-in %s failed to register", modname)
+            continue
+        loaded.append(name)
+    return loaded
+
+
+class Server:
+    """A running stand-in: communicator, adapter, router and store. Use :func:`serve` for the CLI."""
+
+    def __init__(self, store_dir: Path, port: int = 0, host: str = "127.0.0.1", user: str = "root",
+                 password: str = "omero", faults: Faults | None = None) -> None:
+        import omero.rtypes
+        from omero import ObjectFactoryRegistrar
+
+        from .session import ROUTER_IDENTITY, RouterI
+
+        init = Ice.InitializationData()
+        init.properties = _ice_properties(host, port)
+        self.communicator = Ice.initialize(init)
+        try:
+            # incoming model objects become omero.model.*I instances, as in a client
+            ObjectFactoryRegistrar.registerObjectFactory(self.communicator, None)
+            for of in omero.rtypes.ObjectFactories.values():
+                of.register(self.communicator)
+            store = ObjectStore(Path(store_dir), user=user)
+            adapter = self.communicator.createObjectAdapterWithEndpoints(
+                "OMERO.StandIn", f"tcp -h {host} -p {port}")
+        except BaseException:
+            self.communicator.destroy()
+            raise
+        self.ctx = ServerContext(store=store, store_dir=Path(store_dir), faults=faults or Faults(),
+                                 adapter=adapter, communicator=self.communicator, user=user,
+                                 password=password)
+        self.plugins = load_plugins(self.ctx)
+        router = RouterI(self.ctx)
+        router.proxy = adapter.add(router, ROUTER_IDENTITY)
+        adapter.activate()
+        self.port = adapter.getEndpoints()[0].getInfo().port
+        self.host = host
+
+    def shutdown(self) -> None:
+        """Stop dispatching, destroy the communicator, close SQLite (idempotent)."""
+        if self.communicator is None:
+            return
+        try:
+            self.communicator.shutdown()
+            self.communicator.waitForShutdown()
+        finally:
+            self.communicator.destroy()
+            self.communicator = None
+            self.ctx.store.close()
+
+
+def serve(store_dir: Path, port: int, host: str = "127.0.0.1", user: str = "root",
+          password: str = "omero", faults: Faults | None = None) -> int:
+    """Run in the foreground until SIGTERM/SIGINT; prints ``listening on <port>`` when ready."""
+    import signal
+
+    stop = threading.Event()
+    server = Server(store_dir, port, host, user, password, faults)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"listening on {server.port}", flush=True)
+    log.info("OMERO stand-in on %s:%d, store %s, services: %s", host, server.port, store_dir,
+             ", ".join(sorted(server.ctx.services)))
+    try:
+        while not stop.wait(0.2):
+            pass
+    finally:
+        server.shutdown()
+    log.info("stopped")
+    return 0

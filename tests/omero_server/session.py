@@ -1,0 +1,382 @@
+"""Sessions: the Glacier2 router servant, the per-login ServiceFactory, and the Session record.
+
+What omero-py does (omero/clients.py ``createSession``): ``router.createSession(user, password)``
+on the default router ``OMERO.Glacier2/router``, then casts the returned ``Glacier2.Session``
+proxy to ``omero.api.ServiceFactoryPrx``; ``getSessionId()`` is that proxy's identity *name*.
+It then creates a callback adapter with the router (``getServerProxy``/``getCategoryForClient``),
+calls ``setCallback``, and keeps the session alive with ``keepAlive``/``keepAllAlive``.
+``closeSession()`` calls ``router.destroySession()``. ``joinSession(uuid)`` logs in with the
+session uuid as both user name and password.
+
+A wrong password raises ``Glacier2.PermissionDeniedException`` as OMERO's permissions verifier does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import Ice
+import omero
+import omero.api
+import omero.grid  # noqa: F401  (SharedResourcesPrx)
+import omero.model
+import omero.sys
+from omero.clients import Glacier2  # as omero-py loads it (with Router and its exceptions)
+from omero.rtypes import rlong, rstring, rtime
+
+from .server import STATEFUL_SERVICES, servant
+from .store import GROUP_PERMS, SYSTEM_GROUP_ID, USER_GROUP_ID
+
+if TYPE_CHECKING:
+    from .server import ServerContext
+
+log = logging.getLogger(__name__)
+
+#: The router identity omero-py's default router string names: "OMERO.Glacier2/router".
+ROUTER_IDENTITY = Ice.Identity("router", "OMERO.Glacier2")
+
+#: omero-py's service names (getByName/createByName) -> registry names.
+SERVICE_NAMES = {
+    "omero.api.IAdmin": "IAdmin", "omero.api.IConfig": "IConfig",
+    "omero.api.IContainer": "IContainer", "omero.api.IMetadata": "IMetadata",
+    "omero.api.IPixels": "IPixels", "omero.api.IQuery": "IQuery",
+    "omero.api.ISession": "ISession", "omero.api.ITypes": "ITypes",
+    "omero.api.IUpdate": "IUpdate", "omero.api.IRoi": "IRoi",
+    "omero.api.IRenderingSettings": "IRenderingSettings",
+    "omero.api.RawPixelsStore": "RawPixelsStore", "omero.api.RawFileStore": "RawFileStore",
+    "omero.grid.SharedResources": "SharedResources",
+}
+
+
+def _proxy_class(name: str) -> Any:
+    """The typed proxy class of a service (IQuery -> omero.api.IQueryPrx)."""
+    for module in (omero.api, omero.grid):
+        cls = getattr(module, name + "Prx", None)
+        if cls is not None:
+            return cls
+    return Ice.ObjectPrx
+
+
+@dataclass
+class Session:
+    """One OMERO session (what a session uuid names); several logins may join it.
+
+    The data services use ``owner``/``group`` (unloaded Experimenter/ExperimenterGroup) when
+    they save objects, or simply :meth:`save`.
+    """
+
+    ctx: ServerContext
+    uuid: str
+    user_id: int
+    user_name: str
+    group_id: int
+    group_name: str
+    member_of: list[int]
+    leader_of: list[int]
+    is_admin: bool
+    agent: str = ""
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    closed: bool = False
+    callback: Any = None
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def owner(self) -> Any:
+        """Unloaded Experimenter of the session's user."""
+        return omero.model.ExperimenterI(self.user_id, False)
+
+    @property
+    def group(self) -> Any:
+        """Unloaded ExperimenterGroup the session writes into."""
+        return omero.model.ExperimenterGroupI(self.group_id, False)
+
+    def save(self, obj: Any, event_type: str = "User") -> Any:
+        """Save an object graph as this session's user (see ObjectStore.save)."""
+        return self.ctx.store.save(obj, owner=self.owner, group=self.group, event_type=event_type)
+
+    def event_context(self) -> Any:
+        """An ``omero.sys.EventContext`` as OMERO fills it for this session."""
+        group = self.ctx.store.flat("ExperimenterGroup", self.group_id)
+        perms = group.getDetails().getPermissions() if group is not None else None
+        return omero.sys.EventContext(
+            shareId=-1, sessionId=abs(hash(self.uuid)) % 100000, sessionUuid=self.uuid,
+            userId=self.user_id, userName=self.user_name, sudoerId=None, sudoerName=None,
+            groupId=self.group_id, groupName=self.group_name, isAdmin=self.is_admin,
+            adminPrivileges=_ADMIN_PRIVILEGES if self.is_admin else [],
+            eventId=-1, eventType="User", memberOfGroups=list(self.member_of),
+            leaderOfGroups=list(self.leader_of),
+            groupPermissions=perms or omero.model.PermissionsI(GROUP_PERMS))
+
+    def model(self) -> Any:
+        """The ``omero.model.Session`` ISession.getSession returns."""
+        s = omero.model.SessionI(abs(hash(self.uuid)) % 100000, True)
+        s.uuid = rstring(self.uuid)
+        s.started = rtime(self.started_ms)
+        s.timeToIdle = rlong(600000)
+        s.timeToLive = rlong(0)
+        s.userAgent = rstring(self.agent)
+        s.owner = self.owner
+        s.closed = None
+        return s
+
+
+_ADMIN_PRIVILEGES = ["Chgrp", "Chown", "DeleteFile", "DeleteManagedRepo", "DeleteOwned",
+                     "DeleteScriptRepo", "ModifyGroup", "ModifyGroupMembership", "ModifyUser",
+                     "ReadSession", "Sudo", "WriteFile", "WriteManagedRepo", "WriteOwned",
+                     "WriteScriptRepo"]
+
+
+def new_session(ctx: ServerContext, user_name: str, agent: str = "") -> Session:
+    """Start a session for a stored user, in its default group (first membership it owns)."""
+    store = ctx.store
+    user = next((e for e in store.all("Experimenter")
+                 if e.getOmeName() is not None and e.getOmeName().getValue() == user_name), None)
+    if user is None:
+        raise KeyError(user_name)
+    uid = user.getId().getValue()
+    maps = [m for m in store.all("GroupExperimenterMap") if m.getChild().getId().getValue() == uid]
+    member_of = [m.getParent().getId().getValue() for m in maps]
+    leader_of = [m.getParent().getId().getValue() for m in maps
+                 if m.getOwner() is not None and m.getOwner().getValue()]
+    default = next((g for g in member_of if g not in (USER_GROUP_ID,)), member_of[0])
+    group = store.flat("ExperimenterGroup", default)
+    return Session(ctx=ctx, uuid=str(uuid.uuid4()), user_id=uid, user_name=user_name,
+                   group_id=default, group_name=group.getName().getValue(),
+                   member_of=member_of, leader_of=leader_of,
+                   is_admin=SYSTEM_GROUP_ID in member_of, agent=agent)
+
+
+@servant
+class RouterI(Glacier2.Router):
+    """A Glacier2 router that routes to itself: every call the client routes lands on our adapter.
+
+    ``createSession`` and ``refreshSession`` are asynchronous-dispatch in Glacier2's Slice;
+    :func:`~tests.omero_server.server.servant` generates their ``_async`` forms.
+    """
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.proxy: Any = None  # set once added to the adapter
+        # connection -> ServiceFactory servants created on it (for destroySession)
+        self._by_con: dict[str, list[ServiceFactoryI]] = {}
+
+    # Ice::Router
+    def getClientProxy(self, current: Any = None) -> Any:
+        return self.proxy
+
+    def getServerProxy(self, current: Any = None) -> Any:
+        return self.proxy
+
+    def addProxies(self, proxies: list[Any], current: Any = None) -> list[Any]:
+        return []
+
+    def addProxy(self, proxy: Any, current: Any = None) -> None:
+        return None
+
+    # Glacier2::Router
+    def getCategoryForClient(self, current: Any = None) -> str:
+        return "client-" + _con_key(current)[-12:].replace(":", "_").replace(".", "_")
+
+    def createSession(self, userId: str, password: str, current: Any = None) -> Any:
+        ctx = self.ctx
+        agent = (current.ctx or {}).get("omero.agent", "") if current is not None else ""
+        with ctx.lock:
+            joined = ctx.sessions.get(userId)
+            if joined is not None and password == userId and not joined.closed:
+                session = joined
+            elif userId == ctx.user and password == ctx.password:
+                session = new_session(ctx, userId, agent)
+                ctx.sessions[session.uuid] = session
+            else:
+                # OMERO's permissions verifier answers a bad login like this
+                raise Glacier2.PermissionDeniedException(
+                    f"Password check failed for '{userId}': [id:null]")
+            sf = ServiceFactoryI(ctx, session)
+            sf.con_key = _con_key(current)
+            prx = ctx.adapter.add(sf, Ice.Identity(session.uuid, "sf-" + str(uuid.uuid4())))
+            sf.identity = prx.ice_getIdentity()
+            self._by_con.setdefault(sf.con_key, []).append(sf)
+        log.info("session %s for %s", session.uuid, session.user_name)
+        return Glacier2.SessionPrx.uncheckedCast(prx)
+
+    def createSessionFromSecureConnection(self, current: Any = None) -> Any:
+        raise Glacier2.PermissionDeniedException("certificate logins are not supported")
+
+    def refreshSession(self, current: Any = None) -> None:
+        if not self._by_con.get(_con_key(current)):
+            raise Glacier2.SessionNotExistException()
+
+    def destroySession(self, current: Any = None) -> None:
+        with self.ctx.lock:
+            sfs = self._by_con.pop(_con_key(current), [])
+        if not sfs:
+            raise Glacier2.SessionNotExistException()
+        for sf in sfs:
+            sf.destroy(current)
+
+    def getSessionTimeout(self, current: Any = None) -> int:
+        return 600
+
+    def getACMTimeout(self, current: Any = None) -> int:
+        return 0
+
+
+def _con_key(current: Any) -> str:
+    """A key naming the client connection a request came in on (one Glacier2 session each)."""
+    con = getattr(current, "con", None)
+    if con is None:
+        return "local"
+    try:
+        return con.toString()
+    except Ice.LocalException:
+        return "closed"
+
+
+@servant
+class ServiceFactoryI(omero.api.ServiceFactory):
+    """One login's ServiceFactory: hands out service proxies made by the registry's factories."""
+
+    def __init__(self, ctx: ServerContext, session: Session) -> None:
+        self.ctx = ctx
+        self.session = session
+        self.identity: Any = None
+        self.con_key = ""
+        self._stateless: dict[str, Any] = {}
+        self._stateful: list[Any] = []
+        self._lock = threading.RLock()
+
+    # -- services
+    def _service(self, name: str) -> Any:
+        factory = self.ctx.services.get(name)
+        if factory is None:
+            raise omero.ApiUsageException(
+                None, None, f"service {name} is not available in the OMERO stand-in")
+        with self._lock:
+            if name in STATEFUL_SERVICES:
+                prx = self.ctx.add_servant(factory(self.ctx, self.session), self.session.uuid)
+                self._stateful.append(prx.ice_getIdentity())
+            else:
+                prx = self._stateless.get(name)
+                if prx is None:
+                    prx = self.ctx.add_servant(factory(self.ctx, self.session), self.session.uuid,
+                                               f"{name}-{uuid.uuid4()}")
+                    self._stateless[name] = prx
+        return _proxy_class(name).uncheckedCast(prx)
+
+    def getAdminService(self, current: Any = None) -> Any:
+        return self._service("IAdmin")
+
+    def getConfigService(self, current: Any = None) -> Any:
+        return self._service("IConfig")
+
+    def getContainerService(self, current: Any = None) -> Any:
+        return self._service("IContainer")
+
+    def getMetadataService(self, current: Any = None) -> Any:
+        return self._service("IMetadata")
+
+    def getPixelsService(self, current: Any = None) -> Any:
+        return self._service("IPixels")
+
+    def getQueryService(self, current: Any = None) -> Any:
+        return self._service("IQuery")
+
+    def getSessionService(self, current: Any = None) -> Any:
+        return self._service("ISession")
+
+    def getTypesService(self, current: Any = None) -> Any:
+        return self._service("ITypes")
+
+    def getUpdateService(self, current: Any = None) -> Any:
+        return self._service("IUpdate")
+
+    def getRoiService(self, current: Any = None) -> Any:
+        return self._service("IRoi")
+
+    def getRenderingSettingsService(self, current: Any = None) -> Any:
+        return self._service("IRenderingSettings")
+
+    def createRawPixelsStore(self, current: Any = None) -> Any:
+        return self._service("RawPixelsStore")
+
+    def createRawFileStore(self, current: Any = None) -> Any:
+        return self._service("RawFileStore")
+
+    def createThumbnailStore(self, current: Any = None) -> Any:
+        return self._service("ThumbnailStore")
+
+    def createRenderingEngine(self, current: Any = None) -> Any:
+        return self._service("RenderingEngine")
+
+    def sharedResources(self, current: Any = None) -> Any:
+        return self._service("SharedResources")
+
+    def getByName(self, name: str, current: Any = None) -> Any:
+        return self._service(SERVICE_NAMES.get(name, name.rsplit(".", 1)[-1]))
+
+    def createByName(self, name: str, current: Any = None) -> Any:
+        return self._service(SERVICE_NAMES.get(name, name.rsplit(".", 1)[-1]))
+
+    # -- session bookkeeping
+    def getSecurityContexts(self, current: Any = None) -> list[Any]:
+        return [omero.model.ExperimenterGroupI(g, False) for g in self.session.member_of]
+
+    def setSecurityContext(self, obj: Any, current: Any = None) -> Any:
+        previous = self.session.group
+        gid = obj.getId().getValue()
+        if not isinstance(obj, omero.model.ExperimenterGroup) or gid not in self.session.member_of:
+            raise omero.SecurityViolation(None, None, f"not a member of group {gid}")
+        group = self.ctx.store.flat("ExperimenterGroup", gid)
+        self.session.group_id = gid
+        self.session.group_name = group.getName().getValue()
+        return previous
+
+    def setSecurityPassword(self, password: str, current: Any = None) -> None:
+        if password != self.ctx.password:
+            raise omero.SecurityViolation(None, None, "wrong password")
+
+    def setCallback(self, cb: Any, current: Any = None) -> None:
+        self.session.callback = cb
+
+    def subscribe(self, topic: str, prx: Any, current: Any = None) -> None:
+        return None
+
+    def closeOnDestroy(self, current: Any = None) -> None:
+        return None
+
+    def detachOnDestroy(self, current: Any = None) -> None:
+        return None
+
+    def activeServices(self, current: Any = None) -> list[str]:
+        with self._lock:
+            return [Ice.identityToString(p.ice_getIdentity()) for p in self._stateless.values()] + \
+                [Ice.identityToString(i) for i in self._stateful]
+
+    def keepAllAlive(self, proxies: list[Any], current: Any = None) -> int:
+        # a bit set for every proxy that is *not* alive: all are
+        return 0
+
+    def keepAlive(self, proxy: Any, current: Any = None) -> bool:
+        return True
+
+    def getSessionId(self, current: Any = None) -> str:  # not Slice; for symmetry with omero.client
+        return self.session.uuid
+
+    # -- Glacier2::Session
+    def destroy(self, current: Any = None) -> None:
+        """Remove this login's servants; the session itself stays joinable until closed."""
+        with self._lock:
+            for prx in self._stateless.values():
+                self.ctx.remove_servant(prx.ice_getIdentity())
+            self._stateless.clear()
+            for ident in self._stateful:
+                self.ctx.remove_servant(ident)
+            self._stateful.clear()
+            if self.identity is not None:
+                self.ctx.remove_servant(self.identity)
+                self.identity = None

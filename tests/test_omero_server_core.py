@@ -1,0 +1,348 @@
+"""The OMERO stand-in's core, exercised with public omero-py calls only (omero.client, BlitzGateway).
+
+Each test talks to a real server process over TCP through the real Ice runtime, so what passes
+here is what the pusher will meet.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+omero = pytest.importorskip("omero")
+# Glacier2 as omero-py loads it: a bare "import Glacier2" before omero.clients yields other
+# exception classes, and omero.client.closeSession() then fails to catch its own exceptions.
+Glacier2 = pytest.importorskip("omero.clients").Glacier2
+from omero.gateway import BlitzGateway  # noqa: E402
+from omero.rtypes import rlong, rstring, unwrap  # noqa: E402
+from omero.sys import ParametersI  # noqa: E402
+
+MAP_NS = "openmicroscopy.org/omero/client/mapAnnotation"
+
+
+def _image(name: str, channels: list[str]) -> omero.model.ImageI:
+    """An Image with Pixels, Channels and LogicalChannels as a client builds one."""
+    image = omero.model.ImageI()
+    image.name = rstring(name)
+    pixels = omero.model.PixelsI()
+    pixels.sizeX, pixels.sizeY, pixels.sizeZ = omero.rtypes.rint(64), omero.rtypes.rint(32), omero.rtypes.rint(1)
+    pixels.sizeC, pixels.sizeT = omero.rtypes.rint(len(channels)), omero.rtypes.rint(1)
+    pixels.pixelsType = omero.model.PixelsTypeI()
+    pixels.pixelsType.value = rstring("uint16")  # replaced by the real enum below
+    for label in channels:
+        ch = omero.model.ChannelI()
+        lc = omero.model.LogicalChannelI()
+        lc.name = rstring(label)
+        ch.logicalChannel = lc
+        pixels.addChannel(ch)
+    image.addPixels(pixels)
+    return image
+
+
+def _enum(client: omero.client, kind: str, value: str) -> omero.model.IObject:
+    return client.sf.getQueryService().findByString(kind, "value", value)
+
+
+# --------------------------------------------------------------------------- sessions
+
+def test_login_event_context_keepalive_and_close(omero_server) -> None:
+    c = omero.client(host=omero_server.url, port=omero_server.port)
+    try:
+        sf = c.createSession(omero_server.user, omero_server.password)
+        ec = sf.getAdminService().getEventContext()
+        assert ec.userName == "root" and ec.userId == 0
+        assert ec.sessionUuid == c.getSessionId()
+        assert ec.groupName == "system" and 0 in ec.memberOfGroups and ec.isAdmin
+        assert sf.keepAlive(sf.getQueryService()) is True
+        assert sf.keepAllAlive([sf.getQueryService(), sf.getUpdateService()]) == 0
+    finally:
+        c.closeSession()
+    with pytest.raises(omero.ClientError):
+        c.getSession()
+
+
+def test_wrong_password_fails_as_omero_does(omero_server) -> None:
+    c = omero.client(host=omero_server.url, port=omero_server.port)
+    try:
+        with pytest.raises(Glacier2.PermissionDeniedException) as info:
+            c.createSession(omero_server.user, "not-the-password")
+        assert "Password check failed" in info.value.reason
+    finally:
+        c.closeSession()
+
+
+def test_join_session_by_uuid(omero_server) -> None:
+    first = omero_server.client()
+    try:
+        other = omero.client(host=omero_server.url, port=omero_server.port)
+        try:
+            sf = other.joinSession(first.getSessionId())
+            assert sf.getAdminService().getEventContext().sessionUuid == first.getSessionId()
+        finally:
+            other.closeSession()
+    finally:
+        first.closeSession()
+
+
+def test_non_root_user_has_own_group(omero_server_factory) -> None:
+    server = omero_server_factory(user="alice", password="secret")
+    c = server.client()
+    try:
+        ec = c.sf.getAdminService().getEventContext()
+        assert ec.userName == "alice" and not ec.isAdmin
+        assert ec.groupName == "default"
+        assert str(ec.groupPermissions) == "rwra--"
+    finally:
+        c.closeSession()
+
+
+# --------------------------------------------------------------------------- saving and reading
+
+def test_save_project_dataset_image_graph_and_read_back(omero_server) -> None:
+    c = omero_server.client()
+    try:
+        sf = c.sf
+        image = _image("img-1", ["GFP", "mCherry", "Brightfield"])
+        image.getPrimaryPixels().pixelsType = _enum(c, "PixelsType", "uint16")
+        image.getPrimaryPixels().dimensionOrder = _enum(c, "DimensionOrder", "XYZCT")
+        project = omero.model.ProjectI()
+        project.name = rstring("exp-project")
+        dataset = omero.model.DatasetI()
+        dataset.name = rstring("exp-dataset")
+        project.linkDataset(dataset)
+        dataset.linkImage(image)
+        project = sf.getUpdateService().saveAndReturnObject(project)
+        assert project.id.val > 0
+        ds = project.copyDatasetLinks()[0].child
+        img = ds.copyImageLinks()[0].child
+        assert ds.id.val > 0 and img.id.val > 0
+
+        q = sf.getQueryService()
+        got = q.get("Image", img.id.val)
+        assert got.name.val == "img-1"
+        assert got.details.owner.id.val == 0 and got.details.creationEvent.time.val > 0
+        params = ParametersI().addId(img.id.val)
+        full = q.findByQuery(
+            "select i from Image i join fetch i.pixels as p join fetch p.pixelsType "
+            "join fetch p.channels as c join fetch c.logicalChannel where i.id = :id", params)
+        pix = full.getPrimaryPixels()
+        assert pix.pixelsType.value.val == "uint16" and pix.sizeX.val == 64
+        assert [ch.logicalChannel.name.val for ch in pix.copyChannels()] == [
+            "GFP", "mCherry", "Brightfield"]
+
+        in_ds = q.findAllByQuery(
+            "select l.child from DatasetImageLink l where l.parent.id = :did",
+            ParametersI().add("did", rlong(ds.id.val)))
+        assert [i.id.val for i in in_ds] == [img.id.val]
+        by_name = q.findAllByQuery(
+            "select l.child from ProjectDatasetLink l where l.parent.id = :pid and l.child.name = :n",
+            ParametersI().add("pid", rlong(project.id.val)).add("n", rstring("exp-dataset")))
+        assert [d.id.val for d in by_name] == [ds.id.val]
+    finally:
+        c.closeSession()
+
+
+def test_tags_reused_by_text_and_annotations_linked(omero_server) -> None:
+    c = omero_server.client()
+    try:
+        update, q = c.sf.getUpdateService(), c.sf.getQueryService()
+        ds = omero.model.DatasetI()
+        ds.name = rstring("tagged")
+        ds = update.saveAndReturnObject(ds)
+        tag = omero.model.TagAnnotationI()
+        tag.textValue = rstring("timelapse")
+        link = omero.model.DatasetAnnotationLinkI()
+        link.parent = omero.model.DatasetI(ds.id.val, False)
+        link.child = tag
+        link = update.saveAndReturnObject(link)
+        tag_id = link.child.id.val
+
+        found = q.findAllByQuery("select t from TagAnnotation t where t.textValue = :text",
+                                 ParametersI().add("text", rstring("timelapse")))
+        assert [t.id.val for t in found] == [tag_id]
+        assert q.findAllByQuery("select t from TagAnnotation t where t.textValue = :text",
+                                ParametersI().add("text", rstring("absent"))) == []
+
+        kv = omero.model.MapAnnotationI()
+        kv.ns = rstring(MAP_NS)
+        kv.setMapValue([omero.model.NamedValue("strain", "BY4741"), omero.model.NamedValue("aim", "x")])
+        link2 = omero.model.DatasetAnnotationLinkI()
+        link2.parent = omero.model.DatasetI(ds.id.val, False)
+        link2.child = kv
+        update.saveObject(link2)
+        maps = q.findAllByQuery(
+            "select l.child from DatasetAnnotationLink l where l.parent.id = :id and l.child.ns = :ns",
+            ParametersI().addId(ds.id.val).add("ns", rstring(MAP_NS)))
+        assert len(maps) == 1
+        assert [(nv.name, nv.value) for nv in maps[0].getMapValue()] == [("strain", "BY4741"), ("aim", "x")]
+
+        anns = c.sf.getMetadataService().loadAnnotations("Dataset", [ds.id.val], [], [], None)
+        assert sorted(type(a).__name__ for a in anns[ds.id.val]) == ["MapAnnotationI", "TagAnnotationI"]
+        tags_only = c.sf.getMetadataService().loadAnnotations(
+            "Dataset", [ds.id.val], ["TagAnnotation"], [], None)
+        assert [a.id.val for a in tags_only[ds.id.val]] == [tag_id]
+    finally:
+        c.closeSession()
+
+
+def test_unsupported_query_raises_api_usage(omero_server) -> None:
+    c = omero_server.client()
+    try:
+        with pytest.raises(omero.ApiUsageException):
+            c.sf.getQueryService().projection("select new map(i.id as id) from Image i", None)
+        with pytest.raises(omero.ValidationException):
+            c.sf.getQueryService().get("Image", 424242)
+    finally:
+        c.closeSession()
+
+
+def test_unloaded_reference_to_missing_object_is_rejected(omero_server) -> None:
+    c = omero_server.client()
+    try:
+        link = omero.model.DatasetImageLinkI()
+        link.parent = omero.model.DatasetI(999, False)
+        link.child = omero.model.ImageI(998, False)
+        with pytest.raises(omero.ValidationException):
+            c.sf.getUpdateService().saveObject(link)
+    finally:
+        c.closeSession()
+
+
+def test_container_service_and_delete(omero_server) -> None:
+    c = omero_server.client()
+    try:
+        update = c.sf.getUpdateService()
+        project = omero.model.ProjectI()
+        project.name = rstring("p")
+        dataset = omero.model.DatasetI()
+        dataset.name = rstring("d")
+        project.linkDataset(dataset)
+        image = _image("i", ["c0"])
+        image.getPrimaryPixels().pixelsType = _enum(c, "PixelsType", "uint8")
+        image.getPrimaryPixels().dimensionOrder = _enum(c, "DimensionOrder", "XYZCT")
+        dataset.linkImage(image)
+        project = update.saveAndReturnObject(project)
+        pid = project.id.val
+        cs = c.sf.getContainerService()
+        opts = omero.sys.ParametersI()
+        opts.leaves()
+        tree = cs.loadContainerHierarchy("Project", [pid], opts)
+        ds = tree[0].copyDatasetLinks()[0].child
+        assert ds.name.val == "d"
+        images = cs.getImages("Project", [pid], None)
+        assert [i.name.val for i in images] == ["i"]
+        assert images[0].getPrimaryPixels().pixelsType.value.val == "uint8"
+        assert cs.getCollectionCount("Dataset", "imageLinks", [ds.id.val], None) == {ds.id.val: 1}
+
+        update.deleteObject(omero.model.ImageI(images[0].id.val, False))
+        assert c.sf.getQueryService().find("Image", images[0].id.val) is None
+        assert cs.getImages("Dataset", [ds.id.val], None) == []
+    finally:
+        c.closeSession()
+
+
+# --------------------------------------------------------------------------- BlitzGateway
+
+def test_blitzgateway_reads_what_was_saved(omero_server) -> None:
+    conn = BlitzGateway(omero_server.user, omero_server.password, host=omero_server.url,
+                        port=omero_server.port)
+    assert conn.connect(), conn.getLastError()
+    try:
+        assert conn.getUser().getName() == "root"
+        update = conn.getUpdateService()
+        ds = omero.model.DatasetI()
+        ds.name = rstring("bg-dataset")
+        ds.description = rstring("a description")
+        image = _image("bg-image", ["DAPI", "GFP"])
+        image.getPrimaryPixels().pixelsType = _enum(conn.c, "PixelsType", "uint16")
+        image.getPrimaryPixels().dimensionOrder = _enum(conn.c, "DimensionOrder", "XYZCT")
+        ds.linkImage(image)
+        ds = update.saveAndReturnObject(ds)
+        tag = omero.model.TagAnnotationI()
+        tag.textValue = rstring("bg-tag")
+        img_id = ds.copyImageLinks()[0].child.id.val
+        link = omero.model.ImageAnnotationLinkI()
+        link.parent = omero.model.ImageI(img_id, False)
+        link.child = tag
+        update.saveObject(link)
+
+        dataset = conn.getObject("Dataset", ds.id.val)
+        assert dataset.getName() == "bg-dataset" and dataset.getDescription() == "a description"
+        children = list(dataset.listChildren())
+        assert [i.getName() for i in children] == ["bg-image"]
+        assert [i.getId() for i in conn.getObjects("Image", opts={"dataset": ds.id.val})] == [img_id]
+        img = conn.getObject("Image", img_id)
+        assert img.getPrimaryPixels().getPixelsType().getValue() == "uint16"
+        assert img.getChannelLabels() == ["DAPI", "GFP"]
+        assert [a.getValue() for a in img.listAnnotations()] == ["bg-tag"]
+        assert list(conn.getObjects("Dataset", attributes={"name": "bg-dataset"}))[0].getId() == ds.id.val
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- lifecycle and faults
+
+def test_restart_keeps_saved_objects(omero_server) -> None:
+    c = omero_server.client()
+    ds = omero.model.DatasetI()
+    ds.name = rstring("survivor")
+    did = c.sf.getUpdateService().saveAndReturnObject(ds).id.val
+    c.closeSession()
+    omero_server.kill()  # a crash, not a clean stop: the commit must already be on disk
+    omero_server.start()
+    c = omero_server.client()
+    try:
+        got = c.sf.getQueryService().get("Dataset", did)
+        assert got.name.val == "survivor"
+        ds2 = omero.model.DatasetI()
+        ds2.name = rstring("after")
+        assert c.sf.getUpdateService().saveAndReturnObject(ds2).id.val > did  # ids never reused
+    finally:
+        c.closeSession()
+
+
+def test_sigterm_stops_cleanly(omero_server) -> None:
+    c = omero_server.client()
+    c.closeSession()
+    assert omero_server.stop() == 0
+    assert "Traceback" not in omero_server.stderr
+
+
+def test_delay_fault_slows_replies(omero_server_factory) -> None:
+    server = omero_server_factory(delay_ms=300)
+    c = server.client()
+    try:
+        q = c.sf.getQueryService()
+        q.find("Dataset", 1)  # warm up the proxy
+        t0 = time.monotonic()
+        q.find("Dataset", 1)
+        assert time.monotonic() - t0 >= 0.3
+    finally:
+        c.closeSession()
+
+
+def test_query_forms_blitzgateway_composes(omero_server) -> None:
+    """Counts, exists-subqueries, order by and paging as BlitzGateway sends them."""
+    c = omero_server.client()
+    try:
+        update, q = c.sf.getUpdateService(), c.sf.getQueryService()
+        names = ["b", "a", "c"]
+        for n in names:
+            d = omero.model.DatasetI()
+            d.name = rstring(n)
+            update.saveObject(d)
+        rows = q.projection("select count(distinct obj) from Dataset obj", None)
+        assert unwrap(rows[0][0]) == 3
+        ordered = q.findAllByQuery("select obj from Dataset obj order by lower(obj.name), obj.id", None)
+        assert [d.name.val for d in ordered] == ["a", "b", "c"]
+        page = ParametersI()
+        page.page(1, 1)
+        assert [d.name.val for d in q.findAllByQuery(
+            "select obj from Dataset obj order by obj.name", page)] == ["b"]
+        orphans = q.findAllByQuery(
+            "select obj from Dataset obj where not exists "
+            "(select l from ProjectDatasetLink as l where l.child = obj.id)", None)
+        assert len(orphans) == 3
+    finally:
+        c.closeSession()
