@@ -708,7 +708,7 @@ def _create_image(
         link.setParent(target)
         link.setChild(omero.model.ImageI(image_id, False))
         session.save(link)
-    return ctx.store.load("Image", image_id), pixels_id
+    return ctx.store.load("Image", image_id, fetch=("pixels.pixelsType", "fileset")), pixels_id
 
 
 def _flag(value: Any) -> bool:
