@@ -532,6 +532,48 @@ def test_import_of_a_file_with_two_images(server: Any, tmp_path: Path) -> None:
             assert image.getName().getValue() == f"pair.ome.tif [{name}]"
 
 
+def test_import_of_an_rgb_ome_tiff(server: Any, tmp_path: Path) -> None:
+    """An RGB OME-TIFF (one Channel with SamplesPerPixel=3) becomes three channels, R, G, B.
+
+    Proves samples are split into OMERO channels as Bio-Formats does, each plane equal.
+    """
+    rgb = random_stack((2, 3, 20, 24, 3), "uint8", seed=31)  # (T, Z, Y, X, S)
+    t, z, y, x, _ = rgb.shape
+    pixels = om.Pixels(
+        id="Pixels:0",
+        dimension_order="XYZCT",
+        type="uint8",
+        interleaved=True,
+        size_x=x,
+        size_y=y,
+        size_z=z,
+        size_c=3,
+        size_t=t,
+        channels=[om.Channel(id="Channel:0:0", name="brightfield", samples_per_pixel=3)],
+        tiff_data_blocks=[om.TiffData(ifd=0, plane_count=t * z)],
+    )
+    xml = to_xml(om.OME(images=[om.Image(id="Image:0", name="rgb", pixels=pixels)]))
+    path = tmp_path / "colour.ome.tiff"
+    with tifffile.TiffWriter(path) as tw:
+        for i, (tt, zz) in enumerate((tt, zz) for tt in range(t) for zz in range(z)):
+            tw.write(
+                rgb[tt, zz], description=xml if i == 0 else None, metadata=None, photometric="rgb"
+            )
+    expected = np.moveaxis(rgb, -1, 1)  # (T, C=3, Z, Y, X)
+    with session(server) as (client, sf):
+        rsp = import_file(client, path)
+        assert isinstance(rsp, omero.grid.ImportResponse), rsp
+        pid = rsp.pixels[0].getId().getValue()
+        got = read_all_planes(sf, pid, np.dtype("uint8"), expected.shape)
+        np.testing.assert_array_equal(got, expected)
+        channels = sf.getPixelsService().retrievePixDescription(pid).copyChannels()
+        colours = [
+            (ch.getRed().getValue(), ch.getGreen().getValue(), ch.getBlue().getValue())
+            for ch in channels
+        ]
+        assert colours == [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+
+
 def test_import_of_a_non_tiff_reports_an_error(server: Any, tmp_path: Path) -> None:
     """A file the stand-in cannot read finishes the handle with omero.cmd.ERR, as OMERO does."""
     path = tmp_path / "notes.txt"

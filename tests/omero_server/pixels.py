@@ -215,12 +215,17 @@ class RomioBuffer:
 
 @dataclass(frozen=True)
 class TiffSource:
-    """Where an imported image's planes live: a file, its Image index, and (z, c, t) → IFD."""
+    """Where an imported image's planes live: a file, its Image index, and (z, c, t) → IFD.
+
+    ``samples`` > 1 for RGB-like files (one IFD holds that many channels as samples): OMERO
+    channel c is then sample ``c % samples`` of its IFD, as Bio-Formats splits them.
+    """
 
     path: Path
     image_index: int
     ifds: dict[tuple[int, int, int], int]
     geometry: Geometry
+    samples: int = 1
 
     def to_json(self, store_dir: Path) -> dict[str, Any]:
         return {
@@ -235,6 +240,7 @@ class TiffSource:
                 self.geometry.size_t,
                 pixels_type_for_dtype(self.geometry.dtype),
             ],
+            "samples": self.samples,
         }
 
     @classmethod
@@ -242,7 +248,9 @@ class TiffSource:
         sx, sy, sz, sc, st, ptype = data["geometry"]
         geometry = Geometry(sx, sy, sz, sc, st, PIXELS_DTYPES[ptype])
         ifds = {(z, c, t): i for z, c, t, i in data["ifds"]}
-        return cls(store_dir / data["path"], data["image_index"], ifds, geometry)
+        return cls(
+            store_dir / data["path"], data["image_index"], ifds, geometry, data.get("samples", 1)
+        )
 
 
 def plane_ifds(
@@ -255,10 +263,13 @@ def plane_ifds(
     DimensionOrder; no TiffData at all means IFD i holds plane i in DimensionOrder.
     A block's ``UUID`` may name this very file (by the root ``OME/@UUID`` *file_uuid*, or by
     *file_name*); blocks that point into another file (multi-file OME-TIFF) are not supported.
+    With several samples per pixel (RGB), planes are counted per ``Channel`` element and
+    each IFD serves :func:`samples_per_ifd` consecutive OMERO channels.
     """
-    sizes = {"Z": pixels.size_z, "C": pixels.size_c, "T": pixels.size_t}
+    spp = samples_per_ifd(pixels)
+    sizes = {"Z": pixels.size_z, "C": pixels.size_c // spp, "T": pixels.size_t}
     order = pixels.dimension_order.value[2:]  # e.g. "ZCT" from "XYZCT"
-    total = pixels.size_z * pixels.size_c * pixels.size_t
+    total = sizes["Z"] * sizes["C"] * sizes["T"]
 
     def zct(index: int) -> tuple[int, int, int]:
         pos = {}
@@ -275,9 +286,12 @@ def plane_ifds(
             stride *= sizes[axis]
         return index
 
+    def expand(mapping: dict[tuple[int, int, int], int]) -> dict[tuple[int, int, int], int]:
+        return {(z, c * spp + s, t): ifd for (z, c, t), ifd in mapping.items() for s in range(spp)}
+
     blocks = pixels.tiff_data_blocks
     if not blocks:
-        return {zct(i): i for i in range(total)}
+        return expand({zct(i): i for i in range(total)})
     mapping: dict[tuple[int, int, int], int] = {}
     for block in blocks:
         if block.uuid is not None and not (
@@ -299,7 +313,15 @@ def plane_ifds(
         for k in range(count):
             if start + k < total:
                 mapping[zct(start + k)] = (block.ifd or 0) + k
-    return mapping
+    return expand(mapping)
+
+
+def samples_per_ifd(pixels: Any) -> int:
+    """How many OMERO channels one IFD holds: SizeC over the number of ``Channel`` elements."""
+    n = len(pixels.channels) or pixels.size_c
+    if pixels.size_c % n:
+        raise PixelsError(f"SizeC={pixels.size_c} is not a multiple of {n} Channel elements")
+    return pixels.size_c // n
 
 
 class TiffBuffer:
@@ -341,6 +363,11 @@ class TiffBuffer:
                 plane = np.zeros((self.geometry.size_y, self.geometry.size_x), self.geometry.dtype)
             else:
                 data = self._page(ifd).asarray()
+                samples = self.source.samples
+                if samples > 1 and data.ndim == 3:
+                    # contiguous (Y, X, S) or planar (S, Y, X) samples
+                    index = c % samples
+                    data = data[..., index] if data.shape[-1] == samples else data[index]
                 plane = data.reshape(self.geometry.size_y, self.geometry.size_x)
                 plane = plane.astype(self.geometry.dtype, copy=False)
             if len(self._cache) >= self._CACHE:

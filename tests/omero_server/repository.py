@@ -61,6 +61,7 @@ from .pixels import (
     new_pixels_graph,
     plane_ifds,
     record_tiff_source,
+    samples_per_ifd,
 )
 from .rawfile import SHA1, RawFileStoreI, original_path, refresh_file_object, sha1_of
 from .server import ServerContext, server_error
@@ -665,8 +666,16 @@ def _create_image(
     pixels.setPhysicalSizeY(_length(px.physical_size_y, px.physical_size_y_unit))
     pixels.setPhysicalSizeZ(_length(px.physical_size_z, px.physical_size_z_unit))
     pixels.setTimeIncrement(_time(px.time_increment, px.time_increment_unit))
-    for channel, ome_channel in zip(pixels.copyChannels(), px.channels, strict=False):
-        _fill_channel(channel, ome_channel)
+    spp = samples_per_ifd(px)
+    rgb = ((255, 0, 0), (0, 255, 0), (0, 0, 255))
+    for c, channel in enumerate(pixels.copyChannels()):
+        if c // spp < len(px.channels):
+            _fill_channel(channel, px.channels[c // spp])
+        if spp == 3:  # an RGB file: one OMERO channel per sample, coloured as OMERO shows them
+            channel.setRed(rint(rgb[c % 3][0]))
+            channel.setGreen(rint(rgb[c % 3][1]))
+            channel.setBlue(rint(rgb[c % 3][2]))
+            channel.setAlpha(rint(255))
     for plane in px.planes:
         info = omero.model.PlaneInfoI()
         info.setTheZ(rint(plane.the_z))
@@ -683,7 +692,7 @@ def _create_image(
     pixels_id = image.getPrimaryPixels().getId().getValue()
     dtype = PIXELS_DTYPES[ptype]
     geometry = Geometry(px.size_x, px.size_y, px.size_z, px.size_c, px.size_t, dtype)
-    source = TiffSource(path, index, ifds, geometry)
+    source = TiffSource(path, index, ifds, geometry, samples_per_ifd(px))
     record_tiff_source(ctx.store_dir, pixels_id, source)
     if not _flag(getattr(settings, "noStatsInfo", None)):
         _stats(ctx, session, pixels_id, source)
