@@ -268,10 +268,10 @@ class UpdateI(_Service, omero.api.IUpdate):
     """Saves object graphs (ids assigned, references resolved) and deletes objects."""
 
     def saveObject(self, obj: Any, current: Any = None) -> None:
-        self.session.save(obj)
+        self._save_all([obj])
 
     def saveAndReturnObject(self, obj: Any, current: Any = None) -> Any:
-        return self.session.save(obj)
+        return self._save_all([obj])[0]
 
     def saveCollection(self, objs: list[Any], current: Any = None) -> None:
         self._save_all(objs)
@@ -286,7 +286,8 @@ class UpdateI(_Service, omero.api.IUpdate):
         return [o.getId().getValue() for o in self._save_all(graph)]
 
     def _save_all(self, objs: list[Any]) -> list[Any]:
-        return self.ctx.store.save_all(list(objs), owner=self.session.owner, group=self.session.group)
+        return self.ctx.store.save_all(list(objs), owner=self.session.owner,
+                                       group=self.session.group, validate=True)
 
     def deleteObject(self, row: Any, current: Any = None) -> None:
         self.store.delete(kind_of(row), row.getId().getValue())
@@ -346,14 +347,14 @@ class ContainerI(_Service, omero.api.IContainer):
         return {i: len(self.store.children(kind, i, prop)) for i in ids}
 
     def createDataObject(self, obj: Any, options: Any, current: Any = None) -> Any:
-        return self.session.save(obj)
+        return self.createDataObjects([obj], options)[0]
 
     def createDataObjects(self, dataObjects: list[Any], options: Any, current: Any = None) -> list[Any]:
         return self.ctx.store.save_all(list(dataObjects), owner=self.session.owner,
-                                       group=self.session.group)
+                                       group=self.session.group, validate=True)
 
     def updateDataObject(self, obj: Any, options: Any, current: Any = None) -> Any:
-        return self.session.save(obj)
+        return self.createDataObjects([obj], options)[0]
 
     def updateDataObjects(self, objs: list[Any], options: Any, current: Any = None) -> list[Any]:
         return self.createDataObjects(objs, options)

@@ -201,6 +201,19 @@ def unloaded(obj: Any) -> Any:
     return model_class(kind_of(obj))(obj.getId().getValue(), False)
 
 
+def _check_not_null(obj: Any) -> None:
+    """Refuse an object whose not-null fields (per omero-py's ``_field_info``) are empty."""
+    info = getattr(type(obj), "_field_info", None)
+    if info is None:
+        return
+    for name in fields_of(type(obj)):
+        if getattr(info, name).nullable or is_collection(obj, name):
+            continue
+        if getattr(obj, "_" + name, None) is None:
+            raise StoreError(f"{kind_of(obj)}.{name} is a not-null property: OMERO refuses "
+                             f"to save a {kind_of(obj)} without it")
+
+
 class _Unpickler(pickle.Unpickler):
     """Resolves ``omero.model.XI`` classes even if the lazy omero.model namespace has not loaded them."""
 
@@ -518,7 +531,7 @@ class ObjectStore:
     # ---------------------------------------------------------------- writing
 
     def save(self, obj: Any, owner: Any, group: Any, now_ms: int | None = None,
-             event_type: str = "User", keep_ids: bool = False) -> Any:
+             event_type: str = "User", keep_ids: bool = False, validate: bool = False) -> Any:
         """Save an object graph as IUpdate.saveAndReturnObject does; returns the graph with ids.
 
         New objects (``id`` None) get ids from their root class's sequence; loaded objects with
@@ -527,11 +540,14 @@ class ObjectStore:
         link and the new dataset. Every saved object gets ``details.owner``/``group`` and a new
         update event (and a creation event when new). *keep_ids* (seeding only) creates loaded
         objects under the ids they carry, as OMERO's database scripts do for root and system.
+        With *validate* (what clients send through IUpdate/IContainer), a not-null field left
+        empty is refused with ``StoreError`` as OMERO's database refuses it.
         """
-        return self.save_all([obj], owner, group, now_ms, event_type, keep_ids)[0]
+        return self.save_all([obj], owner, group, now_ms, event_type, keep_ids, validate)[0]
 
     def save_all(self, objs: list[Any], owner: Any, group: Any, now_ms: int | None = None,
-                 event_type: str = "User", keep_ids: bool = False) -> list[Any]:
+                 event_type: str = "User", keep_ids: bool = False,
+                 validate: bool = False) -> list[Any]:
         """Save several graphs in one transaction (IUpdate.saveAndReturnArray); shared objects once."""
         with self.lock:
             now_ms = int(time.time() * 1000) if now_ms is None else now_ms
@@ -541,6 +557,9 @@ class ObjectStore:
             try:
                 for obj in objs:
                     self._visit(obj, memo, order, keep_ids)
+                if validate:
+                    for o, _root, _oid, _new in order:
+                        _check_not_null(o)
             except BaseException:
                 self._seq = seq_before
                 raise

@@ -1,0 +1,67 @@
+"""The stand-in's end-to-end basics against a REAL OMERO (skipped unless OMERO_HOST is set).
+
+Set ``OMERO_HOST`` (a host for SSL, or ``tcp://host``), ``OMERO_PORT`` (default 4064),
+``OMERO_USER`` and ``OMERO_PASSWORD``; ``docker/`` has a compose file for a throw-away server.
+The tests are those of ``test_omero_server_core.py`` that hold for any OMERO (not the stand-in's
+restart, fault and seeding tests), run through the same ``omero_server`` fixture name, so a
+difference between the stand-in and OMERO shows up as the same test failing here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not os.environ.get("OMERO_HOST"),
+                                reason="set OMERO_HOST, OMERO_PORT, OMERO_USER, OMERO_PASSWORD")
+
+omero = pytest.importorskip("omero")
+
+from tests.test_omero_server_core import (  # noqa: E402,F401  (collected again, against OMERO)
+    test_blitzgateway_reads_what_was_saved,
+    test_join_session_by_uuid,
+    test_login_event_context_keepalive_and_close,
+    test_not_null_fields_are_enforced,
+    test_save_project_dataset_image_graph_and_read_back,
+    test_tags_reused_by_text_and_annotations_linked,
+    test_wrong_password_fails_as_omero_does,
+)
+
+
+@dataclass
+class RealOmero:
+    """A real server, with the same attributes and helpers as the stand-in's fixture."""
+
+    url: str
+    port: int
+    user: str
+    password: str
+
+    @property
+    def host(self) -> str:
+        return self.url
+
+    def client(self) -> Any:
+        import omero.clients
+
+        c = omero.client(host=self.url, port=self.port)
+        c.createSession(self.user, self.password)
+        return c
+
+    def gateway(self) -> Any:
+        from omero.gateway import BlitzGateway
+
+        conn = BlitzGateway(self.user, self.password, host=self.url, port=self.port)
+        assert conn.connect(), conn.getLastError()
+        return conn
+
+
+@pytest.fixture
+def omero_server() -> RealOmero:
+    """Overrides the stand-in fixture for this module: the server named by the environment."""
+    return RealOmero(url=os.environ["OMERO_HOST"], port=int(os.environ.get("OMERO_PORT", "4064")),
+                     user=os.environ.get("OMERO_USER", "root"),
+                     password=os.environ.get("OMERO_PASSWORD", ""))
