@@ -100,8 +100,11 @@ def write_ome_tiff(
     channels: list[str],
     pairs: list[tuple[str, str]],
     tile: tuple[int, int] | None = (16, 16),
+    pyramid: int = 0,
 ) -> None:
     """An OME-TIFF of ``data`` (T, C, Z, Y, X), planes in XYZCT order, written with tifffile.
+
+    ``pyramid``: that many 2x-downsampled levels per plane in SubIFDs (the OME-TIFF pyramid).
 
     The OME-XML (ome-types) names the channels, gives them colours and links one
     MapAnnotation to the Image — what OMERO's import turns into channels and key-value pairs.
@@ -170,7 +173,18 @@ def write_ome_tiff(
                 tile=tile,
                 compression="zlib",
                 photometric="minisblack",
+                subifds=pyramid or None,
             )
+            for level in range(1, pyramid + 1):
+                step = 2**level
+                tw.write(
+                    data[tt, cc, zz, ::step, ::step],
+                    subfiletype=1,
+                    metadata=None,
+                    tile=tile,
+                    compression="zlib",
+                    photometric="minisblack",
+                )
 
 
 def import_file(
@@ -572,6 +586,43 @@ def test_import_of_an_rgb_ome_tiff(server: Any, tmp_path: Path) -> None:
             for ch in channels
         ]
         assert colours == [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+
+
+def test_import_of_a_pyramidal_ome_tiff(server: Any, tmp_path: Path) -> None:
+    """SubIFD pyramid levels are served as OMERO's resolution levels (0 is the smallest).
+
+    Proves getResolutionLevels/Descriptions, setResolutionLevel and tiles read at a reduced
+    level equal the file's level; the full level stays the default.
+    """
+    data = random_stack((1, 2, 1, 64, 80), "uint16", seed=41)
+    path = tmp_path / "pyramid.ome.tiff"
+    write_ome_tiff(path, data, ["a", "b"], [], tile=(16, 16), pyramid=2)
+    with session(server) as (client, sf):
+        rsp = import_file(client, path)
+        pid = rsp.pixels[0].getId().getValue()
+        rps = sf.createRawPixelsStore()
+        try:
+            rps.setPixelsId(pid, True)
+            assert rps.getResolutionLevels() == 3
+            assert rps.getResolutionLevel() == 2  # full resolution
+            assert [(d.sizeX, d.sizeY) for d in rps.getResolutionDescriptions()] == [
+                (80, 64),
+                (40, 32),
+                (20, 16),
+            ]
+            assert rps.getTileSize() == [16, 16]
+            full = from_wire(rps.getPlane(0, 1, 0), np.dtype("uint16"), (64, 80))
+            np.testing.assert_array_equal(full, data[0, 1, 0])
+            rps.setResolutionLevel(0)
+            small = from_wire(rps.getTile(0, 1, 0, 0, 0, 20, 16), np.dtype("uint16"), (16, 20))
+            np.testing.assert_array_equal(small, data[0, 1, 0, ::4, ::4])
+            rps.setResolutionLevel(1)
+            mid = from_wire(rps.getTile(0, 0, 0, 8, 4, 20, 20), np.dtype("uint16"), (20, 20))
+            np.testing.assert_array_equal(mid, data[0, 0, 0, ::2, ::2][4:24, 8:28])
+            with pytest.raises(omero.ApiUsageException):
+                rps.setResolutionLevel(3)
+        finally:
+            rps.close()
 
 
 def test_import_of_a_non_tiff_reports_an_error(server: Any, tmp_path: Path) -> None:

@@ -144,10 +144,16 @@ class Geometry:
 class PixelBuffer(Protocol):
     """What the RawPixelsStore servant needs from a pixel source."""
 
-    geometry: Geometry
+    geometry: Geometry  # of the current resolution level
     writable: bool
 
     def read_tile(self, z: int, c: int, t: int, x: int, y: int, w: int, h: int) -> bytes: ...
+
+    def level_sizes(self) -> list[tuple[int, int]]: ...
+
+    def set_level(self, pyramid_index: int) -> None: ...
+
+    def tile_size(self) -> tuple[int, int] | None: ...
 
     def write_tile(
         self, data: bytes, z: int, c: int, t: int, x: int, y: int, w: int, h: int
@@ -202,6 +208,17 @@ class RomioBuffer:
                 f"(expected {expected})"
             )
         self._arr()[t, c, z, y : y + h, x : x + w] = np.frombuffer(data, g.dtype).reshape(h, w)
+
+    def level_sizes(self) -> list[tuple[int, int]]:
+        """One resolution: OMERO's own pixel files have no pyramid below its size threshold."""
+        return [(self.geometry.size_x, self.geometry.size_y)]
+
+    def set_level(self, pyramid_index: int) -> None:
+        if pyramid_index != 0:
+            raise PixelsError("these pixels have one resolution level")
+
+    def tile_size(self) -> tuple[int, int] | None:
+        return None
 
     def flush(self) -> None:
         if self._array is not None:
@@ -343,9 +360,66 @@ class TiffBuffer:
         self._tif = tifffile.TiffFile(source.path)
         self._cache: dict[tuple[int, int, int], np.ndarray] = {}
         self._lock = threading.Lock()
+        self.level = 0  # pyramid index: 0 is full resolution (OMERO numbers the other way)
+        self._subpages: dict[tuple[int, int], Any] = {}
+        first = min(source.ifds.values()) if source.ifds else None
+        self._first_ifd = first
+        self._levels = self._level_sizes(first)
+
+    def _level_sizes(self, ifd: int | None) -> list[tuple[int, int]]:
+        """(width, height) of every pyramid level (SubIFDs of the first plane), full first."""
+        full = (self.geometry.size_x, self.geometry.size_y)
+        if ifd is None:
+            return [full]
+        sizes = [full]
+        for k in range(len(self._tif.pages[ifd].subifds or ())):
+            page = self._subpage(ifd, k + 1)
+            if (
+                page.imagewidth > sizes[-1][0]
+                or page.samplesperpixel != self._tif.pages[ifd].samplesperpixel
+            ):
+                break  # not a reduced-resolution copy of the plane
+            sizes.append((page.imagewidth, page.imagelength))
+        return sizes
+
+    def _subpage(self, ifd: int, level: int) -> Any:
+        """The plane of IFD *ifd* at pyramid index *level* (read from its SubIFDs)."""
+        import tifffile
+
+        key = (ifd, level)
+        page = self._subpages.get(key)
+        if page is None:
+            base = self._tif.pages[ifd]
+            self._tif.filehandle.seek(base.subifds[level - 1])
+            page = tifffile.TiffPage(self._tif, index=(ifd, level - 1))
+            self._subpages[key] = page
+        return page
+
+    def level_sizes(self) -> list[tuple[int, int]]:
+        return list(self._levels)
+
+    def set_level(self, pyramid_index: int) -> None:
+        """Serve pyramid level *pyramid_index* (0: full resolution) from now on."""
+        if not 0 <= pyramid_index < len(self._levels):
+            raise PixelsError(
+                f"resolution index {pyramid_index} outside 0..{len(self._levels) - 1}"
+            )
+        with self._lock:
+            self.level = pyramid_index
+            w, h = self._levels[pyramid_index]
+            g = self.source.geometry
+            self.geometry = Geometry(w, h, g.size_z, g.size_c, g.size_t, g.dtype)
+            self._cache.clear()
+
+    def tile_size(self) -> tuple[int, int] | None:
+        """The file's own TIFF tile, the cheapest window to read (Bio-Formats' optimal size)."""
+        if self._first_ifd is None:
+            return None
+        page = self._tif.pages[self._first_ifd]
+        return (page.tilewidth, page.tilelength) if page.is_tiled else None
 
     def _page(self, ifd: int) -> Any:
-        page = self._tif.pages[ifd]
+        page = self._tif.pages[ifd] if self.level == 0 else self._subpage(ifd, self.level)
         if (page.imagelength, page.imagewidth) != (self.geometry.size_y, self.geometry.size_x):
             raise PixelsError(
                 f"IFD {ifd} of {self.source.path.name} is {page.imagewidth}x{page.imagelength}, "
@@ -1002,28 +1076,38 @@ class RawPixelsStoreI(omero.api.RawPixelsStore):
         self.dirty = True
         return None
 
-    # -- pyramid (the stand-in keeps one resolution) ---------------------------------------
+    # -- resolution levels ----------------------------------------------------------------
+    # OMERO numbers levels from the smallest (0) to full resolution (levels - 1), and lists
+    # descriptions from full resolution down. Imported pyramidal OME-TIFFs expose their
+    # SubIFD levels; ROMIO pixels have one level.
 
     def requiresPixelsPyramid(self, current: Ice.Current | None = None) -> bool:
         return False
 
     def getResolutionLevels(self, current: Ice.Current | None = None) -> int:
-        return 1
+        return len(self._buf().level_sizes())
 
     def getResolutionLevel(self, current: Ice.Current | None = None) -> int:
-        return 0
+        buf = self._buf()
+        return len(buf.level_sizes()) - 1 - getattr(buf, "level", 0)
 
     def setResolutionLevel(self, resolutionLevel: int, current: Ice.Current | None = None) -> None:
-        if resolutionLevel != 0:
-            raise usage_error("the OMERO stand-in serves one resolution level (0)")
+        buf = self._buf()
+        n = len(buf.level_sizes())
+        if not 0 <= resolutionLevel < n:
+            raise usage_error(f"resolution level {resolutionLevel} outside 0..{n - 1}")
+        with self.lock:
+            _wrap(lambda: buf.set_level(n - 1 - resolutionLevel))
 
     def getResolutionDescriptions(self, current: Ice.Current | None = None) -> list[Any]:
-        g = self._geo()
-        return [omero.api.ResolutionDescription(g.size_x, g.size_y)]
+        return [omero.api.ResolutionDescription(w, h) for w, h in self._buf().level_sizes()]
 
     def getTileSize(self, current: Ice.Current | None = None) -> list[int]:
-        """A tile that stays far below Ice's 64 MB message limit even for float64."""
+        """The file's TIFF tile when it has one, else a tile far below Ice's message limit."""
         g = self._geo()
+        tile = self._buf().tile_size()
+        if tile is not None:
+            return [min(g.size_x, tile[0]), min(g.size_y, tile[1])]
         return [min(g.size_x, 1024), min(g.size_y, 1024)]
 
     # -- lifecycle ------------------------------------------------------------------------
