@@ -10,7 +10,13 @@ located through the OME-XML's ``TiffData`` blocks exactly as the OME-TIFF specif
 
 ``RawPixelsStore`` speaks OMERO's byte conventions: every buffer is big-endian, a tile is ``h``
 rows of ``w`` samples, offsets and sizes are in bytes. Writes go only to ROMIO pixels; an imported
-image is read-only, as in OMERO.
+image is read-only, as in OMERO. An imported pyramidal OME-TIFF serves its SubIFD levels as
+OMERO's resolution levels (0 the smallest, ``levels - 1`` full resolution, the default);
+RGB files serve each sample as a channel. Each pixel write counts against the
+``drop_after_pixel_writes`` fault.
+
+Not implemented (``ApiUsageException``): getHistogram, findMinMax, copyAndResize*, rendering
+settings; ``bit``/``complex`` pixel types.
 """
 
 from __future__ import annotations
