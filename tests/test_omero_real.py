@@ -3,7 +3,7 @@
 Set ``OMERO_HOST`` (a host for SSL, or ``tcp://host``), ``OMERO_PORT`` (default 4064),
 ``OMERO_USER`` and ``OMERO_PASSWORD``; ``docker/`` has a compose file for a throw-away server.
 The tests are those of ``test_omero_server_core.py`` that hold for any OMERO (not the stand-in's
-restart, fault and seeding tests), run through the same ``omero_server`` fixture name, so a
+restart, fault and seeding tests), run through the same ``server`` fixture name, so a
 difference between the stand-in and OMERO shows up as the same test failing here.
 """
 
@@ -60,8 +60,8 @@ class RealOmero:
 
 
 @pytest.fixture
-def omero_server() -> RealOmero:
-    """Overrides the stand-in fixture for this module: the server named by the environment."""
+def server() -> RealOmero:
+    """Overrides the core tests' ``server`` fixture: the OMERO named by the environment."""
     return RealOmero(url=os.environ["OMERO_HOST"], port=int(os.environ.get("OMERO_PORT", "4064")),
                      user=os.environ.get("OMERO_USER", "root"),
                      password=os.environ.get("OMERO_PASSWORD", ""))

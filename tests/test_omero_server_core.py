@@ -46,21 +46,30 @@ def _image(name: str, channels: list[str]) -> omero.model.ImageI:
     return image
 
 
+@pytest.fixture
+def server(omero_server_session):
+    """The server under test: the session's stand-in here; test_omero_real.py points it at OMERO.
+
+    Tests using it create uniquely named objects and never assume an empty server.
+    """
+    return omero_server_session
+
+
 def _enum(client: omero.client, kind: str, value: str) -> omero.model.IObject:
     return client.sf.getQueryService().findByString(kind, "value", value)
 
 
 # --------------------------------------------------------------------------- sessions
 
-def test_login_event_context_keepalive_and_close(omero_server) -> None:
-    c = omero.client(host=omero_server.url, port=omero_server.port)
+def test_login_event_context_keepalive_and_close(server) -> None:
+    c = omero.client(host=server.url, port=server.port)
     try:
-        sf = c.createSession(omero_server.user, omero_server.password)
+        sf = c.createSession(server.user, server.password)
         ec = sf.getAdminService().getEventContext()
-        assert ec.userName == omero_server.user
+        assert ec.userName == server.user
         assert ec.sessionUuid == c.getSessionId()
         assert ec.groupId in ec.memberOfGroups
-        if omero_server.user == "root":
+        if server.user == "root":
             assert ec.userId == 0 and ec.groupName == "system" and ec.isAdmin
         assert sf.keepAlive(sf.getQueryService()) is True
         assert sf.keepAllAlive([sf.getQueryService(), sf.getUpdateService()]) == 0
@@ -70,20 +79,20 @@ def test_login_event_context_keepalive_and_close(omero_server) -> None:
         c.getSession()
 
 
-def test_wrong_password_fails_as_omero_does(omero_server) -> None:
-    c = omero.client(host=omero_server.url, port=omero_server.port)
+def test_wrong_password_fails_as_omero_does(server) -> None:
+    c = omero.client(host=server.url, port=server.port)
     try:
         with pytest.raises(Glacier2.PermissionDeniedException) as info:
-            c.createSession(omero_server.user, "not-the-password")
+            c.createSession(server.user, "not-the-password")
         assert "Password check failed" in info.value.reason
     finally:
         c.closeSession()
 
 
-def test_join_session_by_uuid(omero_server) -> None:
-    first = omero_server.client()
+def test_join_session_by_uuid(server) -> None:
+    first = server.client()
     try:
-        other = omero.client(host=omero_server.url, port=omero_server.port)
+        other = omero.client(host=server.url, port=server.port)
         try:
             sf = other.joinSession(first.getSessionId())
             assert sf.getAdminService().getEventContext().sessionUuid == first.getSessionId()
@@ -107,8 +116,8 @@ def test_non_root_user_has_own_group(omero_server_factory) -> None:
 
 # --------------------------------------------------------------------------- saving and reading
 
-def test_save_project_dataset_image_graph_and_read_back(omero_server) -> None:
-    c = omero_server.client()
+def test_save_project_dataset_image_graph_and_read_back(server) -> None:
+    c = server.client()
     try:
         sf = c.sf
         image = _image("img-1", ["GFP", "mCherry", "Brightfield"])
@@ -152,8 +161,8 @@ def test_save_project_dataset_image_graph_and_read_back(omero_server) -> None:
         c.closeSession()
 
 
-def test_tags_reused_by_text_and_annotations_linked(omero_server) -> None:
-    c = omero_server.client()
+def test_tags_reused_by_text_and_annotations_linked(server) -> None:
+    c = server.client()
     try:
         update, q = c.sf.getUpdateService(), c.sf.getQueryService()
         ds = omero.model.DatasetI()
@@ -196,8 +205,8 @@ def test_tags_reused_by_text_and_annotations_linked(omero_server) -> None:
         c.closeSession()
 
 
-def test_unsupported_query_raises_api_usage(omero_server) -> None:
-    c = omero_server.client()
+def test_unsupported_query_raises_api_usage(server) -> None:
+    c = server.client()
     try:
         with pytest.raises(omero.ApiUsageException):
             c.sf.getQueryService().projection("select new map(i.id as id) from Image i", None)
@@ -207,8 +216,8 @@ def test_unsupported_query_raises_api_usage(omero_server) -> None:
         c.closeSession()
 
 
-def test_unloaded_reference_to_missing_object_is_rejected(omero_server) -> None:
-    c = omero_server.client()
+def test_unloaded_reference_to_missing_object_is_rejected(server) -> None:
+    c = server.client()
     try:
         link = omero.model.DatasetImageLinkI()
         link.parent = omero.model.DatasetI(999, False)
@@ -219,8 +228,8 @@ def test_unloaded_reference_to_missing_object_is_rejected(omero_server) -> None:
         c.closeSession()
 
 
-def test_not_null_fields_are_enforced(omero_server) -> None:
-    c = omero_server.client()
+def test_not_null_fields_are_enforced(server) -> None:
+    c = server.client()
     try:
         with pytest.raises(omero.ValidationException) as info:
             c.sf.getUpdateService().saveObject(omero.model.DatasetI())  # no name
@@ -229,8 +238,8 @@ def test_not_null_fields_are_enforced(omero_server) -> None:
         c.closeSession()
 
 
-def test_container_service_and_delete(omero_server) -> None:
-    c = omero_server.client()
+def test_container_service_and_delete(server) -> None:
+    c = server.client()
     try:
         update = c.sf.getUpdateService()
         project = omero.model.ProjectI()
@@ -264,12 +273,12 @@ def test_container_service_and_delete(omero_server) -> None:
 
 # --------------------------------------------------------------------------- BlitzGateway
 
-def test_blitzgateway_reads_what_was_saved(omero_server) -> None:
-    conn = BlitzGateway(omero_server.user, omero_server.password, host=omero_server.url,
-                        port=omero_server.port)
+def test_blitzgateway_reads_what_was_saved(server) -> None:
+    conn = BlitzGateway(server.user, server.password, host=server.url,
+                        port=server.port)
     assert conn.connect(), conn.getLastError()
     try:
-        assert conn.getUser().getName() == omero_server.user
+        assert conn.getUser().getName() == server.user
         update = conn.getUpdateService()
         ds = omero.model.DatasetI()
         ds_name = _unique("bg-dataset")
