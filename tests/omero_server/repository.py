@@ -75,8 +75,10 @@ CHECKSUMS: dict[str, Callable[[Any], str]] = {
     "File-Size-64": lambda path: f"{os.path.getsize(path):x}",
 }
 
-#: Namespace of the repository's own description file (what ``root()`` returns).
+#: Name of the repository's own description file (what ``root()`` returns).
 REPO_NAME = "ManagedRepository"
+#: Where the store remembers that file's id.
+REPO_META_KEY = "managed_repository_file"
 
 
 def _hashlib_of(path: Any, name: str) -> str:
@@ -118,23 +120,25 @@ def unwrap_str(value: Any) -> str | None:
 
 
 def repository_file(ctx: ServerContext, session: Any) -> Any:
-    """The OriginalFile describing the managed repository (created once, kept in the store)."""
+    """The OriginalFile describing the managed repository (created once, kept in the store).
+
+    Its id is remembered in the store's own key-value table, so finding it costs one lookup.
+    """
     with ctx.lock:
-        found = ctx.store.find(
-            "OriginalFile",
-            lambda f: (
-                unwrap_str(f.getMimetype()) == "Repository" and unwrap_str(f.getName()) == REPO_NAME
-            ),
-        )
-        if found:
-            return found[0]
+        known = ctx.store.meta(REPO_META_KEY)
+        if known is not None:
+            repo = ctx.store.load("OriginalFile", int(known))
+            if repo is not None:
+                return repo
         repo = omero.model.OriginalFileI()
         repo.setName(rstring(REPO_NAME))
         repo.setPath(rstring("/"))
         repo.setMimetype(rstring("Repository"))
         repo.setHash(rstring(str(uuid.uuid4())))
         repo.setSize(rlong(0))
-        return session.save(repo)
+        repo = session.save(repo)
+        ctx.store.set_meta(REPO_META_KEY, str(repo.getId().getValue()))
+        return ctx.store.load("OriginalFile", repo.getId().getValue())
 
 
 def template_prefix(session: Any, now: float | None = None) -> str:
