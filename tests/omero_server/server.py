@@ -175,7 +175,9 @@ def _operations(cls: type) -> dict[str, type]:
     ops: dict[str, type] = {}
     for klass in reversed(cls.__mro__):
         for attr in vars(klass):
-            if attr.startswith("_op_"):
+            # (data-services engineer) skip Ice's own ice_isA/ice_ping/ice_ids/ice_id: stubbing
+            # them broke every checkedCast (client.getManagedRepository, IQueryPrx.checkedCast)
+            if attr.startswith("_op_") and not attr.startswith("_op_ice_"):
                 ops[attr[4:]] = klass
     return ops
 
