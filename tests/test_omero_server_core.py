@@ -376,3 +376,73 @@ def test_query_forms_blitzgateway_composes(omero_server) -> None:
         assert len(orphans) == 3
     finally:
         c.closeSession()
+
+
+def test_pusher_query_shapes(server) -> None:
+    """The lookups the pusher makes to reuse what exists: every shape the README lists."""
+    c = server.client()
+    try:
+        update, q = c.sf.getUpdateService(), c.sf.getQueryService()
+        pname, dname, fname = _unique("project"), _unique("dataset"), _unique("file.ome.tiff")
+        project = omero.model.ProjectI()
+        project.name = rstring(pname)
+        dataset = omero.model.DatasetI()
+        dataset.name = rstring(dname)
+        project.linkDataset(dataset)
+        project = update.saveAndReturnObject(project)
+        pid = project.id.val
+        did = project.copyDatasetLinks()[0].child.id.val
+
+        ofile = omero.model.OriginalFileI()
+        ofile.name, ofile.path = rstring(fname), rstring("/in/")
+        ofile.hash = rstring("ab" * 20)
+        ofile.size = rlong(10)
+        fa = omero.model.FileAnnotationI()
+        fa.file = ofile
+        fa.ns = rstring("openmicroscopy.org/omero/bulk_annotations")
+        kv = omero.model.MapAnnotationI()
+        kv.ns = rstring("swainlab.org/omero-push/provenance")
+        key = _unique("sha1")
+        kv.setMapValue([omero.model.NamedValue("source_sha1", key)])
+        links = []
+        for ann in (fa, kv):
+            link = omero.model.DatasetAnnotationLinkI()
+            link.parent = omero.model.DatasetI(did, False)
+            link.child = ann
+            links.append(link)
+        saved = update.saveAndReturnArray(links)
+        fa_id, kv_id = (link.child.id.val for link in saved)
+
+        def ids(query: str, params: ParametersI) -> list[int]:
+            return [o.id.val for o in q.findAllByQuery(query, params)]
+
+        p = ParametersI().add("name", rstring(pname))
+        assert ids("select p from Project p where p.name = :name", p) == [pid]
+        p = ParametersI().add("name", rstring(dname))
+        assert ids("select d from Dataset d where d.name = :name", p) == [did]
+        p = ParametersI().add("pid", rlong(pid)).add("name", rstring(dname))
+        assert ids("select d from Dataset d join d.projectLinks l "
+                   "where l.parent.id = :pid and d.name = :name", p) == [did]
+        p = ParametersI().add("h", rstring("ab" * 20)).add("n", rstring(fname))
+        found = q.findAllByQuery("select f from OriginalFile f where f.hash = :h and f.name = :n", p)
+        assert [f.size.val for f in found] == [10]
+        p = ParametersI().add("k", rstring("source_sha1")).add("v", rstring(key))
+        assert ids("select a from MapAnnotation a join a.mapValue mv "
+                   "where mv.name = :k and mv.value = :v", p) == [kv_id]
+        p = ParametersI().addId(did).add("ns", rstring("openmicroscopy.org/omero/bulk_annotations"))
+        tables = q.findAllByQuery(
+            "select l.child from DatasetAnnotationLink l join fetch l.child.file "
+            "where l.parent.id = :id and l.child.ns = :ns", p)
+        assert [a.id.val for a in tables] == [fa_id]
+        assert tables[0].file.name.val == fname  # fetched
+        p = ParametersI().add("p", rlong(pid)).add("c", rlong(did))
+        assert len(ids("select l from ProjectDatasetLink l "
+                       "where l.parent.id = :p and l.child.id = :c", p)) == 1
+        rows = q.projection("select l.child.id, l.child.ns from DatasetAnnotationLink l "
+                            "where l.parent.id = :id order by l.child.id", ParametersI().addId(did))
+        assert [[unwrap(v) for v in r] for r in rows] == [
+            [fa_id, "openmicroscopy.org/omero/bulk_annotations"],
+            [kv_id, "swainlab.org/omero-push/provenance"]]
+        assert q.findByString("OriginalFile", "name", fname).id.val == found[0].id.val
+    finally:
+        c.closeSession()
