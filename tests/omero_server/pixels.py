@@ -550,21 +550,6 @@ def message_digest(buffer: PixelBuffer) -> bytes:
 # --------------------------------------------------------------------------- servants
 
 
-def data_servant(cls: type) -> type:
-    """The core's ``servant`` decorator, keeping Ice's own ``ice_*`` operations working.
-
-    Without this, the decorator would stub ``ice_isA``/``ice_ping`` as unsupported and
-    ``ManagedRepositoryPrx.checkedCast`` (what ``client.getManagedRepository`` does) would fail.
-    Harmless once the core skips ``ice_*`` itself.
-    """
-    cls = servant(cls)
-    for name in ("ice_isA", "ice_ping", "ice_ids", "ice_id"):
-        for attr in (name, name + "_async"):
-            if attr in vars(cls):
-                delattr(cls, attr)
-    return cls
-
-
 def usage_error(message: str) -> omero.ApiUsageException:
     """The exception OMERO raises for a request that cannot be honoured as asked."""
     return omero.ApiUsageException(None, None, message)
@@ -687,7 +672,7 @@ def new_pixels_graph(
     return image
 
 
-@data_servant
+@servant
 class PixelsServiceI(omero.api.IPixels):
     """IPixels: create images, describe pixels, enumerations, channel min/max."""
 
@@ -783,7 +768,7 @@ class PixelsServiceI(omero.api.IPixels):
         self.session.save(channel)
 
 
-@data_servant
+@servant
 class RawPixelsStoreI(omero.api.RawPixelsStore):
     """RawPixelsStore: planes, tiles, rows, stacks of one Pixels object, big-endian bytes.
 

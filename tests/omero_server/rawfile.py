@@ -25,8 +25,7 @@ import omero.api
 import omero.model
 from omero.rtypes import rlong, rstring
 
-from .pixels import data_servant
-from .server import ServerContext
+from .server import ServerContext, servant
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def refresh_file_object(ctx: ServerContext, session: Any, file_id: int) -> Any:
     return ctx.store.load("OriginalFile", file_id, fetch=("hasher",))
 
 
-@data_servant
+@servant
 class RawFileStoreI(omero.api.RawFileStore):
     """A stateful reader/writer of one OriginalFile's bytes.
 

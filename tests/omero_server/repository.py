@@ -57,14 +57,13 @@ from .pixels import (
     PixelsError,
     TiffBuffer,
     TiffSource,
-    data_servant,
     new_pixels_graph,
     plane_ifds,
     record_tiff_source,
     samples_per_ifd,
 )
 from .rawfile import SHA1, RawFileStoreI, original_path, refresh_file_object, sha1_of
-from .server import ServerContext, server_error
+from .server import ServerContext, servant, server_error
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +163,7 @@ def shortened_paths(client_paths: list[str]) -> tuple[str, list[str]]:
     return "/".join(base), rel
 
 
-@data_servant
+@servant
 class SharedResourcesI(omero.grid.SharedResources):
     """SharedResources: the managed repository and OMERO.tables (one servant per session)."""
 
@@ -201,7 +200,7 @@ class SharedResourcesI(omero.grid.SharedResources):
         return tables_service.open_table(self.ctx, self.session, file)
 
 
-@data_servant
+@servant
 class ManagedRepositoryI(omero.grid.ManagedRepository):
     """The managed repository: start imports, list checksum algorithms."""
 
@@ -299,7 +298,7 @@ class ManagedRepositoryI(omero.grid.ManagedRepository):
         return proc.proxy
 
 
-@data_servant
+@servant
 class ImportProcessI(omero.grid.ImportProcess):
     """One running import: uploaders for its files, then verification and the import itself."""
 
@@ -441,7 +440,7 @@ class ImportProcessI(omero.grid.ImportProcess):
         return self.session.event_context()
 
 
-@data_servant
+@servant
 class HandleI(omero.cmd.Handle):
     """A finished command: the response is there before the client first asks for it."""
 
