@@ -724,6 +724,11 @@ def test_table_typed_columns_roundtrip(server: Any) -> None:
             ]
         finally:
             reopened.close()
+        doomed = resources.newTable(repo_id, "scratch.h5")
+        doomed.initialize([omero.grid.LongColumn("n", "", [])])
+        doomed_id = doomed.getOriginalFile().getId().getValue()
+        doomed.delete()  # Table.delete removes the table's OriginalFile (and its HDF5 file)
+        assert sf.getQueryService().find("OriginalFile", doomed_id) is None
 
 
 def test_tables_disabled(omero_server_factory: Any) -> None:
