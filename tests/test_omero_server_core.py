@@ -305,6 +305,7 @@ def test_blitzgateway_reads_what_was_saved(server) -> None:
         img = conn.getObject("Image", img_id)
         assert img.getPrimaryPixels().getPixelsType().getValue() == "uint16"
         assert img.getChannelLabels() == ["DAPI", "GFP"]
+        assert [ch.getLabel() for ch in img.getChannels(noRE=True)] == ["DAPI", "GFP"]
         assert [a.getValue() for a in img.listAnnotations()] == ["bg-tag"]
         assert [d.getId() for d in conn.getObjects("Dataset", attributes={"name": ds_name})] == [ds.id.val]
     finally:
@@ -446,3 +447,38 @@ def test_pusher_query_shapes(server) -> None:
         assert q.findByString("OriginalFile", "name", fname).id.val == found[0].id.val
     finally:
         c.closeSession()
+
+
+def test_delete_objects_as_blitzgateway_sends_it(server) -> None:
+    """conn.deleteObjects submits omero.cmd.Delete2 and waits on the handle (OMERO's default graph)."""
+    conn = server.gateway()
+    try:
+        update = conn.getUpdateService()
+        ds = omero.model.DatasetI()
+        ds.name = rstring(_unique("doomed"))
+        image = _image("doomed-image", ["c0"])
+        image.getPrimaryPixels().pixelsType = _enum(conn.c, "PixelsType", "uint8")
+        image.getPrimaryPixels().dimensionOrder = _enum(conn.c, "DimensionOrder", "XYZCT")
+        ds.linkImage(image)
+        ds = update.saveAndReturnObject(ds)
+        iid = ds.copyImageLinks()[0].child.id.val
+        tag = omero.model.TagAnnotationI()
+        tag.textValue = rstring(_unique("kept-tag"))
+        kv = omero.model.MapAnnotationI()
+        kv.setMapValue([omero.model.NamedValue("k", "v")])
+        links = []
+        for ann in (tag, kv):
+            link = omero.model.ImageAnnotationLinkI()
+            link.parent = omero.model.ImageI(iid, False)
+            link.child = ann
+            links.append(link)
+        tag_id, kv_id = (link.child.id.val for link in update.saveAndReturnArray(links))
+
+        conn.deleteObjects("Dataset", [ds.id.val], wait=True)
+        q = conn.getQueryService()
+        assert q.find("Dataset", ds.id.val) is None
+        assert q.find("Image", iid) is None  # only in this dataset: deleted with it
+        assert q.find("MapAnnotation", kv_id) is None  # only on this image
+        assert q.find("TagAnnotation", tag_id) is not None  # tags are shared: kept
+    finally:
+        conn.close()

@@ -532,6 +532,85 @@ _CONFIG = {
 }
 
 
+# --------------------------------------------------------------------------- Delete2
+
+#: Annotation kinds OMERO's delete keeps when the annotated object goes (they are shared).
+_SHARED_ANNOTATIONS = ("TagAnnotation", "TermAnnotation")
+_JAVA_PACKAGES = {"Project": "containers", "Dataset": "containers", "Image": "core",
+                  "Pixels": "core", "Channel": "core", "LogicalChannel": "core",
+                  "OriginalFile": "core", "Fileset": "fs", "FilesetEntry": "fs"}
+
+
+def delete_graph(ctx: ServerContext, targets: dict[str, list[int]], dry_run: bool = False
+                 ) -> dict[str, list[int]]:
+    """Delete objects as OMERO's ``Delete2`` does by default; returns deleted ids by Java class.
+
+    Beyond what :meth:`ObjectStore.delete` removes with an object (links, pixels, channels):
+    a project takes the datasets only it contains, a dataset the images only it contains, an
+    image the annotations only it carries (not tags or terms) and its fileset once no image of
+    the fileset is left (entries and original files too). Child options are not interpreted.
+    """
+    store = ctx.store
+    doomed: list[tuple[str, int]] = []
+
+    def add(kind: str, oid: int) -> None:
+        flat = store.flat(kind, oid)
+        if flat is None or (kind_of(flat), oid) in doomed:
+            return
+        doomed.append((kind_of(flat), oid))
+        k = kind_of(flat)
+        if k == "Project":
+            for link in store.children("Project", oid, "datasetLinks"):
+                did = link.getChild().getId().getValue()
+                others = [pl for pl in store.children("Dataset", did, "projectLinks")
+                          if pl.getParent().getId().getValue() != oid]
+                if not others:
+                    add("Dataset", did)
+        elif k == "Dataset":
+            for link in store.children("Dataset", oid, "imageLinks"):
+                iid = link.getChild().getId().getValue()
+                others = [dl for dl in store.children("Image", iid, "datasetLinks")
+                          if dl.getParent().getId().getValue() != oid]
+                if not others:
+                    add("Image", iid)
+        if k in ("Project", "Dataset", "Image"):
+            for link in store.children(k, oid, "annotationLinks"):
+                ann = store.resolve(link.getChild())
+                if ann is None or kind_of(ann) in _SHARED_ANNOTATIONS:
+                    continue
+                aid = ann.getId().getValue()
+                users = [lk for (root, field), targets_ in store._back.items()
+                         if root.endswith("AnnotationLink") and field == "child"
+                         for lk in targets_.get(aid, ())]
+                if len(users) <= 1:
+                    add("Annotation", aid)
+                    if kind_of(ann) == "FileAnnotation" and ann.getFile() is not None:
+                        add("OriginalFile", ann.getFile().getId().getValue())
+        if k == "Image" and flat.getFileset() is not None:
+            fsid = flat.getFileset().getId().getValue()
+            rest = [im for im in store.children("Fileset", fsid, "images")
+                    if ("Image", im.getId().getValue()) not in doomed]
+            if not rest:
+                add("Fileset", fsid)
+        if k == "Fileset":
+            for entry in store.children("Fileset", oid, "usedFiles"):
+                add("OriginalFile", entry.getOriginalFile().getId().getValue())
+
+    for kind, ids in targets.items():
+        for oid in ids:
+            add(_kind(kind), oid)
+    deleted: dict[str, list[int]] = {}
+    for kind, oid in doomed:
+        if not dry_run and store.flat(kind, oid) is not None:
+            for root, did in store.delete(kind, oid):
+                pkg = _JAVA_PACKAGES.get(root, "annotations" if root == "Annotation" else "core")
+                deleted.setdefault(f"ome.model.{pkg}.{root}", []).append(did)
+        elif dry_run:
+            pkg = _JAVA_PACKAGES.get(kind, "core")
+            deleted.setdefault(f"ome.model.{pkg}.{kind}", []).append(oid)
+    return deleted
+
+
 # --------------------------------------------------------------------------- registration
 
 def register(ctx: ServerContext) -> None:

@@ -367,6 +367,39 @@ class ServiceFactoryI(omero.api.ServiceFactory):
     def getSessionId(self, current: Any = None) -> str:  # not Slice; for symmetry with omero.client
         return self.session.uuid
 
+    # -- omero::cmd::Session (ServiceFactory extends it): conn.deleteObjects() sends Delete2
+    def submit(self, req: Any, current: Any = None) -> Any:
+        """Run a command to completion and hand back a finished handle (``omero.cmd.Handle``).
+
+        Supported: ``omero.cmd.Delete2`` (see :func:`services_core.delete_graph`). The handle is
+        finished before the client sees it, so omero-py's ``CmdCallbackI`` needs no callback.
+        """
+        import omero.cmd
+
+        from .services_core import delete_graph
+
+        try:
+            from .repository import HandleI
+        except ImportError as exc:  # pragma: no cover - the data plug-in provides handles
+            raise omero.ApiUsageException(None, None, "commands need tests.omero_server.repository") from exc
+        started = int(time.time() * 1000)
+        if isinstance(req, omero.cmd.Delete2):
+            deleted = delete_graph(self.ctx, req.targetObjects or {}, dry_run=bool(req.dryRun))
+            response: Any = omero.cmd.Delete2Response(deletedObjects=deleted)
+            flags: list[Any] = []
+        else:
+            response = omero.cmd.ERR(category=type(req).__name__, name="not-supported",
+                                     parameters={"message": f"{type(req).__name__} is not supported "
+                                                 "by the OMERO stand-in"})
+            flags = [omero.cmd.State.FAILURE]
+        stopped = int(time.time() * 1000)
+        status = omero.cmd.Status(source=None, category=type(req).__name__, name="submit",
+                                  flags=flags, parameters={}, currentStep=1, steps=1,
+                                  startTime=started, stepStartTimes=[started],
+                                  stepStopTimes=[stopped], stopTime=stopped)
+        prx = self.ctx.add_servant(HandleI(self.ctx, req, response, status), self.session.uuid)
+        return omero.cmd.HandlePrx.uncheckedCast(prx)
+
     # -- Glacier2::Session
     def destroy(self, current: Any = None) -> None:
         """Remove this login's servants; the session itself stays joinable until closed."""
