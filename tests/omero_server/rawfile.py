@@ -47,10 +47,13 @@ def sha1_of(path: Path, block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def refresh_file_object(ctx: ServerContext, session: Any, file_id: int) -> Any:
+def refresh_file_object(
+    ctx: ServerContext, session: Any, file_id: int, sha1: str | None = None
+) -> Any:
     """Set an OriginalFile's size and SHA-1 from its stored content; returns it saved.
 
-    What OMERO's ``RawFileStore.save`` does; also used after an import and when a table closes.
+    What OMERO's ``RawFileStore.save`` does; also used after an import (which passes the
+    *sha1* it has just verified, so a large file is not hashed twice) and when a table closes.
     """
     ofile = ctx.store.load("OriginalFile", file_id, fetch=("hasher",))
     if ofile is None:
@@ -58,7 +61,9 @@ def refresh_file_object(ctx: ServerContext, session: Any, file_id: int) -> Any:
     path = original_path(ctx, file_id)
     size = path.stat().st_size if path.exists() else 0
     ofile.setSize(rlong(size))
-    ofile.setHash(rstring(sha1_of(path) if path.exists() else hashlib.sha1().hexdigest()))
+    if sha1 is None:
+        sha1 = sha1_of(path) if path.exists() else hashlib.sha1().hexdigest()
+    ofile.setHash(rstring(sha1))
     hasher = ctx.store.enum("ChecksumAlgorithm", SHA1)
     if hasher is not None:
         ofile.setHasher(omero.model.ChecksumAlgorithmI(hasher.getId().getValue(), False))

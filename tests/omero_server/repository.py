@@ -362,8 +362,10 @@ class ImportProcessI(omero.grid.ImportProcess):
                 None, None, f"{len(hashes or [])} checksums for {len(self.file_ids)} files"
             )
         failing: dict[int, str] = {}  # file index -> checksum the server computed
+        computed: list[str] = []
         for i, (fid, expected) in enumerate(zip(self.file_ids, hashes, strict=True)):
             actual = CHECKSUMS[self.algorithm](original_path(self.ctx, fid))
+            computed.append(actual)
             if actual.lower() != (expected or "").lower():
                 failing[i] = actual
         if failing:
@@ -373,8 +375,9 @@ class ImportProcessI(omero.grid.ImportProcess):
                 f"checksum mismatch for {len(failing)} of {len(self.file_ids)} files",
                 failing,
             )
-        for fid in self.file_ids:
-            refresh_file_object(self.ctx, self.session, fid)
+        for fid, actual in zip(self.file_ids, computed, strict=True):
+            known = actual.lower() if self.algorithm == SHA1 else None
+            refresh_file_object(self.ctx, self.session, fid, known)
         started = int(time.time() * 1000)
         try:
             response = import_fileset(self.ctx, self.session, self.fileset_id, self.settings)
