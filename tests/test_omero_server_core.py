@@ -482,3 +482,16 @@ def test_delete_objects_as_blitzgateway_sends_it(server) -> None:
         assert q.find("TagAnnotation", tag_id) is not None  # tags are shared: kept
     finally:
         conn.close()
+
+
+def test_ssl_as_omero_py_connects_by_default(omero_server_factory) -> None:
+    server = omero_server_factory(ssl=True)
+    conn = BlitzGateway(server.user, server.password, host=server.host, port=server.ssl_port)
+    assert conn.connect(), conn.getLastError()
+    try:
+        assert conn.getEventContext().userName == server.user
+    finally:
+        conn.close()
+    server.restart()  # same ports, same certificate
+    c = server.client(ssl=True)
+    c.closeSession()

@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description="OMERO stand-in for tests (not OMERO).")
     p.add_argument("--port", type=int, default=4063, help="TCP port (0: any free port)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--ssl-port", type=int, default=None, metavar="P",
+                   help="also serve SSL (omero-py's default transport) on P (0: any free port)")
     p.add_argument("--store", type=Path, required=True, help="folder for SQLite and files")
     p.add_argument("--user", default="root")
     p.add_argument("--password", default=os.environ.get("OMERO_STANDIN_PASSWORD", "omero"))
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                     tables_enabled=not args.no_tables)
     from .server import serve  # imports Ice/omero: after argument errors are reported
 
-    return serve(args.store, args.port, args.host, args.user, args.password, faults)
+    return serve(args.store, args.port, args.host, args.user, args.password, faults, args.ssl_port)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ Fixtures:
                               (``drop_after_pixel_writes``, ``delay_ms``, ``tables``), stopped at the end.
 
 Each yields a :class:`StandIn`: ``host``, ``port``, ``user``, ``password``, ``store_dir``,
-``url`` ("tcp://127.0.0.1", the host form omero-py reads as "plain TCP"), ``stop()``, ``kill()``,
+``url`` ("tcp://127.0.0.1", the host form omero-py reads as "plain TCP"), ``ssl_port`` (with the
+option ``ssl=True``: omero-py's default transport, ``omero.client(host, ssl_port)``), ``stop()``, ``kill()``,
 ``start()``, ``restart(**options)`` (same port and store), ``client()`` (a logged-in
 ``omero.client``) and ``gateway()`` (a connected BlitzGateway).
 """
@@ -59,6 +60,8 @@ class StandIn:
     drop_after_pixel_writes: int | None = None
     delay_ms: int = 0
     tables: bool = True
+    ssl: bool = False
+    ssl_port: int | None = None
     proc: subprocess.Popen | None = None
     _stderr: list[str] = field(default_factory=list)
 
@@ -76,6 +79,8 @@ class StandIn:
             argv += ["--delay-ms", str(self.delay_ms)]
         if not self.tables:
             argv.append("--no-tables")
+        if self.ssl:
+            argv += ["--ssl-port", str(self.ssl_port or 0)]
         return argv
 
     def start(self) -> StandIn:
@@ -92,6 +97,8 @@ class StandIn:
         line = ""
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
+            if line.startswith("ssl on"):
+                self.ssl_port = int(line.split()[-1])  # kept for restarts on the same port
             if line.startswith("listening on"):
                 self.port = int(line.split()[-1])
                 threading.Thread(target=self.proc.stdout.read, daemon=True).start()
@@ -139,11 +146,18 @@ class StandIn:
             setattr(self, key, value)
         return self.start()
 
-    def client(self) -> Any:
-        """A new ``omero.client`` logged in as the stand-in's user (close it with closeSession)."""
+    def client(self, ssl: bool = False) -> Any:
+        """A new ``omero.client`` logged in as the stand-in's user (close it with closeSession).
+
+        ``ssl=True`` connects as omero-py does by default (bare host, SSL port; the server must
+        have been started with ``ssl=True``).
+        """
         import omero.clients
 
-        c = omero.client(host=self.url, port=self.port)
+        if ssl:
+            c = omero.client(host=self.host, port=self.ssl_port)
+        else:
+            c = omero.client(host=self.url, port=self.port)
         c.createSession(self.user, self.password)
         return c
 
@@ -187,7 +201,7 @@ def omero_server_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 def omero_server_factory(tmp_path: Path) -> Iterator[Callable[..., StandIn]]:
     """``factory(**options)``: start stand-ins with fault options; all are stopped afterwards.
 
-    Options: ``drop_after_pixel_writes=N``, ``delay_ms=N``, ``tables=False``, ``user=``,
+    Options: ``drop_after_pixel_writes=N``, ``delay_ms=N``, ``tables=False``, ``ssl=True``, ``user=``,
     ``password=``; ``store_dir=`` to share a store between servers run one after the other.
     """
     pytest.importorskip("omero")

@@ -284,8 +284,13 @@ def _unsupported_async(cls: type, op: str) -> Callable[..., Any]:
 
 # --------------------------------------------------------------------------- running
 
-def _ice_properties(host: str, port: int) -> Any:
+def _ice_properties(host: str, port: int, ssl_cert: Path | None = None) -> Any:
     props = Ice.createProperties()
+    if ssl_cert is not None:
+        props.setProperty("Ice.Plugin.IceSSL", "IceSSL:createIceSSL")
+        props.setProperty("IceSSL.CertFile", str(ssl_cert))
+        props.setProperty("IceSSL.VerifyPeer", "0")  # clients present no certificate
+        props.setProperty("Ice.Warn.Deprecated", "0")
     props.setProperty("Ice.ThreadPool.Server.Size", "4")
     props.setProperty("Ice.ThreadPool.Server.SizeMax", "16")
     props.setProperty("Ice.ThreadPool.Server.Serialize", "0")
@@ -334,18 +339,49 @@ def load_plugins(ctx: ServerContext, names: tuple[str, ...] = PLUGIN_MODULES) ->
     return loaded
 
 
+def ssl_certificate(store_dir: Path) -> Path:
+    """A self-signed certificate + key (one PEM) in ``<store>/ssl``, made once with openssl.
+
+    OMERO serves SSL on 4064 and omero-py connects with SSL by default, without verifying the
+    server (``IceSSL.VerifyPeer=0``), so any certificate will do.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    folder = Path(store_dir) / "ssl"
+    pem = folder / "standin.pem"
+    if pem.exists():
+        return pem
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("--ssl-port needs the openssl command to make a certificate")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        key, cert = Path(tmp) / "key.pem", Path(tmp) / "cert.pem"
+        subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        str(key), "-out", str(cert), "-days", "3650", "-subj", "/CN=omero-standin"],
+                       check=True, capture_output=True)
+        part = Path(tmp) / "standin.pem"
+        part.write_bytes(cert.read_bytes() + key.read_bytes())
+        part.replace(pem)
+    return pem
+
+
 class Server:
     """A running stand-in: communicator, adapter, router and store. Use :func:`serve` for the CLI."""
 
     def __init__(self, store_dir: Path, port: int = 0, host: str = "127.0.0.1", user: str = "root",
-                 password: str = "omero", faults: Faults | None = None) -> None:
+                 password: str = "omero", faults: Faults | None = None,
+                 ssl_port: int | None = None) -> None:
         import omero.rtypes
         from omero import ObjectFactoryRegistrar
 
         from .session import ROUTER_IDENTITY, RouterI
 
         init = Ice.InitializationData()
-        init.properties = _ice_properties(host, port)
+        cert = ssl_certificate(Path(store_dir)) if ssl_port is not None else None
+        init.properties = _ice_properties(host, port, cert)
         self.communicator = Ice.initialize(init)
         try:
             # incoming model objects become omero.model.*I instances, as in a client
@@ -353,8 +389,10 @@ class Server:
             for of in omero.rtypes.ObjectFactories.values():
                 of.register(self.communicator)
             store = ObjectStore(Path(store_dir), user=user)
-            adapter = self.communicator.createObjectAdapterWithEndpoints(
-                "OMERO.StandIn", f"tcp -h {host} -p {port}")
+            endpoints = f"tcp -h {host} -p {port}"
+            if ssl_port is not None:
+                endpoints += f":ssl -h {host} -p {ssl_port}"
+            adapter = self.communicator.createObjectAdapterWithEndpoints("OMERO.StandIn", endpoints)
         except BaseException:
             self.communicator.destroy()
             raise
@@ -365,7 +403,9 @@ class Server:
         router = RouterI(self.ctx)
         router.proxy = adapter.add(router, ROUTER_IDENTITY)
         adapter.activate()
-        self.port = adapter.getEndpoints()[0].getInfo().port
+        ports = {e.getInfo().type(): e.getInfo().port for e in adapter.getEndpoints()}
+        self.port = ports[Ice.TCPEndpointType]
+        self.ssl_port = ports.get(Ice.SSLEndpointType)
         self.host = host
 
     def shutdown(self) -> None:
@@ -382,18 +422,23 @@ class Server:
 
 
 def serve(store_dir: Path, port: int, host: str = "127.0.0.1", user: str = "root",
-          password: str = "omero", faults: Faults | None = None) -> int:
-    """Run in the foreground until SIGTERM/SIGINT; prints ``listening on <port>`` when ready."""
+          password: str = "omero", faults: Faults | None = None, ssl_port: int | None = None) -> int:
+    """Run in the foreground until SIGTERM/SIGINT; prints ``listening on <port>`` when ready.
+
+    With *ssl_port*, ``ssl on <port>`` is printed first (the last line always marks readiness).
+    """
     import signal
 
     stop = threading.Event()
-    server = Server(store_dir, port, host, user, password, faults)
+    server = Server(store_dir, port, host, user, password, faults, ssl_port)
 
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if server.ssl_port is not None:
+        print(f"ssl on {server.ssl_port}", flush=True)
     print(f"listening on {server.port}", flush=True)
     log.info("OMERO stand-in on %s:%d, store %s, services: %s", host, server.port, store_dir,
              ", ".join(sorted(server.ctx.services)))
