@@ -193,6 +193,7 @@ def import_file(
     dataset_id: int | None = None,
     sha1: str | None = None,
     description: str | None = None,
+    **settings_fields: Any,
 ) -> Any:
     """Import one file exactly as omero-py's ``testlib.ITest.full_import`` does.
 
@@ -214,6 +215,8 @@ def import_file(
         None if dataset_id is None else omero.model.DatasetI(dataset_id, False)
     )
     settings.userSpecifiedDescription = None if description is None else rstring(description)
+    for name, value in settings_fields.items():  # e.g. userSpecifiedName=rstring("...")
+        setattr(settings, name, value)
     settings.checksumAlgorithm = omero.model.ChecksumAlgorithmI()
     settings.checksumAlgorithm.value = rstring(ChecksumAlgorithmSHA1160)
     proc = mrepo.importFileset(fileset, settings)
@@ -459,6 +462,14 @@ def test_import_ome_tiff(server: Any, tmp_path: Path) -> None:
         ]
         assert desc.getPhysicalSizeX().getValue() == pytest.approx(0.25)
         assert desc.getPhysicalSizeZ().getValue() == pytest.approx(0.5)
+        infos = sf.getQueryService().findAllByQuery(
+            "select p from PlaneInfo p where p.pixels.id = :id",
+            omero.sys.ParametersI().addId(pixels.getId().getValue()),
+        )
+        assert len(infos) == 2 * 2 * 3
+        timing = {(i.getTheT().getValue(), i.getDeltaT().getValue()) for i in infos}
+        assert timing == {(0, 0.0), (1, 5.0)}
+        assert {i.getExposureTime().getValue() for i in infos} == {30.0}
         for c, ch in enumerate(channels):
             assert ch.getStatsInfo().getGlobalMax().getValue() == float(data[:, c].max())
         assert image_maps(sf, image_id) == [(KV_NS, pairs)]
@@ -485,6 +496,32 @@ def test_import_ome_tiff(server: Any, tmp_path: Path) -> None:
         assert ofile.getName().getValue() == "pos007.ome.tiff"
         assert ofile.getHash().getValue() == hashlib.sha1(path.read_bytes()).hexdigest()
         assert ofile.getSize().getValue() == path.stat().st_size
+
+
+def test_import_honours_user_settings(server: Any, tmp_path: Path) -> None:
+    """userSpecifiedName, userSpecifiedPixels and userSpecifiedAnnotationList are applied."""
+    path = tmp_path / "settings.ome.tiff"
+    write_ome_tiff(path, random_stack((1, 1, 1, 8, 8), "uint8"), ["c0"], [])
+    with session(server) as (client, sf):
+        tag = omero.model.TagAnnotationI()
+        tag.setTextValue(rstring("chosen-at-import"))
+        tag = sf.getUpdateService().saveAndReturnObject(tag)
+        rsp = import_file(
+            client,
+            path,
+            userSpecifiedName=rstring("renamed"),
+            userSpecifiedPixels=[0.1, 0.2, 2.0],
+            userSpecifiedAnnotationList=[omero.model.TagAnnotationI(tag.getId().getValue(), False)],
+        )
+        pixels = rsp.pixels[0]
+        image_id = pixels.getImage().getId().getValue()
+        assert sf.getQueryService().get("Image", image_id).getName().getValue() == "renamed"
+        desc = sf.getPixelsService().retrievePixDescription(pixels.getId().getValue())
+        sizes = [desc.getPhysicalSizeX(), desc.getPhysicalSizeY(), desc.getPhysicalSizeZ()]
+        assert [s.getValue() for s in sizes] == pytest.approx([0.1, 0.2, 2.0])
+        anns = sf.getMetadataService().loadAnnotations("Image", [image_id], [], [], None)
+        tags = [a for a in anns[image_id] if isinstance(a, omero.model.TagAnnotation)]
+        assert [a.getId().getValue() for a in tags] == [tag.getId().getValue()]
 
 
 def test_import_rejects_a_wrong_checksum(server: Any, tmp_path: Path) -> None:

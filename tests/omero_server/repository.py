@@ -23,8 +23,14 @@ StatsInfo per channel (unless ``settings.noStatsInfo``), the Image's MapAnnotati
 OME-XML's StructuredAnnotations (namespace kept; no tags — OMERO's import does not create tags),
 a Fileset with its FilesetEntries and OriginalFiles, and a DatasetImageLink when
 ``settings.userSpecifiedTarget`` is a Dataset. ``userSpecifiedName``/``Description`` replace the
-image name/description and ``userSpecifiedAnnotationList`` annotations are linked to every image.
-Pixels stay in the uploaded file and are read with tifffile on demand (see :mod:`.pixels`).
+image name/description, ``userSpecifiedPixels`` the physical sizes (µm), and
+``userSpecifiedAnnotationList`` annotations are linked to every image.
+Pixels stay in the uploaded file and are read with tifffile on demand (see :mod:`.pixels`),
+including RGB files (samples become channels) and SubIFD pyramids (resolution levels).
+
+Not supported (the handle answers ``omero.cmd.ERR`` naming the file): TIFFs without OME-XML,
+multi-file OME-TIFF (TiffData pointing at other files), companion files, Screen/Plate
+targets, ``bit``/``complex`` pixel types.
 """
 
 from __future__ import annotations
@@ -672,6 +678,14 @@ def _create_image(
     pixels.setPhysicalSizeY(_length(px.physical_size_y, px.physical_size_y_unit))
     pixels.setPhysicalSizeZ(_length(px.physical_size_z, px.physical_size_z_unit))
     pixels.setTimeIncrement(_time(px.time_increment, px.time_increment_unit))
+    user_sizes = list(getattr(settings, "userSpecifiedPixels", None) or [])
+    for setter, value in zip(
+        (pixels.setPhysicalSizeX, pixels.setPhysicalSizeY, pixels.setPhysicalSizeZ),
+        user_sizes,
+        strict=False,
+    ):
+        if value is not None and value > 0:  # the user's sizes (µm) win, as in OMERO's import
+            setter(omero.model.LengthI(float(value), "MICROMETER"))
     spp = samples_per_ifd(px)
     rgb = ((255, 0, 0), (0, 255, 0), (0, 0, 255))
     for c, channel in enumerate(pixels.copyChannels()):
