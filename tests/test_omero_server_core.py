@@ -495,3 +495,19 @@ def test_ssl_as_omero_py_connects_by_default(omero_server_factory) -> None:
     server.restart()  # same ports, same certificate
     c = server.client(ssl=True)
     c.closeSession()
+
+
+def test_group_context_outside_membership_is_refused(server) -> None:
+    """BlitzGateway(group=...) puts omero.group in every call; a foreign group is refused."""
+    c = server.client()
+    try:
+        admin = c.sf.getAdminService()
+        ec = admin.getEventContext()
+        with pytest.raises(omero.SecurityViolation):
+            admin.getEventContext({"omero.group": "987654"})
+        allgroups = {"omero.group": "-1"}
+        assert admin.getEventContext(allgroups).groupId == ec.groupId
+        mine = {"omero.group": str(ec.groupId)}
+        assert admin.getEventContext(mine).groupId == ec.groupId
+    finally:
+        c.closeSession()

@@ -201,7 +201,8 @@ def servant(cls: type) -> type:
     (a tuple when the operation has out-parameters). For each Slice operation of the class:
 
     * implemented: ``name_async(cb, *args, current)`` calls it, applies ``ctx.faults.delay()``
-      (if the servant has ``self.ctx``), answers ``cb.ice_response(...)`` or ``cb.ice_exception(...)``
+      (if the servant has ``self.ctx``) and the caller's ``omero.group`` context (if it has
+      ``self.session``: see ``Session.apply_call_context``), answers ``cb.ice_response(...)`` or ``cb.ice_exception(...)``
       with Python errors mapped by :func:`server_error` (StoreError -> ValidationException,
       ValueError/KeyError/... -> ApiUsageException, others -> InternalException).
       A method may instead return :data:`NO_REPLY` after it dealt with the callback itself
@@ -243,6 +244,9 @@ def _make_async(plain: Callable[..., Any], count: int) -> Callable[..., None]:
         try:
             if ctx is not None:
                 ctx.faults.delay()
+            session = getattr(self, "session", None)
+            if session is not None and args and hasattr(session, "apply_call_context"):
+                session.apply_call_context(args[-1])
             result = plain(self, *args)
             if result is NO_REPLY:
                 return

@@ -95,6 +95,30 @@ class Session:
         """Unloaded ExperimenterGroup the session writes into."""
         return omero.model.ExperimenterGroupI(self.group_id, False)
 
+    def apply_call_context(self, current: Any) -> None:
+        """Honour ``omero.group`` in a call's context as OMERO does (BlitzGateway sets it).
+
+        "-1" (all groups) reads across groups: nothing to change. A group id or name the user
+        is not a member of raises ``omero.SecurityViolation``; one it is a member of becomes
+        the group new objects are saved in.
+        """
+        call_ctx = getattr(current, "ctx", None) or {}
+        wanted = call_ctx.get("omero.group")
+        if not wanted or wanted == "-1":
+            return
+        store = self.ctx.store
+        if wanted.lstrip("-").isdigit():
+            gid: int | None = int(wanted)
+        else:
+            gid = next((g.getId().getValue() for g in store.all("ExperimenterGroup")
+                        if g.getName() is not None and g.getName().getValue() == wanted), None)
+        if gid is None or gid not in self.member_of:
+            raise omero.SecurityViolation(
+                None, None, f"User {self.user_name} is not a member of group {wanted}")
+        if gid != self.group_id:
+            group = store.flat("ExperimenterGroup", gid)
+            self.group_id, self.group_name = gid, group.getName().getValue()
+
     def save(self, obj: Any, event_type: str = "User") -> Any:
         """Save an object graph as this session's user (see ObjectStore.save)."""
         return self.ctx.store.save(obj, owner=self.owner, group=self.group, event_type=event_type)
