@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -816,6 +817,21 @@ def test_connection_drops_after_n_pixel_writes(omero_server_factory: Any) -> Non
         got = read_all_planes(sf, pid, np.dtype("uint16"), shape)
     np.testing.assert_array_equal(got[0, 0, :3], data[0, 0, :3])
     assert not got[0, 0, 3:].any()
+
+
+def test_delay_fault_slows_data_services(omero_server_factory: Any) -> None:
+    """``--delay-ms``: replies of IPixels, RawFileStore and SharedResources come late too."""
+    own = omero_server_factory(delay_ms=300)
+    with session(own) as (_client, sf):
+        calls = [
+            lambda: sf.getPixelsService().getAllEnumerations("PixelsType"),
+            lambda: sf.createRawFileStore().exists(),
+            lambda: sf.sharedResources().areTablesEnabled(),
+        ]
+        for call in calls:
+            start = time.monotonic()
+            call()
+            assert time.monotonic() - start >= 0.3
 
 
 def test_restart_keeps_pixels_files_imports_and_tables(
