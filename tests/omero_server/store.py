@@ -97,6 +97,10 @@ ENUMERATIONS: dict[str, list[str]] = {
                   "Waiting", "Finished", "Cancelled"],
 }
 
+#: PixelsType.bitSize as in OMERO's database.
+_BIT_SIZES = {"bit": 1, "int8": 8, "uint8": 8, "int16": 16, "uint16": 16, "int32": 32,
+              "uint32": 32, "float": 32, "double": 64, "complex": 64, "double-complex": 128}
+
 #: The security roles OMERO always has (ids as in a fresh OMERO database).
 ROOT_ID, GUEST_ID = 0, 1
 SYSTEM_GROUP_ID, USER_GROUP_ID, GUEST_GROUP_ID = 0, 1, 2
@@ -166,11 +170,12 @@ def is_collection(obj: Any, field: str) -> bool:
 
 
 def is_enum_kind(kind: str) -> bool:
-    """Enumerations are classes whose only field is ``value`` (PixelsType, DimensionOrder, ...)."""
+    """Enumerations: classes with a ``value`` and nothing else but PixelsType's ``bitSize``."""
     try:
-        return fields_of(model_class(kind)) == ("value",)
+        fields = fields_of(model_class(kind))
     except StoreError:
         return False
+    return "value" in fields and set(fields) <= {"value", "bitSize"}
 
 
 def collection_inverse(kind: str, field: str) -> tuple[str, str] | None:
@@ -329,6 +334,8 @@ class ObjectStore:
                 for value in values:
                     e = model_class(kind)()
                     e.value = rstring(value)
+                    if kind == "PixelsType":
+                        e.bitSize = omero.rtypes.rint(_BIT_SIZES.get(value, 0))
                     objs.append(e)
             owner = omero.model.ExperimenterI(ROOT_ID, False)
             group = omero.model.ExperimenterGroupI(SYSTEM_GROUP_ID, False)
