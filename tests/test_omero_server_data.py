@@ -314,6 +314,43 @@ def test_planes_and_tiles_roundtrip(server: Any, dtype: str) -> None:
         np.testing.assert_array_equal(read_all_planes(sf, pid, np.dtype(dtype), shape), data)
 
 
+def test_stack_timepoint_region_and_hypercube_accessors(server: Any) -> None:
+    """setStack/setTimepoint/setRegion and getCol/getRegion/getPlaneRegion/getHypercube agree
+    with numpy on the same XYZCT buffer; calculateMessageDigest is SHA-1 of all planes."""
+    shape = (2, 2, 3, 6, 5)  # (T, C, Z, Y, X)
+    data = random_stack(shape, "int16", seed=17)
+    with session(server) as (_client, sf):
+        pid = create_image(sf, shape, "int16")
+        rps = sf.createRawPixelsStore()
+        try:
+            rps.setPixelsId(pid, True)
+            rps.setTimepoint(big_endian(data[0]), 0)
+            for c in range(2):
+                rps.setStack(big_endian(data[1, c]), 0, c, 1)
+            np.testing.assert_array_equal(
+                from_wire(rps.getTimepoint(1), np.dtype("int16"), (2, 3, 6, 5)), data[1]
+            )
+            rows = data.copy()
+            rows[1, 0, 2, 2:5] = -7  # three whole rows of plane (z=2, c=0, t=1)
+            offset = rps.getRowOffset(2, 2, 0, 1)
+            rps.setRegion(3 * 5 * 2, offset, big_endian(rows[1, 0, 2, 2:5]))
+            flat = rows.astype(">i2").tobytes()
+            assert rps.getRegion(100, offset - 20) == flat[offset - 20 : offset + 80]
+            col = from_wire(rps.getCol(4, 2, 0, 1), np.dtype("int16"), (6,))
+            np.testing.assert_array_equal(col, rows[1, 0, 2, :, 4])
+            region = from_wire(rps.getPlaneRegion(1, 1, 0, 7, 3), np.dtype("int16"), (7,))
+            np.testing.assert_array_equal(region, rows[0, 1, 1].ravel()[3:10])
+            cube = rps.getHypercube([1, 0, 0, 1, 0], [3, 6, 2, 1, 2], [2, 3, 1, 1, 1])
+            expected = rows[0:2, 1:2, 0:2, 0:6:3, 1:4:2]  # (T, C, Z, Y, X) order of XYZCT
+            np.testing.assert_array_equal(
+                from_wire(cube, np.dtype("int16"), expected.shape), expected
+            )
+            assert rps.calculateMessageDigest() == hashlib.sha1(flat).digest()
+            assert rps.isSigned() and not rps.isFloat()
+        finally:
+            rps.close()
+
+
 def test_tiled_write_of_a_plane(server: Any) -> None:
     """A plane written only through tiles (edge tiles smaller) reads back whole and equal.
 

@@ -1012,7 +1012,10 @@ class RawPixelsStoreI(omero.api.RawPixelsStore):
         g = self._geo()
         return self._write(buf, z, c, t, 0, y, g.size_x, 1, current)
 
-    def setStack(self, buf: bytes, c: int, t: int, current: Ice.Current | None = None) -> Any:
+    def setStack(
+        self, buf: bytes, z: int, c: int, t: int, current: Ice.Current | None = None
+    ) -> Any:
+        """The whole Z stack of (c, t); *z* is ignored, as in OMERO's signature."""
         g = self._geo()
         if len(buf) != g.stack_size:
             raise usage_error(f"stack buffer of {len(buf)} bytes, expected {g.stack_size}")
