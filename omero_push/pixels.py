@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,13 @@ import tifffile
 
 from omero_push.errors import InputError, ServerError
 from omero_push.plan import ImageMeta
-from omero_push.session import Session
+from omero_push.session import AsyncWindow, Session
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TILE = (1024, 1024)
+#: Tiles in flight at once (see session.AsyncWindow).
+IN_FLIGHT = 3
 _MAX_TILE_BYTES = 64 * 1024 * 1024  # well inside Ice.MessageSizeMax (250 MB in omero-py)
 
 _OMERO_TYPES = {
@@ -101,9 +104,15 @@ def tiles(
 
 
 def pixels_type_object(session: Session, value: str) -> Any:
-    for pt in session.pixels().getAllEnumerations("PixelsType"):
-        if pt.getValue().getValue() == value:
-            return pt
+    """The server's PixelsType enumeration object for ``value`` (looked up once per session)."""
+    types = session.cache.get("PixelsType")
+    if types is None:
+        types = {
+            pt.getValue().getValue(): pt for pt in session.pixels().getAllEnumerations("PixelsType")
+        }
+        session.cache["PixelsType"] = types
+    if value in types:
+        return types[value]
     raise ServerError(f"the server knows no pixel type {value!r}")
 
 
@@ -150,25 +159,28 @@ def write_pixels(
         # Never exceed a safe message size, whatever the server proposes.
         while tw * th * reader.dtype.itemsize > _MAX_TILE_BYTES and th > 1:
             th //= 2
+        window = AsyncWindow(IN_FLIGHT)
         mins = [np.inf] * s["C"]
         maxs = [-np.inf] * s["C"]
-        for t in range(s["T"]):
-            for c in range(s["C"]):
-                for z in range(s["Z"]):
-                    plane = reader.plane(z, c, t)
-                    if plane.shape != (s["Y"], s["X"]):
-                        raise InputError(
-                            f"{reader.path}: plane z={z} c={c} t={t} is {plane.shape}, "
-                            f"OME-XML says {(s['Y'], s['X'])}"
-                        )
-                    if plane.size:
-                        mins[c] = min(mins[c], float(np.nanmin(plane)))
-                        maxs[c] = max(maxs[c], float(np.nanmax(plane)))
-                    for x, y, w, h in tiles(s["X"], s["Y"], tw, th):
-                        buf = np.ascontiguousarray(plane[y : y + h, x : x + w], dtype=be).tobytes()
-                        rps.setTile(buf, z, c, t, x, y, w, h)
-                        if on_bytes is not None:
-                            on_bytes(len(buf))
+        order = [(z, c, t) for t in range(s["T"]) for c in range(s["C"]) for z in range(s["Z"])]
+        for (z, c, t), plane in _prefetched(reader, order):
+            if plane.shape != (s["Y"], s["X"]):
+                raise InputError(
+                    f"{reader.path}: plane z={z} c={c} t={t} is {plane.shape}, "
+                    f"OME-XML says {(s['Y'], s['X'])}"
+                )
+            if plane.size:
+                floats = plane.dtype.kind == "f"  # NaN-aware only where NaN can occur
+                lo = np.nanmin(plane) if floats else plane.min()
+                hi = np.nanmax(plane) if floats else plane.max()
+                mins[c] = min(mins[c], float(lo))
+                maxs[c] = max(maxs[c], float(hi))
+            for x, y, w, h in tiles(s["X"], s["Y"], tw, th):
+                buf = np.ascontiguousarray(plane[y : y + h, x : x + w], dtype=be).tobytes()
+                window.call(rps.begin_setTile, rps.end_setTile, buf, z, c, t, x, y, w, h)
+                if on_bytes is not None:
+                    on_bytes(len(buf))
+        window.drain()
         rps.save()
     finally:
         try:
@@ -179,6 +191,24 @@ def write_pixels(
         (lo if np.isfinite(lo) else 0.0, hi if np.isfinite(hi) else 0.0)
         for lo, hi in zip(mins, maxs, strict=True)
     ]
+
+
+def _prefetched(
+    reader: PlaneReader, order: list[tuple[int, int, int]]
+) -> Iterator[tuple[tuple[int, int, int], np.ndarray]]:
+    """Planes in ``order``, the next one read in a helper thread while this one is sent.
+
+    Only the helper thread touches the TIFF file, so tifffile needs no locking.
+    """
+    if not order:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="omero-push-read") as ex:
+        nxt = ex.submit(reader.plane, *order[0])
+        for i, key in enumerate(order):
+            plane = nxt.result()
+            if i + 1 < len(order):
+                nxt = ex.submit(reader.plane, *order[i + 1])
+            yield key, plane
 
 
 def _server_tile(rps: Any) -> tuple[int, int]:

@@ -14,7 +14,9 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,10 +134,12 @@ def push(
     keepalive_s: int = 60,
     progress: Progress | None = None,
     interactive: bool = False,
+    parallel: int = 2,
 ) -> PushResult:
     """Push OME-TIFFs (or converter output folders, or raw experiments with ``convert``) to OMERO.
 
     ``dataset`` is a name (found or created, inside ``project`` when given) or ``Dataset:ID``.
+    ``parallel`` files upload at once in import mode (the next uploads while one imports).
     Returns a :class:`PushResult` with the dataset and image ids.  Raises subclasses of
     :class:`~omero_push.errors.PushError` only; the password never appears in them.
     """
@@ -183,6 +187,7 @@ def push(
             backoff_s=backoff_s,
             keepalive_s=keepalive_s,
             progress=progress,
+            parallel=parallel,
         )
     finally:
         if tmp_out is not None:
@@ -215,6 +220,34 @@ def _convert_all(
     return outs
 
 
+class _LockedProgress:
+    """Serialises progress reports from the upload threads."""
+
+    def __init__(self, inner: Progress) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+
+    def start(self, total_bytes: int, total_images: int) -> None:
+        with self._lock:
+            self._inner.start(total_bytes, total_images)
+
+    def advance(self, nbytes: int) -> None:
+        with self._lock:
+            self._inner.advance(nbytes)
+
+    def rewind(self, nbytes: int) -> None:
+        with self._lock:
+            self._inner.rewind(nbytes)
+
+    def image_done(self, name: str, image_id: int | None, status: str) -> None:
+        with self._lock:
+            self._inner.image_done(name, image_id, status)
+
+    def close(self) -> None:
+        with self._lock:
+            self._inner.close()
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -240,12 +273,14 @@ def _execute(
     backoff_s: float,
     keepalive_s: int,
     progress: Progress,
+    parallel: int,
 ) -> PushResult:
     state = _State(result=PushResult(plan=plan, mode=mode))
+    progress = _LockedProgress(progress)
 
     def attempt() -> None:
         with open_session(settings, keepalive_s=keepalive_s) as session:
-            _run(session, plan, state, mode, provenance_on, chunk_size, tile, progress)
+            _run(session, plan, state, mode, provenance_on, chunk_size, tile, progress, parallel)
 
     def on_retry(n: int, exc: BaseException, delay: float) -> None:
         state.result.reconnects += 1
@@ -293,6 +328,7 @@ def _run(
     chunk_size: int,
     tile: tuple[int, int] | None,
     progress: Progress,
+    parallel: int = 2,
 ) -> None:
     res = state.result
     try:
@@ -327,6 +363,7 @@ def _run(
         progress.start(todo_bytes, plan.n_images)
         state.started = True
 
+    to_import: list[PushItem] = []
     for item in plan.items:
         missing = [im for im in item.images if (item.sha1, im.index) not in done]
         if not missing:
@@ -338,17 +375,16 @@ def _run(
                 _record(state, item, im, iid, "present", 0, progress)
             continue
         if mode == "import":
-            _push_import(
-                session, item, dataset_id, state, provenance_on, chunk_size, progress, done
-            )
-        else:
-            for im in missing:
-                _push_pixels_image(
-                    session, item, im, dataset_id, state, provenance_on, tile, progress
-                )
-            for im in item.images:
-                if (item.sha1, im.index) in done:
-                    _record(state, item, im, done[(item.sha1, im.index)][0], "present", 0, progress)
+            to_import.append(item)
+            continue
+        for im in missing:
+            _push_pixels_image(session, item, im, dataset_id, state, provenance_on, tile, progress)
+        for im in item.images:
+            if (item.sha1, im.index) in done:
+                _record(state, item, im, done[(item.sha1, im.index)][0], "present", 0, progress)
+    _push_imports(
+        session, to_import, dataset_id, state, provenance_on, chunk_size, progress, done, parallel
+    )
 
     for source in plan.tables:
         outcome = tables.ensure_tables(session, dataset_id, source)
@@ -473,54 +509,69 @@ def _record(
         progress.image_done(im.name, iid, status)
 
 
-def _push_import(
+def _import_phase(
     session: Session,
     item: PushItem,
     dataset_id: int,
-    state: _State,
-    provenance_on: bool,
     chunk_size: int,
     progress: Progress,
-    done: dict[tuple[str, int], tuple[int, str | None]],
-) -> None:
+) -> tuple[list[int], str]:
+    """Upload and import one file (or find the images an interrupted run imported).
+
+    Runs in a worker thread so the next file uploads while the server imports this one.
+    Returns (image ids in series order, "created" or "resumed").
+    """
     pending = provenance.pending_description(item.sha1)
     leftovers = annotate.find_images_by_description(session, pending)
-    status = "created"
     if leftovers:
         # An earlier run imported the file but stopped before finishing: complete those images.
         ids = sorted(annotate._val(i.getId()) for i in leftovers)
-        status = "resumed"
         log.info("%s: completing %d image(s) left by an interrupted push", item.path.name, len(ids))
-    else:
-        sent = 0
+        return ids, "resumed"
+    sent = 0
 
-        def on_bytes(n: int) -> None:
-            nonlocal sent
-            sent += n
-            progress.advance(n)
+    def on_bytes(n: int) -> None:
+        nonlocal sent
+        sent += n
+        progress.advance(n)
 
-        try:
-            ids = _guarded(
+    try:
+        ids = _guarded(
+            session,
+            lambda: upload.import_file(
                 session,
-                lambda: upload.import_file(
-                    session,
-                    item,
-                    dataset_id,
-                    description=pending,
-                    chunk=chunk_size,
-                    on_bytes=on_bytes,
-                ),
-                f"import into Dataset:{dataset_id}",
-            )
-        except BaseException:
-            progress.rewind(sent)
-            raise
-        # Not every server honours the import's description/target: make sure, right away.
-        for iid in ids:
-            img = session.query().get("Image", iid)
-            if annotate._val(img.getDescription()) != pending:
-                img.setDescription(_rstring(pending))
-                session.update().saveObject(img)
+                item,
+                dataset_id,
+                description=pending,
+                chunk=chunk_size,
+                on_bytes=on_bytes,
+            ),
+            f"import into Dataset:{dataset_id}",
+        )
+    except BaseException:
+        progress.rewind(sent)
+        raise
+    # Not every server honours the import's description: make sure, right away.
+    for iid in ids:
+        img = session.query().get("Image", iid)
+        if annotate._val(img.getDescription()) != pending:
+            img.setDescription(_rstring(pending))
+            session.update().saveObject(img)
+    return ids, "created"
+
+
+def _finish_import(
+    session: Session,
+    item: PushItem,
+    ids: list[int],
+    status: str,
+    dataset_id: int,
+    state: _State,
+    provenance_on: bool,
+    progress: Progress,
+    done: dict[tuple[str, int], tuple[int, str | None]],
+) -> None:
+    """Dataset link, annotations and receipts for the images of one imported file."""
     _guarded(
         session,
         lambda: annotate.link_images_to_dataset(session, dataset_id, ids),
@@ -539,6 +590,48 @@ def _push_import(
             continue
         n = _annotate_image(session, item, im, iid, "import", provenance_on, state.result)
         _record(state, item, im, iid, status, n, progress)
+
+
+def _push_imports(
+    session: Session,
+    items: list[PushItem],
+    dataset_id: int,
+    state: _State,
+    provenance_on: bool,
+    chunk_size: int,
+    progress: Progress,
+    done: dict[tuple[str, int], tuple[int, str | None]],
+    parallel: int,
+) -> None:
+    """Import ``items`` with up to ``parallel`` files in flight; annotate them in plan order.
+
+    As ``omero import --parallel-fileset``: while the server imports one file (reading it,
+    computing statistics) the next one uploads, so neither side idles.
+    """
+    if not items:
+        return
+    if parallel <= 1:  # strictly one file after the other
+        for item in items:
+            ids, status = _import_phase(session, item, dataset_id, chunk_size, progress)
+            _finish_import(
+                session, item, ids, status, dataset_id, state, provenance_on, progress, done
+            )
+        return
+    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="omero-push") as ex:
+        futures = [
+            ex.submit(_import_phase, session, item, dataset_id, chunk_size, progress)
+            for item in items
+        ]
+        try:
+            for item, fut in zip(items, futures, strict=True):
+                ids, status = fut.result()
+                _finish_import(
+                    session, item, ids, status, dataset_id, state, provenance_on, progress, done
+                )
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def _push_pixels_image(

@@ -59,6 +59,8 @@ class Session:
     user_id: int
     group_id: int
     member_of: list[int] = field(default_factory=list)
+    #: Per-session lookups that never change while it lives (enumerations): saves a round trip each.
+    cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sf(self) -> Any:
@@ -278,3 +280,36 @@ def with_backoff(
             if on_retry is not None:
                 on_retry(attempt, exc, delay)
             sleep(delay)
+
+
+class AsyncWindow:
+    """Keeps up to ``size`` asynchronous Ice calls in flight (AMI ``begin_*``/``end_*``).
+
+    Sending the next chunk or tile while the server still writes the previous one overlaps the
+    client's reading, hashing and byte-swapping with the network and the server's write: the
+    round-trip latency is paid once per window instead of once per call.  Writes carry their own
+    offset or tile position, so the order the server applies them in does not matter.  Errors
+    (including connection loss) surface from :meth:`drain` or the next :meth:`call`.
+    """
+
+    def __init__(self, size: int = 3) -> None:
+        self.size = max(1, size)
+        self._pending: list[tuple[Callable[[Any], Any], Any]] = []
+
+    def call(self, begin: Callable[..., Any], end: Callable[[Any], Any], *args: Any) -> None:
+        self._pending.append((end, begin(*args)))
+        if len(self._pending) >= self.size:
+            end_fn, result = self._pending.pop(0)
+            end_fn(result)
+
+    def drain(self) -> None:
+        """Wait for every call still in flight (raises the first error)."""
+        pending, self._pending = self._pending, []
+        first: BaseException | None = None
+        for end_fn, result in pending:
+            try:
+                end_fn(result)
+            except BaseException as exc:  # wait for all, report the first
+                first = first or exc
+        if first is not None:
+            raise first

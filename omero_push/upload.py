@@ -11,7 +11,6 @@ this is the default mode.
 
 from __future__ import annotations
 
-import hashlib
 import locale
 import logging
 import platform
@@ -20,11 +19,13 @@ from typing import Any
 
 from omero_push.errors import InputError, ServerError
 from omero_push.plan import PushItem
-from omero_push.session import Session, is_connection_lost
+from omero_push.session import AsyncWindow, Session, is_connection_lost
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 4 * 1024 * 1024
+#: Chunks in flight at once (see session.AsyncWindow); 3 × 4 MiB stays far below Ice's limits.
+IN_FLIGHT = 3
 _POLL_EVERY_S = 5.0
 
 
@@ -83,22 +84,23 @@ def upload_to(
     *,
     chunk: int = DEFAULT_CHUNK,
     on_bytes: Callable[[int], None] | None = None,
-) -> str:
-    """Write the file through ``uploader`` (a RawFileStore) in chunks; returns the SHA-1 sent.
+) -> int:
+    """Write the file through ``uploader`` (a RawFileStore) in chunks; returns the bytes sent.
 
-    Hashing what is actually read while sending (not the file beforehand) means a file that
-    changed since it was planned cannot be imported under the planned checksum.
+    The file is not hashed again here: ``verifyUpload`` makes the server hash what it received
+    and compare it with the planned SHA-1, so a file changed since planning fails there
+    (``ChecksumValidationException``) instead of being imported under the wrong checksum.
     """
-    h = hashlib.sha1()
     offset = 0
+    window = AsyncWindow(IN_FLIGHT)
     try:
         with open(item.path, "rb") as fh:
             while block := fh.read(chunk):
-                uploader.write(block, offset, len(block))
-                h.update(block)
+                window.call(uploader.begin_write, uploader.end_write, block, offset, len(block))
                 offset += len(block)
                 if on_bytes is not None:
                     on_bytes(len(block))
+        window.drain()
     finally:
         try:
             uploader.close()
@@ -106,7 +108,7 @@ def upload_to(
             if is_connection_lost(exc):
                 raise
             log.debug("closing the uploader failed: %s", exc)
-    return h.hexdigest()
+    return offset
 
 
 def wait_for(session: Session, handle: Any, what: str) -> Any:
@@ -141,6 +143,8 @@ def import_file(
     on_bytes: Callable[[int], None] | None = None,
 ) -> list[int]:
     """Import one OME-TIFF into ``dataset_id``; returns the new image ids in series order."""
+    import omero
+
     repo = session.client.getManagedRepository()
     if repo is None:
         raise ServerError("the server offers no managed repository: use --mode pixels")
@@ -148,12 +152,15 @@ def import_file(
     proc = repo.importFileset(new_fileset(item), import_settings(dataset_id, description, name))
     try:
         sent = upload_to(proc.getUploader(0), item, chunk=chunk, on_bytes=on_bytes)
-        if sent != item.sha1:
+        if sent != item.size:
+            raise InputError(f"{item.path}: size changed while uploading ({sent} != {item.size})")
+        try:
+            handle = proc.verifyUpload([item.sha1])
+        except omero.ChecksumValidationException:
             raise InputError(
-                f"{item.path}: content changed since it was planned (sha1 {sent}, expected "
-                f"{item.sha1}); re-run the conversion or the push"
-            )
-        handle = proc.verifyUpload([sent])
+                f"{item.path}: content changed since it was planned (the server's SHA-1 of the "
+                "upload differs); re-run the conversion or the push"
+            ) from None
         rsp = wait_for(session, handle, f"import of {item.path.name}")
     finally:
         try:

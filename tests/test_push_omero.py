@@ -367,7 +367,8 @@ def test_resume_after_server_killed_midway(
     server = omero_server_factory()
     out = tmp_path / "out"
     data = make_converter_output(out, positions=3, shape_tczyx=(2, 2, 2, 64, 64))
-    kw = push_kw(server, dataset=f"resume-{mode}", mode=mode, retries=0)
+    # one file at a time, so "the middle of the second file" is well defined
+    kw = push_kw(server, dataset=f"resume-{mode}", mode=mode, retries=0, parallel=1)
     one = next(iter(data.values())).nbytes
     killer = _KillAfter(server, limit=one + one // 2)  # in the middle of the second image
     with pytest.raises(ConnectionLostError, match="re-run"):
@@ -467,7 +468,7 @@ def test_tables_off_attaches_hdf5_file(omero_server_factory: Any, tmp_path: Path
     """Without OMERO.tables the HDF5 file itself is attached to the dataset, and the log says so."""
     import hashlib
 
-    server = omero_server_factory(no_tables=True)
+    server = omero_server_factory(tables=False)
     out = tmp_path / "out"
     make_converter_output(out, positions=1)
     result = push([out], **push_kw(server, dataset="notables", mode="pixels"))
@@ -547,12 +548,23 @@ def test_unknown_host_and_closed_port(tmp_path: Path, capsys, monkeypatch) -> No
     f = tmp_path / "a.ome.tiff"
     make_ome_tiff(f)
     monkeypatch.setenv("OMERO_PASSWORD", SENTINEL)
+    # A port bound but not listening refuses connections, and no other process can take it.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    rc = cli.main(
-        [str(f), "--server", "127.0.0.1", "--port", str(free), "--user", "u", "--dataset", "D"]
-    )
+        rc = cli.main(
+            [
+                str(f),
+                "--server",
+                "tcp://127.0.0.1",
+                "--port",
+                str(free),
+                "--user",
+                "u",
+                "--dataset",
+                "D",
+            ]
+        )
     err = capsys.readouterr().err
     assert rc == 4 and f"127.0.0.1:{free}" in err and err.strip().count("\n") == 0
     rc = cli.main(
