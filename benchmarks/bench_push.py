@@ -49,10 +49,9 @@ def start_standin(store: Path) -> tuple[subprocess.Popen[str], int]:
             str(store),
             "--user",
             USER,
-            "--password",
-            PASSWORD,
         ],
         cwd=REPO,
+        env=dict(os.environ, OMERO_STANDIN_PASSWORD=PASSWORD),  # never on argv
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

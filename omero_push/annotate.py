@@ -141,12 +141,33 @@ def find_images_by_description(session: Session, text: str) -> list[Any]:
     return list(session.query().findAllByString("Image", "description", text, True, None))
 
 
-def link_images_to_dataset(session: Session, dataset_id: int, image_ids: Sequence[int]) -> int:
-    """Link images not yet in the dataset; returns how many links were made."""
+def linked_image_ids(session: Session, dataset_id: int, image_ids: Sequence[int]) -> set[int]:
+    """Which of ``image_ids`` are already linked to the dataset (one query, whatever its size)."""
+    import omero.sys
+
+    if not image_ids:
+        return set()
+    params = omero.sys.ParametersI()
+    params.addLong("did", dataset_id)
+    params.addIds(list(image_ids))
+    links = session.query().findAllByQuery(
+        "select l from DatasetImageLink l where l.parent.id = :did and l.child.id in (:ids)",
+        params,
+    )
+    return {_val(link.getChild().getId()) for link in links}
+
+
+def link_images_to_dataset(
+    session: Session, dataset_id: int, image_ids: Sequence[int], *, check: bool = True
+) -> int:
+    """Link images not yet in the dataset; returns how many links were made.
+
+    ``check=False`` skips the lookup for images just created by this push (they cannot be linked).
+    """
     if not image_ids:
         return 0
     o = _o()
-    present = {_val(i.getId()) for i in images_in_dataset(session, dataset_id)}
+    present = linked_image_ids(session, dataset_id, image_ids) if check else set()
     links = []
     for iid in image_ids:
         if iid in present:
@@ -217,14 +238,23 @@ def find_tag(session: Session, text: str) -> int | None:
 
 
 def get_or_create_tag(session: Session, text: str) -> tuple[int, bool]:
-    """Reuse the tag called ``text`` or create it: one tag per name, however often we push."""
+    """Reuse the tag called ``text`` or create it: one tag per name, however often we push.
+
+    Ids are remembered for the session, so tagging the 500th image costs no lookup.
+    """
+    known: dict[str, int] = session.cache.setdefault("tags", {})
+    if text in known:
+        return known[text], False
     tid = find_tag(session, text)
     if tid is not None:
+        known[text] = tid
         return tid, False
     o = _o()
     tag = o.model.TagAnnotationI()
     tag.setTextValue(o.rtypes.rstring(text))
-    return _val(session.update().saveAndReturnObject(tag).getId()), True
+    tid = _val(session.update().saveAndReturnObject(tag).getId())
+    known[text] = tid
+    return tid, True
 
 
 def ensure_tags(

@@ -175,8 +175,9 @@ def write_pixels(
                 hi = np.nanmax(plane) if floats else plane.max()
                 mins[c] = min(mins[c], float(lo))
                 maxs[c] = max(maxs[c], float(hi))
+            big = plane.astype(be, copy=False)  # one byte-swapped copy per plane, not per tile
             for x, y, w, h in tiles(s["X"], s["Y"], tw, th):
-                buf = np.ascontiguousarray(plane[y : y + h, x : x + w], dtype=be).tobytes()
+                buf = big[y : y + h, x : x + w].tobytes()
                 window.call(rps.begin_setTile, rps.end_setTile, buf, z, c, t, x, y, w, h)
                 if on_bytes is not None:
                     on_bytes(len(buf))

@@ -665,7 +665,9 @@ def _push_pixels_image(
         status = "created"
     _guarded(
         session,
-        lambda: annotate.link_images_to_dataset(session, dataset_id, [iid]),
+        lambda: annotate.link_images_to_dataset(
+            session, dataset_id, [iid], check=status == "resumed"
+        ),
         f"linking to Dataset:{dataset_id}",
     )
     sent = 0
