@@ -15,6 +15,7 @@ omero = pytest.importorskip("omero")
 # Glacier2 as omero-py loads it: a bare "import Glacier2" before omero.clients yields other
 # exception classes, and omero.client.closeSession() then fails to catch its own exceptions.
 Glacier2 = pytest.importorskip("omero.clients").Glacier2
+import Ice  # noqa: E402
 from omero.gateway import BlitzGateway  # noqa: E402
 from omero.rtypes import rlong, rstring, unwrap  # noqa: E402
 from omero.sys import ParametersI  # noqa: E402
@@ -338,6 +339,8 @@ def test_sigterm_stops_cleanly(omero_server) -> None:
     c.closeSession()
     assert omero_server.stop() == 0
     assert "Traceback" not in omero_server.stderr
+    # SQLite was closed: its write-ahead log is checkpointed and removed on the last close
+    assert not (omero_server.store_dir / "objects.sqlite-wal").exists()
 
 
 def test_delay_fault_slows_replies(omero_server_factory) -> None:
@@ -511,3 +514,49 @@ def test_group_context_outside_membership_is_refused(server) -> None:
         assert admin.getEventContext(mine).groupId == ec.groupId
     finally:
         c.closeSession()
+
+
+def test_drop_fault_closes_the_connection_once() -> None:
+    """The contract the pixels service relies on: the write after the N-th drops, once."""
+    from tests.omero_server.faults import Faults
+
+    closed: list[bool] = []
+
+    class Con:
+        def close(self, force: bool) -> None:
+            closed.append(force)
+
+    class Current:
+        con = Con()
+
+    faults = Faults(drop_after_pixel_writes=2)
+    assert [faults.count_pixel_write(Current()) for _ in range(5)] == [False, False, True, False, False]
+    assert closed == [True]
+    assert not any(Faults().count_pixel_write(Current()) for _ in range(3))
+
+
+def test_lost_connection_ends_its_logins_but_not_the_session(server) -> None:
+    """As with Glacier2: a vanished client's services go; its session uuid can be rejoined."""
+    a = server.client()
+    uuid_a = a.getSessionId()
+    query_a = str(a.sf.getQueryService())
+    a.getCommunicator().destroy()  # the client process "dies": no closeSession
+    b = server.client()
+    try:
+        stale = omero.api.IQueryPrx.uncheckedCast(b.getCommunicator().stringToProxy(query_a))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                stale.find("Dataset", 1)
+            except Ice.ObjectNotExistException:
+                break
+            assert time.monotonic() < deadline, "servants of the lost connection are still there"
+            time.sleep(0.1)
+        again = omero.client(host=server.url, port=server.port)
+        try:
+            sf = again.joinSession(uuid_a)
+            assert sf.getAdminService().getEventContext().sessionUuid == uuid_a
+        finally:
+            again.closeSession()
+    finally:
+        b.closeSession()

@@ -224,7 +224,12 @@ class RouterI(Glacier2.Router):
             sf.con_key = _con_key(current)
             prx = ctx.adapter.add(sf, Ice.Identity(session.uuid, "sf-" + str(uuid.uuid4())))
             sf.identity = prx.ice_getIdentity()
+            first_on_connection = sf.con_key not in self._by_con
             self._by_con.setdefault(sf.con_key, []).append(sf)
+        con = getattr(current, "con", None)
+        if first_on_connection and con is not None:
+            # as Glacier2: a lost connection ends its logins (the session stays joinable)
+            con.setCallback(_ConnectionClosed(self, sf.con_key))
         log.info("session %s for %s", session.uuid, session.user_name)
         return Glacier2.SessionPrx.uncheckedCast(prx)
 
@@ -236,18 +241,36 @@ class RouterI(Glacier2.Router):
             raise Glacier2.SessionNotExistException()
 
     def destroySession(self, current: Any = None) -> None:
-        with self.ctx.lock:
-            sfs = self._by_con.pop(_con_key(current), [])
-        if not sfs:
+        if not self.drop_connection_logins(_con_key(current)):
             raise Glacier2.SessionNotExistException()
+
+    def drop_connection_logins(self, con_key: str) -> bool:
+        """Destroy the ServiceFactories created on one connection; False if there were none."""
+        with self.ctx.lock:
+            sfs = self._by_con.pop(con_key, [])
         for sf in sfs:
-            sf.destroy(current)
+            sf.destroy(None)
+        return bool(sfs)
 
     def getSessionTimeout(self, current: Any = None) -> int:
         return 600
 
     def getACMTimeout(self, current: Any = None) -> int:
         return 0
+
+
+class _ConnectionClosed(Ice.ConnectionCallback):
+    """Removes a connection's logins and their servants when the client goes away."""
+
+    def __init__(self, router: RouterI, con_key: str) -> None:
+        self.router = router
+        self.con_key = con_key
+
+    def heartbeat(self, con: Any) -> None:
+        return None
+
+    def closed(self, con: Any) -> None:
+        self.router.drop_connection_logins(self.con_key)
 
 
 def _con_key(current: Any) -> str:
