@@ -218,8 +218,11 @@ class RouterI(Glacier2.Router):
                 ctx.sessions[session.uuid] = session
             else:
                 # OMERO's permissions verifier answers a bad login like this
+                uid = next((e.getId().getValue() for e in ctx.store.all("Experimenter")
+                            if e.getOmeName() is not None and e.getOmeName().getValue() == userId),
+                           None)
                 raise Glacier2.PermissionDeniedException(
-                    f"Password check failed for '{userId}': [id:null]")
+                    f"Password check failed for '{userId}': [id={'null' if uid is None else uid}]")
             sf = ServiceFactoryI(ctx, session)
             sf.con_key = _con_key(current)
             prx = ctx.adapter.add(sf, Ice.Identity(session.uuid, "sf-" + str(uuid.uuid4())))
