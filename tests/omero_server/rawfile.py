@@ -76,11 +76,20 @@ class RawFileStoreI(omero.api.RawFileStore):
     """A stateful reader/writer of one OriginalFile's bytes.
 
     ``file_id`` may be given at creation (the import's uploader) or later by ``setFileId``.
+    ``refresh_on_close`` False for the uploader: ``verifyUpload`` hashes the file once.
     """
 
-    def __init__(self, ctx: ServerContext, session: Any, file_id: int | None = None) -> None:
+    def __init__(
+        self,
+        ctx: ServerContext,
+        session: Any,
+        file_id: int | None = None,
+        refresh_on_close: bool = True,
+    ) -> None:
         self.ctx = ctx
         self.session = session
+        # an import's uploader leaves size and checksum to verifyUpload (no second hash)
+        self.refresh_on_close = refresh_on_close
         self.file_id: int | None = None
         self.fh: BinaryIO | None = None
         self.dirty = False
@@ -162,7 +171,12 @@ class RawFileStoreI(omero.api.RawFileStore):
     def close(self, current: Ice.Current | None = None) -> None:
         """Release the file; like OMERO, unsaved writes still update size and checksum."""
         with self.lock:
-            if self.fh is not None and self.dirty and self.file_id is not None:
+            if (
+                self.fh is not None
+                and self.dirty
+                and self.file_id is not None
+                and (self.refresh_on_close)
+            ):
                 refresh_file_object(self.ctx, self.session, self.file_id)
             self._release()
         if current is not None:

@@ -341,7 +341,7 @@ class ImportProcessI(omero.grid.ImportProcess):
     @remote
     def getUploader(self, i: int, current: Ice.Current | None = None) -> Any:
         """A RawFileStore already pointing at the i-th file of the fileset."""
-        store = RawFileStoreI(self.ctx, self.session, self._file_id(i))
+        store = RawFileStoreI(self.ctx, self.session, self._file_id(i), refresh_on_close=False)
         prx = self.ctx.add_servant(store, self.session.uuid)
         self.uploaders.append(prx.ice_getIdentity())
         return omero.api.RawFileStorePrx.uncheckedCast(prx)
