@@ -40,12 +40,15 @@ from posdir2ometiff.writer import COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_TIL
 POSITIONS, CHANNELS, Z, SIZE = 2, ("Brightfield", "DIC", "GFP"), 5, 512
 
 
-def bound(src: Path, out: Path, compression: str = DEFAULT_COMPRESSION) -> tuple[float, int]:
-    """Seconds to decode every PNG and write it with tifffile, one core; and the plane count."""
+def bound(
+    src: Path, out: Path, compression: str = DEFAULT_COMPRESSION
+) -> tuple[float, int, float]:
+    """Seconds to decode every PNG and write it with tifffile, one core; the plane count; and the
+    CPU seconds it took (unaffected by other processes competing for the cores)."""
     codec, args, predictor = COMPRESSIONS[compression]
     files = sorted(src.glob("pos*/*.png"))
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for pos in sorted(src.glob("pos*")):
         with tifffile.TiffWriter(out / f"{pos.name}.tif") as tw:
             for f in sorted(pos.glob("*.png")):
@@ -53,12 +56,13 @@ def bound(src: Path, out: Path, compression: str = DEFAULT_COMPRESSION) -> tuple
                 tw.write(plane, tile=(DEFAULT_TILE, DEFAULT_TILE), compression=codec,
                          compressionargs=args or None, predictor=predictor or None,
                          photometric="minisblack", metadata=None)
-    return time.perf_counter() - t0, len(files)
+    return time.perf_counter() - t0, len(files), time.process_time() - c0
 
 
-def run_converter(src: Path, out: Path, workers: int) -> tuple[float, float, float]:
+def run_converter(src: Path, out: Path, workers: int) -> tuple[float, float, float, float]:
     """One CLI run in a fresh interpreter: (seconds for imports, seconds for the conversion,
-    peak RSS in MB of the converter and its workers, whichever is larger)."""
+    peak RSS in MB of the converter and its workers, whichever is larger, CPU seconds of the
+    conversion in the process and its workers)."""
     code = (
         "import resource, sys, time\n"
         "t0 = time.perf_counter()\n"
@@ -66,19 +70,23 @@ def run_converter(src: Path, out: Path, workers: int) -> tuple[float, float, flo
         "import posdir2ometiff.convert, posdir2ometiff.metadata.plugins\n"
         "import posdir2ometiff.metadata.tables\n"
         "t1 = time.perf_counter()\n"
+        "r0 = resource.getrusage(resource.RUSAGE_SELF)\n"
+        "cpu0 = r0.ru_utime + r0.ru_stime\n"
         f"rc = main([{str(src)!r}, '-o', {str(out)!r}, '--workers', '{workers}', '--quiet',"
         " '--overwrite'])\n"
         "t2 = time.perf_counter()\n"
-        "me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-        "print(t1 - t0, t2 - t1, me, kids)\n"
+        "r1 = resource.getrusage(resource.RUSAGE_SELF)\n"
+        "rc_ = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "cpu = r1.ru_utime + r1.ru_stime - cpu0 + rc_.ru_utime + rc_.ru_stime\n"
+        "print(t1 - t0, t2 - t1, r1.ru_maxrss, rc_.ru_maxrss, cpu)\n"
         "sys.exit(rc)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if proc.returncode:
         raise SystemExit(f"converter failed: {proc.stderr.strip()}")
-    imp, dt, me, kids = proc.stdout.split()
-    return float(imp), float(dt), max(int(me), int(kids)) / 1024  # ru_maxrss: KiB on Linux
+    imp, dt, me, kids, cpu = proc.stdout.split()
+    # ru_maxrss is in KiB on Linux
+    return float(imp), float(dt), max(int(me), int(kids)) / 1024, float(cpu)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,15 +114,18 @@ def main(argv: list[str] | None = None) -> int:
             f.read_bytes()
         # Interleaved repeats, best of each: the cores are shared, and the best run is the one
         # least disturbed by other processes (peak RSS: the largest of all runs).
-        b_sec = w1_sec = w2_sec = imp1 = imp2 = float("inf")
+        b_sec = w1_sec = w2_sec = imp1 = imp2 = b_cpu = w1_cpu = w2_cpu = float("inf")
         w1_rss = w2_rss = 0.0
         for _ in range(args.repeat):
-            sec, planes = bound(src, work / "bound")
-            b_sec = min(b_sec, sec)
-            imp, sec, rss = run_converter(src, work / "out1", 1)
+            sec, planes, cpu = bound(src, work / "bound")
+            b_sec, b_cpu = min(b_sec, sec), min(b_cpu, cpu)
+            imp, sec, rss, cpu = run_converter(src, work / "out1", 1)
             imp1, w1_sec, w1_rss = min(imp1, imp), min(w1_sec, sec), max(w1_rss, rss)
-            imp, sec, rss = run_converter(src, work / "out2", 2)
+            w1_cpu = min(w1_cpu, cpu)
+            imp, sec, rss, cpu = run_converter(src, work / "out2", 2)
             imp2, w2_sec, w2_rss = min(imp2, imp), min(w2_sec, sec), max(w2_rss, rss)
+            w2_cpu = min(w2_cpu, cpu)
+        figures.update(bound_cpu_s=b_cpu, w1_cpu_s=w1_cpu, w2_cpu_s=w2_cpu)
         figures["bound_planes_per_s"] = planes / b_sec
         figures.update(
             planes=planes, png_mb=mb, import_s=min(imp1, imp2),
@@ -128,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"generating {args.t_long} timepoints for the memory run ...", flush=True)
             make_demo(src_long, positions=POSITIONS, channels=CHANNELS, z=Z, t=args.t_long,
                       size=SIZE, seed=1)
-        _, _, long_rss1 = run_converter(src_long, work / "out_long1", 1)
-        _, _, long_rss2 = run_converter(src_long, work / "out_long2", 2)
+        long_rss1 = run_converter(src_long, work / "out_long1", 1)[2]
+        long_rss2 = run_converter(src_long, work / "out_long2", 2)[2]
         figures["rss_mb_t_long"] = max(long_rss1, long_rss2)
         figures["rss_mb_1worker_short"], figures["rss_mb_1worker_long"] = w1_rss, long_rss1
 
@@ -146,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{figures['w1_cli_planes_per_s']:.1f})")
         print(f"converter --workers 2:                      {figures['w2_planes_per_s']:8.1f} planes/s"
               f"   (whole CLI run: {figures['w2_cli_planes_per_s']:.1f})")
+        print(f"CPU seconds (immune to other load): bound {b_cpu:.2f}, --workers 1 {w1_cpu:.2f} "
+              f"({b_cpu / w1_cpu:.2f} of the bound's efficiency), --workers 2 {w2_cpu:.2f} "
+              f"(parallel overhead {100 * (w2_cpu / w1_cpu - 1):+.0f}%)")
         load = os.getloadavg()[0]
         print(f"load average during the run: {load:.2f} (other processes share the cores)")
         print(f"peak RSS at T={args.t}: {figures['rss_mb_t_short']:.0f} MB; at T={args.t_long}: "
