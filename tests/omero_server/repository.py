@@ -166,7 +166,7 @@ def shortened_paths(client_paths: list[str]) -> tuple[str, list[str]]:
                 break
             base += (level[0],)
     rel = ["/".join(p[len(base) :]) for p in parts]
-    return "/".join(base), rel
+    return (str(PurePosixPath(*base)) if base else ""), rel
 
 
 @servant
