@@ -1,10 +1,11 @@
 """Our OME-TIFFs as OMERO will read them: Bio-Formats 7.3.1 (the reader inside OMERO) in Java.
 
-Four JVM runs in all (each costs 1-2 s): ImageInfo on the shared sample's output and on a
+Five JVM runs in all (each costs 1-2 s): ImageInfo on the shared sample's output and on a
 pyramidal demo file (sizes, channel names, resolutions, Bio-Formats' own schema validation),
 XMLValidate on both files' OME-XML against the XSD shipped by ome-types (no network), and
 ImageConverter reading every pixel of the default-compression (zstd) output through Bio-Formats
-into an uncompressed file that we compare with the source PNGs. Skipped without java or the jar.
+into an uncompressed file that we compare with the source PNGs, and does the same for every
+pyramid level of a pyramidal file. Skipped without java or the jar.
 """
 
 from __future__ import annotations
@@ -142,3 +143,16 @@ def test_bioformats_reads_default_compression_pixel_exact(
             for zi in range(5):
                 png = src / f"microscope1_{ti + 1:06d}_{ch}_{zi + 1:03d}.png"
                 np.testing.assert_array_equal(data[ti, ci, zi], imagecodecs.imread(png))
+
+
+def test_bioformats_reads_every_pyramid_level_pixel_exact(
+    jar: Path, outputs: dict[str, Path]
+) -> None:
+    copy = outputs["base"] / "pyramid_through_bioformats.ome.tif"
+    bf(jar, "ImageConverter", "-no-upgrade", "-overwrite", "-noflat", str(outputs["demo"]),
+       str(copy))
+    with tifffile.TiffFile(outputs["demo"]) as ours, tifffile.TiffFile(copy) as theirs:
+        mine, read = ours.series[0].levels, theirs.series[0].levels
+        assert [lvl.shape[-2:] for lvl in read] == [(1024, 1024), (512, 512), (256, 256)]
+        for a, b in zip(mine, read, strict=True):
+            np.testing.assert_array_equal(a.asarray(), b.asarray())
