@@ -2,7 +2,8 @@
 
 Five JVM runs in all (each costs 1-2 s): ImageInfo on the shared sample's output and on a
 pyramidal demo file (sizes, channel names, resolutions, Bio-Formats' own schema validation),
-XMLValidate on both files' OME-XML against the XSD shipped by ome-types (no network), and
+XMLValidate on the OME-XML of four outputs (sample, pyramid, float32, RGB) against the XSD
+shipped by ome-types (no network), and
 ImageConverter reading every pixel of the default-compression (zstd) output through Bio-Formats
 into an uncompressed file that we compare with the source PNGs, and does the same for every
 pyramid level of a pyramidal file. Skipped without java or the jar.
