@@ -709,6 +709,40 @@ def test_import_of_a_non_tiff_reports_an_error(server: Any, tmp_path: Path) -> N
     assert isinstance(rsp, omero.cmd.ERR)
 
 
+def test_failed_import_leaves_no_half_made_images(server: Any, tmp_path: Path) -> None:
+    """A file whose second image is broken: ERR, and the first image is removed again."""
+    plane = random_stack((4, 5), "uint8", seed=51)
+    images = [
+        om.Image(
+            id=f"Image:{i}",
+            name=name,
+            pixels=om.Pixels(
+                id=f"Pixels:{i}",
+                dimension_order="XYZCT",
+                type="uint8",
+                size_x=5,
+                size_y=4,
+                size_z=1,
+                size_c=1,
+                size_t=1,
+                channels=[om.Channel(id=f"Channel:{i}:0", samples_per_pixel=1)],
+                tiff_data_blocks=[om.TiffData(ifd=ifd, plane_count=1)],
+            ),
+        )
+        for i, (name, ifd) in enumerate([("fine", 0), ("broken", 7)])  # IFD 7 does not exist
+    ]
+    path = tmp_path / "halfbroken.ome.tif"
+    tifffile.imwrite(path, plane, description=to_xml(om.OME(images=images)), metadata=None)
+    with session(server) as (client, sf):
+        rsp = import_file(client, path)
+        assert isinstance(rsp, omero.cmd.ERR)
+        assert "IFD 7" in rsp.parameters["message"]
+        left = sf.getQueryService().findAllByString(
+            "Image", "name", "halfbroken.ome.tif [fine]", True, None
+        )
+        assert left == []
+
+
 def test_import_converter_output(server: Any, swainlab_sample: Path, tmp_path: Path) -> None:
     """posdir2ometiff's output of the shared sample imports with planes, channels and pairs intact.
 

@@ -35,6 +35,7 @@ targets, ``bit``/``complex`` pixel types.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -44,7 +45,8 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from pathlib import PurePosixPath
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import Ice
@@ -67,6 +69,7 @@ from .pixels import (
     plane_ifds,
     record_tiff_source,
     samples_per_ifd,
+    tiff_pointer_path,
 )
 from .rawfile import SHA1, RawFileStoreI, original_path, refresh_file_object, sha1_of
 from .server import ServerContext, servant, server_error
@@ -499,70 +502,96 @@ class ImportFailure(Exception):
     """An uploaded fileset that the stand-in cannot import (the message names the file)."""
 
 
+@dataclass
+class _ImportJob:
+    """What every image of one import shares: who imports, into which fileset and target."""
+
+    ctx: ServerContext
+    session: Any
+    fileset_id: int
+    settings: Any
+    target: Any  # unloaded Dataset or None
+    extra_annotations: list[Any]  # userSpecifiedAnnotationList, as unloaded refs
+
+
+@dataclass
+class _OmeTiff:
+    """One uploaded OME-TIFF: where it is, its name, its OME root and page count."""
+
+    path: Path
+    name: str
+    ome: Any  # ome_types.OME
+    page_count: int
+    #: OME-XML annotation id -> saved MapAnnotation (one per id even if several images refer)
+    created: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def map_annotations(self) -> dict[str, Any]:
+        sa = self.ome.structured_annotations
+        return {a.id: a for a in (getattr(sa, "map_annotations", None) or [])}
+
+
 def import_fileset(ctx: ServerContext, session: Any, fileset_id: int, settings: Any) -> Any:
     """Read every OME-TIFF of a fileset and create what OMERO's import creates.
 
-    Returns ``omero.grid.ImportResponse(pixels=[...], objects=[fileset, images...])``.
+    Returns ``omero.grid.ImportResponse(pixels=[...], objects=[fileset, images...])``. If a file
+    fails, the images already made by this import are deleted again, so a failed import
+    leaves its Fileset and uploaded files but no half-made images.
     """
+    fileset = ctx.store.load("Fileset", fileset_id, fetch=("usedFiles.originalFile",))
+    job = _ImportJob(
+        ctx, session, fileset_id, settings, _target(ctx, settings), _user_annotations(ctx, settings)
+    )
+    images: list[Any] = []
+    pixels_ids: list[int] = []
+    try:
+        for entry in fileset.copyUsedFiles():
+            tiff = _read_ome_tiff(ctx, entry.getOriginalFile())
+            if tiff is None:
+                continue
+            for index in range(len(tiff.ome.images)):
+                image, pixels_id = _create_image(job, tiff, index)
+                images.append(image)
+                pixels_ids.append(pixels_id)
+            ofile = ctx.store.load("OriginalFile", entry.getOriginalFile().getId().getValue())
+            ofile.setMimetype(rstring("OMETiff"))
+            session.save(ofile)
+        if not images:
+            raise ImportFailure("no OME-TIFF image in the fileset")
+    except BaseException:
+        for image in images:
+            with contextlib.suppress(Exception):
+                ctx.store.delete("Image", image.getId().getValue())
+        for pid in pixels_ids:
+            tiff_pointer_path(ctx.store_dir, pid).unlink(missing_ok=True)
+        raise
+    pixels = [ctx.store.load("Pixels", pid, fetch=("image", "pixelsType")) for pid in pixels_ids]
+    return omero.grid.ImportResponse(
+        pixels=pixels, objects=[ctx.store.load("Fileset", fileset_id), *images]
+    )
+
+
+def _read_ome_tiff(ctx: ServerContext, ofile: Any) -> _OmeTiff | None:
+    """Parse an uploaded file's OME-XML; None for a file that is not a TIFF at all."""
     import ome_types
     import tifffile
 
-    fileset = ctx.store.load("Fileset", fileset_id, fetch=("usedFiles.originalFile",))
-    entries = list(fileset.copyUsedFiles())
-    target = _target(ctx, settings)
-    extra_annotations = _user_annotations(ctx, settings)
-    all_pixels: list[Any] = []
-    images: list[Any] = []
-    readable = 0
-    for entry in entries:
-        ofile = entry.getOriginalFile()
-        name = unwrap_str(ofile.getName()) or "file"
-        path = original_path(ctx, ofile.getId().getValue())
-        try:
-            with tifffile.TiffFile(path) as tif:
-                xml = tif.ome_metadata
-                page_count = len(tif.pages)
-        except Exception as exc:  # noqa: BLE001 - not a TIFF: maybe a companion file
-            log.debug("%s is not a TIFF (%s)", name, exc)
-            continue
-        if not xml:
-            raise ImportFailure(f"{name}: a TIFF without OME-XML (only OME-TIFF is supported)")
-        readable += 1
-        try:
-            ome = ome_types.from_xml(xml)
-        except Exception as exc:  # noqa: BLE001
-            raise ImportFailure(f"{name}: invalid OME-XML: {exc}") from exc
-        ome_annotations = {
-            a.id: a for a in getattr(ome.structured_annotations, "map_annotations", []) or []
-        }
-        created: dict[str, Any] = {}
-        for index, ome_image in enumerate(ome.images):
-            image, pixels_id = _create_image(
-                ctx,
-                session,
-                path,
-                page_count,
-                ome.uuid,
-                name,
-                index,
-                len(ome.images),
-                ome_image,
-                fileset,
-                settings,
-                ome_annotations,
-                created,
-                extra_annotations,
-                target,
-            )
-            images.append(image)
-            all_pixels.append(ctx.store.load("Pixels", pixels_id, fetch=("image", "pixelsType")))
-        ofile = ctx.store.load("OriginalFile", ofile.getId().getValue())
-        ofile.setMimetype(rstring("OMETiff"))
-        session.save(ofile)
-    if not readable:
-        raise ImportFailure("no OME-TIFF in the fileset")
-    fileset = ctx.store.load("Fileset", fileset_id)
-    return omero.grid.ImportResponse(pixels=all_pixels, objects=[fileset, *images])
+    name = unwrap_str(ofile.getName()) or "file"
+    path = original_path(ctx, ofile.getId().getValue())
+    try:
+        with tifffile.TiffFile(path) as tif:
+            xml = tif.ome_metadata
+            page_count = len(tif.pages)
+    except Exception as exc:  # noqa: BLE001 - not a TIFF (a companion or stray file)
+        log.debug("%s is not a TIFF (%s)", name, exc)
+        return None
+    if not xml:
+        raise ImportFailure(f"{name}: a TIFF without OME-XML (only OME-TIFF is supported)")
+    try:
+        ome = ome_types.from_xml(xml)
+    except Exception as exc:  # noqa: BLE001
+        raise ImportFailure(f"{name}: invalid OME-XML: {exc}") from exc
+    return _OmeTiff(path, name, ome, page_count)
 
 
 def _target(ctx: ServerContext, settings: Any) -> Any:
@@ -617,35 +646,22 @@ def _image_name(file_name: str, index: int, count: int, ome_image: Any, settings
     return f"{file_name} [{ome_image.name or index}]"
 
 
-def _create_image(
-    ctx: ServerContext,
-    session: Any,
-    path: Any,
-    page_count: int,
-    file_uuid: str | None,
-    file_name: str,
-    index: int,
-    count: int,
-    ome_image: Any,
-    fileset: Any,
-    settings: Any,
-    ome_annotations: dict[str, Any],
-    created: dict[str, Any],
-    extra_annotations: list[Any],
-    target: Any,
-) -> tuple[Any, int]:
-    """Create one Image graph for one OME Image; returns (saved image, pixels id)."""
+def _create_image(job: _ImportJob, tiff: _OmeTiff, index: int) -> tuple[Any, int]:
+    """Create the Image graph of OME Image *index* of a file; returns (saved image, pixels id)."""
+    ctx, session, settings = job.ctx, job.session, job.settings
+    file_name, path = tiff.name, tiff.path
+    ome_image = tiff.ome.images[index]
     px = ome_image.pixels
     ptype = px.type.value
     if ptype not in PIXELS_DTYPES:
         raise ImportFailure(f"{file_name}: PixelType {ptype} is not supported by the stand-in")
     try:
-        ifds = plane_ifds(px, file_uuid, file_name)
+        ifds = plane_ifds(px, tiff.ome.uuid, file_name)
     except PixelsError as exc:
         raise ImportFailure(f"{file_name}: {exc}") from exc
-    bad = [i for i in ifds.values() if i >= page_count]
+    bad = [i for i in ifds.values() if i >= tiff.page_count]
     if bad:
-        raise ImportFailure(f"{file_name}: TiffData points at IFD {bad[0]} of {page_count}")
+        raise ImportFailure(f"{file_name}: TiffData points at IFD {bad[0]} of {tiff.page_count}")
     description = unwrap_str(getattr(settings, "userSpecifiedDescription", None))
     if description is None:
         description = ome_image.description
@@ -657,14 +673,14 @@ def _create_image(
         px.size_t,
         px.size_c,
         ptype,
-        _image_name(file_name, index, count, ome_image, settings),
+        _image_name(file_name, index, len(tiff.ome.images), ome_image, settings),
         description,
     )
     image.setSeries(rint(index))
     ome_tiff = ctx.store.enum("Format", "OMETiff")
     if ome_tiff is not None:
         image.setFormat(omero.model.FormatI(ome_tiff.getId().getValue(), False))
-    image.setFileset(omero.model.FilesetI(fileset.getId().getValue(), False))
+    image.setFileset(omero.model.FilesetI(job.fileset_id, False))
     if ome_image.acquisition_date is not None:
         image.setAcquisitionDate(rtime(int(ome_image.acquisition_date.timestamp() * 1000)))
     else:
@@ -717,24 +733,25 @@ def _create_image(
     if not _flag(getattr(settings, "noStatsInfo", None)):
         _stats(ctx, session, pixels_id, source)
     links: list[Any] = []
+    annotations = tiff.map_annotations
     for ref in ome_image.annotation_refs:
-        ome_ann = ome_annotations.get(ref.id)
+        ome_ann = annotations.get(ref.id)
         if ome_ann is None:
             continue  # not a MapAnnotation (tags, comments...): OMERO's import makes no tag
-        ann = created.get(ref.id)
+        ann = tiff.created.get(ref.id)
         if ann is None:
             ann = session.save(_map_annotation(ome_ann))
-            created[ref.id] = ann
+            tiff.created[ref.id] = ann
         links.append(omero.model.MapAnnotationI(ann.getId().getValue(), False))
-    links.extend(extra_annotations)
+    links.extend(job.extra_annotations)
     for ann in links:
         link = omero.model.ImageAnnotationLinkI()
         link.setParent(omero.model.ImageI(image_id, False))
         link.setChild(ann)
         session.save(link)
-    if target is not None:
+    if job.target is not None:
         link = omero.model.DatasetImageLinkI()
-        link.setParent(target)
+        link.setParent(job.target)
         link.setChild(omero.model.ImageI(image_id, False))
         session.save(link)
     return ctx.store.load("Image", image_id, fetch=("pixels.pixelsType", "fileset")), pixels_id
