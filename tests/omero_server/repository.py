@@ -512,6 +512,8 @@ class _ImportJob:
     settings: Any
     target: Any  # unloaded Dataset or None
     extra_annotations: list[Any]  # userSpecifiedAnnotationList, as unloaded refs
+    #: MapAnnotations this import made (deleted with its images if the import fails)
+    made_annotations: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -562,6 +564,9 @@ def import_fileset(ctx: ServerContext, session: Any, fileset_id: int, settings: 
         for image in images:
             with contextlib.suppress(Exception):
                 ctx.store.delete("Image", image.getId().getValue())
+        for aid in job.made_annotations:
+            with contextlib.suppress(Exception):
+                ctx.store.delete("Annotation", aid)
         for pid in pixels_ids:
             tiff_pointer_path(ctx.store_dir, pid).unlink(missing_ok=True)
         raise
@@ -742,6 +747,7 @@ def _create_image(job: _ImportJob, tiff: _OmeTiff, index: int) -> tuple[Any, int
         if ann is None:
             ann = session.save(_map_annotation(ome_ann))
             tiff.created[ref.id] = ann
+            job.made_annotations.append(ann.getId().getValue())
         links.append(omero.model.MapAnnotationI(ann.getId().getValue(), False))
     links.extend(job.extra_annotations)
     for ann in links:
