@@ -512,7 +512,9 @@ class _ImportJob:
     settings: Any
     target: Any  # unloaded Dataset or None
     extra_annotations: list[Any]  # userSpecifiedAnnotationList, as unloaded refs
-    #: MapAnnotations this import made (deleted with its images if the import fails)
+    #: what this import made, by id (deleted again if the import fails)
+    made_images: list[int] = field(default_factory=list)
+    made_pixels: list[int] = field(default_factory=list)
     made_annotations: list[int] = field(default_factory=list)
 
 
@@ -561,19 +563,24 @@ def import_fileset(ctx: ServerContext, session: Any, fileset_id: int, settings: 
         if not images:
             raise ImportFailure("no OME-TIFF image in the fileset")
     except BaseException:
-        for image in images:
-            with contextlib.suppress(Exception):
-                ctx.store.delete("Image", image.getId().getValue())
-        for aid in job.made_annotations:
-            with contextlib.suppress(Exception):
-                ctx.store.delete("Annotation", aid)
-        for pid in pixels_ids:
-            tiff_pointer_path(ctx.store_dir, pid).unlink(missing_ok=True)
+        _undo(job)
         raise
     pixels = [ctx.store.load("Pixels", pid, fetch=("image", "pixelsType")) for pid in pixels_ids]
     return omero.grid.ImportResponse(
         pixels=pixels, objects=[ctx.store.load("Fileset", fileset_id), *images]
     )
+
+
+def _undo(job: _ImportJob) -> None:
+    """Delete what a failed import made: images (with pixels, channels, links), annotations."""
+    for image_id in job.made_images:
+        with contextlib.suppress(Exception):
+            job.ctx.store.delete("Image", image_id)
+    for aid in job.made_annotations:
+        with contextlib.suppress(Exception):
+            job.ctx.store.delete("Annotation", aid)
+    for pid in job.made_pixels:
+        tiff_pointer_path(job.ctx.store_dir, pid).unlink(missing_ok=True)
 
 
 def _read_ome_tiff(ctx: ServerContext, ofile: Any) -> _OmeTiff | None:
@@ -731,6 +738,8 @@ def _create_image(job: _ImportJob, tiff: _OmeTiff, index: int) -> tuple[Any, int
     image = session.save(image)
     image_id = image.getId().getValue()
     pixels_id = image.getPrimaryPixels().getId().getValue()
+    job.made_images.append(image_id)
+    job.made_pixels.append(pixels_id)
     dtype = PIXELS_DTYPES[ptype]
     geometry = Geometry(px.size_x, px.size_y, px.size_z, px.size_c, px.size_t, dtype)
     source = TiffSource(path, index, ifds, geometry, samples_per_ifd(px))
