@@ -1,8 +1,10 @@
 """Push throughput against the OMERO stand-in, next to a bound measured in the same run.
 
-    .venv/bin/python benchmarks/bench_push.py [--files 4] [--size 1024] [--planes 12]
+    .venv/bin/python benchmarks/bench_push.py [--files 2] [--size 1024] [--planes 48] [--repeat 5]
 
-For each mode the figure that matters is push MB/s ÷ bound MB/s (target ≥ 0.5):
+For each mode the figure that matters is push throughput ÷ bound throughput (target ≥ 0.5),
+taken as the median over runs of (bound time ÷ push time) with push and bound run back to back,
+so load from other processes on a shared machine hits both alike; best-of figures are printed too:
 
 * import mode — push: ``omero_push.push(mode="import")`` (managed-repository import: upload in
   chunks, verifyUpload, wait for the server's import, annotations, provenance).
@@ -13,7 +15,9 @@ For each mode the figure that matters is push MB/s ÷ bound MB/s (target ≥ 0.5
   Bound: ``RawPixelsStore.setTile`` of ready-made big-endian buffers, same tile size and count.
 
 Both run against one stand-in process started here, on loopback, so server-side costs (the
-stand-in's Python servants) are in both the push and the bound.  Not a test: it prints figures.
+stand-in's Python servants) are in both the push and the bound.  The push keeps two files (or
+images) in flight and pipelines its writes; the bound is a plain sequential loop, as specified.
+Not a test: it prints figures.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -169,13 +174,13 @@ def bound_tiles(port: int, n_images: int, size: int, planes: int, tile: tuple[in
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--files", type=int, default=4)
+    ap.add_argument("--files", type=int, default=2)
     ap.add_argument("--size", type=int, default=1024, help="plane width and height")
-    ap.add_argument("--planes", type=int, default=24)
+    ap.add_argument("--planes", type=int, default=48)
     ap.add_argument("--chunk-mib", type=float, default=4.0)
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--parallel", type=int, default=2, help="files in flight in import mode")
-    ap.add_argument("--repeat", type=int, default=3, help="best of N runs")
+    ap.add_argument("--repeat", type=int, default=5, help="runs of each measurement")
     args = ap.parse_args()
 
     # Import omero-py (about a second) before timing: the figures are throughput, not start-up.
@@ -212,25 +217,34 @@ def main() -> int:
             bi.append(bound_rawfile(port, file_bytes, chunk))
             pp.append(timed_push("pixels", r, tile=tile))
             bp.append(bound_tiles(port, args.files, args.size, args.planes, tile))
-        rows.append(("import", sum(file_bytes), min(pi), min(bi), f"{args.chunk_mib:g} MiB chunks"))
-        rows.append(("pixels", pixel_bytes, min(pp), min(bp), f"{args.tile}² tiles"))
+        rows.append(("import", sum(file_bytes), pi, bi, f"{args.chunk_mib:g} MiB chunks"))
+        rows.append(("pixels", pixel_bytes, pp, bp, f"{args.tile}² tiles"))
 
         print(
             f"\n{args.files} OME-TIFFs, {args.planes} planes of {args.size}² uint16 each "
-            f"({pixel_bytes / 1e6:.1f} MB of pixels), stand-in on loopback, best of {args.repeat}\n"
+            f"({pixel_bytes / 1e6:.1f} MB of pixels), stand-in on loopback, {args.repeat} runs\n"
         )
         print(
-            f"{'mode':8}{'MB':>8}{'push s':>9}{'push MB/s':>11}{'bound MB/s':>12}{'ratio':>7}  calls"
+            f"{'mode':8}{'MB':>8}{'push s':>9}{'push MB/s':>11}{'bound MB/s':>12}"
+            f"{'ratio':>7}{'paired':>8}  calls"
         )
         ok = True
-        for mode, nbytes, tp, tb, what in rows:
+        for mode, nbytes, tps, tbs, what in rows:
+            tp, tb = min(tps), min(tbs)
             mbps, bound = nbytes / 1e6 / tp, nbytes / 1e6 / tb
-            ratio = mbps / bound
-            ok &= ratio >= 0.5
+            # Each push against the bound measured right after it, median over the runs: robust
+            # to load that comes and goes on a shared machine (best-of alone picks lucky runs).
+            paired = statistics.median(b / p for p, b in zip(tps, tbs, strict=True))
+            ok &= paired >= 0.5
             print(
-                f"{mode:8}{nbytes / 1e6:8.1f}{tp:9.2f}{mbps:11.1f}{bound:12.1f}{ratio:7.2f}  {what}"
+                f"{mode:8}{nbytes / 1e6:8.1f}{tp:9.2f}{mbps:11.1f}{bound:12.1f}"
+                f"{mbps / bound:7.2f}{paired:8.2f}  {what}"
             )
-        print(f"\ntarget: push ≥ 0.5 × bound in both modes — {'met' if ok else 'NOT met'}")
+        print(
+            "\nratio: best push ÷ best bound (MB/s); paired: median over runs of "
+            "bound time ÷ push time, measured back to back"
+        )
+        print(f"target: paired ratio ≥ 0.5 in both modes — {'met' if ok else 'NOT met'}")
         return 0
     finally:
         if proc is not None:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,6 +314,13 @@ def build_plan(
     tags: list[str] = []
     hint_project: str | None = None
     hint_dataset: str | None = None
+    loose = [Path(raw) for raw in paths if Path(raw).is_file()]
+    for p in loose:
+        if not (is_ome_tiff(p) or p.suffix.lower() in (".tif", ".tiff")):
+            raise InputError(f"{p}: not an OME-TIFF (expected .ome.tif/.ome.tiff)")
+    # Hash loose files two at a time: hashlib releases the GIL, so this uses both cores.
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        from_files = dict(zip(loose, ex.map(item_from_file, loose), strict=True))
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
@@ -339,10 +347,8 @@ def build_plan(
                     )
                 else:
                     log.warning("%s: tables file %s listed but missing", p, tpath)
-        elif p.is_file():
-            if not (is_ome_tiff(p) or p.suffix.lower() in (".tif", ".tiff")):
-                raise InputError(f"{p}: not an OME-TIFF (expected .ome.tif/.ome.tiff)")
-            items.append(item_from_file(p))
+        elif p in from_files:
+            items.append(from_files[p])
         else:
             raise InputError(f"{p}: no such file or folder")
     items = _dedupe(items)

@@ -139,7 +139,8 @@ def push(
     """Push OME-TIFFs (or converter output folders, or raw experiments with ``convert``) to OMERO.
 
     ``dataset`` is a name (found or created, inside ``project`` when given) or ``Dataset:ID``.
-    ``parallel`` files upload at once in import mode (the next uploads while one imports).
+    ``parallel`` files (import mode) or images (pixels mode) are in flight at once: the next one
+    uploads while the server finishes the previous one.
     Returns a :class:`PushResult` with the dataset and image ids.  Raises subclasses of
     :class:`~omero_push.errors.PushError` only; the password never appears in them.
     """
@@ -364,6 +365,7 @@ def _run(
         state.started = True
 
     to_import: list[PushItem] = []
+    to_write: list[tuple[PushItem, ImageMeta]] = []
     for item in plan.items:
         missing = [im for im in item.images if (item.sha1, im.index) not in done]
         if not missing:
@@ -377,11 +379,21 @@ def _run(
         if mode == "import":
             to_import.append(item)
             continue
-        for im in missing:
-            _push_pixels_image(session, item, im, dataset_id, state, provenance_on, tile, progress)
+        to_write.extend((item, im) for im in missing)
         for im in item.images:
             if (item.sha1, im.index) in done:
                 _record(state, item, im, done[(item.sha1, im.index)][0], "present", 0, progress)
+    _in_parallel(
+        [
+            (
+                lambda item=item, im=im: _push_pixels_image(
+                    session, item, im, dataset_id, state, provenance_on, tile, progress
+                )
+            )
+            for item, im in to_write
+        ],
+        parallel,
+    )
     _push_imports(
         session, to_import, dataset_id, state, provenance_on, chunk_size, progress, done, parallel
     )
@@ -507,6 +519,27 @@ def _record(
     if key not in state.counted:
         state.counted.add(key)
         progress.image_done(im.name, iid, status)
+
+
+def _in_parallel(jobs: list[Any], parallel: int) -> None:
+    """Run ``jobs`` with up to ``parallel`` at once (in order when 1); the first error is raised.
+
+    Pixels mode writes the next image while the server finishes this one's channels, statistics
+    and annotations, so the connection is never idle between images.
+    """
+    if parallel <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            job()
+        return
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="omero-push") as ex:
+        futures = [ex.submit(job) for job in jobs]
+        try:
+            for fut in futures:
+                fut.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def _import_phase(
