@@ -283,3 +283,25 @@ def test_line_progress_without_terminal(caplog) -> None:
     assert "pushing 2 image(s)" in caplog.text
     assert "50% of bytes sent" in caplog.text and "100% of bytes sent" in caplog.text
     assert "[1/2] pos001: image 7 (created)" in caplog.text
+
+
+def test_tqdm_bars_on_a_terminal() -> None:
+    """On a terminal: a bytes bar (with unit B) and an images bar."""
+    import io
+
+    from omero_push.progress import TqdmProgress, make_progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    p = make_progress(stream=stream)
+    assert isinstance(p, TqdmProgress)
+    p.start(2048, 1)
+    p.advance(2048)
+    p.image_done("pos001", 3, "created")
+    p.close()
+    text = stream.getvalue()
+    assert "2.00k/2.00k" in text and "B/s" in text  # bytes, with a rate
+    assert "images" in text and "1/1" in text and "pos001: created" in text

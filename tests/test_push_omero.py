@@ -618,3 +618,64 @@ def test_no_permission_on_target_group(
     assert rc == 5 and "not a member" in err and err.strip().count("\n") == 0
     with reader(omero_server) as sf:
         assert counts(sf) == before
+
+
+def test_password_absent_from_everything_in_a_failing_push(
+    omero_server_factory: Any, tmp_path: Path, capsys, caplog, monkeypatch
+) -> None:
+    """A push that logs in (password = sentinel) and then fails mid-way (the server drops the
+    connection, no retries), run with --verbose: the sentinel is in no output, log record or
+    traceback, and the CLI's error is one line."""
+    server = omero_server_factory(password=SENTINEL, drop_after_pixel_writes=3)
+    out = tmp_path / "out"
+    make_converter_output(out, positions=1)
+    monkeypatch.setenv("OMERO_PASSWORD", SENTINEL)
+    caplog.set_level("DEBUG")
+    rc = cli.main(
+        [
+            str(out),
+            "--server",
+            host_url(server),
+            "--port",
+            str(server.port),
+            "--user",
+            server.user,
+            "--dataset",
+            "leak",
+            "--mode",
+            "pixels",
+            "--tile",
+            "16x16",
+            "--retries",
+            "0",
+            "--verbose",
+        ]
+    )
+    cap = capsys.readouterr()
+    assert rc == 6, cap.err
+    assert "re-run to resume" in cap.err
+    records = "\n".join(f"{r.getMessage()} {r.exc_text or ''} {r.args!r}" for r in caplog.records)
+    for text in (cap.out, cap.err, caplog.text, records, server.stderr):
+        assert SENTINEL not in text
+
+
+def test_session_key_instead_of_password(omero_server: Any, tmp_path: Path, monkeypatch) -> None:
+    """--session-key joins an existing session: no password needed anywhere."""
+    monkeypatch.delenv("OMERO_PASSWORD", raising=False)
+    f = tmp_path / "k.ome.tiff"
+    make_ome_tiff(f, name="keyed")
+    c = omero.client(host=host_url(omero_server), port=int(omero_server.port))
+    try:
+        c.createSession(omero_server.user, omero_server.password)
+        key = c.getSessionId()
+        result = push(
+            [f],
+            server=host_url(omero_server),
+            port=int(omero_server.port),
+            session_key=key,
+            dataset="keyed",
+            mode="pixels",
+        )
+    finally:
+        c.__del__()
+    assert [r.name for r in result.images] == ["keyed"]
