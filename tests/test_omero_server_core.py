@@ -338,7 +338,7 @@ def test_sigterm_stops_cleanly(omero_server) -> None:
     c = omero_server.client()
     c.closeSession()
     assert omero_server.stop() == 0
-    assert "Traceback" not in omero_server.stderr
+    assert "Traceback" not in omero_server.stderr, omero_server.stderr
     # SQLite was closed: its write-ahead log is checkpointed and removed on the last close
     assert not (omero_server.store_dir / "objects.sqlite-wal").exists()
 

@@ -19,6 +19,7 @@ operation the stand-in does not implement fail with ``omero.ApiUsageException`` 
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import logging
 import re
@@ -101,12 +102,8 @@ class ServerContext:
     def remove_servant(self, current_or_identity: Any) -> None:
         """Remove a servant (by ``Ice.Current`` or identity); a stateful service's ``close``."""
         ident = getattr(current_or_identity, "id", current_or_identity)
-        try:
+        with contextlib.suppress(Ice.LocalException):  # already gone, or shutting down
             self.adapter.remove(ident)
-        except Ice.NotRegisteredException:
-            pass
-        except Ice.ObjectAdapterDeactivatedException:
-            pass
 
 
 # --------------------------------------------------------------------------- dispatch helper

@@ -273,7 +273,10 @@ class _ConnectionClosed(Ice.ConnectionCallback):
         return None
 
     def closed(self, con: Any) -> None:
-        self.router.drop_connection_logins(self.con_key)
+        try:
+            self.router.drop_connection_logins(self.con_key)
+        except Exception:  # noqa: BLE001 - called by Ice, possibly while shutting down
+            log.debug("cleaning up after a closed connection failed", exc_info=True)
 
 
 def _con_key(current: Any) -> str:
