@@ -36,6 +36,7 @@ def _image(name: str, channels: list[str]) -> omero.model.ImageI:
     pixels.sizeX, pixels.sizeY, pixels.sizeZ = omero.rtypes.rint(64), omero.rtypes.rint(32), omero.rtypes.rint(1)
     pixels.sizeC, pixels.sizeT = omero.rtypes.rint(len(channels)), omero.rtypes.rint(1)
     pixels.sha1 = rstring("")  # not-null in OMERO; the pixels service fills it
+    pixels.physicalSizeX = omero.model.LengthI(0.65, omero.model.enums.UnitsLength.MICROMETER)
     # pixelsType and dimensionOrder are enumerations: callers set the server's entries
     for label in channels:
         ch = omero.model.ChannelI()
@@ -147,6 +148,8 @@ def test_save_project_dataset_image_graph_and_read_back(server) -> None:
             "join fetch p.channels as c join fetch c.logicalChannel where i.id = :id", params)
         pix = full.getPrimaryPixels()
         assert pix.pixelsType.value.val == "uint16" and pix.sizeX.val == 64
+        assert pix.physicalSizeX.getValue() == 0.65
+        assert pix.physicalSizeX.getUnit() == omero.model.enums.UnitsLength.MICROMETER
         assert [ch.logicalChannel.name.val for ch in pix.copyChannels()] == [
             "GFP", "mCherry", "Brightfield"]
 

@@ -681,6 +681,10 @@ class ObjectStore:
             perms = given.permissions if given is not None else None
             if perms is None and od is not None:
                 perms = od.permissions
+            if perms is None:  # new objects take their group's permissions, as in OMERO
+                gflat = self.flat("ExperimenterGroup", d.group.getId().getValue())
+                gdetails = gflat.getDetails() if gflat is not None else None
+                perms = gdetails.permissions if gdetails is not None else None
             d.permissions = perms or omero.model.PermissionsI(GROUP_PERMS)
             if given is not None and given.externalInfo is not None:
                 d.externalInfo = given.externalInfo
