@@ -451,6 +451,8 @@ def test_pusher_query_shapes(server) -> None:
             [fa_id, "openmicroscopy.org/omero/bulk_annotations"],
             [kv_id, "swainlab.org/omero-push/provenance"]]
         assert q.findByString("OriginalFile", "name", fname).id.val == found[0].id.val
+        unqualified = q.findAllByQuery("from Dataset where id = :id", ParametersI().addId(did))
+        assert [d.name.val for d in unqualified] == [dname]
     finally:
         c.closeSession()
 

@@ -419,6 +419,10 @@ class Evaluator:
 
     def path(self, row: dict[str, Any], segs: list[str]) -> Any:
         head = segs[0]
+        if head not in row and ("#root",) in row:
+            # HQL lets properties of the (innermost) root entity go unqualified: "where id = :id"
+            segs = [row[("#root",)], *segs]
+            head = segs[0]
         if head not in row:
             raise QueryError(f"unknown alias {head!r}")
         value = row[head]
@@ -502,6 +506,7 @@ class Evaluator:
         for flat in list(self.store.all(q.kind)):
             base = dict(outer or {})
             base[q.alias] = flat
+            base[("#root",)] = q.alias
             for row in self._join(base, q.joins, 0):
                 if self.test(row, q.where):
                     yield row
