@@ -561,6 +561,10 @@ def _import_phase(
         ids = sorted(annotate._val(i.getId()) for i in leftovers)
         log.info("%s: completing %d image(s) left by an interrupted push", item.path.name, len(ids))
         return ids, "resumed"
+    orphans = upload.unfinished_filesets(session, item)
+    if orphans:
+        log.info("%s: removing %d upload(s) an interrupted push left", item.path.name, len(orphans))
+        upload.delete_filesets(session, orphans)
     sent = 0
 
     def on_bytes(n: int) -> None:

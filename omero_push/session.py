@@ -313,3 +313,31 @@ class AsyncWindow:
                 first = first or exc
         if first is not None:
             raise first
+
+
+def wait_for_command(session: Session, handle: Any, what: str, poll_every_s: float = 5.0) -> Any:
+    """Wait on an OMERO command handle (import, delete) and return its response.
+
+    ``CmdCallbackI`` is told when the server finishes; between notifications the handle is polled
+    every few seconds so that a dead server raises instead of leaving us waiting for ever.
+    An ``omero.cmd.ERR`` response becomes a :class:`ServerError` naming ``what``.
+    """
+    _omero()
+    import omero.callbacks
+    import omero.cmd
+
+    cb = omero.callbacks.CmdCallbackI(session.client, handle)
+    try:
+        while not cb.block(int(poll_every_s * 1000)):
+            cb.poll()
+        rsp = cb.getResponse()
+    finally:
+        try:
+            cb.close(True)
+        except Exception as exc:
+            log.debug("closing the callback failed: %s", exc)
+    if isinstance(rsp, omero.cmd.ERR):
+        params = dict(rsp.parameters or {})
+        detail = params.get("message") or (params.get("stacktrace") or "").strip().splitlines()[:1]
+        raise ServerError(f"{what}: the server reports {rsp.name}: {detail}")
+    return rsp

@@ -19,14 +19,13 @@ from typing import Any
 
 from omero_push.errors import InputError, ServerError
 from omero_push.plan import PushItem
-from omero_push.session import AsyncWindow, Session, is_connection_lost
+from omero_push.session import AsyncWindow, Session, is_connection_lost, wait_for_command
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 4 * 1024 * 1024
 #: Chunks in flight at once (see session.AsyncWindow); 3 × 4 MiB stays far below Ice's limits.
 IN_FLIGHT = 3
-_POLL_EVERY_S = 5.0
 
 
 def new_fileset(item: PushItem) -> Any:
@@ -112,25 +111,45 @@ def upload_to(
 
 
 def wait_for(session: Session, handle: Any, what: str) -> Any:
-    """Wait on an OMERO command handle; polls now and then so a dead server is noticed."""
-    import omero
-    import omero.callbacks
+    """Wait on an OMERO command handle (see :func:`omero_push.session.wait_for_command`)."""
+    return wait_for_command(session, handle, what)
 
-    cb = omero.callbacks.CmdCallbackI(session.client, handle)
-    try:
-        while not cb.block(int(_POLL_EVERY_S * 1000)):
-            cb.poll()  # raises on connection loss instead of waiting forever
-        rsp = cb.getResponse()
-    finally:
-        try:
-            cb.close(True)
-        except Exception as exc:
-            log.debug("closing the callback failed: %s", exc)
-    if isinstance(rsp, omero.cmd.ERR):
-        params = dict(rsp.parameters or {})
-        detail = params.get("message") or params.get("stacktrace", "").splitlines()[:1]
-        raise ServerError(f"{what}: the server's import failed: {rsp.name} {detail}".strip())
-    return rsp
+
+def unfinished_filesets(session: Session, item: PushItem) -> list[int]:
+    """Our filesets for this file that hold no image: uploads an interrupted push left behind.
+
+    ``importFileset`` saves the Fileset and its OriginalFiles before a byte is sent, so a push
+    killed during the upload leaves them (with a partial file) in the managed repository.
+    """
+    import omero.sys
+
+    params = omero.sys.ParametersI()
+    params.addString("path", str(item.path))
+    params.addLong("uid", session.user_id)
+    entries = session.query().findAllByQuery(
+        "select fe from FilesetEntry fe where fe.clientPath = :path and fe.details.owner.id = :uid",
+        params,
+    )
+    fileset_ids = sorted({e.getFileset().getId().getValue() for e in entries})
+    if not fileset_ids:
+        return []
+    params = omero.sys.ParametersI()
+    params.addIds(fileset_ids)
+    images = session.query().findAllByQuery(
+        "select i from Image i where i.fileset.id in (:ids)", params
+    )
+    used = {i.getFileset().getId().getValue() for i in images}
+    return [f for f in fileset_ids if f not in used]
+
+
+def delete_filesets(session: Session, fileset_ids: list[int]) -> None:
+    """Delete filesets (entries, original files and their bytes) with OMERO's Delete2."""
+    import omero.cmd
+
+    if not fileset_ids:
+        return
+    req = omero.cmd.Delete2(targetObjects={"Fileset": list(fileset_ids)})
+    wait_for_command(session, session.sf.submit(req), f"deleting Fileset {fileset_ids}")
 
 
 def import_file(
