@@ -49,8 +49,10 @@ class Faults:
         """Count one pixel write; on the N-th, close the caller's connection and return True.
 
         The pixels servant calls this *before* storing the data, and when it returns True it
-        must not answer (the connection is gone): the write is lost, as when a server dies.
-        The drop happens once per server process, so a retrying client can finish.
+        raises instead of storing (the answer goes nowhere: the connection is gone), so the
+        write is lost, as when a server dies, and the dispatch still finishes (an unanswered
+        request would hold up the server's shutdown). The drop happens once per server
+        process, so a retrying client can finish.
         """
         with self._lock:
             self.pixel_writes += 1

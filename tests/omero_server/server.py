@@ -202,8 +202,8 @@ def servant(cls: type) -> type:
       ``self.session``: see ``Session.apply_call_context``), answers ``cb.ice_response(...)`` or ``cb.ice_exception(...)``
       with Python errors mapped by :func:`server_error` (StoreError -> ValidationException,
       ValueError/KeyError/... -> ApiUsageException, others -> InternalException).
-      A method may instead return :data:`NO_REPLY` after it dealt with the callback itself
-      (e.g. the connection was dropped on purpose).
+      A method may instead return :data:`NO_REPLY` if it answers the callback itself (never
+      leave a request unanswered: Ice's shutdown waits for it).
     * not implemented: both forms raise ``omero.ApiUsageException("... not supported by the
       OMERO stand-in")`` so a client fails at once instead of hanging.
     """
