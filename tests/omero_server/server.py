@@ -202,8 +202,6 @@ def servant(cls: type) -> type:
       ``self.session``: see ``Session.apply_call_context``), answers ``cb.ice_response(...)`` or ``cb.ice_exception(...)``
       with Python errors mapped by :func:`server_error` (StoreError -> ValidationException,
       ValueError/KeyError/... -> ApiUsageException, others -> InternalException).
-      A method may instead return :data:`NO_REPLY` if it answers the callback itself (never
-      leave a request unanswered: Ice's shutdown waits for it).
     * not implemented: both forms raise ``omero.ApiUsageException("... not supported by the
       OMERO stand-in")`` so a client fails at once instead of hanging.
     """
@@ -230,10 +228,6 @@ def servant(cls: type) -> type:
     return cls
 
 
-#: Returned by a servant method that already answered (or deliberately never answers).
-NO_REPLY = object()
-
-
 def _make_async(plain: Callable[..., Any], count: int) -> Callable[..., None]:
     @functools.wraps(plain)
     def dispatch(self: Any, cb: Any, *args: Any) -> None:
@@ -245,8 +239,6 @@ def _make_async(plain: Callable[..., Any], count: int) -> Callable[..., None]:
             if session is not None and args and hasattr(session, "apply_call_context"):
                 session.apply_call_context(args[-1])
             result = plain(self, *args)
-            if result is NO_REPLY:
-                return
             if count == 0:
                 cb.ice_response()
             elif count == 1:
