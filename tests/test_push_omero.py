@@ -690,3 +690,64 @@ def test_session_key_instead_of_password(omero_server: Any, tmp_path: Path, monk
     finally:
         c.__del__()
     assert [r.name for r in result.images] == ["keyed"]
+
+
+def test_config_file_with_pyomeroupload_keys(
+    omero_server: Any, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """--config with pyOmeroUpload's omero_conn: section gives host, port and user; the password
+    still comes from the environment; the CLI prints the summary with the ids."""
+    cfg = tmp_path / "omero.yml"
+    cfg.write_text(
+        f"omero_conn:\n  host: {host_url(omero_server)}\n  port: {omero_server.port}\n"
+        f"  username: {omero_server.user}\n"
+    )
+    f = tmp_path / "c.ome.tiff"
+    make_ome_tiff(f, name="configured")
+    monkeypatch.setenv("OMERO_PASSWORD", omero_server.password)
+    rc = cli.main([str(f), "--config", str(cfg), "--dataset", "from-config", "--mode", "pixels"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "(from-config): 1 image(s) — 1 new" in out and "configured  (created)" in out
+
+
+def test_keepalive_is_enabled_on_the_session(omero_server: Any) -> None:
+    """Long uploads outlive OMERO's idle timeout: the session pings itself (omero.keep_alive)."""
+    from omero_push.config import resolve_settings
+    from omero_push.session import open_session
+
+    s = resolve_settings(
+        server=host_url(omero_server),
+        port=int(omero_server.port),
+        user=omero_server.user,
+        group=None,
+        password=omero_server.password,
+    )
+    with open_session(s, keepalive_s=7) as session:
+        props = session.client.getCommunicator().getProperties()
+        assert props.getProperty("omero.keep_alive") == "7"
+        assert session.user_id >= 0
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "float32"])
+def test_pixels_mode_keeps_dtype(omero_server: Any, tmp_path: Path, dtype: str) -> None:
+    """Pixels mode for other pixel types: the OMERO pixel type matches, values are equal, and the
+    global min/max are those of the data."""
+    f = tmp_path / f"{dtype}.ome.tiff"
+    data = make_ome_tiff(f, name=dtype, dtype=dtype, shape_tczyx=(1, 2, 2, 30, 70))
+    result = push([f], **push_kw(omero_server, dataset=f"dt-{dtype}", mode="pixels", tile=(32, 16)))
+    with reader(omero_server) as sf:
+        (image,) = sf.getContainerService().getImages("Image", result.image_ids, None)
+        pid = _v(image.getPrimaryPixels().getId())
+        desc = sf.getPixelsService().retrievePixDescription(pid)
+        expected_type = {"uint8": "uint8", "int16": "int16", "float32": "float"}[dtype]
+        assert _v(desc.getPixelsType().getValue()) == expected_type
+        for c in range(2):
+            for z in range(2):
+                got = read_plane(sf, pid, z, c, 0, data.dtype, (30, 70))
+                assert np.array_equal(got, data[0, c, z])
+        ch0 = desc.copyChannels()[0]
+        stats = ch0.getStatsInfo()
+        assert stats is not None  # set by setChannelGlobalMinMax
+        assert _v(stats.getGlobalMin()) == pytest.approx(float(data[0, 0].min()))
+        assert _v(stats.getGlobalMax()) == pytest.approx(float(data[0, 0].max()))
