@@ -203,7 +203,7 @@ def test_tags_reused_by_text_and_annotations_linked(server) -> None:
         anns = c.sf.getMetadataService().loadAnnotations("Dataset", [ds.id.val], [], [], None)
         assert sorted(type(a).__name__ for a in anns[ds.id.val]) == ["MapAnnotationI", "TagAnnotationI"]
         tags_only = c.sf.getMetadataService().loadAnnotations(
-            "Dataset", [ds.id.val], ["TagAnnotation"], [], None)
+            "Dataset", [ds.id.val], ["ome.model.annotations.TagAnnotation"], None, None)
         assert [a.id.val for a in tags_only[ds.id.val]] == [tag_id]
     finally:
         c.closeSession()

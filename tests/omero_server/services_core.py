@@ -380,7 +380,7 @@ class MetadataI(_Service, omero.api.IMetadata):
     def loadAnnotations(self, rootType: str, rootIds: list[int], annotationTypes: list[str],
                         annotatorIds: list[int], options: Any, current: Any = None) -> dict[int, list[Any]]:
         kind = _kind(rootType)
-        kinds = _annotation_kinds(list(annotationTypes))
+        kinds = _annotation_kinds(list(annotationTypes or []))
         owners = set(annotatorIds or [])
         out: dict[int, list[Any]] = {}
         for rid in rootIds:
