@@ -101,6 +101,7 @@ class PushPlan:
     project: str | None = None
     description: str | None = None
     tags: list[str] = field(default_factory=list)
+    kv_pairs: list[tuple[str, str]] = field(default_factory=list)
     tables: list[TablesSource] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
@@ -257,11 +258,15 @@ def items_from_manifest(
         if not path.is_file():
             skipped.append((path, "listed in the manifest but missing"))
             continue
-        size = path.stat().st_size
+        st = path.stat()
+        size = st.st_size
         sha1 = entry.get("sha1")
-        if not sha1 or (entry.get("size") is not None and int(entry["size"]) != size):
+        stale = (entry.get("size") is not None and int(entry["size"]) != size) or (
+            entry.get("mtime_ns") is not None and int(entry["mtime_ns"]) != st.st_mtime_ns
+        )
+        if not sha1 or stale:
             # A manifest older than the file (or without checksums): trust the bytes, not the list.
-            log.warning("%s: manifest checksum missing or size differs; hashing the file", path)
+            log.warning("%s: changed since the manifest was written; hashing the file", path)
             sha1 = sha1_of(path)
         images = images_from_ome(read_ome(path))
         sources = entry.get("sources")
@@ -312,6 +317,7 @@ def build_plan(
     tables: list[TablesSource] = []
     descriptions: list[str] = []
     tags: list[str] = []
+    kv: list[tuple[str, str]] = []
     hint_project: str | None = None
     hint_dataset: str | None = None
     loose = [Path(raw) for raw in paths if Path(raw).is_file()]
@@ -332,6 +338,9 @@ def build_plan(
             if meta.get("description"):
                 descriptions.append(str(meta["description"]))
             tags.extend(str(t) for t in meta.get("tags") or [])
+            for pair in meta.get("key_values") or []:
+                if isinstance(pair, (list, tuple)) and len(pair) == 2:
+                    kv.append((str(pair[0]), str(pair[1])))
             hint_project = hint_project or meta.get("omero_project")
             hint_dataset = hint_dataset or meta.get("omero_dataset")
             tinfo = manifest.get("tables") or {}
@@ -364,6 +373,7 @@ def build_plan(
         project=project or hint_project,
         description="\n\n".join(unique_desc) or None,
         tags=list(dict.fromkeys(tags)),
+        kv_pairs=list(dict.fromkeys(kv)),
         tables=tables,
         skipped=skipped,
     )
@@ -392,6 +402,8 @@ def format_plan(plan: PushPlan, mode: str, provenance: bool) -> str:
         lines.append(f"  dataset description: {first[:70]}{'…' if len(first) > 70 else ''}")
     if plan.tags:
         lines.append(f"  dataset tags: {', '.join(plan.tags)}")
+    if plan.kv_pairs:
+        lines.append(f"  dataset key-value pairs: {len(plan.kv_pairs)}")
     for item in plan.items:
         lines.append(f"  {item.path}  {_human(item.size)}  sha1 {item.sha1}")
         for im in item.images:

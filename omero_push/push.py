@@ -355,6 +355,16 @@ def _run(
         res.dataset_annotations_created += links
         _note_tags(res, plan.tags, created)
 
+    if plan.kv_pairs:
+        _aid, made = _guarded(
+            session,
+            lambda: annotate.ensure_map_annotation(
+                session, "Dataset", dataset_id, plan.kv_pairs, annotate.KV_NS
+            ),
+            "dataset key-value pairs",
+        )
+        res.dataset_annotations_created += int(made)
+
     done = _find_receipts(session, dataset_id)
     todo_bytes = 0
     for item, im in _pairs(plan):

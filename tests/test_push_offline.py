@@ -36,6 +36,7 @@ def test_plan_from_converter_output_uses_manifest(tmp_path: Path) -> None:
     assert plan.dataset == "exp1" and plan.project == "PushTests"  # hints from the manifest
     assert [i.position for i in plan.items] == ["pos001", "pos002"]
     assert plan.tags == ["exp-tag", "glucose"]
+    assert plan.kv_pairs[:2] == [("Strain", "BY4741"), ("Strain", "Hxt4-GFP")]
     assert plan.description.startswith("Aim: test the push")
     assert [t.names for t in plan.tables] == [("channels", "positions")]
     item = plan.items[0]
@@ -66,6 +67,24 @@ def test_plan_loose_files_hashed_and_deduplicated(tmp_path: Path) -> None:
     import hashlib
 
     assert plan.items[0].sha1 == hashlib.sha1(a.read_bytes()).hexdigest()
+
+
+def test_plan_rehashes_a_file_changed_after_the_manifest(tmp_path: Path) -> None:
+    """Same size but a newer mtime than the manifest records: the file is hashed again."""
+    import hashlib
+    import json
+    import os
+
+    out = tmp_path / "out"
+    make_converter_output(out, positions=1)
+    man = json.loads((out / "manifest.json").read_text())
+    f = out / "pos001.ome.tiff"
+    man["positions"]["pos001"]["mtime_ns"] = f.stat().st_mtime_ns
+    man["positions"]["pos001"]["sha1"] = "0" * 40  # what the manifest believed
+    (out / "manifest.json").write_text(json.dumps(man))
+    assert build_plan([out], dataset="D").items[0].sha1 == "0" * 40  # unchanged: trusted
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    assert build_plan([out], dataset="D").items[0].sha1 == hashlib.sha1(f.read_bytes()).hexdigest()
 
 
 def test_plan_skips_failed_positions(tmp_path: Path) -> None:

@@ -272,6 +272,9 @@ def test_push_roundtrip_annotations_tables(omero_server: Any, tmp_path: Path, mo
         assert len(glucose) == 1
         dsanns = annotations_of(sf, "Dataset", did)
         assert tag_texts(dsanns) == ["exp-tag", "glucose"]
+        assert maps_in(dsanns, KV_NS) == [
+            [("Strain", "BY4741"), ("Strain", "Hxt4-GFP"), ("Z spacing (µm)", "0.6")]
+        ]
         bulk = [
             a
             for a in dsanns

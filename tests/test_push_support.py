@@ -170,6 +170,7 @@ def make_converter_output(folder: Path, positions: int = 2, **kw: object) -> dic
             "parsers": ["swainlab"],
             "description": "Aim: test the push\nStrains: BY4741",
             "tags": ["exp-tag", "glucose"],
+            "key_values": [["Strain", "BY4741"], ["Strain", "Hxt4-GFP"], ["Z spacing (µm)", "0.6"]],
             "omero_project": "PushTests",
             "omero_dataset": "exp1",
         },
