@@ -565,3 +565,24 @@ def test_lost_connection_ends_its_logins_but_not_the_session(server) -> None:
             again.closeSession()
     finally:
         b.closeSession()
+
+
+def test_sigterm_stops_even_with_a_request_in_progress(omero_server_factory) -> None:
+    """A reply delayed for a minute must not keep a stopped server alive (it exits non-zero)."""
+    import contextlib
+    import threading
+
+    server = omero_server_factory(delay_ms=60_000)
+    client = omero.client(host=server.url, port=server.port)
+
+    def login() -> None:
+        with contextlib.suppress(Exception):  # the server goes away under it: expected
+            client.createSession(server.user, server.password)
+
+    thread = threading.Thread(target=login, daemon=True)
+    thread.start()
+    time.sleep(1.0)  # the login is now being "processed"
+    t0 = time.monotonic()
+    assert server.stop(timeout=30) == 1
+    assert time.monotonic() - t0 < 20
+    client.closeSession()

@@ -37,9 +37,20 @@ def main(argv: list[str] | None = None) -> int:
                         format="omero-standin %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     faults = Faults(drop_after_pixel_writes=args.drop_after_pixel_writes, delay_ms=args.delay_ms,
                     tables_enabled=not args.no_tables)
-    from .server import serve  # imports Ice/omero: after argument errors are reported
+    import Ice  # imported here: argument errors are reported without loading Ice and omero
 
-    return serve(args.store, args.port, args.host, args.user, args.password, faults, args.ssl_port)
+    from .server import serve
+
+    try:
+        return serve(args.store, args.port, args.host, args.user, args.password, faults,
+                     args.ssl_port)
+    except (OSError, Ice.LocalException, RuntimeError) as exc:
+        if args.verbose:
+            raise
+        what = str(exc).strip().replace("\n", " ") or type(exc).__name__
+        print(f"omero stand-in: cannot start on port {args.port} with store {args.store}: {what}",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

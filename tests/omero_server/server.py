@@ -401,17 +401,27 @@ class Server:
         self.ssl_port = ports.get(Ice.SSLEndpointType)
         self.host = host
 
-    def shutdown(self) -> None:
-        """Stop dispatching, destroy the communicator, close SQLite (idempotent)."""
+    def shutdown(self, timeout: float = 10.0) -> bool:
+        """Stop dispatching, destroy the communicator, close SQLite (idempotent).
+
+        Ice waits for requests in progress; a servant that never answers would hold the
+        process for ever, so after *timeout* seconds the store is closed regardless and False
+        is returned (the caller then exits without waiting for Ice).
+        """
         if self.communicator is None:
-            return
-        try:
-            self.communicator.shutdown()
-            self.communicator.waitForShutdown()
-        finally:
-            self.communicator.destroy()
-            self.communicator = None
-            self.ctx.store.close()
+            return True
+        communicator, self.communicator = self.communicator, None
+        communicator.shutdown()
+        waiter = threading.Thread(target=communicator.waitForShutdown, daemon=True)
+        waiter.start()
+        waiter.join(timeout)
+        clean = not waiter.is_alive()
+        if clean:
+            communicator.destroy()
+        else:
+            log.error("requests still running after %.0f s; stopping without them", timeout)
+        self.ctx.store.close()
+        return clean
 
 
 def serve(store_dir: Path, port: int, host: str = "127.0.0.1", user: str = "root",
@@ -439,6 +449,10 @@ def serve(store_dir: Path, port: int, host: str = "127.0.0.1", user: str = "root
         while not stop.wait(0.2):
             pass
     finally:
-        server.shutdown()
+        clean = server.shutdown()
     log.info("stopped")
+    if not clean:
+        import os
+
+        os._exit(1)  # Ice threads are stuck in a dispatch: do not wait for them at exit
     return 0
