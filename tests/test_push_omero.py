@@ -207,6 +207,24 @@ def test_sample_convert_and_push_reads_back_equal(
             if isinstance(a, omero.model.FileAnnotation) and _v(a.getNs()) == BULK_NS
         ]
         assert tables, "the experiment's tables should be attached as OMERO.tables"
+        from posdir2ometiff.metadata.tables import read_tables
+
+        frames = read_tables(tmp_path / "out" / "experiment.h5")
+        res = sf.sharedResources()
+        seen = {}
+        for fa in tables:
+            t = res.openTable(omero.model.OriginalFileI(_v(fa.getFile().getId()), False))
+            try:
+                seen[_v(fa.getFile().getName())] = (
+                    t.getNumberOfRows(),
+                    [c.name for c in t.getHeaders()],
+                )
+            finally:
+                t.close()
+        assert set(seen) == set(frames)
+        for name, df in frames.items():
+            assert seen[name][0] == len(df), name
+            assert len(seen[name][1]) == len(df.columns), name
 
 
 # --- our own OME-TIFFs: every annotation checked ---------------------------------------------------
