@@ -358,8 +358,16 @@ def ensure_comments(
 
 
 def delete_objects(session: Session, kind: str, ids: Sequence[int]) -> None:
-    """Delete objects by id (used to remove our own half-made leftovers)."""
-    o = _o()
-    upd = session.update()
-    for i in ids:
-        upd.deleteObject(getattr(o.model, f"{kind}I")(i, False))
+    """Delete objects with OMERO's Delete2 (the graph: pixels, links, own annotations, fileset).
+
+    Used only for our own leftovers (an image made twice by two pushes running at once, an
+    upload a crash cut short).  IUpdate.deleteObject would refuse an Image on a real OMERO.
+    """
+    import omero.cmd
+
+    from omero_push.session import wait_for_command
+
+    if not ids:
+        return
+    req = omero.cmd.Delete2(targetObjects={kind: list(ids)})
+    wait_for_command(session, session.sf.submit(req), f"deleting {kind} {list(ids)}")

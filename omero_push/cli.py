@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--tile", help="tile WxH for pixels mode (default: the server's tile size)")
     tune.add_argument(
+        "--parallel",
+        type=int,
+        default=2,
+        help="files (import) or images (pixels) in flight at once (default %(default)s)",
+    )
+    tune.add_argument(
         "--retries", type=int, default=5, help="reconnects on connection loss (default %(default)s)"
     )
     out = p.add_argument_group("output")
@@ -148,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             chunk_size=max(1, int(args.chunk_size * 2**20)),
             tile=_parse_tile(args.tile),
             retries=args.retries,
+            parallel=max(1, args.parallel),
             progress=make_progress(quiet=args.quiet),
             interactive=sys.stdin.isatty(),
         )

@@ -144,12 +144,9 @@ def unfinished_filesets(session: Session, item: PushItem) -> list[int]:
 
 def delete_filesets(session: Session, fileset_ids: list[int]) -> None:
     """Delete filesets (entries, original files and their bytes) with OMERO's Delete2."""
-    import omero.cmd
+    from omero_push.annotate import delete_objects
 
-    if not fileset_ids:
-        return
-    req = omero.cmd.Delete2(targetObjects={"Fileset": list(fileset_ids)})
-    wait_for_command(session, session.sf.submit(req), f"deleting Fileset {fileset_ids}")
+    delete_objects(session, "Fileset", fileset_ids)
 
 
 def import_file(

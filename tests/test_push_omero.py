@@ -772,3 +772,30 @@ def test_pixels_mode_keeps_dtype(omero_server: Any, tmp_path: Path, dtype: str) 
         assert stats is not None  # set by setChannelGlobalMinMax
         assert _v(stats.getGlobalMin()) == pytest.approx(float(data[0, 0].min()))
         assert _v(stats.getGlobalMax()) == pytest.approx(float(data[0, 0].max()))
+
+
+def test_two_half_made_copies_are_merged_into_one(omero_server: Any, tmp_path: Path) -> None:
+    """Two half-made images of the same source (two interrupted pushes racing): the re-run keeps
+    one, deletes the other with Delete2, and completes the kept one."""
+    from omero_push.plan import build_plan
+    from omero_push.provenance import pending_description
+
+    f = tmp_path / "dup.ome.tiff"
+    data = make_ome_tiff(f, name="dup", shape_tczyx=(1, 1, 1, 20, 30))
+    sha1 = build_plan([f], dataset="x").items[0].sha1
+    with reader(omero_server) as sf:
+        px = sf.getPixelsService()
+        ptype = next(p for p in px.getAllEnumerations("PixelsType") if _v(p.getValue()) == "uint16")
+        made = [
+            _v(px.createImage(30, 20, 1, 1, [0], ptype, "dup", pending_description(sha1, 0)))
+            for _ in range(2)
+        ]
+    result = push([f], **push_kw(omero_server, dataset="dups", mode="pixels"))
+    assert [r.status for r in result.images] == ["resumed"]
+    assert result.image_ids == [min(made)]
+    with reader(omero_server) as sf:
+        images = sf.getQueryService().findAll("Image", None)
+        assert [_v(i.getId()) for i in images] == [min(made)]
+        (loaded,) = sf.getContainerService().getImages("Image", [min(made)], None)
+        pid = _v(loaded.getPrimaryPixels().getId())
+        assert np.array_equal(read_plane(sf, pid, 0, 0, 0, data.dtype, (20, 30)), data[0, 0, 0])
