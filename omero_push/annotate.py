@@ -130,6 +130,24 @@ def set_description(session: Session, kind: str, obj_id: int, text: str | None) 
     return True
 
 
+def set_name_and_description(
+    session: Session, kind: str, obj_id: int, name: str | None, description: str | None
+) -> bool:
+    """Set name (when given) and description where they differ, in one save."""
+    o = _o()
+    obj = load_object(session, kind, obj_id)
+    changed = False
+    if name and _val(obj.getName()) != name:
+        obj.setName(o.rtypes.rstring(name))
+        changed = True
+    if _val(obj.getDescription()) != (description or None):
+        obj.setDescription(o.rtypes.rstring(description) if description else None)
+        changed = True
+    if changed:
+        session.update().saveObject(obj)
+    return changed
+
+
 # --- images -------------------------------------------------------------------------------------
 
 

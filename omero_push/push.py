@@ -742,7 +742,7 @@ def _annotate_image(
     provenance_on: bool,
     res: PushResult,
 ) -> int:
-    """Tags, key-value pairs, comments; then the receipt (LAST but one); then the real description."""
+    """Tags, key-value pairs, comments; then the receipt; then the real name and description."""
     existing = annotate.linked_annotations(session, "Image", iid)
     n = 0
     _ids, created, links = annotate.ensure_tags(session, "Image", iid, list(im.tags), existing)
@@ -760,7 +760,9 @@ def _annotate_image(
     if annotate.find_map_annotation(existing, ns) is None:
         annotate.create_and_link(session, "Image", iid, annotate.new_map_annotation(pairs, ns))
         n += 1
-    annotate.set_description(session, "Image", iid, im.description)
+    # Last: the real description replaces the "incomplete" marker; the name is the OME Image's
+    # (OMERO's import names images of multi-image files "file [series]").
+    annotate.set_name_and_description(session, "Image", iid, im.name, im.description)
     return n
 
 

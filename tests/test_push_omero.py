@@ -799,3 +799,41 @@ def test_two_half_made_copies_are_merged_into_one(omero_server: Any, tmp_path: P
         (loaded,) = sf.getContainerService().getImages("Image", [min(made)], None)
         pid = _v(loaded.getPrimaryPixels().getId())
         assert np.array_equal(read_plane(sf, pid, 0, 0, 0, data.dtype, (20, 30)), data[0, 0, 0])
+
+
+@pytest.mark.parametrize("mode", ["import", "pixels"])
+def test_multi_image_ome_tiff(omero_server: Any, tmp_path: Path, mode: str) -> None:
+    """An OME-TIFF from elsewhere with two Images (series): two OMERO images, each with its own
+    receipt (same file SHA-1, series 0 and 1), pixels equal; a re-run adds nothing."""
+    import tifffile
+
+    f = tmp_path / "two.ome.tiff"
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 4000, (2, 24, 40), dtype="uint16")  # C Y X
+    b = rng.integers(0, 250, (3, 16, 20), dtype="uint8")  # Z Y X
+    with tifffile.TiffWriter(f, ome=True) as tw:
+        tw.write(a, metadata={"axes": "CYX", "Name": "first"})
+        tw.write(b, metadata={"axes": "ZYX", "Name": "second"})
+    kw = push_kw(omero_server, dataset=f"multi-{mode}", mode=mode)
+    result = push([f], **kw)
+    assert [r.series for r in result.images] == [0, 1] and len(set(result.image_ids)) == 2
+    with reader(omero_server) as sf:
+        images = sf.getContainerService().getImages("Image", result.image_ids, None)
+        by_id = {_v(i.getId()): i for i in images}
+        first, second = (by_id[i] for i in result.image_ids)
+        assert (_v(first.getName()), _v(second.getName())) == ("first", "second")
+        p1 = _v(first.getPrimaryPixels().getId())
+        p2 = _v(second.getPrimaryPixels().getId())
+        assert np.array_equal(read_plane(sf, p1, 0, 1, 0, a.dtype, (24, 40)), a[1])
+        assert np.array_equal(read_plane(sf, p2, 2, 0, 0, b.dtype, (16, 20)), b[2])
+        receipts = [
+            dict(maps_in(annotations_of(sf, "Image", i), PROVENANCE_NS)[0])
+            for i in result.image_ids
+        ]
+        assert [r["series"] for r in receipts] == ["0", "1"]
+        assert receipts[0]["source_sha1"] == receipts[1]["source_sha1"]
+        before = counts(sf)
+    again = push([f], **kw)
+    assert [r.status for r in again.images] == ["present", "present"]
+    with reader(omero_server) as sf:
+        assert counts(sf) == before
