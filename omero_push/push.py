@@ -383,7 +383,9 @@ def _run(
                 iid, desc = done[(item.sha1, im.index)]
                 if desc is not None and desc.startswith(provenance.PENDING_PREFIX):
                     # Receipt written but the run stopped before the final description.
-                    annotate.set_description(session, "Image", iid, im.description)
+                    annotate.set_name_and_description(
+                        session, "Image", iid, im.name, im.description
+                    )
                 _record(state, item, im, iid, "present", 0, progress)
             continue
         if mode == "import":
