@@ -837,3 +837,33 @@ def test_multi_image_ome_tiff(omero_server: Any, tmp_path: Path, mode: str) -> N
     assert [r.status for r in again.images] == ["present", "present"]
     with reader(omero_server) as sf:
         assert counts(sf) == before
+
+
+def test_crash_after_receipt_before_description_is_finished(
+    omero_server_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed right after the receipt, before the real description: the re-run counts the image as
+    present (no new image, no second receipt) and puts the real description in place."""
+    from omero_push import annotate
+
+    server = omero_server_factory()
+    f = tmp_path / "late.ome.tiff"
+    make_ome_tiff(f, name="late")
+    real = annotate.set_name_and_description
+
+    def crash(*args: Any, **kw: Any) -> bool:
+        server.kill()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(annotate, "set_name_and_description", crash)
+    kw = push_kw(server, dataset="late", mode="pixels", retries=0)
+    with pytest.raises(ConnectionLostError):
+        push([f], **kw)
+    server.restart()
+    monkeypatch.setattr(annotate, "set_name_and_description", real)
+    result = push([f], **kw)
+    assert [r.status for r in result.images] == ["present"]
+    with reader(server) as sf:
+        (image,) = sf.getQueryService().findAll("Image", None)
+        assert _v(image.getDescription()) == "late of a test experiment"
+        assert len(maps_in(annotations_of(sf, "Image", _v(image.getId())), PROVENANCE_NS)) == 1
