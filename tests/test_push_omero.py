@@ -867,3 +867,19 @@ def test_crash_after_receipt_before_description_is_finished(
         (image,) = sf.getQueryService().findAll("Image", None)
         assert _v(image.getDescription()) == "late of a test experiment"
         assert len(maps_in(annotations_of(sf, "Image", _v(image.getId())), PROVENANCE_NS)) == 1
+
+
+def test_group_the_user_belongs_to(omero_server: Any, tmp_path: Path) -> None:
+    """--group NAME of a group the user is in: the session switches to it and the images land there."""
+    f = tmp_path / "g.ome.tiff"
+    make_ome_tiff(f, name="grouped")
+    with reader(omero_server) as sf:
+        ec = sf.getAdminService().getEventContext()
+        other = [g for g in ec.memberOfGroups if g != ec.groupId]
+        if not other:
+            pytest.skip("the stand-in user belongs to one group only")
+        name = _v(sf.getAdminService().getGroup(other[0]).getName())
+    result = push([f], **push_kw(omero_server, dataset="in-group", mode="pixels", group=name))
+    with reader(omero_server) as sf:
+        img = sf.getQueryService().get("Image", result.image_ids[0])
+        assert _v(img.getDetails().getGroup().getId()) == other[0]
