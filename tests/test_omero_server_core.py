@@ -73,6 +73,9 @@ def test_login_event_context_keepalive_and_close(server) -> None:
         assert ec.groupId in ec.memberOfGroups
         if server.user == "root":
             assert ec.userId == 0 and ec.groupName == "system" and ec.isAdmin
+        types = [e.value.val for e in sf.getTypesService().allEnumerations("omero.model.PixelsType")]
+        assert {"uint8", "uint16", "float"} <= set(types)
+        assert sf.getConfigService().getVersion()
         assert sf.keepAlive(sf.getQueryService()) is True
         assert sf.keepAllAlive([sf.getQueryService(), sf.getUpdateService()]) == 0
     finally:
