@@ -589,3 +589,37 @@ def test_sigterm_stops_even_with_a_request_in_progress(omero_server_factory) -> 
     assert server.stop(timeout=30) == 1
     assert time.monotonic() - t0 < 20
     client.closeSession()
+
+
+def test_query_conditions_and_aggregates(server) -> None:
+    """or / not / like / is null / in (...) / group by, as hand-written HQL uses them."""
+    c = server.client()
+    try:
+        update, q = c.sf.getUpdateService(), c.sf.getQueryService()
+        stem = _unique("cond")
+        made = []
+        for i, desc in enumerate(["first", None, "third"]):
+            d = omero.model.DatasetI()
+            d.name = rstring(f"{stem}-{i}")
+            if desc is not None:
+                d.description = rstring(desc)
+            made.append(update.saveAndReturnObject(d).id.val)
+        like = ParametersI().add("pat", rstring(f"{stem}-%"))
+
+        def names(where: str, params: ParametersI = like) -> list[str]:
+            rows = q.findAllByQuery(f"select d from Dataset d where d.name like :pat and ({where}) "
+                                    "order by d.name desc", params)
+            return [d.name.val.rsplit("-", 1)[-1] for d in rows]
+
+        assert names("d.description is null") == ["1"]
+        assert names("d.description is not null") == ["2", "0"]
+        assert names("d.description = 'first' or d.description = 'third'") == ["2", "0"]
+        assert names("not (d.description = 'first')") == ["2"]  # null compares as unknown: dropped
+        ids = ParametersI().add("pat", rstring(f"{stem}-%")).addIds(made[:2])
+        assert names("d.id in (:ids)", ids) == ["1", "0"]
+        assert names(f"upper(d.name) = '{stem.upper()}-2'") == ["2"]
+        rows = q.projection("select d.description, count(d) from Dataset d where d.name like :pat "
+                            "group by d.description order by d.description", like)
+        assert sorted((unwrap(a) or "", unwrap(n)) for a, n in rows) == [("", 1), ("first", 1), ("third", 1)]
+    finally:
+        c.closeSession()

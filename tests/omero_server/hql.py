@@ -27,6 +27,7 @@ works. Polymorphism as in HQL: ``from Annotation`` also returns tags and map ann
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,6 +60,10 @@ _TOKEN = re.compile(r"""
 _KEYWORDS = {"select", "distinct", "from", "as", "join", "left", "right", "outer", "inner", "fetch",
              "where", "and", "or", "not", "in", "like", "is", "null", "exists", "order", "by",
              "asc", "desc", "group", "having"}
+
+
+_COMPARE = {"=": operator.eq, "!=": operator.ne, "<>": operator.ne, "<": operator.lt,
+            "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
 class QueryError(Exception):
@@ -458,21 +463,35 @@ class Evaluator:
         raise QueryError(f"unsupported expression {tag}")
 
     def test(self, row: dict[str, Any], node: Any) -> bool:
+        """Whether *row* satisfies *node* (SQL logic: an unknown result does not satisfy)."""
+        return self._truth(row, node) is True
+
+    def _truth(self, row: dict[str, Any], node: Any) -> bool | None:
+        """Three-valued truth of a condition: True, False, or None (unknown, from a null)."""
         if node is None:
             return True
         tag = node[0]
         if tag == "and":
-            return self.test(row, node[1]) and self.test(row, node[2])
+            a, b = self._truth(row, node[1]), self._truth(row, node[2])
+            if a is False or b is False:
+                return False
+            return None if a is None or b is None else True
         if tag == "or":
-            return self.test(row, node[1]) or self.test(row, node[2])
+            a, b = self._truth(row, node[1]), self._truth(row, node[2])
+            if a is True or b is True:
+                return True
+            return None if a is None or b is None else False
         if tag == "not":
-            return not self.test(row, node[1])
+            a = self._truth(row, node[1])
+            return None if a is None else not a
         if tag == "exists":
             return any(True for _ in self.rows(node[1], outer=row))
         if tag == "isnull":
             return self.value(row, node[1]) is None
         if tag == "in":
             left = self.value(row, node[1])
+            if left is None:
+                return None
             items: list[Any] = []
             for n in node[2]:
                 v = self.value(row, n)
@@ -481,20 +500,16 @@ class Evaluator:
         if tag == "like":
             left, pat = self.value(row, node[1]), self.value(row, node[2])
             if left is None or pat is None:
-                return False
+                return None
             rx = "^" + re.escape(str(pat)).replace("%", ".*").replace("_", ".") + "$"
             return re.match(rx, str(left), re.S) is not None
         if tag == "cmp":
             op, a, b = node[1], self.value(row, node[2]), self.value(row, node[3])
             if isinstance(b, list) and len(b) == 1:
                 b = b[0]
-            if op == "=":
-                return a == b
-            if op in ("!=", "<>"):
-                return a != b
             if a is None or b is None:
-                return False
-            return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[op]
+                return None
+            return _COMPARE[op](a, b)
         raise QueryError(f"unsupported condition {tag}")
 
     # --- rows
