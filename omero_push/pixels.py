@@ -175,12 +175,13 @@ def write_pixels(
                 hi = np.nanmax(plane) if floats else plane.max()
                 mins[c] = min(mins[c], float(lo))
                 maxs[c] = max(maxs[c], float(hi))
-            big = plane.astype(be, copy=False)  # one byte-swapped copy per plane, not per tile
             for x, y, w, h in tiles(s["X"], s["Y"], tw, th):
-                buf = big[y : y + h, x : x + w].tobytes()
+                # One copy per tile: gather and byte-swap together; Ice reads the array's buffer
+                # (and marshals it before begin_setTile returns), so no bytes object is made.
+                buf = np.ascontiguousarray(plane[y : y + h, x : x + w], dtype=be)
                 window.call(rps.begin_setTile, rps.end_setTile, buf, z, c, t, x, y, w, h)
                 if on_bytes is not None:
-                    on_bytes(len(buf))
+                    on_bytes(buf.nbytes)
         window.drain()
         rps.save()
     finally:
