@@ -274,6 +274,8 @@ class ObjectStore:
             self._index(root, oid, self._flat_obj(root, oid))
         for root, nxt in self._db.execute("SELECT root, next FROM seq"):
             self._seq[root] = nxt
+        for root, rows in self._rows.items():  # never hand out an id that is in use
+            self._seq[root] = max(self._seq.get(root, 1), max(rows) + 1)
         self._seed(user)
 
     # ---------------------------------------------------------------- lifecycle
@@ -370,8 +372,7 @@ class ObjectStore:
     # ---------------------------------------------------------------- ids and indexes
 
     def _next_id(self, root: str) -> int:
-        rows = self._rows.get(root, {})
-        nxt = max(self._seq.get(root, 1), (max(rows) + 1) if rows else 1)
+        nxt = self._seq.get(root, 1)
         self._seq[root] = nxt + 1
         return nxt
 
