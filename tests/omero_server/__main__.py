@@ -25,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ssl-port", type=int, default=None, metavar="P",
                    help="also serve SSL (omero-py's default transport) on P (0: any free port)")
     p.add_argument("--store", type=Path, required=True, help="folder for SQLite and files")
-    p.add_argument("--user", default="root")
-    p.add_argument("--password", default=os.environ.get("OMERO_STANDIN_PASSWORD", "omero"))
+    p.add_argument("--user", default="root", help="the account that may log in (default root)")
+    p.add_argument("--password", default=os.environ.get("OMERO_STANDIN_PASSWORD", "omero"),
+                   help="its password; better OMERO_STANDIN_PASSWORD (default omero)")
     p.add_argument("--drop-after-pixel-writes", type=int, default=None, metavar="N",
                    help="close the client's connection once, after N pixel writes")
     p.add_argument("--delay-ms", type=int, default=0, metavar="N", help="delay every API reply")
