@@ -883,3 +883,39 @@ def test_group_the_user_belongs_to(omero_server: Any, tmp_path: Path) -> None:
     with reader(omero_server) as sf:
         img = sf.getQueryService().get("Image", result.image_ids[0])
         assert _v(img.getDetails().getGroup().getId()) == other[0]
+
+
+def test_dataset_by_id(omero_server: Any, tmp_path: Path, capsys, monkeypatch) -> None:
+    """--dataset Dataset:ID pushes into that dataset; an id that does not exist is one line, exit 2."""
+    from omero.rtypes import rstring
+
+    f = tmp_path / "i.ome.tiff"
+    make_ome_tiff(f, name="by-id")
+    with reader(omero_server) as sf:
+        ds = omero.model.DatasetI()
+        ds.setName(rstring("made elsewhere"))
+        did = _v(sf.getUpdateService().saveAndReturnObject(ds).getId())
+    result = push([f], **push_kw(omero_server, dataset=f"Dataset:{did}", mode="pixels"))
+    assert result.dataset_id == did
+    with reader(omero_server) as sf:
+        assert [_v(i.getName()) for i in images_of(sf, did)] == ["by-id"]
+    monkeypatch.setenv("OMERO_PASSWORD", omero_server.password)
+    rc = cli.main(
+        [
+            str(f),
+            "--server",
+            host_url(omero_server),
+            "--port",
+            str(omero_server.port),
+            "--user",
+            omero_server.user,
+            "--dataset",
+            "Dataset:987654",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "Dataset:987654 does not exist" in err
+    assert [ln for ln in err.splitlines() if "error" in ln.lower()] == [
+        f"omero-push: error: Dataset:987654 does not exist or is not visible to {omero_server.user}"
+    ]
+    assert "Traceback" not in err
