@@ -260,19 +260,20 @@ def get_or_create_tag(session: Session, text: str) -> tuple[int, bool]:
 
     Ids are remembered for the session, so tagging the 500th image costs no lookup.
     """
-    known: dict[str, int] = session.cache.setdefault("tags", {})
-    if text in known:
-        return known[text], False
-    tid = find_tag(session, text)
-    if tid is not None:
+    with session.lock:  # two images tagged at once must not both create the tag
+        known: dict[str, int] = session.cache.setdefault("tags", {})
+        if text in known:
+            return known[text], False
+        tid = find_tag(session, text)
+        if tid is not None:
+            known[text] = tid
+            return tid, False
+        o = _o()
+        tag = o.model.TagAnnotationI()
+        tag.setTextValue(o.rtypes.rstring(text))
+        tid = _val(session.update().saveAndReturnObject(tag).getId())
         known[text] = tid
-        return tid, False
-    o = _o()
-    tag = o.model.TagAnnotationI()
-    tag.setTextValue(o.rtypes.rstring(text))
-    tid = _val(session.update().saveAndReturnObject(tag).getId())
-    known[text] = tid
-    return tid, True
+        return tid, True
 
 
 def ensure_tags(

@@ -12,6 +12,7 @@ by reconnecting and resuming (see ``push.py``).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,6 +62,8 @@ class Session:
     member_of: list[int] = field(default_factory=list)
     #: Per-session lookups that never change while it lives (enumerations): saves a round trip each.
     cache: dict[str, Any] = field(default_factory=dict)
+    #: Serialises find-or-create steps between the push's worker threads (one tag per name).
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
     def sf(self) -> Any:

@@ -288,6 +288,8 @@ def test_push_roundtrip_annotations_tables(omero_server: Any, tmp_path: Path, mo
         # Tags reused by name: one "glucose" tag although the dataset and both images carry it.
         glucose = q.findAllByString("TagAnnotation", "textValue", "glucose", True, None)
         assert len(glucose) == 1
+        # ... and one "pushtest" although two images were tagged with it at the same time
+        assert len(q.findAllByString("TagAnnotation", "textValue", "pushtest", True, None)) == 1
         dsanns = annotations_of(sf, "Dataset", did)
         assert tag_texts(dsanns) == ["exp-tag", "glucose"]
         assert maps_in(dsanns, KV_NS) == [
