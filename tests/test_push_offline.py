@@ -21,9 +21,10 @@ from omero_push.provenance import (
     receipt_pairs,
 )
 from omero_push.tables import column_specs
-from tests.test_push_support import make_converter_output, make_ome_tiff
+from tests.test_push_support import isolate_root_logging, make_converter_output, make_ome_tiff
 
 SENTINEL = "S3ntinel-pa55word-do-not-leak"
+_clean_logging = pytest.fixture(autouse=True)(isolate_root_logging)
 
 
 # --- plan ---------------------------------------------------------------------------------------

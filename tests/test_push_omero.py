@@ -26,12 +26,18 @@ from omero_push.errors import ConnectionLostError  # noqa: E402
 from omero_push.progress import NullProgress  # noqa: E402
 from omero_push.provenance import MARKER_NS, PENDING_PREFIX, PROVENANCE_NS  # noqa: E402
 from omero_push.push import push  # noqa: E402
-from tests.test_push_support import KV_NS, make_converter_output, make_ome_tiff  # noqa: E402
+from tests.test_push_support import (  # noqa: E402
+    KV_NS,
+    isolate_root_logging,
+    make_converter_output,
+    make_ome_tiff,
+)
 
 BULK_NS = "openmicroscopy.org/omero/bulk_annotations"
 SENTINEL = "Sentinel-Pw-4d1f9c"
 
 pytestmark = pytest.mark.timeout(300)
+_clean_logging = pytest.fixture(autouse=True)(isolate_root_logging)
 
 
 # --- reading back with plain omero-py -----------------------------------------------------------
@@ -502,6 +508,7 @@ def test_tables_off_attaches_hdf5_file(omero_server_factory: Any, tmp_path: Path
     """Without OMERO.tables the HDF5 file itself is attached to the dataset, and the log says so."""
     import hashlib
 
+    caplog.set_level("WARNING", logger="omero_push")
     server = omero_server_factory(tables=False)
     out = tmp_path / "out"
     make_converter_output(out, positions=1)

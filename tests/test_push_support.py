@@ -8,6 +8,7 @@ namespace, TagAnnotations and a CommentAnnotation linked from the Image.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,28 @@ def test_make_ome_tiff_reads_back(tmp_path: Path) -> None:
     assert np.array_equal(arr.reshape(data.shape), data)
     (im,) = images_from_ome(read_ome(tmp_path / "a.ome.tiff"))
     assert im.tags == ("pushtest", "glucose")
+
+
+def isolate_root_logging() -> Iterator[None]:
+    """Generator for an autouse fixture: a clean root logger for each omero_push test.
+
+    Another CLI run earlier in the same pytest process may have left a root handler bound to a
+    capture stream that is closed now (and a raised root level): drop such handlers, use
+    WARNING, and put everything back afterwards.
+    """
+    import logging
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+
+    def alive(h: logging.Handler) -> bool:
+        stream = getattr(h, "stream", None)
+        return not (stream is not None and getattr(stream, "closed", False))
+
+    root.handlers[:] = [h for h in root.handlers if alive(h)]
+    root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
