@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from omero_push.config import DEFAULT_PORT
 from omero_push.errors import PushError
@@ -19,6 +19,7 @@ from omero_push.progress import make_progress
 from omero_push.push import MODES, push
 from omero_push.upload import DEFAULT_CHUNK
 from posdir2ometiff import __version__
+from posdir2ometiff.logconfig import cli_logging
 
 log = logging.getLogger("omero_push.cli")
 
@@ -108,35 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def configure_logging(verbose: bool, quiet: bool) -> Callable[[], None]:
-    """Our loggers at INFO (DEBUG with -v, WARNING with -q); other libraries at WARNING.
-
-    Returns a function that puts the previous configuration back, so ``main()`` called from
-    another program (or a test) leaves no handler bound to a stream that may be closed later.
-    """
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s")
-    )
-    root = logging.getLogger()
-    saved_level = root.level
-    ours = [logging.getLogger(n) for n in ("omero_push", "posdir2ometiff")]
-    saved_levels = [lg.level for lg in ours]
-    root.addHandler(handler)  # beside any handler an embedding program (or pytest) has
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    for lg in ours:
-        lg.setLevel(level)
-
-    def restore() -> None:
-        root.removeHandler(handler)
-        root.setLevel(saved_level)
-        for lg, lv in zip(ours, saved_levels, strict=True):
-            lg.setLevel(lv)
-
-    return restore
-
-
 def _parse_tile(text: str | None) -> tuple[int, int] | None:
     if not text:
         return None
@@ -149,11 +121,8 @@ def _parse_tile(text: str | None) -> tuple[int, int] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    restore_logging = configure_logging(args.verbose, args.quiet)
-    try:
+    with cli_logging(args.verbose, args.quiet, fmt="%(message)s"):
         return _main(args)
-    finally:
-        restore_logging()
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from posdir2ometiff import __version__
 from posdir2ometiff.layout import DEFAULT_PATTERN, DEFAULT_POSITIONS, LayoutError
+from posdir2ometiff.logconfig import cli_logging
 from posdir2ometiff.writer import COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_TILE, WriterError
 
 logger = logging.getLogger("posdir2ometiff.cli")
@@ -99,25 +100,15 @@ def build_demo_parser() -> argparse.ArgumentParser:
     return p
 
 
-def configure_logging(verbose: bool, quiet: bool) -> None:
-    """One line per message on stderr; -v adds debug, -q leaves only errors."""
-    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if not verbose
-                                           else "%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # Third-party chatter (numexpr announces its thread count at INFO) is not ours to show.
-    for noisy in ("numexpr", "numexpr.utils"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-
-
 def _demo(argv: Sequence[str]) -> int:
+    args = build_demo_parser().parse_args(argv)
+    with cli_logging(False, args.quiet, quiet_level=logging.ERROR):
+        return _run_demo(args)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
     from posdir2ometiff.demo import make_demo
 
-    args = build_demo_parser().parse_args(argv)
-    configure_logging(False, args.quiet)
     channels = [c.strip() for c in args.channels.split(",") if c.strip()]
     try:
         spec = make_demo(args.folder, positions=args.positions, channels=channels, z=args.z,
@@ -137,8 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "demo":
         return _demo(argv[1:])
     args = build_parser().parse_args(argv)
-    configure_logging(args.verbose, args.quiet)
+    with cli_logging(args.verbose, args.quiet, quiet_level=logging.ERROR):
+        return _convert(args)
 
+
+def _convert(args: argparse.Namespace) -> int:
     from posdir2ometiff.convert import ConversionError, convert
     from posdir2ometiff.metadata.plugins import MetadataError
 

@@ -1,0 +1,48 @@
+"""Logging set-up for the command lines (``posdir2ometiff`` and ``omero-push``), and only for them.
+
+Library modules just ``getLogger(__name__)``; the CLIs call :func:`cli_logging` around their work.
+It adds one stderr handler beside whatever an embedding program (or pytest) has, sets our packages'
+level from ``-v``/``-q`` and keeps third-party libraries at WARNING, and puts everything back on
+exit, so ``main()`` called from another program leaves no handler bound to a closed stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+#: The loggers whose INFO messages are ours to show.
+OUR_PACKAGES = ("posdir2ometiff", "omero_push")
+
+
+@contextmanager
+def cli_logging(
+    verbose: bool,
+    quiet: bool,
+    *,
+    quiet_level: int = logging.WARNING,
+    fmt: str = "%(levelname)s: %(message)s",
+) -> Iterator[None]:
+    """Log to stderr while the block runs: INFO (DEBUG with ``verbose``, ``quiet_level`` with
+    ``quiet``) for our packages, WARNING for everyone else (DEBUG for all with ``verbose``)."""
+    level = logging.DEBUG if verbose else quiet_level if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else fmt)
+    )
+    root = logging.getLogger()
+    ours = [logging.getLogger(name) for name in OUR_PACKAGES]
+    saved = (root.level, [lg.level for lg in ours])
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for lg in ours:
+        lg.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        for lg, lv in zip(ours, saved[1], strict=True):
+            lg.setLevel(lv)
