@@ -38,7 +38,7 @@ import omero.api
 import omero.model
 from omero.rtypes import rdouble, rint, rlong, rstring, rtime
 
-from .server import ServerContext, servant
+from .server import ServerContext, StatefulService, servant
 from .store import ENUMERATIONS, is_enum_kind
 
 log = logging.getLogger(__name__)
@@ -769,7 +769,7 @@ class PixelsServiceI(omero.api.IPixels):
 
 
 @servant
-class RawPixelsStoreI(omero.api.RawPixelsStore):
+class RawPixelsStoreI(StatefulService, omero.api.RawPixelsStore):
     """RawPixelsStore: planes, tiles, rows, stacks of one Pixels object, big-endian bytes.
 
     One servant per ``createRawPixelsStore()``; ``close`` releases the buffer and removes it.
@@ -1125,14 +1125,6 @@ class RawPixelsStoreI(omero.api.RawPixelsStore):
         if current is not None:
             self.ctx.remove_servant(current)
 
-    def activate(self, current: Ice.Current | None = None) -> None:
-        """Nothing to do: the stand-in never passivates a service."""
-
-    def passivate(self, current: Ice.Current | None = None) -> None:
-        """Nothing to do: state lives in the servant until close."""
-
-    def getCurrentEventContext(self, current: Ice.Current | None = None) -> Any:
-        return self.session.event_context()
 
 
 def _wrap(fn: Callable[[], Any]) -> Any:

@@ -25,7 +25,7 @@ import omero.api
 import omero.model
 from omero.rtypes import rlong, rstring
 
-from .server import ServerContext, servant
+from .server import ServerContext, StatefulService, servant
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def refresh_file_object(
 
 
 @servant
-class RawFileStoreI(omero.api.RawFileStore):
+class RawFileStoreI(StatefulService, omero.api.RawFileStore):
     """A stateful reader/writer of one OriginalFile's bytes.
 
     ``file_id`` may be given at creation (the import's uploader) or later by ``setFileId``.
@@ -182,14 +182,6 @@ class RawFileStoreI(omero.api.RawFileStore):
         if current is not None:
             self.ctx.remove_servant(current)
 
-    def activate(self, current: Ice.Current | None = None) -> None:
-        """Nothing to do: the stand-in never passivates a service."""
-
-    def passivate(self, current: Ice.Current | None = None) -> None:
-        """Nothing to do: state lives in the servant until close."""
-
-    def getCurrentEventContext(self, current: Ice.Current | None = None) -> Any:
-        return self.session.event_context()
 
 
 def register(ctx: ServerContext) -> None:

@@ -72,7 +72,7 @@ from .pixels import (
     tiff_pointer_path,
 )
 from .rawfile import SHA1, RawFileStoreI, original_path, refresh_file_object, sha1_of
-from .server import ServerContext, servant, server_error
+from .server import ServerContext, StatefulService, servant, server_error
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ class ManagedRepositoryI(omero.grid.ManagedRepository):
 
 
 @servant
-class ImportProcessI(omero.grid.ImportProcess):
+class ImportProcessI(StatefulService, omero.grid.ImportProcess):
     """One running import: uploaders for its files, then verification and the import itself."""
 
     def __init__(
@@ -442,14 +442,6 @@ class ImportProcessI(omero.grid.ImportProcess):
         if current is not None:
             self.ctx.remove_servant(current)
 
-    def activate(self, current: Ice.Current | None = None) -> None:
-        """Nothing to do: the stand-in never passivates a service."""
-
-    def passivate(self, current: Ice.Current | None = None) -> None:
-        """Nothing to do: state lives in the servant until close."""
-
-    def getCurrentEventContext(self, current: Ice.Current | None = None) -> Any:
-        return self.session.event_context()
 
 
 @servant

@@ -191,6 +191,23 @@ def server_error(exc: BaseException) -> omero.ServerError:
     return omero.InternalException(stack, type(exc).__name__, f"{type(exc).__name__}: {exc}")
 
 
+class StatefulService:
+    """What every stateful service (RawPixelsStore, RawFileStore, ImportProcess) answers alike.
+
+    Put it before the Slice class in the bases so :func:`servant` finds these methods; the
+    servant must have ``self.session``.
+    """
+
+    def activate(self, current: Ice.Current | None = None) -> None:
+        """Nothing to do: the stand-in never passivates a service."""
+
+    def passivate(self, current: Ice.Current | None = None) -> None:
+        """Nothing to do: state lives in the servant until close."""
+
+    def getCurrentEventContext(self, current: Ice.Current | None = None) -> Any:
+        return self.session.event_context()
+
+
 def servant(cls: type) -> type:
     """Class decorator for servants: generate AMD ``_async`` methods and fail-fast stubs.
 
@@ -246,10 +263,7 @@ def _make_async(plain: Callable[..., Any], count: int) -> Callable[..., None]:
             else:
                 cb.ice_response(*result)
         except Ice.Exception as exc:
-            if isinstance(exc, Ice.UserException):
-                cb.ice_exception(exc)
-            else:
-                cb.ice_exception(exc)
+            cb.ice_exception(exc)
         except Exception as exc:  # noqa: BLE001 - every error must reach the client
             log.debug("servant error in %s", plain.__name__, exc_info=True)
             cb.ice_exception(server_error(exc))
