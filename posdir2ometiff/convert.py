@@ -197,7 +197,12 @@ def _probe(layout: PositionLayout) -> _Probe:
         if key in layout.files and key.c not in first:
             first[key.c] = key
     for c in range(layout.size_c):
-        key = first[c]  # a channel exists only because some file names it
+        key = first.get(c)
+        if key is None:
+            # A channel other positions have but this one lacks entirely (layout.unify_channels):
+            # all its planes are missing, written as grey zeros.
+            samples.append(1)
+            continue
         path = layout.files[key]
         cache[key] = read_plane(path)
         arr = cache[key][0]
@@ -344,6 +349,8 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
             {"t": k.t, "c": first_out[k.c], "z": k.z, "label": label, "path": None}
             for k, label in zip(missing, missing_labels, strict=True)
         ],
+        # Files of the folder that match no plane pattern (warned about; not converted).
+        "unmatched_files": [_relative(p, job.src) for p in layout.unmatched],
     }
 
 
@@ -429,6 +436,11 @@ def is_up_to_date(entry: dict | None, layout: PositionLayout, out: Path, src: Pa
     prev_sources = {s["path"]: s for s in entry.get("sources", [])}
     current = {_relative(p, src): p for p in layout.files.values()}
     if set(prev_sources) != set(current):
+        return False
+    # Same files but another hypercube (a channel that another position now brings in is
+    # missing here): the missing planes differ.
+    missing = [layout.describe(k) for k in layout.missing()]
+    if [m.get("label") for m in entry.get("missing_planes", [])] != missing:
         return False
     return all(_same_source(prev_sources[rel], p) for rel, p in current.items())
 

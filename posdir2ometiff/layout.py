@@ -131,8 +131,9 @@ def scan_position(
     ``channel_order`` (from the metadata's channel table) fixes the order of channels, matched
     case-insensitively; channels present in the files but not in the table are appended in sorted
     order with a warning, because a silent reorder would mislabel channels. Channels of the table
-    with no file at all are left out (nothing to write). Non-matching files are warned about by
-    name. Two files for one plane raise :class:`DuplicatePlaneError` naming both.
+    with no file in this folder are left out here; :func:`discover` then gives every position of
+    an experiment the same channels. Non-matching files are warned about by name. Two files for
+    one plane raise :class:`DuplicatePlaneError` naming both.
     """
     rx = compile_pattern(pattern) if isinstance(pattern, str) else pattern
     raw: dict[tuple[int, str, int], Path] = {}
@@ -155,7 +156,8 @@ def scan_position(
         raw[key] = path
     if unmatched:
         shown = ", ".join(p.name for p in unmatched[:10])
-        more = f" and {len(unmatched) - 10} more" if len(unmatched) > 10 else ""
+        more = (f" and {len(unmatched) - 10} more (all listed in the manifest)"
+                if len(unmatched) > 10 else "")
         logger.warning(
             "%s: %d file(s) do not match the plane pattern and are not converted: %s%s",
             folder, len(unmatched), shown, more,
@@ -224,4 +226,49 @@ def discover(
             logger.warning("%s: no plane file matches the pattern; position skipped", folder)
             continue
         layouts.append(layout)
+    return unify_channels(layouts, channel_order)
+
+
+def unify_channels(
+    layouts: list[PositionLayout], channel_order: Sequence[str] = ()
+) -> list[PositionLayout]:
+    """Give every position the same channels, in the same order (changes ``layouts`` in place).
+
+    A channel imaged in some positions but with no file at all in another (a skipped channel, a
+    crashed acquisition, files deleted) would otherwise shift the channel indices of that
+    position: its C=2 would be GFP here and mCherry there, and a script or an OMERO rendering
+    setting applied across the dataset would mislabel it. So the hypercube is the same for all
+    positions: the union of the channels (ordered as :func:`scan_position` orders them, matched
+    case-insensitively, spelt as in the first position that has them), and a position's absent
+    channel is kept with all its planes missing (written as zeros, listed, warned about).
+    Channels of the metadata table with no file in any position stay out: nothing was acquired.
+    """
+    usable = [lay for lay in layouts if lay.error is None]
+    spelling: dict[str, str] = {}
+    for lay in usable:
+        for c in lay.channels:
+            spelling.setdefault(c.lower(), c)
+    union: list[str] = []
+    for name in channel_order:
+        c = spelling.get(name.lower())
+        if c is not None and c not in union:
+            union.append(c)
+    union += sorted(c for c in spelling.values() if c not in union)
+    index = {c.lower(): i for i, c in enumerate(union)}
+    for lay in usable:
+        if [c.lower() for c in lay.channels] == [c.lower() for c in union]:
+            lay.channels = list(union)
+            continue
+        absent = [c for c in union if c.lower() not in {x.lower() for x in lay.channels}]
+        if absent:
+            logger.warning(
+                "%s: no file for channel(s) %s, which other positions have; kept as missing "
+                "planes (zeros) so every position has the same channels", lay.folder,
+                ", ".join(absent),
+            )
+        old = lay.channels
+        lay.files = {
+            PlaneKey(k.t, index[old[k.c].lower()], k.z): p for k, p in lay.files.items()
+        }
+        lay.channels = list(union)
     return layouts

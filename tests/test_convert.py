@@ -13,6 +13,8 @@ import pytest
 import tifffile
 from ome_types import from_xml
 
+from posdir2ometiff import __version__
+from posdir2ometiff import convert as convert_mod
 from posdir2ometiff.convert import convert
 from posdir2ometiff.demo import make_demo
 from posdir2ometiff.manifest import sha1_file, validate_manifest
@@ -73,9 +75,13 @@ def test_demo_converts_bit_exact_with_valid_manifest_and_tables(demo, tmp_path: 
         assert entry["sha1"] == sha1_file(out / entry["output"])
         assert entry["size"] == (out / entry["output"]).stat().st_size
         assert entry["pyramid_levels"] == 1 and entry["missing_planes"] == []
-        src0 = entry["sources"][0]
-        assert src0["sha1"] == sha1_file(demo.folder / src0["path"])
-        assert not src0["path"].startswith("/")
+        assert len(entry["sources"]) == 2 * 3 * 2
+        for src in entry["sources"]:
+            assert src["sha1"] == sha1_file(demo.folder / src["path"])
+            assert src["size"] == (demo.folder / src["path"]).stat().st_size
+            assert not src["path"].startswith("/")
+        assert entry["unmatched_files"] == []
+    assert manifest["version"] == __version__
     tables = manifest["tables"]
     assert tables["path"] == "experiment.h5" and tables["sha1"] == sha1_file(out / "experiment.h5")
     assert set(tables["names"]) <= set(read_tables(out / "experiment.h5"))
@@ -262,3 +268,77 @@ def test_unknown_option_and_out_inside_src(demo, tmp_path: Path) -> None:
     assert [p.name for p in convert(demo.folder, out, **FAST).positions] == ["pos001", "pos002"]
     again = convert(demo.folder, out, **FAST)
     assert [p.status for p in again.positions] == ["skipped", "skipped"]
+
+
+def test_channel_absent_from_one_position_is_kept_as_missing_planes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = make_demo(tmp_path / "exp", positions=2, channels=["DIC", "GFP", "mCherry"], z=2, t=2,
+                     size=32, seed=4)
+    for f in (spec.folder / "pos002").glob("*_GFP_*.png"):
+        f.unlink()
+    out = tmp_path / "out"
+    # First only pos002: on its own it has two channels.
+    first = convert(spec.folder, out, positions="pos002", **FAST)
+    assert first.ok
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["positions"]["pos002"]["channels"] == ["DIC", "mCherry"]
+    with caplog.at_level(logging.WARNING):
+        result = convert(spec.folder, out, **FAST)
+    # pos002 is redone (same files, but now a hypercube with GFP), not skipped as up to date.
+    assert [(p.name, p.status) for p in result.positions] == [("pos001", "ok"), ("pos002", "ok")]
+    assert "pos002: no file for channel(s) GFP" in caplog.text
+    assert "pos002: 4 missing plane(s) written as zeros" in caplog.text
+    manifest = json.loads((out / "manifest.json").read_text())
+    validate_manifest(manifest)
+    entry = manifest["positions"]["pos002"]
+    assert entry["channels"] == manifest["positions"]["pos001"]["channels"] == [
+        "DIC", "GFP", "mCherry"]
+    assert entry["dimensions"]["C"] == 3
+    assert [(m["t"], m["c"], m["z"]) for m in entry["missing_planes"]] == [
+        (0, 1, 0), (0, 1, 1), (1, 1, 0), (1, 1, 1)]
+    assert_matches_sources(out, spec.folder, "pos002")  # DIC and mCherry where they belong
+    data, ome = ome_planes(out / "pos002.ome.tiff")
+    assert not data[:, 1].any() and data[:, 0].any() and data[:, 2].any()
+    assert [c.name for c in ome.images[0].pixels.channels] == ["DIC", "GFP", "mCherry"]
+    pairs = [(m.k, m.value) for m in ome.structured_annotations.map_annotations[0].value.ms]
+    assert ("missing plane", "t=1 c=GFP z=1") in pairs
+    again = convert(spec.folder, out, **FAST)
+    assert [p.status for p in again.positions] == ["skipped", "skipped"]
+
+
+def test_workers_default_to_the_number_of_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_demo(tmp_path / "exp", positions=4, channels=["GFP"], z=1, t=1, size=32,
+                     metadata=False)
+    seen: list[int] = []
+    real = convert_mod._run_jobs
+
+    def recording(jobs, workers, *args):
+        seen.append(workers)
+        return real(jobs, 1, *args)  # run inline: only the choice is under test
+
+    monkeypatch.setattr(convert_mod, "_run_jobs", recording)
+    monkeypatch.setattr(convert_mod.os, "cpu_count", lambda: 3)
+    assert convert(spec.folder, tmp_path / "a", progress="off").ok
+    assert convert(spec.folder, tmp_path / "b", workers=2, progress="off").ok
+    monkeypatch.setattr(convert_mod.os, "cpu_count", lambda: 16)  # never more than positions
+    assert convert(spec.folder, tmp_path / "c", progress="off").ok
+    assert seen == [3, 2, 4]
+
+
+def test_unmatched_files_are_listed_in_the_manifest(
+    demo, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    strays = [f"stray_{i:02d}.txt" for i in range(12)]
+    for name in strays:
+        (demo.folder / "pos001" / name).write_text("x")
+    with caplog.at_level(logging.WARNING):
+        assert convert(demo.folder, tmp_path / "out", **FAST).ok
+    assert "12 file(s) do not match" in caplog.text and "stray_00.txt" in caplog.text
+    assert "all listed in the manifest" in caplog.text
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    validate_manifest(manifest)
+    assert manifest["positions"]["pos001"]["unmatched_files"] == [f"pos001/{n}" for n in strays]
+    assert manifest["positions"]["pos002"]["unmatched_files"] == []

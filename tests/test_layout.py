@@ -116,3 +116,29 @@ def test_shared_sample_layout(swainlab_sample: Path) -> None:
     assert (layout.size_t, layout.size_c, layout.size_z) == (3, 3, 5)
     assert layout.channels == ["Brightfield", "DIC", "GFP"]
     assert layout.missing() == []
+
+
+def test_every_position_gets_the_same_channels(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A channel with no file in one position is kept there (all planes missing), so channel
+    indices mean the same in every position; a table channel found nowhere stays out."""
+    touch(tmp_path / "pos001", "a_1_DIC_1.png", "a_1_GFP_1.png", "a_1_mCherry_1.png")
+    touch(tmp_path / "pos002", "a_1_DIC_1.png", "a_1_mcherry_1.png")  # no GFP; other spelling
+    touch(tmp_path / "pos003", "a_1_GFP_1.png", "a_1_DIC_1.png", "a_1_mCherry_1.png")
+    with caplog.at_level(logging.WARNING):
+        layouts = discover(tmp_path, channel_order=["DIC", "GFP", "mCherry", "Cy5"])
+    assert [lay.channels for lay in layouts] == [["DIC", "GFP", "mCherry"]] * 3
+    pos2 = layouts[1]
+    assert pos2.files[PlaneKey(0, 2, 0)].name == "a_1_mcherry_1.png"
+    assert pos2.files[PlaneKey(0, 0, 0)].name == "a_1_DIC_1.png"
+    assert pos2.missing() == [PlaneKey(0, 1, 0)]
+    assert pos2.describe(PlaneKey(0, 1, 0)) == "t=1 c=GFP z=1"
+    assert "pos002: no file for channel(s) GFP" in caplog.text
+    assert "pos001: no file" not in caplog.text and "Cy5" not in caplog.text
+    # without metadata: the union, sorted
+    (tmp_path / "pos003" / "a_1_GFP_1.png").unlink()
+    touch(tmp_path / "pos003", "a_1_BF_1.png")
+    layouts = discover(tmp_path)
+    assert [lay.channels for lay in layouts] == [["BF", "DIC", "GFP", "mCherry"]] * 3
+    assert layouts[0].missing() == [PlaneKey(0, 0, 0)]

@@ -147,3 +147,33 @@ def test_bad_options(tmp_path: Path) -> None:
     with pytest.raises(WriterError, match="--compression"):
         write_ometiff(tmp_path / "x.ome.tiff", iter([]), count=0, shape=shape,
                       dtype=np.dtype("uint16"), ome_xml="", compression="jpeg")
+
+
+def test_512_plane_with_tile_512_has_no_subifds(tmp_path: Path) -> None:
+    shape = (512, 512)
+    out = tmp_path / "p.ome.tiff"
+    levels = write_ometiff(out, iter(random_planes(1, shape, "uint16")), count=1, shape=shape,
+                           dtype=np.dtype("uint16"), ome_xml=xml_for(1, shape, "uint16"))
+    assert levels == 1
+    with tifffile.TiffFile(out) as tf:
+        assert len(tf.pages) == 1 and not tf.pages[0].subifds
+        assert tf.pages[0].tile == (512, 512)
+        assert len(tf.series[0].levels) == 1
+
+
+def test_planes_are_streamed_one_at_a_time(tmp_path: Path) -> None:
+    """Each plane is written before the next is asked for: never a whole position in memory."""
+    shape = (64, 64)
+    written: list[int] = []
+    asked_after: list[int] = []
+
+    def planes():
+        for i in range(5):
+            asked_after.append(len(written))
+            yield np.full(shape, i, np.uint16)
+
+    write_ometiff(tmp_path / "p.ome.tiff", planes(), count=5, shape=shape,
+                  dtype=np.dtype("uint16"), ome_xml=xml_for(5, shape, "uint16"),
+                  on_plane=written.append)
+    assert asked_after == [0, 1, 2, 3, 4]
+    assert written == [1, 2, 3, 4, 5]
