@@ -4,7 +4,8 @@ Set ``OMERO_HOST`` (a host for SSL, or ``tcp://host``), ``OMERO_PORT`` (default 
 ``OMERO_USER`` and ``OMERO_PASSWORD``; ``docker/`` has a compose file for a throw-away server.
 The tests are those of ``test_omero_server_core.py`` that hold for any OMERO (not the stand-in's
 restart, fault and seeding tests), run through the same ``server`` fixture name, so a
-difference between the stand-in and OMERO shows up as the same test failing here.
+difference between the stand-in and OMERO shows up as the same test failing here; and the
+plain omero-py script ``tests/omero_server/example_client.py`` (import, pixels, tables).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tests.test_omero_server_core import (  # noqa: E402,F401  (collected again,
     test_tags_reused_by_text_and_annotations_linked,
     test_wrong_password_fails_as_omero_does,
 )
+from tests.test_omero_server_example import converted, run_example  # noqa: E402,F401
 
 
 @dataclass
@@ -65,3 +67,10 @@ def server() -> RealOmero:
     return RealOmero(url=os.environ["OMERO_HOST"], port=int(os.environ.get("OMERO_PORT", "4064")),
                      user=os.environ.get("OMERO_USER", "root"),
                      password=os.environ.get("OMERO_PASSWORD", ""))
+
+
+def test_example_script_against_real_omero(server: RealOmero, converted: Any) -> None:  # noqa: F811
+    """tests/omero_server/example_client.py passes against OMERO as it does against the stand-in."""
+    done = run_example(server, converted)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.rstrip().endswith("all read-backs matched")
