@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import tifffile
+from ome_types import from_xml
 
 from posdir2ometiff.cli import main
 from posdir2ometiff.demo import make_demo
@@ -54,6 +56,11 @@ def test_options_reach_the_manifest(demo, tmp_path: Path) -> None:
     assert manifest["options"]["pixel_size_um"] == 0.1
     assert list(manifest["positions"]) == ["pos002"]
     assert manifest["positions"]["pos002"]["pyramid_levels"] == 2
+    # the overrides beat the demo's Acq file (z spacing 0.6 µm there) in the OME-XML
+    with tifffile.TiffFile(out / "pos002.ome.tiff") as tf:
+        assert tf.pages[0].tile == (32, 32) and len(tf.pages[0].subifds) == 1
+        px = from_xml(tf.pages[0].description).images[0].pixels
+    assert (px.physical_size_x, px.physical_size_z, px.time_increment) == (0.1, 0.5, 60)
 
 
 def test_failed_position_one_line_per_failure_exit_1(demo, tmp_path: Path, capsys) -> None:
@@ -113,8 +120,23 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise(caplog) -> None:
         assert p.mode == "bar"
         p.update(4)
         p.update(6)
-    assert "10/10" in tty.getvalue() and "plane" in tty.getvalue()
+    assert "10/10" in tty.getvalue() and "plane/s" in tty.getvalue()  # done/total and rate
+    assert "\r" in tty.getvalue()  # redrawn in place, not one line per update
     with caplog.at_level(logging.INFO), Progress(10, stream=io.StringIO(), interval=0) as p:
         assert p.mode == "log"
         p.update(5)
     assert "5/10 planes (50%)" in caplog.text and "planes/s" in caplog.text
+
+
+def test_overwrite_forces_and_verbose_shows_debug_and_tracebacks(
+    demo, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "out"
+    assert main([str(demo.folder), "-o", str(out), "--workers", "1", "-q"]) == 0
+    assert main([str(demo.folder), "-o", str(out), "--workers", "1", "--overwrite", "-v"]) == 0
+    err = capsys.readouterr().err
+    assert "2 converted, 0 up to date" in err
+    assert "DEBUG posdir2ometiff" in err or "INFO posdir2ometiff" in err  # -v: logger names
+    assert main([str(tmp_path / "nope"), "-o", str(out), "-v"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "not a folder" in err.splitlines()[-1]

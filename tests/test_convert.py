@@ -192,10 +192,15 @@ def test_failure_after_success_removes_stale_output_and_fail_fast_stops(
     assert not (out / "pos001.ome.tiff").exists()  # no output that disagrees with its sources
 
 
-def test_two_workers_give_the_same_pixels(demo, tmp_path: Path) -> None:
+def test_two_workers_give_the_same_pixels(
+    demo, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     one = convert(demo.folder, tmp_path / "one", workers=1, progress="off")
-    two = convert(demo.folder, tmp_path / "two", workers=2, progress="log")
+    with caplog.at_level(logging.INFO, logger="posdir2ometiff.progress"):
+        two = convert(demo.folder, tmp_path / "two", workers=2, progress="log")
     assert one.ok and two.ok
+    # the workers' progress reaches the parent: all 2 × 3 × 2 × 2 planes counted
+    assert "24/24 planes (100%)" in caplog.text
     for name in demo.positions:
         a, _ = ome_planes(tmp_path / "one" / f"{name}.ome.tiff")
         b, _ = ome_planes(tmp_path / "two" / f"{name}.ome.tiff")

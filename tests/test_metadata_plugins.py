@@ -126,6 +126,25 @@ def test_overrides_go_last(swainlab_sample: Path) -> None:
     assert (meta.z.count, meta.time.timepoints) == (5, 288), "other settings kept"
 
 
+def test_overrides_beat_both_the_text_files_and_the_sidecar(
+    tmp_path: Path, swainlab_sample: Path
+) -> None:
+    folder = tmp_path / "e"
+    shutil.copytree(swainlab_sample, folder, ignore=shutil.ignore_patterns("pos*"))
+    (folder / "experiment.yml").write_text(
+        "pixel_size_um: 0.182\nz: {spacing_um: 0.8}\ntime: {interval_s: 120}\n"
+    )
+    layered = load_metadata(folder)
+    assert (layered.pixel_size_um, layered.z.spacing_um, layered.time.interval_s) == (
+        0.182, 0.8, 120)  # the sidecar over the Acq file's 0.6 µm and 300 s
+    overrides = ExperimentMetadata(
+        pixel_size_um=0.2, z=ZSectioning(spacing_um=1.0), time=TimeSettings(interval_s=60)
+    )
+    meta = load_metadata(folder, "auto", overrides)
+    assert meta.sources[:2] == ["swainlab", "yaml"]
+    assert (meta.pixel_size_um, meta.z.spacing_um, meta.time.interval_s) == (0.2, 1.0, 60)
+
+
 def test_none_and_nothing_found(tmp_path: Path, swainlab_sample: Path) -> None:
     assert load_metadata(swainlab_sample, "none") is None
     only = ExperimentMetadata(pixel_size_um=0.3)
