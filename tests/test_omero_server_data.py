@@ -956,3 +956,62 @@ def test_restart_keeps_pixels_files_imports_and_tables(
             assert table.read([0], 0, 3).columns[0].values == [4, 5, 6]
         finally:
             table.close()
+
+
+def test_session_end_releases_import_table_and_pixels_servants(
+    omero_server: Any, tmp_path: Path
+) -> None:
+    """Closing a session removes every servant it made, as OMERO closes a session's services.
+
+    The repository, an import process and its uploader, an open table and an open
+    RawPixelsStore — reached through SharedResources/ImportProcess, not the ServiceFactory —
+    answer ObjectNotExist afterwards (no servant left in memory until the server exits), and
+    the table left open is released: another session reopens it and reads its rows.
+    """
+    a, sf = omero_server.client(), None
+    sf = a.getSession()
+    resources = sf.sharedResources()
+    repo = a.getManagedRepository()
+    fileset = omero.model.FilesetI()
+    entry = omero.model.FilesetEntryI()
+    entry.setClientPath(rstring(str(tmp_path / "never-uploaded.ome.tiff")))
+    fileset.addFilesetEntry(entry)
+    proc = repo.importFileset(fileset, omero.grid.ImportSettings())
+    uploader = proc.getUploader(0)
+    table = resources.newTable(0, "left-open.h5")
+    col = omero.grid.LongColumn("n", "", [])
+    table.initialize([col])
+    col.values = [7, 8, 9]
+    table.addData([col])
+    table_file = table.getOriginalFile().getId().getValue()
+    pid = create_image(sf, (1, 1, 1, 4, 4), "uint8")
+    rps = sf.createRawPixelsStore()
+    rps.setPixelsId(pid, True)
+    made = [str(p) for p in (resources, repo, proc, uploader, table, rps)]
+    a.closeSession()  # nothing closed by the client: the session's end must do it
+
+    with session(omero_server) as (b, sf_b):
+        for text in made:
+            stale = b.getCommunicator().stringToProxy(text)
+            with pytest.raises(Ice.ObjectNotExistException):
+                stale.ice_ping()
+        reopened = sf_b.sharedResources().openTable(omero.model.OriginalFileI(table_file, False))
+        try:
+            assert reopened.read([0], 0, 3).columns[0].values == [7, 8, 9]
+        finally:
+            reopened.close()
+
+
+def test_a_joined_login_ending_leaves_the_session_servants(omero_server: Any) -> None:
+    """Servants belong to the session: a second login (joinSession) closing does not end them."""
+    first = omero_server.client()
+    try:
+        table = first.getSession().sharedResources().newTable(0, "shared.h5")
+        table.initialize([omero.grid.LongColumn("n", "", [])])
+        other = omero.client(host=omero_server.url, port=int(omero_server.port))
+        other.joinSession(first.getSessionId())
+        other.closeSession()
+        assert table.getNumberOfRows() == 0  # still there: the first login is alive
+        table.close()
+    finally:
+        first.closeSession()

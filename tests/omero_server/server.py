@@ -95,13 +95,25 @@ class ServerContext:
             self.services[name] = factory
 
     def add_servant(self, servant: Ice.Object, category: str = "", name: str | None = None) -> Any:
-        """Add *servant* to the adapter under a fresh (or given) identity; returns its proxy."""
+        """Add *servant* to the adapter under a fresh (or given) identity; returns its proxy.
+
+        With a live session's uuid as *category* (what services pass), the session records
+        the identity, and the session's end removes and closes the servant if the client
+        did not (see ``Session.release_servants``).
+        """
         ident = Ice.Identity(name or str(uuid.uuid4()), category)
-        return self.adapter.add(servant, ident)
+        prx = self.adapter.add(servant, ident)
+        session = self.sessions.get(category)
+        if session is not None:
+            session.track(ident)
+        return prx
 
     def remove_servant(self, current_or_identity: Any) -> None:
         """Remove a servant (by ``Ice.Current`` or identity); a stateful service's ``close``."""
         ident = getattr(current_or_identity, "id", current_or_identity)
+        session = self.sessions.get(ident.category)
+        if session is not None:
+            session.untrack(ident)
         with contextlib.suppress(Ice.LocalException):  # already gone, or shutting down
             self.adapter.remove(ident)
 

@@ -461,6 +461,7 @@ class SessionServiceI(_Service, omero.api.ISession):
         if session is None:
             raise omero.RemovedSessionException(None, None, f"session {suuid} does not exist")
         session.closed = True
+        session.release_servants()  # OMERO closes a killed session's services too
         return 0
 
 

@@ -84,6 +84,48 @@ class Session:
     closed: bool = False
     callback: Any = None
     lock: threading.RLock = field(default_factory=threading.RLock)
+    #: live logins (ServiceFactories) of this session; its servants go when the last one ends
+    logins: int = 0
+    #: servants added under this session's uuid and not yet removed: identity string -> identity
+    servants: dict[str, Any] = field(default_factory=dict)
+
+    def track(self, ident: Any) -> None:
+        """Remember a servant made for this session (``ServerContext.add_servant`` calls it)."""
+        with self.lock:
+            self.servants[Ice.identityToString(ident)] = ident
+
+    def untrack(self, ident: Any) -> None:
+        """Forget a servant the client closed (``ServerContext.remove_servant`` calls it)."""
+        with self.lock:
+            self.servants.pop(Ice.identityToString(ident), None)
+
+    def release_servants(self) -> int:
+        """Remove every servant still recorded for this session and close it; returns how many.
+
+        Why: services reached through other services (the managed repository, import
+        processes and their uploaders, handles, tables) are not the ServiceFactory's own, so
+        without this they stayed in the adapter, with their files open, until the server
+        exited. OMERO closes a session's stateful services when the session ends; so does
+        this: ``close(None)`` releases files (a table left open is closed and its
+        OriginalFile refreshed, as a client's ``close()`` would).
+        """
+        with self.lock:
+            idents = list(self.servants.values())
+            self.servants.clear()
+        for ident in idents:
+            try:
+                servant_ = self.ctx.adapter.remove(ident)
+            except Ice.LocalException:  # already gone, or the adapter is shutting down
+                continue
+            close = getattr(servant_, "close", None)
+            if close is None:
+                continue
+            try:
+                close(None)
+            except Exception:  # noqa: BLE001 - services without close answer ApiUsageException
+                log.debug("closing %s at the end of session %s", Ice.identityToString(ident),
+                          self.uuid, exc_info=True)
+        return len(idents)
 
     @property
     def owner(self) -> Any:
@@ -224,6 +266,7 @@ class RouterI(Glacier2.Router):
                 raise Glacier2.PermissionDeniedException(
                     f"Password check failed for '{userId}': [id={'null' if uid is None else uid}]")
             sf = ServiceFactoryI(ctx, session)
+            session.logins += 1
             sf.con_key = _con_key(current)
             prx = ctx.adapter.add(sf, Ice.Identity(session.uuid, "sf-" + str(uuid.uuid4())))
             sf.identity = prx.ice_getIdentity()
@@ -455,7 +498,11 @@ class ServiceFactoryI(omero.api.ServiceFactory):
 
     # -- Glacier2::Session
     def destroy(self, current: Any = None) -> None:
-        """Remove this login's servants; the session itself stays joinable until closed."""
+        """Remove this login's servants; the session itself stays joinable until closed.
+
+        When this was the session's last login, every servant made for the session (also
+        those made through SharedResources, ImportProcess, ...) is removed and closed.
+        """
         with self._lock:
             for prx in self._stateless.values():
                 self.ctx.remove_servant(prx.ice_getIdentity())
@@ -463,6 +510,12 @@ class ServiceFactoryI(omero.api.ServiceFactory):
             for ident in self._stateful:
                 self.ctx.remove_servant(ident)
             self._stateful.clear()
-            if self.identity is not None:
-                self.ctx.remove_servant(self.identity)
-                self.identity = None
+            if self.identity is None:
+                return  # already destroyed
+            self.ctx.remove_servant(self.identity)
+            self.identity = None
+        with self.session.lock:
+            self.session.logins -= 1
+            last = self.session.logins <= 0
+        if last:  # what this session's services made (imports, tables, ...) goes with it
+            self.session.release_servants()

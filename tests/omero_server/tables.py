@@ -124,7 +124,7 @@ class StandInTableI(omero.tables.TableI):
 
 def _table_proxy(ctx: ServerContext, session: Any, file_obj: Any) -> Any:
     table = StandInTableI(ctx, session, file_obj, read_only=False)
-    prx = ctx.adapter.add(table, table.id)
+    prx = ctx.add_servant(table, table.id.category, table.id.name)  # recorded by the session
     return omero.grid.TablePrx.uncheckedCast(prx)
 
 
