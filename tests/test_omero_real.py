@@ -23,6 +23,7 @@ omero = pytest.importorskip("omero")
 
 from tests.test_omero_server_core import (  # noqa: E402,F401  (collected again, against OMERO)
     test_blitzgateway_reads_what_was_saved,
+    test_find_all_by_string,
     test_join_session_by_uuid,
     test_login_event_context_keepalive_and_close,
     test_not_null_fields_are_enforced,

@@ -6,8 +6,14 @@ here is what the pusher will meet.
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +27,7 @@ from omero.rtypes import rlong, rstring, unwrap  # noqa: E402
 from omero.sys import ParametersI  # noqa: E402
 
 MAP_NS = "openmicroscopy.org/omero/client/mapAnnotation"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _unique(name: str) -> str:
@@ -623,3 +630,218 @@ def test_query_conditions_and_aggregates(server) -> None:
         assert sorted((unwrap(a) or "", unwrap(n)) for a, n in rows) == [("", 1), ("first", 1), ("third", 1)]
     finally:
         c.closeSession()
+
+
+# --------------------------------------------------------------------------- the CLI (issue point 1)
+
+def _cli(store: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m tests.omero_server --store STORE ARGS`` as a user starts it (no fixture)."""
+    return subprocess.Popen([sys.executable, "-m", "tests.omero_server", "--store", str(store), *args],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_cli_defaults_root_omero_and_stops_on_sigint(tmp_path: Path) -> None:
+    """No --user/--password and no OMERO_STANDIN_PASSWORD: root/omero, as a fresh OMERO; the
+    first line is exactly ``listening on <port>``; Ctrl-C (SIGINT) stops it with status 0."""
+    env = {k: v for k, v in os.environ.items() if k != "OMERO_STANDIN_PASSWORD"}
+    proc = _cli(tmp_path / "store", "--port", "0", env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert re.fullmatch(r"listening on \d+\n", line), line + proc.stderr.read()
+        c = omero.client(host="tcp://127.0.0.1", port=int(line.split()[-1]))
+        try:
+            ec = c.createSession("root", "omero").getAdminService().getEventContext()
+            assert (ec.userName, ec.isAdmin) == ("root", True)
+        finally:
+            c.closeSession()
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+        assert not (tmp_path / "store" / "objects.sqlite-wal").exists()  # SQLite closed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_cli_port_in_use_is_one_line_and_status_2(omero_server, tmp_path: Path) -> None:
+    """A server that cannot start says why in one line on stderr and exits 2 (no traceback)."""
+    proc = _cli(tmp_path / "other", "--port", str(omero_server.port))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"omero stand-in: cannot start on port {omero_server.port}"), err
+    assert "listening" not in out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_cleanly_and_restart_keeps_the_store(omero_server, signum: int) -> None:
+    """Both signals: status 0, no traceback, SQLite closed; the next start reads the same store."""
+    c = omero_server.client()
+    ds = omero.model.DatasetI()
+    ds.name = rstring("before-the-signal")
+    did = c.sf.getUpdateService().saveAndReturnObject(ds).id.val
+    c.closeSession()
+    omero_server.proc.send_signal(signum)
+    assert omero_server.proc.wait(30) == 0
+    assert "Traceback" not in omero_server.stderr, omero_server.stderr
+    assert not (omero_server.store_dir / "objects.sqlite-wal").exists()
+    omero_server.start()
+    c = omero_server.client()
+    try:
+        assert c.sf.getQueryService().get("Dataset", did).name.val == "before-the-signal"
+    finally:
+        c.closeSession()
+
+
+# --------------------------------------------------------------------------- what is not served
+
+@pytest.mark.parametrize("query", [
+    "select new map(i.id as id) from Image i",
+    "select d.name, count(d) from Dataset d group by d.name having count(d) > 1",
+    "select d from Dataset d where d.id in (select l.child.id from ProjectDatasetLink l)",
+    "select maxIndex(p.channels) from Pixels p",
+    "select i from Image i where length(i.name) > 3",
+    "update Dataset set name = 'x'",
+])
+def test_unsupported_hql_raises_api_usage(omero_server_session, query: str) -> None:
+    """Every HQL shape outside the documented ones fails with ApiUsageException naming the
+    stand-in (never a wrong answer, never a hang), through findAllByQuery and projection."""
+    c = omero_server_session.client()
+    try:
+        q = c.sf.getQueryService()
+        for call in (q.findAllByQuery, q.projection):
+            with pytest.raises(omero.ApiUsageException) as info:
+                call(query, None)
+            assert "stand-in" in info.value.message
+    finally:
+        c.closeSession()
+
+
+def test_unserved_operations_and_services_fail_at_once(omero_server_session) -> None:
+    """An operation or service the stand-in does not implement answers ApiUsageException."""
+    c = omero_server_session.client()
+    try:
+        with pytest.raises(omero.ApiUsageException) as info:
+            c.sf.getQueryService().findAllByFullText("Image", "gfp", None)
+        assert "not supported by the OMERO stand-in" in info.value.message
+        with pytest.raises(omero.ApiUsageException):
+            c.sf.getRoiService()
+        with pytest.raises(omero.ApiUsageException):
+            c.sf.getScriptService()
+    finally:
+        c.closeSession()
+
+
+def test_find_all_by_string(server) -> None:
+    """findAllByString: exact value, case-sensitive or not."""
+    c = server.client()
+    try:
+        name = _unique("Find-By-String")
+        ds = omero.model.DatasetI()
+        ds.name = rstring(name)
+        did = c.sf.getUpdateService().saveAndReturnObject(ds).id.val
+        q = c.sf.getQueryService()
+        assert [d.id.val for d in q.findAllByString("Dataset", "name", name, True, None)] == [did]
+        assert q.findAllByString("Dataset", "name", name.lower(), True, None) == []
+        assert [d.id.val for d in q.findAllByString("Dataset", "name", name.lower(), False, None)] == [did]
+    finally:
+        c.closeSession()
+
+
+def test_restart_keeps_links_annotations_and_sessions_end(omero_server) -> None:
+    """After a crash (SIGKILL) and restart: Project-Dataset-Image links and a tag are found by
+    the pusher's lookups; the old session is gone (as after an OMERO restart)."""
+    c = omero_server.client()
+    update = c.sf.getUpdateService()
+    project = omero.model.ProjectI()
+    project.name = rstring("kept-project")
+    dataset = omero.model.DatasetI()
+    dataset.name = rstring("kept-dataset")
+    project.linkDataset(dataset)
+    image = _image("kept-image", ["c0"])
+    image.getPrimaryPixels().pixelsType = _enum(c, "PixelsType", "uint8")
+    image.getPrimaryPixels().dimensionOrder = _enum(c, "DimensionOrder", "XYZCT")
+    dataset.linkImage(image)
+    project = update.saveAndReturnObject(project)
+    pid = project.id.val
+    did = project.copyDatasetLinks()[0].child.id.val
+    tag = omero.model.TagAnnotationI()
+    tag.textValue = rstring("kept-tag")
+    link = omero.model.DatasetAnnotationLinkI()
+    link.parent = omero.model.DatasetI(did, False)
+    link.child = tag
+    tag_id = update.saveAndReturnObject(link).child.id.val
+    old_uuid = c.getSessionId()
+    omero_server.kill()
+    c.closeSession()
+    omero_server.start()
+    c = omero_server.client()
+    try:
+        q = c.sf.getQueryService()
+        found = q.findAllByQuery(
+            "select l.child from ProjectDatasetLink l where l.parent.id = :pid and l.child.name = :n",
+            ParametersI().add("pid", rlong(pid)).add("n", rstring("kept-dataset")))
+        assert [d.id.val for d in found] == [did]
+        images = c.sf.getContainerService().getImages("Project", [pid], None)
+        assert [i.name.val for i in images] == ["kept-image"]
+        tags = q.findAllByQuery("select t from TagAnnotation t where t.textValue = :t",
+                                ParametersI().add("t", rstring("kept-tag")))
+        assert [t.id.val for t in tags] == [tag_id]
+        anns = c.sf.getMetadataService().loadAnnotations("Dataset", [did], [], [], None)
+        assert [a.id.val for a in anns[did]] == [tag_id]
+    finally:
+        c.closeSession()
+    again = omero.client(host=omero_server.url, port=omero_server.port)
+    try:
+        with pytest.raises(Glacier2.PermissionDeniedException):
+            again.joinSession(old_uuid)
+    finally:
+        again.closeSession()
+
+
+# --------------------------------------------------------------------------- it says what it is (point 6)
+
+def test_it_says_it_is_a_stand_in(omero_server_session) -> None:
+    """The README's title and the CLI's help say "not OMERO"; a client sees it in the version."""
+    readme = (REPO / "tests" / "omero_server" / "README.md").read_text(encoding="utf-8")
+    assert "not** OMERO" in readme.splitlines()[0]
+    help_text = subprocess.run([sys.executable, "-m", "tests.omero_server", "--help"], cwd=REPO,
+                               capture_output=True, text=True, timeout=60).stdout
+    assert "stand-in for tests (not OMERO)" in help_text
+    c = omero_server_session.client()
+    try:
+        assert c.sf.getConfigService().getVersion().endswith("-standin")
+    finally:
+        c.closeSession()
+
+
+def test_docker_compose_describes_a_real_omero() -> None:
+    """docker/ runs OMERO.server, PostgreSQL and OMERO.web; no password is written in it."""
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((REPO / "docker" / "docker-compose.yml").read_text(encoding="utf-8"))
+    images = {name: svc["image"] for name, svc in compose["services"].items()}
+    assert any(i.startswith("openmicroscopy/omero-server:") for i in images.values()), images
+    assert any(i.startswith("postgres:") for i in images.values()), images
+    assert any(i.startswith("openmicroscopy/omero-web") for i in images.values()), images
+    server = next(s for s in compose["services"].values()
+                  if s["image"].startswith("openmicroscopy/omero-server:"))
+    assert server["environment"]["ROOTPASS"].startswith("${OMERO_ROOT_PASSWORD:?")  # must be set
+    assert {"4063:4063", "4064:4064"} <= set(server["ports"])
+
+
+def test_real_omero_tests_run_when_omero_host_is_set(omero_server) -> None:
+    """tests/test_omero_real.py, pointed by OMERO_HOST/PORT/USER/PASSWORD at a server (here the
+    stand-in, standing in for OMERO), runs its tests instead of skipping them, and they pass."""
+    env = dict(os.environ, OMERO_HOST=omero_server.url, OMERO_PORT=str(omero_server.port),
+               OMERO_USER=omero_server.user, OMERO_PASSWORD=omero_server.password)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_omero_real.py"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"\b9 passed\b", done.stdout), done.stdout[-2000:]
+    assert "skipped" not in done.stdout

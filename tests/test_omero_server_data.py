@@ -841,12 +841,13 @@ def test_table_typed_columns_roundtrip(server: Any) -> None:
 
 
 def test_tables_disabled(omero_server_factory: Any) -> None:
-    """With ``--no-tables``, areTablesEnabled() is False and newTable returns None (no file)."""
+    """With ``--no-tables``, areTablesEnabled() is False and newTable/openTable return None."""
     own = omero_server_factory(tables=False)
     with session(own) as (_client, sf):
         resources = sf.sharedResources()
         assert resources.areTablesEnabled() is False
         assert resources.newTable(0, "t.h5") is None
+        assert resources.openTable(omero.model.OriginalFileI(1, False)) is None
         assert (
             sf.getQueryService().findAllByString(
                 "OriginalFile", "mimetype", "OMERO.tables", True, None
@@ -886,8 +887,18 @@ def test_connection_drops_after_n_pixel_writes(omero_server_factory: Any) -> Non
         ), err.value
     with session(own) as (_client, sf):
         got = read_all_planes(sf, pid, np.dtype("uint16"), shape)
-    np.testing.assert_array_equal(got[0, 0, :3], data[0, 0, :3])
-    assert not got[0, 0, 3:].any()
+        np.testing.assert_array_equal(got[0, 0, :3], data[0, 0, :3])
+        assert not got[0, 0, 3:].any()
+        # the drop happens once per server process: a client that reconnects can finish
+        rps = sf.createRawPixelsStore()
+        try:
+            rps.setPixelsId(pid, True)
+            for z in range(3, 6):
+                rps.setPlane(big_endian(data[0, 0, z]), z, 0, 0)
+            rps.save()
+        finally:
+            rps.close()
+        np.testing.assert_array_equal(read_all_planes(sf, pid, np.dtype("uint16"), shape), data)
 
 
 def test_delay_fault_slows_data_services(omero_server_factory: Any) -> None:
