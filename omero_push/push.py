@@ -15,8 +15,9 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -554,6 +555,27 @@ def _in_parallel(jobs: list[Any], parallel: int) -> None:
             raise
 
 
+@contextmanager
+def _bytes_counted(progress: Progress) -> Iterator[Callable[[int], None]]:
+    """An ``on_bytes`` callback that advances ``progress``, for one file's or image's upload.
+
+    If the block fails, the bytes it reported are taken back off the bar: a retry after
+    reconnecting (or the user's re-run) sends them again, and the bar must not count them twice.
+    """
+    sent = 0
+
+    def on_bytes(n: int) -> None:
+        nonlocal sent
+        sent += n
+        progress.advance(n)
+
+    try:
+        yield on_bytes
+    except BaseException:
+        progress.rewind(sent)
+        raise
+
+
 def _import_phase(
     session: Session,
     item: PushItem,
@@ -577,14 +599,7 @@ def _import_phase(
     if orphans:
         log.info("%s: removing %d upload(s) an interrupted push left", item.path.name, len(orphans))
         upload.delete_filesets(session, orphans)
-    sent = 0
-
-    def on_bytes(n: int) -> None:
-        nonlocal sent
-        sent += n
-        progress.advance(n)
-
-    try:
+    with _bytes_counted(progress) as on_bytes:
         ids = _guarded(
             session,
             lambda: upload.import_file(
@@ -597,9 +612,6 @@ def _import_phase(
             ),
             f"import into Dataset:{dataset_id}",
         )
-    except BaseException:
-        progress.rewind(sent)
-        raise
     # Not every server honours the import's description: make sure, right away.
     for iid in ids:
         img = session.query().get("Image", iid)
@@ -719,18 +731,8 @@ def _push_pixels_image(
         ),
         f"linking to Dataset:{dataset_id}",
     )
-    sent = 0
-
-    def on_bytes(n: int) -> None:
-        nonlocal sent
-        sent += n
-        progress.advance(n)
-
-    try:
+    with _bytes_counted(progress) as on_bytes:
         pixels.push_pixels(session, item.path, im, iid, tile=tile, on_bytes=on_bytes)
-    except BaseException:
-        progress.rewind(sent)
-        raise
     n = _annotate_image(session, item, im, iid, "pixels", provenance_on, state.result)
     _record(state, item, im, iid, status, n, progress)
 
