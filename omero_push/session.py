@@ -35,6 +35,8 @@ T = TypeVar("T")
 
 AGENT = "omero_push"
 DEFAULT_KEEPALIVE_S = 60
+#: omero-py's keep-alive thread (omero.util.Resources) refuses intervals below 5 s.
+MIN_KEEPALIVE_S = 5
 CONNECT_TIMEOUT_MS = 10_000
 
 
@@ -103,7 +105,8 @@ def connect(settings: ConnectionSettings, *, keepalive_s: int = DEFAULT_KEEPALIV
     """Log in (password or session key), switch to ``settings.group`` and start keep-alive.
 
     Keep-alive matters because uploads of large files take longer than OMERO's idle session
-    timeout (10 min by default); omero-py pings the session from a background thread.
+    timeout (10 min by default); omero-py pings the session from a background thread, every
+    ``keepalive_s`` seconds (at least 5, omero-py's minimum).
     """
     omero = _omero()
     import Glacier2
@@ -147,7 +150,7 @@ def connect(settings: ConnectionSettings, *, keepalive_s: int = DEFAULT_KEEPALIV
         _destroy(client)
         raise AuthenticationError(f"{where}: {exc}") from None
     try:
-        client.enableKeepAlive(keepalive_s)
+        client.enableKeepAlive(max(MIN_KEEPALIVE_S, int(keepalive_s)))
         sf = client.getSession()
         ec = sf.getAdminService().getEventContext()
         session = Session(
@@ -189,8 +192,14 @@ def _switch_group(session: Session, group: str) -> None:
 
 
 def _destroy(client: Any) -> None:
+    """Destroy the communicator of a client whose login failed, without a word on stderr.
+
+    ``closeSession`` always destroys the communicator (in a ``finally``) and raises what the
+    router said; ``client.__del__`` would log that as a WARNING ("Ignoring error in
+    client.__del__: Ice.DNSException"), a second line under our one-line error.
+    """
     try:
-        client.__del__()
+        client.closeSession()
     except Exception as exc:
         log.debug("destroying the communicator failed: %s", exc)
 
