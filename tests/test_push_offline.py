@@ -325,3 +325,29 @@ def test_tqdm_bars_on_a_terminal() -> None:
     text = stream.getvalue()
     assert "2.00k/2.00k" in text and "B/s" in text  # bytes, with a rate
     assert "images" in text and "1/1" in text and "pos001: created" in text
+
+
+def test_progress_rewinds_the_bytes_of_a_failed_upload() -> None:
+    """A failed upload takes its bytes back off the bar (the retry sends them again); a successful
+    one keeps them."""
+    from omero_push.push import _bytes_counted
+
+    class Tally:
+        def __init__(self) -> None:
+            self.done = 0
+
+        def advance(self, n: int) -> None:
+            self.done += n
+
+        def rewind(self, n: int) -> None:
+            self.done -= n
+
+    bar = Tally()
+    with _bytes_counted(bar) as on_bytes:  # type: ignore[arg-type]
+        on_bytes(10)
+    with pytest.raises(ConnectionError), _bytes_counted(bar) as on_bytes:  # type: ignore[arg-type]
+        on_bytes(3)
+        on_bytes(4)
+        assert bar.done == 17
+        raise ConnectionError("dropped")
+    assert bar.done == 10

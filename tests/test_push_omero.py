@@ -8,7 +8,9 @@ bug in the pusher cannot hide behind the same bug in the check.
 from __future__ import annotations
 
 import importlib
+import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -257,6 +259,7 @@ def test_push_roundtrip_annotations_tables(omero_server: Any, tmp_path: Path, mo
         assert [_v(d.getId()) for d in projects[0].linkedDatasetList()] == [did]
         images = images_of(sf, did)
         assert [_v(i.getName()) for i in images] == ["pos001", "pos002"]
+        assert result.image_ids == [_v(i.getId()) for i in images]  # the API returns the ids
         for image in images:
             name = _v(image.getName())
             iid = _v(image.getId())
@@ -578,6 +581,7 @@ def test_wrong_password_one_line_no_traceback_no_leak(
     rc = cli.main([*base, "--verbose"])
     cap2 = capsys.readouterr()
     assert rc == 3
+    assert "Traceback" in cap2.err  # --verbose is the one way to see it
     for text in (cap.out, cap.err, cap2.out, cap2.err, caplog.text):
         assert SENTINEL not in text
 
@@ -623,6 +627,7 @@ def test_unknown_host_and_closed_port(tmp_path: Path, capsys, monkeypatch) -> No
     )
     err = capsys.readouterr().err
     assert rc == 4 and "no-such-host.invalid" in err and SENTINEL not in err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
 
 
 def test_no_permission_on_target_group(
@@ -928,3 +933,282 @@ def test_dataset_by_id(omero_server: Any, tmp_path: Path, capsys, monkeypatch) -
         f"omero-push: error: Dataset:987654 does not exist or is not visible to {omero_server.user}"
     ]
     assert "Traceback" not in err
+
+
+# --- review additions: each pins one point of the issue --------------------------------------------
+
+
+def test_dry_run_connects_to_nothing_and_creates_nothing(
+    omero_server: Any, swainlab_sample: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """--dry-run with a live server, a valid password and everything needed for a real push: no
+    omero.client is ever made (so no connection), no object appears on the server, and with
+    --convert no converted file is written."""
+    out = tmp_path / "out"
+    make_converter_output(out, positions=1)
+    monkeypatch.setenv("OMERO_PASSWORD", omero_server.password)
+    with reader(omero_server) as sf:
+        before = counts(sf)
+    made: list[Any] = []
+
+    def no_client(*args: Any, **kw: Any) -> Any:
+        made.append(args)
+        raise RuntimeError("a dry run must not create an omero.client")
+
+    conn = ["--server", host_url(omero_server), "--port", str(omero_server.port)]
+    conn += ["--user", omero_server.user, "--dataset", "dry"]
+    with monkeypatch.context() as m:
+        m.setattr(omero, "client", no_client)
+        rc = cli.main([str(out), *conn, "--dry-run"])
+        rc_convert = cli.main(
+            [
+                str(swainlab_sample),
+                "--convert",
+                "--convert-out",
+                str(tmp_path / "conv"),
+                *conn,
+                "-n",
+            ]
+        )
+    cap = capsys.readouterr()
+    assert (rc, rc_convert) == (0, 0), cap.err
+    assert made == []
+    assert cap.out.count("dry run: nothing was sent") == 2
+    assert not (tmp_path / "conv").exists()
+    with reader(omero_server) as sf:
+        assert counts(sf) == before
+
+
+def test_keepalive_thread_pings_the_server(omero_server: Any, tmp_path: Path, monkeypatch) -> None:
+    """Keep-alive is running, not only configured: omero-py's Resources thread exists with our
+    interval and calls ServiceFactory.keepAlive on the stand-in, which answers; an interval below
+    omero-py's 5 s minimum is raised to 5 instead of failing the login; push() hands its
+    ``keepalive_s`` to the session."""
+    import omero.api
+
+    from omero_push.config import resolve_settings
+    from omero_push.session import open_session
+
+    pings: list[bool] = []
+    real_ping = omero.api.ServiceFactoryPrx.keepAlive
+
+    def ping(self: Any, *args: Any, **kw: Any) -> bool:
+        ok = real_ping(self, *args, **kw)
+        pings.append(ok)
+        return ok
+
+    monkeypatch.setattr(omero.api.ServiceFactoryPrx, "keepAlive", ping)
+    s = resolve_settings(
+        server=host_url(omero_server),
+        port=int(omero_server.port),
+        user=omero_server.user,
+        group=None,
+        password=omero_server.password,
+    )
+    with open_session(s, keepalive_s=1) as session:
+        resources = session.client._BaseClient__resources
+        assert resources is not None and resources.thread.is_alive()
+        assert resources.sleeptime == 5
+        deadline = time.monotonic() + 5
+        while not pings and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pings and all(pings), "the keep-alive thread never pinged the session"
+
+    intervals: list[int] = []
+    real_enable = omero.clients.BaseClient.enableKeepAlive
+
+    def enable(self: Any, seconds: int) -> None:
+        intervals.append(seconds)
+        real_enable(self, seconds)
+
+    monkeypatch.setattr(omero.clients.BaseClient, "enableKeepAlive", enable)
+    f = tmp_path / "ka.ome.tiff"
+    make_ome_tiff(f, name="ka", shape_tczyx=(1, 1, 1, 8, 8))
+    push([f], **push_kw(omero_server, dataset="ka", mode="pixels", keepalive_s=30))
+    assert intervals == [30]
+
+
+def test_retries_outlast_a_server_restart(
+    omero_server_factory: Any, tmp_path: Path, caplog
+) -> None:
+    """The server is killed in the middle of an import and comes back 1.5 s later: one push()
+    call reconnects with growing waits (0.3, 0.6, 1.2 … s), resumes, and ends with every image
+    exactly once and no orphan upload."""
+    server = omero_server_factory()
+    out = tmp_path / "out"
+    make_converter_output(out, positions=2, shape_tczyx=(2, 2, 2, 64, 64))
+    caplog.set_level("WARNING", logger="omero_push")
+
+    class KillThenRestart(NullProgress):
+        def __init__(self) -> None:
+            self.sent, self.killed = 0, False
+
+        def advance(self, nbytes: int) -> None:
+            self.sent += nbytes
+            if not self.killed and self.sent > 4096:
+                self.killed = True
+                server.kill()
+
+                def back() -> None:
+                    time.sleep(1.5)
+                    server.start()
+
+                threading.Thread(target=back, daemon=True).start()
+
+    progress = KillThenRestart()
+    kw = push_kw(server, dataset="restart", mode="import", parallel=1, chunk_size=4096)
+    result = push([out], progress=progress, retries=8, **{**kw, "backoff_s": 0.3})
+    assert progress.killed and result.reconnects >= 2  # at least one try while it was down
+    waits = [float(w) for w in re.findall(r"reconnecting in ([\d.]+) s", caplog.text)]
+    assert len(waits) == result.reconnects
+    assert sorted(r.name for r in result.images) == ["pos001", "pos002"]
+    with reader(server) as sf:
+        q = sf.getQueryService()
+        images = q.findAll("Image", None)
+        assert len(images) == 2
+        imaged = {_v(i.getFileset().getId()) for i in images}
+        assert {_v(f.getId()) for f in q.findAll("Fileset", None)} == imaged
+        for image in images:
+            anns = annotations_of(sf, "Image", _v(image.getId()))
+            assert len(maps_in(anns, PROVENANCE_NS)) == 1
+
+
+def test_pyomeroupload_config_file_as_is(
+    omero_server_factory: Any, tmp_path: Path, capsys, caplog, monkeypatch
+) -> None:
+    """A pyOmeroUpload config file unchanged (``omero_conn:`` with username, password, server,
+    port — its upload_cli reads exactly these): the push logs in with it, warns that the file
+    holds a password, and the password appears in no output."""
+    server = omero_server_factory(password=SENTINEL)
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(
+        "omero_conn:\n"
+        f"  username: {server.user}\n"
+        f"  password: {SENTINEL}\n"
+        f"  server: {host_url(server)}\n"
+        f"  port: {server.port}\n"
+    )
+    monkeypatch.delenv("OMERO_PASSWORD", raising=False)
+    f = tmp_path / "p.ome.tiff"
+    make_ome_tiff(f, name="pyomero")
+    caplog.set_level("DEBUG")
+    rc = cli.main([str(f), "--config", str(cfg), "--dataset", "pyomero", "--verbose"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "holds a password" in cap.err
+    assert "pyomero  (created)" in cap.out
+    for text in (cap.out, cap.err, caplog.text):
+        assert SENTINEL not in text
+
+
+def test_password_absent_from_manifest_logs_and_server(
+    omero_server_factory: Any, swainlab_sample: Path, tmp_path: Path, capsys, caplog, monkeypatch
+) -> None:
+    """Convert-and-push with --verbose, password = sentinel: not in the converter's manifest or any
+    file it wrote, not in output or log records, and not in anything the push stored on the server
+    (annotations, descriptions, upload job — the stand-in's whole store is searched)."""
+    server = omero_server_factory(password=SENTINEL)
+    monkeypatch.setenv("OMERO_PASSWORD", SENTINEL)
+    caplog.set_level("DEBUG")
+    rc = cli.main(
+        [
+            str(swainlab_sample),
+            "--convert",
+            "--convert-out",
+            str(tmp_path / "conv"),
+            "--server",
+            host_url(server),
+            "--port",
+            str(server.port),
+            "--user",
+            server.user,
+            "--dataset",
+            "secret-free",
+            "--verbose",
+        ]
+    )
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert (tmp_path / "conv" / "manifest.json").is_file()
+    needle = SENTINEL.encode()
+    written = [p for p in (tmp_path / "conv").rglob("*") if p.is_file()]
+    assert written and not [p for p in written if needle in p.read_bytes()]
+    records = "\n".join(f"{r.getMessage()} {r.exc_text or ''} {r.args!r}" for r in caplog.records)
+    for text in (cap.out, cap.err, caplog.text, records):
+        assert SENTINEL not in text
+    server.stop()  # the store's files complete on disk
+    stored = [p for p in Path(server.store_dir).rglob("*") if p.is_file()]
+    assert stored and not [p for p in stored if needle in p.read_bytes()]
+
+
+def test_changed_file_is_refused_by_verify_upload(omero_server: Any, tmp_path: Path) -> None:
+    """Import mode sends the planned SHA-1 to verifyUpload: a file whose content no longer matches
+    (here: the manifest's checksum is stale) is refused with a clear error and no image is made."""
+    import json
+
+    from omero_push.errors import InputError
+
+    out = tmp_path / "out"
+    make_converter_output(out, positions=1)
+    man = json.loads((out / "manifest.json").read_text())
+    f = out / "pos001.ome.tiff"
+    man["positions"]["pos001"]["mtime_ns"] = f.stat().st_mtime_ns  # trusted as unchanged
+    man["positions"]["pos001"]["sha1"] = "0" * 40
+    (out / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(InputError, match="content changed since it was planned"):
+        push([out], **push_kw(omero_server, dataset="stale", mode="import", retries=0))
+    with reader(omero_server) as sf:
+        assert sf.getQueryService().findAll("Image", None) == []
+
+
+def test_existing_tag_is_reused_by_name(omero_server: Any, tmp_path: Path) -> None:
+    """A tag made before the push (by OMERO.web, another tool) is linked, not duplicated."""
+    from omero.rtypes import rstring
+
+    with reader(omero_server) as sf:
+        tag = omero.model.TagAnnotationI()
+        tag.setTextValue(rstring("glucose"))
+        tag_id = _v(sf.getUpdateService().saveAndReturnObject(tag).getId())
+    f = tmp_path / "t.ome.tiff"
+    make_ome_tiff(f, name="tagged")
+    result = push([f], **push_kw(omero_server, dataset="tags", mode="pixels"))
+    assert "glucose" in result.tags_reused and "glucose" not in result.tags_created
+    with reader(omero_server) as sf:
+        q = sf.getQueryService()
+        (glucose,) = q.findAllByString("TagAnnotation", "textValue", "glucose", True, None)
+        assert _v(glucose.getId()) == tag_id
+        anns = annotations_of(sf, "Image", result.image_ids[0])
+        assert tag_id in [_v(a.getId()) for a in anns]
+
+
+def test_pixels_mode_sends_tiles_never_planes(
+    omero_server: Any, tmp_path: Path, monkeypatch
+) -> None:
+    """Pixels mode writes tiles of the requested size (edge tiles smaller), each plane covered
+    once, never setPlane/setRegion (a large plane exceeds Ice's message limit)."""
+    import omero.api
+
+    calls: list[tuple[Any, ...]] = []
+    prx = omero.api.RawPixelsStorePrx
+    real_tile = prx.begin_setTile
+
+    def begin_tile(self: Any, buf: Any, z: int, c: int, t: int, x: int, y: int, w: int, h: int):
+        calls.append((z, c, t, x, y, w, h, memoryview(buf).nbytes))
+        return real_tile(self, buf, z, c, t, x, y, w, h)
+
+    monkeypatch.setattr(prx, "begin_setTile", begin_tile)
+    for name in ("setPlane", "begin_setPlane", "setRegion", "begin_setRegion", "setTile"):
+        monkeypatch.setattr(prx, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} used"))
+    f = tmp_path / "tiles.ome.tiff"
+    data = make_ome_tiff(f, name="tiles", shape_tczyx=(1, 1, 2, 100, 150))
+    push([f], **push_kw(omero_server, dataset="tiles", mode="pixels", tile=(64, 32)))
+    assert len(calls) == 2 * 3 * 4  # planes × ceil(150/64) × ceil(100/32)
+    assert all(w <= 64 and h <= 32 and n == w * h * 2 for *_, w, h, n in calls)
+    for z in range(2):
+        covered = sum(w * h for zz, *_, w, h, _n in calls if zz == z)
+        assert covered == 100 * 150
+    with reader(omero_server) as sf:
+        (image,) = sf.getQueryService().findAll("Image", None)
+        (img,) = sf.getContainerService().getImages("Image", [_v(image.getId())], None)
+        pid = _v(img.getPrimaryPixels().getId())
+        assert np.array_equal(read_plane(sf, pid, 1, 0, 0, data.dtype, (100, 150)), data[0, 0, 1])
