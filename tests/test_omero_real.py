@@ -29,6 +29,7 @@ from tests.test_omero_server_core import (  # noqa: E402,F401  (collected again,
     test_not_null_fields_are_enforced,
     test_save_project_dataset_image_graph_and_read_back,
     test_tags_reused_by_text_and_annotations_linked,
+    test_update_service_save_forms_and_delete,
     test_wrong_password_fails_as_omero_does,
 )
 from tests.test_omero_server_example import converted, run_example  # noqa: E402,F401

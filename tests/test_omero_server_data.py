@@ -969,10 +969,11 @@ def test_restart_keeps_pixels_files_imports_and_tables(
             table.close()
 
 
+@pytest.mark.parametrize("ending", ["closeSession", "lost connection"])
 def test_session_end_releases_import_table_and_pixels_servants(
-    omero_server: Any, tmp_path: Path
+    omero_server: Any, tmp_path: Path, ending: str
 ) -> None:
-    """Closing a session removes every servant it made, as OMERO closes a session's services.
+    """Ending a session removes every servant it made, as OMERO closes a session's services.
 
     The repository, an import process and its uploader, an open table and an open
     RawPixelsStore — reached through SharedResources/ImportProcess, not the ServiceFactory —
@@ -999,13 +1000,23 @@ def test_session_end_releases_import_table_and_pixels_servants(
     rps = sf.createRawPixelsStore()
     rps.setPixelsId(pid, True)
     made = [str(p) for p in (resources, repo, proc, uploader, table, rps)]
-    a.closeSession()  # nothing closed by the client: the session's end must do it
+    # nothing closed by the client: the session's end must do it
+    if ending == "closeSession":
+        a.closeSession()
+    else:
+        a.getCommunicator().destroy()  # the client process "dies" (the server notices it)
 
     with session(omero_server) as (b, sf_b):
+        deadline = time.monotonic() + 10
         for text in made:
             stale = b.getCommunicator().stringToProxy(text)
-            with pytest.raises(Ice.ObjectNotExistException):
-                stale.ice_ping()
+            while True:  # a lost connection is noticed asynchronously
+                try:
+                    stale.ice_ping()
+                except Ice.ObjectNotExistException:
+                    break
+                assert time.monotonic() < deadline, f"{text} is still served"
+                time.sleep(0.1)
         reopened = sf_b.sharedResources().openTable(omero.model.OriginalFileI(table_file, False))
         try:
             assert reopened.read([0], 0, 3).columns[0].values == [7, 8, 9]
