@@ -978,7 +978,8 @@ def test_session_end_releases_import_table_and_pixels_servants(
     The repository, an import process and its uploader, an open table and an open
     RawPixelsStore — reached through SharedResources/ImportProcess, not the ServiceFactory —
     answer ObjectNotExist afterwards (no servant left in memory until the server exits), and
-    the table left open is released: another session reopens it and reads its rows.
+    the table left open is released (another session reopens it and reads its rows) and the
+    RawFileStore left open is closed (the file's size and SHA-1 are updated, as on close).
     """
     a, sf = omero_server.client(), None
     sf = a.getSession()
@@ -999,7 +1000,15 @@ def test_session_end_releases_import_table_and_pixels_servants(
     pid = create_image(sf, (1, 1, 1, 4, 4), "uint8")
     rps = sf.createRawPixelsStore()
     rps.setPixelsId(pid, True)
-    made = [str(p) for p in (resources, repo, proc, uploader, table, rps)]
+    ofile = omero.model.OriginalFileI()
+    ofile.setName(rstring("left-open.txt"))
+    ofile.setPath(rstring("/tmp/"))
+    ofile.setSize(omero.rtypes.rlong(0))
+    file_id = sf.getUpdateService().saveAndReturnObject(ofile).getId().getValue()
+    rfs = sf.createRawFileStore()
+    rfs.setFileId(file_id)
+    rfs.write(b"written, never closed", 0, 21)
+    made = [str(p) for p in (resources, repo, proc, uploader, table, rps, rfs)]
     # nothing closed by the client: the session's end must do it
     if ending == "closeSession":
         a.closeSession()
@@ -1022,6 +1031,9 @@ def test_session_end_releases_import_table_and_pixels_servants(
             assert reopened.read([0], 0, 3).columns[0].values == [7, 8, 9]
         finally:
             reopened.close()
+        stored = sf_b.getQueryService().get("OriginalFile", file_id)  # closed: size and SHA-1 set
+        assert stored.getSize().getValue() == 21
+        assert stored.getHash().getValue() == hashlib.sha1(b"written, never closed").hexdigest()
 
 
 def test_a_joined_login_ending_leaves_the_session_servants(omero_server: Any) -> None:

@@ -113,18 +113,7 @@ class Session:
             idents = list(self.servants.values())
             self.servants.clear()
         for ident in idents:
-            try:
-                servant_ = self.ctx.adapter.remove(ident)
-            except Ice.LocalException:  # already gone, or the adapter is shutting down
-                continue
-            close = getattr(servant_, "close", None)
-            if close is None:
-                continue
-            try:
-                close(None)
-            except Exception:  # noqa: BLE001 - services without close answer ApiUsageException
-                log.debug("closing %s at the end of session %s", Ice.identityToString(ident),
-                          self.uuid, exc_info=True)
+            remove_and_close(self.ctx, ident)
         return len(idents)
 
     @property
@@ -189,6 +178,28 @@ class Session:
         s.owner = self.owner
         s.closed = None
         return s
+
+
+def remove_and_close(ctx: ServerContext, ident: Any) -> None:
+    """Remove a servant the client left open and ``close(None)`` it (files released, saved).
+
+    Services without a ``close`` (or whose Slice ``close`` the stand-in does not serve) are
+    only removed.
+    """
+    session = ctx.sessions.get(ident.category)
+    if session is not None:
+        session.untrack(ident)
+    try:
+        servant_ = ctx.adapter.remove(ident)
+    except Ice.LocalException:  # already gone, or the adapter is shutting down
+        return
+    close = getattr(servant_, "close", None)
+    if close is None:
+        return
+    try:
+        close(None)
+    except Exception:  # noqa: BLE001 - a stub close answers ApiUsageException; nothing to release
+        log.debug("closing %s left open by its client", Ice.identityToString(ident), exc_info=True)
 
 
 _ADMIN_PRIVILEGES = ["Chgrp", "Chown", "DeleteFile", "DeleteManagedRepo", "DeleteOwned",
@@ -507,8 +518,8 @@ class ServiceFactoryI(omero.api.ServiceFactory):
             for prx in self._stateless.values():
                 self.ctx.remove_servant(prx.ice_getIdentity())
             self._stateless.clear()
-            for ident in self._stateful:
-                self.ctx.remove_servant(ident)
+            for ident in self._stateful:  # stateful services the client did not close
+                remove_and_close(self.ctx, ident)
             self._stateful.clear()
             if self.identity is None:
                 return  # already destroyed
