@@ -86,3 +86,12 @@ def test_example_script_wrong_password_and_no_server(omero_server: Any, converte
     done = run_example(omero_server, converted, port=port)
     assert done.returncode == 1
     assert "ConnectionRefusedException" in done.stderr
+
+
+def test_example_script_over_ssl(omero_server_factory: Any, converted: Path) -> None:
+    """With a bare host omero-py connects over SSL, as to a real OMERO on 4064: same result."""
+    server = omero_server_factory(ssl=True)
+    done = run_example(server, converted, host=server.host, port=server.ssl_port)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"to {server.host}:{server.ssl_port}" in done.stdout.splitlines()[0]
+    assert done.stdout.rstrip().endswith("all read-backs matched")
