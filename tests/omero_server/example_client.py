@@ -197,6 +197,7 @@ def local_planes(path: Path) -> np.ndarray:
 
 def import_and_compare(client: Any, sf: Any, path: Path, dataset_id: int, checks: Checks) -> None:
     """Import the OME-TIFF into the Dataset, then compare every plane with the file's."""
+    before = len(checks.failed)
     response = import_ome_tiff(client, path, dataset_id)
     if not checks.expect(isinstance(response, omero.grid.ImportResponse),
                          f"import of {path.name} failed: {_describe(response)}"):
@@ -221,8 +222,9 @@ def import_and_compare(client: Any, sf: Any, path: Path, dataset_id: int, checks
         return
     got = read_planes(sf, pixels_id, expected.dtype, expected.shape)
     planes = sizes[0] * sizes[1] * sizes[2]
-    if checks.expect(np.array_equal(got, expected),
-                     f"planes of Pixels:{pixels_id} differ from those of {path.name}"):
+    checks.expect(np.array_equal(got, expected),
+                  f"planes of Pixels:{pixels_id} differ from those of {path.name}")
+    if len(checks.failed) == before:
         x, y = sizes[4], sizes[3]
         print(f"imported {path.name} as Image:{image_id} (Pixels:{pixels_id}, {x}x{y}, "
               f"Z={sizes[2]} C={sizes[1]} T={sizes[0]}, {ptype}; channels {names}); "
@@ -237,6 +239,7 @@ def _describe(response: Any) -> str:
 
 def table_roundtrip(sf: Any, dataset_id: int, image_id: int, name: str, checks: Checks) -> None:
     """newTable, initialize, addData, close; openTable, read back; attach it to the Dataset."""
+    before = len(checks.failed)
     resources = sf.sharedResources()
     if not checks.expect(resources.areTablesEnabled(), "OMERO.tables is not enabled on the server"):
         return
@@ -276,14 +279,14 @@ def table_roundtrip(sf: Any, dataset_id: int, image_id: int, name: str, checks: 
         reopened.close()
     checks.expect(headers == [(type(c).__name__, c.name) for c in columns],
                   f"table OriginalFile:{file_id} headers {headers}")
-    same = checks.expect([list(c.values) for c in data.columns] == expected,
-                         f"table OriginalFile:{file_id} rows read back differ")
+    checks.expect([list(c.values) for c in data.columns] == expected,
+                  f"table OriginalFile:{file_id} rows read back differ")
     checks.expect(list(where) == [0, 1], f"table getWhereList gave {list(where)}, not [0, 1]")
     linked = sf.getQueryService().findAllByQuery(
         "select l.child from DatasetAnnotationLink l where l.parent.id = :id and l.child.ns = :ns",
         omero.sys.ParametersI().addId(dataset_id).add("ns", rstring(BULK_NS)))
     checks.expect(len(linked) == 1, f"Dataset:{dataset_id} should carry one table annotation")
-    if same:
+    if len(checks.failed) == before:
         print(f"table OriginalFile:{file_id}: {rows} rows x {len(headers)} columns read back equal",
               flush=True)
 
