@@ -160,6 +160,9 @@ def test_receipt_pairs_with_and_without_provenance(tmp_path: Path) -> None:
     assert ns == PROVENANCE_NS
     assert d["source_sha1"] == item.sha1 and d["tool_version"] == "9.9" and d["mode"] == "import"
     assert d["converter"] == "posdir2ometiff" and '"compression":"zlib"' in d["conversion_options"]
+    import datetime
+
+    assert datetime.datetime.fromisoformat(d["pushed_at"]).tzinfo is not None  # the date, in UTC
     assert parse_receipt(pairs) == (item.sha1, 0)
     ns, pairs = receipt_pairs(item, im, mode="import", provenance=False, tool_version="9.9")
     assert ns == MARKER_NS and pairs == [("source_sha1", item.sha1), ("series", "0")]

@@ -1096,7 +1096,13 @@ def test_pyomeroupload_config_file_as_is(
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "holds a password" in cap.err
-    assert "pyomero  (created)" in cap.out
+    with reader(server) as sf:
+        did = _v(dataset_by_name(sf, "pyomero").getId())
+        (iid,) = [_v(i.getId()) for i in images_of(sf, did)]
+    # the summary: dataset id, image ids, annotations
+    assert f"Dataset:{did} (pyomero): 1 image(s) — 1 new" in cap.out
+    assert f"Image:{iid}  pyomero  (created)" in cap.out
+    assert "annotations created: " in cap.out
     for text in (cap.out, cap.err, caplog.text):
         assert SENTINEL not in text
 
