@@ -25,11 +25,17 @@ pip_install() {
   return "${PIPESTATUS[0]}"
 }
 
-# zeroc-ice: use a cached wheel, or build one (about 10 minutes the first time).
+# zeroc-ice 3.6.x (what omero-py needs): a binary wheel from the index where one exists for this
+# Python and platform, else our cached build, else build one (about 10 minutes the first time).
 if ! "$PY" -c 'import Ice' 2>/dev/null; then
-  wheel=$(bash scripts/build_zeroc_ice.sh "$PY" | tail -n1)
-  log "installing $(basename "$wheel")"
-  pip_install "$wheel"
+  if "$PY" -m pip install --disable-pip-version-check --quiet --only-binary :all: \
+      "zeroc-ice>=3.6.5,<3.7" >/dev/null 2>&1; then
+    log "installed a zeroc-ice wheel from the package index"
+  else
+    wheel=$(bash scripts/build_zeroc_ice.sh "$PY" | tail -n1)
+    log "installing $(basename "$wheel")"
+    pip_install "$wheel"
+  fi
 fi
 
 log "installing the project and its test tools"
