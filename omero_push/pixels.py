@@ -23,6 +23,7 @@ import tifffile
 from omero_push.errors import InputError, ServerError
 from omero_push.plan import ImageMeta
 from omero_push.session import AsyncWindow, Session
+from posdir2ometiff.ome import pixel_type
 
 log = logging.getLogger(__name__)
 
@@ -31,26 +32,16 @@ DEFAULT_TILE = (1024, 1024)
 IN_FLIGHT = 3
 _MAX_TILE_BYTES = 64 * 1024 * 1024  # well inside Ice.MessageSizeMax (250 MB in omero-py)
 
-_OMERO_TYPES = {
-    "int8": "int8",
-    "uint8": "uint8",
-    "int16": "int16",
-    "uint16": "uint16",
-    "int32": "int32",
-    "uint32": "uint32",
-    "float32": "float",
-    "float64": "double",
-    "bool": "bit",
-}
-
-
 def omero_pixel_type(dtype: np.dtype[Any]) -> str:
-    """OMERO's PixelsType value for a numpy dtype (uint16 → "uint16", float32 → "float")."""
-    name = np.dtype(dtype).name
+    """OMERO's PixelsType value for a numpy dtype (uint16 → "uint16", float32 → "float").
+
+    OMERO's PixelsType values are the OME schema's PixelType names, so the converter's table is
+    the one table.
+    """
     try:
-        return _OMERO_TYPES[name]
-    except KeyError:
-        raise InputError(f"pixel type {name} has no OMERO equivalent") from None
+        return pixel_type(dtype)
+    except ValueError:
+        raise InputError(f"pixel type {np.dtype(dtype).name} has no OMERO equivalent") from None
 
 
 @dataclass

@@ -65,6 +65,7 @@ _PIXEL_TYPES = {
     "int32": "int32",
     "float32": "float",
     "float64": "double",
+    "bool": "bit",
 }
 
 # Default display colours by channel name; first matching rule wins (order matters: "bfp" must
