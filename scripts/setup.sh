@@ -57,4 +57,11 @@ if ! command -v java >/dev/null 2>&1; then
     log "no java found: the Bio-Formats tests will be skipped"
   fi
 fi
+# Optional system pieces some tests need (a Glacier2 router, Slurm, Chromium, podman, ...): each
+# scripts/setup.d/*.sh installs one when it can (apt, as root) and says so in one line when it
+# cannot; the tests that need it are then skipped with that reason. None of them is fatal.
+for piece in scripts/setup.d/*.sh; do
+  [ -e "$piece" ] || continue
+  bash "$piece" "$PY" || log "$(basename "$piece") failed: the tests that need it will be skipped"
+done
 log "ready: $("$PY" --version), $("$PY" -c 'import Ice; print("Ice", Ice.stringVersion())')"
