@@ -101,7 +101,8 @@ def test_custom_pattern_and_its_errors(tmp_path: Path) -> None:
     touch(pos, "img-t0003-z02-ch_GFP.tif", "img-t0001-z01-ch_GFP.tif")
     layouts = discover(tmp_path, positions="site*",
                        pattern=r"img-t(?P<t>\d+)-z(?P<z>\d+)-ch_(?P<c>\w+)\.tif")
-    assert layouts[0].t_values == [1, 3] and layouts[0].z_values == [1, 2]
+    # Numbered from the experiment: timepoint 2 has no file, so it is a missing timepoint.
+    assert layouts[0].t_values == [1, 2, 3] and layouts[0].z_values == [1, 2]
     with pytest.raises(LayoutError, match="lacks the named group"):
         discover(tmp_path, positions="site*", pattern=r"img-t(?P<t>\d+)")
     with pytest.raises(LayoutError, match="not a regular expression"):
