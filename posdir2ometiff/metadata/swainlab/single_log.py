@@ -265,7 +265,7 @@ def parse_single_log(path: Path) -> ExperimentMetadata:
                 break
             line = raw
             if m := _PREFIX_RE.match(raw):
-                stamp = datetime.fromisoformat(m.group(1))
+                stamp = _iso(m.group(1)) or stamp
                 line = raw[m.end() :].strip()
             if line == ACQ_START:
                 reader.finish()
@@ -285,6 +285,14 @@ def parse_single_log(path: Path) -> ExperimentMetadata:
     return meta
 
 
+def _iso(text: str) -> datetime | None:
+    """``2022-10-10 15:31:27`` (the logging module's time stamps), or None if it is not one."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
 def _general_line(
     lineno: int,
     line: str,
@@ -297,9 +305,8 @@ def _general_line(
     label, sep, value = line.partition(":")
     key = _norm(label) if sep else ""
     if key == "date":
-        try:
-            head.date = datetime.fromisoformat(value.strip())
-        except ValueError:
+        head.date = _iso(value.strip())
+        if head.date is None:
             warn(lineno, f"date {value.strip()!r} is not an ISO date")
     elif key == "logfilepath":
         extra_kv.append(("Log file", value.strip()))
