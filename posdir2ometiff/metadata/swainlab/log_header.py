@@ -224,6 +224,8 @@ class HeaderReader:
             _take_single(res, kind, value)
         else:
             self.block = kind
+            if kind in ("strains", "authors") and value:  # "Strain: BY4741" on the label's line
+                getattr(res, kind).append(value)
         return False
 
     def _text(self, lineno: int, line: str) -> None:
