@@ -205,3 +205,52 @@ def test_workers_that_cannot_see_the_folders_are_named() -> None:
         check_shared_filesystem(FakeClient(), Path("/"), Path("/"))
     assert str(err.value).startswith("Dask worker tcp://10.0.0.5:4000 cannot see /no/such/folder")
     assert "filesystem every worker shares" in str(err.value)
+
+
+def test_cli_scheduler_option_converts_on_the_cluster(
+    cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from posdir2ometiff.cli import main
+
+    lc, client = cluster
+    address = json.loads(lc.scheduler_file.read_text())["address"]
+    spec = make_demo(tmp_path / "exp", positions=2, channels=["GFP"], z=1, t=2, size=32)
+    out = tmp_path / "out"
+    assert main([str(spec.folder), "-o", str(out), "--scheduler", address]) == 0
+    assert "2 converted, 0 up to date, 0 failed" in capsys.readouterr().err
+    pids = {e[1]["attempt"].split(":")[1] for e in client.get_events(PROGRESS_TOPIC)}
+    assert pids and pids <= {str(w.pid) for w in lc.workers}
+    for name in ("pos001", "pos002"):
+        assert_matches_sources(out, spec.folder, name)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--cluster", "slurm", "--cluster-config", "{missing}"],
+         "posdir2ometiff: error: {missing}: cannot be read (No such file or directory)"),
+        (["--cluster", "slurm", "--cluster-config", "{bad}"],
+         "posdir2ometiff: error: {bad}: not valid YAML"),
+        (["--cluster", "slurm", "--cluster-config", "{listy}"],
+         "posdir2ometiff: error: {listy}: expected a mapping"),
+        (["--cluster", "slurm"],
+         "posdir2ometiff: error: --cluster slurm: You must specify how much cores and memory"),
+    ],
+)
+def test_cli_cluster_configuration_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    extra: list[str], expected: str,
+) -> None:
+    from posdir2ometiff.cli import main
+
+    monkeypatch.setenv("DASK_CONFIG", str(tmp_path / "no-user-config"))
+    files = {"missing": tmp_path / "nope.yaml", "bad": tmp_path / "bad.yaml",
+             "listy": tmp_path / "list.yaml"}
+    files["bad"].write_text("jobqueue: [1")
+    files["listy"].write_text("- 1\n- 2\n")
+    spec = make_demo(tmp_path / "exp", positions=1, channels=["GFP"], z=1, t=1, size=32,
+                     metadata=False)
+    argv = [a.format(**files) for a in extra]
+    assert main([str(spec.folder), "-o", str(tmp_path / "out"), *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(expected.format(**files)), err
