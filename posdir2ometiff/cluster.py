@@ -67,6 +67,18 @@ def load_cluster_config(path: Path) -> dict[str, Any]:
     return data
 
 
+def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists and scalars are leaves)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_dotted(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
 def _import_distributed() -> Any:
     try:
         import distributed
@@ -94,7 +106,8 @@ def dask_client(
     import dask
 
     config = load_cluster_config(config_file) if config_file is not None else {}
-    with dask.config.set(config):
+    # Dotted keys merge into Dask's defaults; a nested dict would replace whole sections.
+    with dask.config.set(_dotted(config)):
         if scheduler is not None:
             try:
                 client = distributed.Client(scheduler, timeout=timeout)
