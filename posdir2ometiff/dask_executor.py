@@ -27,6 +27,7 @@ Input and output must be on a filesystem all workers share (:func:`check_shared_
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue as queue_mod
@@ -149,7 +150,7 @@ def run_jobs_dask(
         return fut
 
     try:
-        pending = {submit(job) for job, _ in zip(todo, range(_slots(client)), strict=False)}
+        pending = {submit(job) for job in itertools.islice(todo, _slots(client))}
         meanwhile()
         stop = False
         while pending:
