@@ -192,6 +192,9 @@ class HeaderReader:
             self.res.provenance += pairs
             return False
         fields = split_fields(line)
+        label, colon, value = line.partition(":")
+        if fields is None and colon and _norm(label) in _LOG_LABELS:
+            fields = [(label, value.strip())]  # another spelling, e.g. "OMERO-project:"
         if fields is None and _norm(line) in _LOG_LABELS:
             fields = [(line, "")]  # e.g. "Strain" without the colon
         if fields is not None:
