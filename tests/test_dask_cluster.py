@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -222,6 +223,17 @@ def test_cli_scheduler_option_converts_on_the_cluster(
     assert pids and pids <= {str(w.pid) for w in lc.workers}
     for name in ("pos001", "pos002"):
         assert_matches_sources(out, spec.folder, name)
+
+    # The README's Python example, pointed at this cluster and these folders.
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**Positions on a cluster: Dask and Slurm**"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = code.replace("tcp://scheduler:8786", address).replace(
+        "/shared/exp_ometiff", str(tmp_path / "readme_out")).replace(
+        '"/shared/exp"', repr(str(spec.folder)))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["result"].ok and len(namespace["result"].positions) == 2
 
 
 @pytest.mark.parametrize(
