@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -140,6 +141,19 @@ def test_one_line_error_and_no_partial_on_the_cluster(cluster, tmp_path: Path) -
     assert manifest["positions"]["pos002"]["status"] == "failed"
 
 
+def test_fail_fast_on_the_cluster_starts_no_further_position(cluster, tmp_path: Path) -> None:
+    _, client = cluster  # two workers of one thread: two task slots
+    spec = make_demo(tmp_path / "exp", positions=4, channels=["GFP"], z=1, t=2, size=32,
+                     metadata=False)
+    bad = sorted((spec.folder / "pos001").glob("*.png"))[0]
+    bad.write_bytes(b"not a PNG")
+    result = convert(spec.folder, tmp_path / "out", client=client, fail_fast=True, progress="off")
+    by_name = {p.name: p.status for p in result.positions}
+    # pos001 and pos002 filled the two slots; pos001 failed, so pos003/pos004 never started.
+    assert by_name == {"pos001": "failed", "pos002": "ok"}
+    assert not (tmp_path / "out" / "pos003.ome.tiff").exists()
+
+
 def _install_gate(target: str, gate: str, marks: str) -> None:
     """On a worker: reading ``target`` waits until the file ``gate`` exists (a plane that takes
     as long as the test wants), after leaving a mark with this process's id."""
@@ -222,6 +236,17 @@ def test_cli_scheduler_option_converts_on_the_cluster(
     assert pids and pids <= {str(w.pid) for w in lc.workers}
     for name in ("pos001", "pos002"):
         assert_matches_sources(out, spec.folder, name)
+
+    # The README's Python example, pointed at this cluster and these folders.
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**Positions on a cluster: Dask and Slurm**"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = code.replace("tcp://scheduler:8786", address).replace(
+        "/shared/exp_ometiff", str(tmp_path / "readme_out")).replace(
+        '"/shared/exp"', repr(str(spec.folder)))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["result"].ok and len(namespace["result"].positions) == 2
 
 
 @pytest.mark.parametrize(
