@@ -293,9 +293,9 @@ def test_planes_and_tiles_roundtrip(server: Any, dtype: str) -> None:
                 for c in range(3):
                     for z in range(2):
                         rps.setPlane(big_endian(data[t, c, z]), z, c, t)
-            patch = random_stack((11, 20), dtype, seed=1)
-            rps.setTile(big_endian(patch), 1, 2, 1, 30, 5, 20, 11)
-            data[1, 2, 1, 5:16, 30:50] = patch
+            patch = random_stack((11, 53), dtype, seed=1)  # ROMIO: full-width strips only
+            rps.setTile(big_endian(patch), 1, 2, 1, 0, 5, 53, 11)
+            data[1, 2, 1, 5:16] = patch
             rps.save()
             itemsize = np.dtype(dtype).itemsize
             assert rps.getByteWidth() == itemsize
@@ -352,11 +352,12 @@ def test_stack_timepoint_region_and_hypercube_accessors(server: Any) -> None:
 
 
 def test_tiled_write_of_a_plane(server: Any) -> None:
-    """A plane written only through tiles (edge tiles smaller) reads back whole and equal.
+    """A plane written only through getTileSize's tiles (the last one shorter) reads back equal.
 
-    Proves the pusher's pixels mode: planes larger than Ice's message limit go up as tiles.
+    Proves the pusher's pixels mode: planes larger than Ice's message limit go up as tiles —
+    on ROMIO pixels (up to 3192²) full-width strips below 1 MiB, as OMERO hands out.
     """
-    shape = (1, 1, 1, 300, 410)
+    shape = (1, 1, 1, 3000, 410)
     data = random_stack(shape, "uint16", seed=3)
     with session(server) as (_client, sf):
         pid = create_image(sf, shape, "uint16")
@@ -364,13 +365,10 @@ def test_tiled_write_of_a_plane(server: Any) -> None:
         try:
             rps.setPixelsId(pid, True)
             tw, th = rps.getTileSize()
-            assert tw > 0 and th > 0
-            for y in range(0, 300, 128):
-                for x in range(0, 410, 128):
-                    h, w = min(128, 300 - y), min(128, 410 - x)
-                    rps.setTile(
-                        big_endian(data[0, 0, 0, y : y + h, x : x + w]), 0, 0, 0, x, y, w, h
-                    )
+            assert (tw, th) == (410, 1048576 // 2 // 410)  # RomioPixelBuffer.getTileSize
+            for y in range(0, 3000, th):
+                h = min(th, 3000 - y)
+                rps.setTile(big_endian(data[0, 0, 0, y : y + h]), 0, 0, 0, 0, y, tw, h)
             rps.save()
         finally:
             rps.close()
@@ -409,7 +407,7 @@ def test_pixel_requests_out_of_bounds_fail(server: Any) -> None:
                 rps.getPlane(0, 0, 0)  # no setPixelsId yet
             rps.setPixelsId(pid, True)
             with pytest.raises(omero.ApiUsageException):
-                rps.setTile(b"\0" * 25, 0, 0, 0, 8, 8, 5, 5)  # beyond the plane
+                rps.setTile(b"\0" * 50, 0, 0, 0, 0, 8, 10, 5)  # beyond the plane
             with pytest.raises(omero.ApiUsageException):
                 rps.setPlane(b"\0" * 99, 0, 0, 0)  # one byte short
             with pytest.raises(omero.ApiUsageException):
@@ -889,16 +887,21 @@ def test_connection_drops_after_n_pixel_writes(omero_server_factory: Any) -> Non
         got = read_all_planes(sf, pid, np.dtype("uint16"), shape)
         np.testing.assert_array_equal(got[0, 0, :3], data[0, 0, :3])
         assert not got[0, 0, 3:].any()
-        # the drop happens once per server process: a client that reconnects can finish
+        # as in OMERO, the pixels' file exists now: a client that reconnects cannot finish
+        # them (a new image must be made), but the drop happens once, so it can make one
         rps = sf.createRawPixelsStore()
         try:
             rps.setPixelsId(pid, True)
-            for z in range(3, 6):
+            with pytest.raises(omero.ApiUsageException, match="Write-method not permitted"):
+                rps.setPlane(big_endian(data[0, 0, 3]), 3, 0, 0)
+            pid2 = create_image(sf, shape, "uint16")
+            rps.setPixelsId(pid2, True)
+            for z in range(6):
                 rps.setPlane(big_endian(data[0, 0, z]), z, 0, 0)
             rps.save()
         finally:
             rps.close()
-        np.testing.assert_array_equal(read_all_planes(sf, pid, np.dtype("uint16"), shape), data)
+        np.testing.assert_array_equal(read_all_planes(sf, pid2, np.dtype("uint16"), shape), data)
 
 
 def test_delay_fault_slows_data_services(omero_server_factory: Any) -> None:
