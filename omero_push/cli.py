@@ -64,7 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-d",
         help="dataset name (found or created) or Dataset:ID; default: the manifest's",
     )
-    target.add_argument("--project", "-P", help="project name (found or created)")
+    # No short option: -P would differ from -p (port) only by case.
+    target.add_argument(
+        "--project",
+        help="project name (found or created); default: the project the experiment's metadata "
+        "names (the manifest's omero_project, e.g. the log's 'Omero project:'), which is "
+        "created when missing; --dry-run shows it",
+    )
     what = p.add_argument_group("what is sent")
     what.add_argument(
         "--mode",
@@ -90,7 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CHUNK / 2**20,
         help="upload chunk in MiB (import mode; default %(default)s)",
     )
-    tune.add_argument("--tile", help="tile WxH for pixels mode (default: the server's tile size)")
+    tune.add_argument(
+        "--tile",
+        metavar="PX",
+        help="tile size for pixels mode: one number as the converter's --tile, or WxH "
+        "(default: the server's tile size)",
+    )
     tune.add_argument(
         "--parallel",
         type=int,
@@ -116,7 +127,7 @@ def _parse_tile(text: str | None) -> tuple[int, int] | None:
         w, _, h = text.lower().partition("x")
         return int(w), int(h or w)
     except ValueError:
-        raise PushError(f"--tile {text!r}: expected WxH, e.g. 1024x1024") from None
+        raise PushError(f"--tile {text!r}: expected a number or WxH, e.g. 512 or 1024x512") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,6 +178,9 @@ def _main(args: argparse.Namespace) -> int:
         return 1
     if result.dry_run:
         print(format_plan(result.plan, args.mode, not args.no_provenance))
+        if result.plan.project and not args.project:
+            print(f"project {result.plan.project!r}: from the experiment's metadata (found or "
+                  "created; --project NAME to choose another)")
         print(result.summary())
     else:
         print(result.summary())

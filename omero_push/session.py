@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from omero_push.config import ConnectionSettings
 from omero_push.errors import (
     AuthenticationError,
+    ClientMissingError,
     ConnectionLostError,
     NoPermissionError,
     PushError,
@@ -47,8 +48,9 @@ def _omero() -> Any:
         import omero
         import omero.clients  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise PushError(
-            "omero-py and zeroc-ice are not installed: pip install 'posdir2ometiff[omero]'"
+        raise ClientMissingError(
+            "omero-py and zeroc-ice are not installed: pip install 'posdir2ometiff[omero]' "
+            "(or use the container image, docker/README.md)"
         ) from exc
     return omero
 

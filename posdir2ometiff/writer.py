@@ -119,13 +119,16 @@ def write_ometiff(
     compression: str = DEFAULT_COMPRESSION,
     pyramid: str | int = "auto",
     on_plane: Callable[[int], None] | None = None,
+    on_level: Callable[[int, np.ndarray], None] | None = None,
 ) -> int:
     """Write ``count`` planes of ``shape`` and ``dtype`` to ``path`` as one OME-TIFF.
 
     ``planes`` is consumed lazily, in the IFD order the OME-XML describes. The file appears at
     ``path`` only when complete (written to ``path + '.partial'`` and renamed); on any error the
     partial file is removed and the error re-raised. ``on_plane(i)`` is called after each plane
-    (progress). Returns the number of resolution levels written.
+    (progress). ``on_level(i, level)`` gets plane i's smallest pyramid level (the plane itself
+    without a pyramid) as it is written, so previews cost no second read (report.py).
+    Returns the number of resolution levels written.
     """
     if tile % 16 or tile <= 0:
         raise WriterError(f"--tile must be a positive multiple of 16, not {tile}")
@@ -181,6 +184,8 @@ def write_ometiff(
                         subfiletype=1,
                         **common,
                     )
+                if on_level is not None:
+                    on_level(written, level)
                 written += 1
                 if on_plane is not None:
                     on_plane(written)
