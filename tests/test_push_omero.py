@@ -452,18 +452,18 @@ def test_resume_after_crash_between_import_and_annotations(
     """Import mode, killed after the server imported the file but before the annotations and the
     receipt: the re-run finds the imported image by its 'incomplete' description and completes it
     — no second import of the file."""
-    push_mod = importlib.import_module("omero_push.push")  # the package re-exports push()
+    push_mod = importlib.import_module("omero_push.receipts")  # where images are completed
 
     server = omero_server_factory()
     f = tmp_path / "one.ome.tiff"
     data = make_ome_tiff(f, name="one")
-    real = push_mod._annotate_image
+    real = push_mod.complete_image
 
     def crash(*args: Any, **kw: Any) -> int:
         server.kill()
         return real(*args, **kw)
 
-    monkeypatch.setattr(push_mod, "_annotate_image", crash)
+    monkeypatch.setattr(push_mod, "complete_image", crash)
     kw = push_kw(server, dataset="crash-import", mode="import", retries=0)
     with pytest.raises(ConnectionLostError):
         push([f], **kw)
@@ -471,7 +471,7 @@ def test_resume_after_crash_between_import_and_annotations(
     with reader(server) as sf:
         (half,) = sf.getQueryService().findAll("Image", None)
         assert _v(half.getDescription()).startswith(PENDING_PREFIX)
-    monkeypatch.setattr(push_mod, "_annotate_image", real)
+    monkeypatch.setattr(push_mod, "complete_image", real)
     result = push([f], **kw)
     assert [r.status for r in result.images] == ["resumed"]
     with reader(server) as sf:

@@ -1,0 +1,55 @@
+"""Pixels mode: create each image on the server and write its planes, then complete it."""
+
+from __future__ import annotations
+
+import logging
+
+from omero_push import annotate, pixels, provenance, receipts
+from omero_push.plan import ImageMeta, PushItem
+from omero_push.progress import Progress
+from omero_push.runstate import RunState, bytes_counted, guarded, record
+from omero_push.session import Session
+
+log = logging.getLogger(__name__)
+
+
+def push_pixels_image(
+    session: Session,
+    item: PushItem,
+    im: ImageMeta,
+    dataset_id: int,
+    state: RunState,
+    provenance_on: bool,
+    tile: tuple[int, int] | None,
+    progress: Progress,
+) -> None:
+    pending = provenance.pending_description(item.sha1, im.index)
+    leftovers = sorted(
+        annotate._val(i.getId()) for i in annotate.find_images_by_description(session, pending)
+    )
+    if leftovers:
+        iid = leftovers[0]
+        status = "resumed"
+        log.info("%s: rewriting image %d left by an interrupted push", im.name, iid)
+        if len(leftovers) > 1:  # only possible if two pushes ran at once; keep one
+            log.warning(
+                "%s: %d half-made copies found; deleting the extra ones", im.name, len(leftovers)
+            )
+            annotate.delete_objects(session, "Image", leftovers[1:])
+    else:
+        dtype = pixels.reader_dtype(item.path, im.index)
+        iid = guarded(
+            session, lambda: pixels.create_image(session, im, dtype, pending), "creating an image"
+        )
+        status = "created"
+    guarded(
+        session,
+        lambda: annotate.link_images_to_dataset(
+            session, dataset_id, [iid], check=status == "resumed"
+        ),
+        f"linking to Dataset:{dataset_id}",
+    )
+    with bytes_counted(progress) as on_bytes:
+        pixels.push_pixels(session, item.path, im, iid, tile=tile, on_bytes=on_bytes)
+    n = receipts.complete_image(session, item, im, iid, "pixels", provenance_on, state.result)
+    record(state, item, im, iid, status, n, progress)
