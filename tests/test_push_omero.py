@@ -967,7 +967,7 @@ def test_dry_run_connects_to_nothing_and_creates_nothing(
                 "--convert-out",
                 str(tmp_path / "conv"),
                 *conn,
-                "-n",
+                "--dry-run",
             ]
         )
     cap = capsys.readouterr()
