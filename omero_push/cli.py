@@ -38,7 +38,13 @@ DESCRIPTION = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="omero-push", description=DESCRIPTION)
+    p = argparse.ArgumentParser(
+        prog="omero-push",
+        description=DESCRIPTION,
+        epilog="'omero-push setup-ice' installs zeroc-ice 3.6.5 and omero-py into this Python "
+        "(needed to push; see --help there). 'omero push' is the same command inside OMERO's CLI, "
+        "on the session of 'omero login'.",
+    )
     add_connection_arguments(p)
     add_push_arguments(p)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

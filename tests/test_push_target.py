@@ -220,3 +220,28 @@ def test_no_password_message_names_omero_login(monkeypatch, tmp_path: Path) -> N
     monkeypatch.setenv("OMERO_SESSIONDIR", str(tmp_path / "none"))
     with pytest.raises(ConfigError, match="run 'omero login'"):
         resolve_settings(server="h", port=None, user="u", group=None, interactive=False)
+
+
+def test_connect_passes_a_port_only_when_given(monkeypatch) -> None:
+    """omero.client gets no port unless the user gave one (its own default then applies)."""
+    pytest.importorskip("omero")
+    import omero
+    import omero.clients  # noqa: F401
+
+    from omero_push.config import ConnectionSettings, Secret
+    from omero_push.session import connect
+
+    seen: list[dict] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_client(**kw):
+        seen.append(kw)
+        raise Stop
+
+    monkeypatch.setattr(omero, "client", fake_client)
+    for port in (None, 4063):
+        with pytest.raises(Stop):
+            connect(ConnectionSettings("h", port, "u", password=Secret("pw")))
+    assert "port" not in seen[0] and seen[1]["port"] == 4063
