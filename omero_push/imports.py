@@ -81,6 +81,12 @@ def finish_import(
         lambda: annotate.link_images_to_dataset(session, dataset_id, ids),
         f"linking to Dataset:{dataset_id}",
     )
+    # The import made its own copy of every tag in the OME-XML: link the push's one tag instead.
+    guarded(
+        session,
+        lambda: annotate.adopt_imported_tags(session, "Image", ids),
+        "replacing the tags the import made",
+    )
     if len(ids) != len(item.images):
         log.warning(
             "%s: the server made %d image(s) from a file whose OME-XML lists %d",
