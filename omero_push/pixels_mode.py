@@ -23,30 +23,38 @@ def push_pixels_image(
     tile: tuple[int, int] | None,
     progress: Progress,
 ) -> None:
+    """Create one image, write its pixels once, complete it.
+
+    OMERO writes a Pixels' data once (ome/omero-romio ``PixelsService._getPixelBuffer``: "Pixel
+    buffer file exists returning read-only ROMIO pixel buffer"; a pyramid is read-only after its
+    first read), so an image an interrupted run or attempt left half-made cannot be written into:
+    it is deleted and made again ("resumed").
+    """
     pending = provenance.pending_description(item.sha1, im.index)
     leftovers = sorted(
         annotate._val(i.getId()) for i in annotate.find_images_by_description(session, pending)
     )
+    status = "created"
     if leftovers:
-        iid = leftovers[0]
         status = "resumed"
-        log.info("%s: rewriting image %d left by an interrupted push", im.name, iid)
-        if len(leftovers) > 1:  # only possible if two pushes ran at once; keep one
-            log.warning(
-                "%s: %d half-made copies found; deleting the extra ones", im.name, len(leftovers)
-            )
-            annotate.delete_objects(session, "Image", leftovers[1:])
-    else:
-        dtype = pixels.reader_dtype(item.path, im.index)
-        iid = guarded(
-            session, lambda: pixels.create_image(session, im, dtype, pending), "creating an image"
+        log.info(
+            "%s: deleting %d half-made image(s) an interrupted push left (%s); making it again",
+            im.name,
+            len(leftovers),
+            ", ".join(map(str, leftovers)),
         )
-        status = "created"
+        guarded(
+            session,
+            lambda: annotate.delete_objects(session, "Image", leftovers),
+            "deleting a half-made image",
+        )
+    dtype = pixels.reader_dtype(item.path, im.index)
+    iid = guarded(
+        session, lambda: pixels.create_image(session, im, dtype, pending), "creating an image"
+    )
     guarded(
         session,
-        lambda: annotate.link_images_to_dataset(
-            session, dataset_id, [iid], check=status == "resumed"
-        ),
+        lambda: annotate.link_images_to_dataset(session, dataset_id, [iid], check=False),
         f"linking to Dataset:{dataset_id}",
     )
     with bytes_counted(progress) as on_bytes:

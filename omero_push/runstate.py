@@ -33,7 +33,9 @@ class ImageResult:
     series: int
     name: str
     image_id: int
-    status: str  # "created", "resumed" (half-made by an earlier run, completed now), "present"
+    #: "created"; "resumed" (half-made by an earlier run: completed now in import mode, deleted and
+    #: made again in pixels mode); "present"
+    status: str
     annotations_created: int = 0
 
 
@@ -178,7 +180,9 @@ def record(
     key = (item.sha1, im.index)
     prev = state.statuses.get(key)
     if prev is not None:
-        # A retry after reconnecting found what this push made before the drop: keep "created".
+        # A retry after reconnecting found what this push made before the drop: keep "created",
+        # but take the new id (pixels mode makes a half-made image again).
+        prev.image_id = iid
         prev.annotations_created += n_ann
         return
     state.statuses[key] = ImageResult(item.path, im.index, im.name, iid, status, n_ann)
