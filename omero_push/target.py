@@ -72,7 +72,8 @@ def resolve_target(session: Session, target: Target) -> tuple[int | None, int]:
 
 
 def _named(session: Session, kind: str, name: str) -> list[Any]:
-    return list(session.query().findAllByString(kind, "name", name, True, None))
+    """The user's containers named exactly ``name`` (a bound parameter: ``%`` and ``_`` are plain)."""
+    return annotate.find_exact(session, kind, "name", name)
 
 
 def _own(session: Session, objs: list[Any]) -> list[Any]:
