@@ -142,6 +142,16 @@ def test_omero_push_plugin_failure_is_a_nonzero_return(
     assert "Dataset:987654 does not exist" in capsys.readouterr().err
 
 
+def test_omero_push_plugin_dry_run_needs_no_login(sessions_dir: Path, tmp_path: Path, capsys) -> None:
+    """`omero push --dry-run` prints the plan and the resolved target without logging in."""
+    f = tmp_path / "p.ome.tiff"
+    make_ome_tiff(f, name="planned")
+    omero_cli("push", str(f), "--dry-run", "-T", "Project:name:P/Dataset:%name:D")
+    out = capsys.readouterr().out
+    assert "-> P / D [Project:name:P/Dataset:%name:D]" in out and "dry run: nothing was sent" in out
+    assert list(sessions_dir.iterdir()) == []  # no login happened
+
+
 def test_standalone_push_reuses_the_stored_login_and_leaves_it_open(
     omero_server: Any, sessions_dir: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
@@ -351,3 +361,30 @@ def test_api_with_a_blitzgateway(omero_server: Any, tmp_path: Path) -> None:
         assert {"x", "y"} <= set(tag_texts(anns)) and [("k", "v")] in maps_in(anns, KV_NS)
         ds = sf.getQueryService().get("Dataset", did)
         assert _v(ds.getDescription()) == "d"
+
+
+def test_readme_api_example_runs(omero_server: Any, tmp_path: Path, monkeypatch) -> None:
+    """The README's ezomero-style example, run as written against the stand-in (its BlitzGateway
+    is pointed at the stand-in; the files it names are made in the working directory)."""
+    import re
+
+    import omero.gateway
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Python API, ezomero style") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    real = omero.gateway.BlitzGateway
+
+    def to_standin(user: str, passwd: str, host: str = "", secure: bool = False, **kw: Any) -> Any:
+        return real(omero_server.user, passwd, host=omero_server.url, port=omero_server.port)
+
+    monkeypatch.setattr(omero.gateway, "BlitzGateway", to_standin)
+    monkeypatch.chdir(tmp_path)
+    make_converter_output(tmp_path / "OUT", positions=1)
+    make_ome_tiff(tmp_path / "a.ome.tiff", name="extra")
+    scope: dict[str, Any] = {"password": omero_server.password}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert len(scope["image_ids"]) == 1 and len(scope["more"]) == 1
+    assert len(scope["tag_ids"]) == 2 and scope["kv_id"] and scope["table_ids"]
+    with reader(omero_server) as sf:
+        assert [_v(i.getId()) for i in images_of(sf, scope["did"])] == scope["image_ids"]
