@@ -312,7 +312,7 @@ def _main(args: argparse.Namespace, conn: Any = None) -> int:
         print(json.dumps(report.result_json(result, web_url), indent=2))
     elif result.dry_run:
         print(format_plan(result.plan, args.mode, not args.no_provenance))
-        if result.plan.project and not args.project:
+        if result.plan.project and not args.project and not args.target:
             print(f"project {result.plan.project!r}: from the experiment's metadata (found or "
                   "created; --project NAME to choose another)")
         print(result.summary())

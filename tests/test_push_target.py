@@ -140,7 +140,9 @@ def test_cli_dry_run_shows_resolved_target_and_overrides(tmp_path: Path, capsys)
     assert "-> Dataset:1234 [Dataset:id:1234] (mode import)" in out
     assert "image 'renamed'" in out and ", t1, t2;" in out and "1 comment(s)" in out
     assert cli.main([str(f), "--dry-run", "-T", "Project:name:P/Dataset:@name:D"]) == 0
-    assert "-> P / D [Project:name:P/Dataset:@name:D]" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "-> P / D [Project:name:P/Dataset:@name:D]" in out
+    assert "from the experiment's metadata" not in out  # the project came from -T
 
 
 @pytest.mark.parametrize(
