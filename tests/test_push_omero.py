@@ -36,6 +36,7 @@ from tests.test_push_support import (  # noqa: E402
 )
 
 BULK_NS = "openmicroscopy.org/omero/bulk_annotations"
+TABLE_NS = "posdir2ometiff/omero_push/table"
 SENTINEL = "Sentinel-Pw-4d1f9c"
 
 pytestmark = pytest.mark.timeout(300)
@@ -212,7 +213,7 @@ def test_sample_convert_and_push_reads_back_equal(
         tables = [
             a
             for a in dsanns
-            if isinstance(a, omero.model.FileAnnotation) and _v(a.getNs()) == BULK_NS
+            if isinstance(a, omero.model.FileAnnotation) and _v(a.getNs()) in (BULK_NS, TABLE_NS)
         ]
         assert tables, "the experiment's tables should be attached as OMERO.tables"
         from posdir2ometiff.metadata.tables import read_tables
@@ -226,13 +227,17 @@ def test_sample_convert_and_push_reads_back_equal(
                 seen[_v(fa.getFile().getName())] = (
                     t.getNumberOfRows(),
                     [c.name for c in t.getHeaders()],
+                    _v(fa.getNs()),
                 )
             finally:
                 t.close()
         assert set(seen) == set(frames)
         for name, df in frames.items():
-            assert seen[name][0] == len(df), name
-            assert len(seen[name][1]) == len(df.columns), name
+            n_rows, headers, ns = seen[name]
+            assert n_rows == len(df), name
+            # OMERO.web's per-image query needs an Image column in every bulk-annotations table
+            image_cols = ["Image", "Image Name"] if ns == BULK_NS else []
+            assert headers == [str(c) for c in df.columns] + image_cols, name
 
 
 # --- our own OME-TIFFs: every annotation checked ---------------------------------------------------
@@ -304,15 +309,14 @@ def test_push_roundtrip_annotations_tables(omero_server: Any, tmp_path: Path, mo
         assert maps_in(dsanns, KV_NS) == [
             [("Strain", "BY4741"), ("Strain", "Hxt4-GFP"), ("Z spacing (µm)", "0.6")]
         ]
-        bulk = [
-            a
-            for a in dsanns
-            if isinstance(a, omero.model.FileAnnotation) and _v(a.getNs()) == BULK_NS
+        files = [a for a in dsanns if isinstance(a, omero.model.FileAnnotation)]
+        assert sorted((_v(a.getFile().getName()), _v(a.getNs())) for a in files) == [
+            ("channels", TABLE_NS),  # rows of no image: not an OMERO.web per-image table
+            ("positions", BULK_NS),  # rows of images: omero-metadata's Image/Image Name columns
         ]
-        assert len(bulk) == 2
         rows = {}
         res = sf.sharedResources()
-        for fa in bulk:
+        for fa in files:
             table = res.openTable(omero.model.OriginalFileI(_v(fa.getFile().getId()), False))
             try:
                 cols = table.getHeaders()
@@ -329,6 +333,9 @@ def test_push_roundtrip_annotations_tables(omero_server: Any, tmp_path: Path, mo
         assert ch["skip"] == ("BoolColumn", [False, True])
         assert ch["channel"] == ("StringColumn", ["Brightfield", "GFP"])
         assert rows["positions"]["x"] == ("DoubleColumn", [10846.5, 1200.0])
+        assert rows["positions"]["Image"] == ("ImageColumn", result.image_ids)
+        assert rows["positions"]["Image Name"] == ("StringColumn", ["pos001", "pos002"])
+        assert "Image" not in rows["channels"]
 
 
 @pytest.mark.parametrize("mode", ["import", "pixels"])
