@@ -221,7 +221,7 @@ def _images_by_position(plan: PushPlan, state: RunState) -> dict[str, tuple[int,
         if r is None:
             continue
         out.setdefault(im.name.lower(), (r.image_id, im.name))
-        position = (item.conversion or {}).get("position")
+        position = item.position or (item.conversion or {}).get("position")
         if position and len(item.images) == 1:
             out.setdefault(str(position).lower(), (r.image_id, im.name))
     return out
