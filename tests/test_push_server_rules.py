@@ -377,3 +377,23 @@ def test_import_wait_gives_up_at_the_cap_and_says_what_to_do(
     with pytest.raises(ServerError, match="still importing after .*re-run the same push later"):
         upload.wait_for(FakeSession(), StatusHandle(), "import of a", cap_s=0.0, poll_s=0.001)  # type: ignore[arg-type]
     assert FakeCallback.closed == [False]
+
+
+def test_example_client_waits_past_a_minute_with_progress(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """tests/omero_server/example_client.py waits as long as the import runs (its old wait gave
+    up after 60 one-second blocks), printing where the import is, and stops at its cap."""
+    from tests.omero_server import example_client
+
+    cb = FakeCallback(None, None)
+    cb.polls = 70  # more than the old loop(60, 1000) allowed
+    rsp = example_client.wait_for_import(
+        cb, StatusHandle(), "a.ome.tiff", poll_ms=1, report_every_s=0.0
+    )
+    assert isinstance(rsp, omero.grid.ImportResponse)
+    assert "importing a.ome.tiff: step 2 of 5" in capsys.readouterr().out
+    cb = FakeCallback(None, None)
+    cb.polls = 10**9
+    with pytest.raises(omero.LockTimeout):
+        example_client.wait_for_import(cb, StatusHandle(), "a.ome.tiff", cap_s=0.0, poll_ms=1)
