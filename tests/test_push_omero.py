@@ -47,7 +47,12 @@ _clean_logging = pytest.fixture(autouse=True)(isolate_root_logging)
 
 
 def host_url(server: Any) -> str:
-    """The stand-in speaks plain TCP (OMERO's port-4063 transport): ``tcp://host`` for omero-py."""
+    """The stand-in speaks plain TCP (OMERO's port-4063 transport): ``tcp://host`` for omero-py.
+
+    A real server (tests/test_omero_real.py) is reached as the environment names it.
+    """
+    if getattr(server, "real", False):
+        return server.host
     return server.host if "://" in server.host else f"tcp://{server.host}"
 
 
