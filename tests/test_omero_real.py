@@ -39,9 +39,12 @@ from tests.test_omero_server_core import (  # noqa: E402,F401  (collected again,
 )
 from tests.test_omero_server_example import converted, run_example  # noqa: E402,F401
 from tests.test_push_omero import (  # noqa: E402,F401  (omero_push end to end, against OMERO)
+    test_multi_image_ome_tiff,
+    test_pixels_mode_keeps_dtype,
     test_push_roundtrip_annotations_tables,
     test_sample_convert_and_push_reads_back_equal,
     test_second_push_creates_nothing,
+    test_upper_case_checksum_is_sent_in_lower_case,
 )
 
 #: omero_push's end-to-end tests this module runs against a real OMERO (the stand-in's test
@@ -100,22 +103,3 @@ def test_example_script_against_real_omero(server: RealOmero, converted: Any) ->
     done = run_example(server, converted)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.rstrip().endswith("all read-backs matched")
-
-
-# --- omero_push's own tests, against the real server ----------------------------------------------
-# Those of tests/test_push_omero.py that hold on any OMERO (scoped by their datasets, no faults,
-# no stand-in internals). Run them against a fresh server: they name datasets and tags.
-
-from tests.test_push_omero import (  # noqa: E402,F401  (collected again, against OMERO)
-    test_multi_image_ome_tiff,
-    test_pixels_mode_keeps_dtype,
-    test_push_roundtrip_annotations_tables,
-    test_second_push_creates_nothing,
-    test_upper_case_checksum_is_sent_in_lower_case,
-)
-
-
-@pytest.fixture
-def omero_server(server: RealOmero) -> RealOmero:
-    """Overrides the push tests' ``omero_server`` fixture: the OMERO named by the environment."""
-    return server

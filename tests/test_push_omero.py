@@ -135,16 +135,18 @@ def counts(sf: Any) -> dict[str, int]:
     return {k: len(q.findAll(k, None)) for k in kinds}
 
 
-def reads_zstd(monkeypatch: pytest.MonkeyPatch) -> None:
+def reads_zstd(monkeypatch: pytest.MonkeyPatch, server: Any) -> None:
     """Make the push see OMERO 5.6.9, the version that goes with the stand-in's Bio-Formats.
 
     The stand-in answers ``IConfig.getVersion`` with "5.6.0-standin" whatever Bio-Formats it
     plays (its README), and by default it plays one that decodes zstd; the push's own check
-    (``imports.check_server_reads``) would otherwise refuse every zstd import.
+    (``imports.check_server_reads``) would otherwise refuse every zstd import.  A real server
+    (tests/test_omero_real.py) is asked as it is.
     """
     from omero_push import imports
 
-    monkeypatch.setattr(imports, "server_version", lambda session: (5, 6, 9))
+    if not getattr(server, "real", False):
+        monkeypatch.setattr(imports, "server_version", lambda session: (5, 6, 9))
 
 
 def push_kw(server: Any, **kw: Any) -> dict[str, Any]:
@@ -183,7 +185,7 @@ def test_sample_convert_and_push_reads_back_equal(
     pytest.importorskip("posdir2ometiff.convert")
     ds = f"sample-{mode}"
     monkeypatch.setenv("OMERO_PASSWORD", omero_server.password)
-    reads_zstd(monkeypatch)  # the converter's default compression is zstd
+    reads_zstd(monkeypatch, omero_server)  # the converter's default compression is zstd
     rc = cli.main(
         [
             str(swainlab_sample),
@@ -1152,7 +1154,7 @@ def test_password_absent_from_manifest_logs_and_server(
     (annotations, descriptions, upload job — the stand-in's whole store is searched)."""
     server = omero_server_factory(password=SENTINEL)
     monkeypatch.setenv("OMERO_PASSWORD", SENTINEL)
-    reads_zstd(monkeypatch)  # the converter's default compression is zstd
+    reads_zstd(monkeypatch, server)  # the converter's default compression is zstd
     caplog.set_level("DEBUG")
     rc = cli.main(
         [
@@ -1342,9 +1344,8 @@ def test_failed_import_is_cleaned_up_and_redone(
     statistics."""
     from omero_push.errors import ServerError
 
-    reads_zstd(monkeypatch)
-
     server = omero_server_factory(bioformats_version="6.10")
+    reads_zstd(monkeypatch, server)
     f = tmp_path / "z.ome.tiff"
     data = make_ome_tiff(f, name="z", compression="zstd")
     kw = push_kw(server, dataset="failed-import", mode="import", retries=0)
