@@ -99,7 +99,8 @@ def test_message_size_max_is_omeros(routed: Any) -> None:
 def test_sessions_time_out_in_the_router(omero_server_factory: Any) -> None:
     """Glacier2.SessionTimeout: an idle client's session is destroyed by the router.
 
-    The stand-in's session (OMERO's, not the router's) stays joinable, as in OMERO.
+    The router destroys the ServiceFactory; a login that asked detachOnDestroy leaves OMERO's
+    session joinable (omero/cmd/SessionI.destroy).
     """
     require_glacier2()
     server = omero_server_factory(glacier2=True, session_timeout=2)
@@ -107,6 +108,7 @@ def test_sessions_time_out_in_the_router(omero_server_factory: Any) -> None:
     try:
         client.createSession(server.user, server.password)
         client.enableKeepAlive(0)
+        client.getSession().detachOnDestroy()
         uuid = client.getSessionId()
         sf = client.getSession()
         sf.getAdminService().getEventContext()

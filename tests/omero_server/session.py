@@ -86,6 +86,30 @@ class Session:
     lock: threading.RLock = field(default_factory=threading.RLock)
     #: live logins (ServiceFactories) of this session; its servants go when the last one ends
     logins: int = 0
+    #: OMERO's reference count (ome/omero-server SessionManagerImpl): 1 at creation, +1 per
+    #: join, -1 per ended login ("detach") and per ISession.closeSession; below 1 a close
+    #: removes the session
+    refcount: int = 0
+
+    def close_reference(self) -> int:
+        """``SessionManagerImpl.close``: drop one reference; at none left, close the session.
+
+        Returns the references left, or -2 when the session was closed (OMERO's values).
+        """
+        with self.lock:
+            self.refcount -= 1
+            left = self.refcount
+        if left >= 1:
+            return left
+        self.end()
+        return -2
+
+    def end(self) -> None:
+        """Remove the session: no more joins; what was made for it is closed."""
+        with self.ctx.lock:
+            self.ctx.sessions.pop(self.uuid, None)
+        self.closed = True
+        self.release_servants()  # OMERO closes a closed session's services too
     #: servants added under this session's uuid and not yet removed: identity string -> identity
     servants: dict[str, Any] = field(default_factory=dict)
     #: Glacier2 SessionControl proxies of this session's logins through a real router
@@ -277,6 +301,7 @@ def open_login(ctx: ServerContext, user_id: str, agent: str = "") -> tuple[Servi
             ctx.sessions[session.uuid] = session
         sf = ServiceFactoryI(ctx, session)
         session.logins += 1
+        session.refcount += 1  # a new session's first reference, or a join's
         prx = ctx.adapter.add(sf, Ice.Identity(session.uuid, "sf-" + str(uuid.uuid4())))
         sf.identity = prx.ice_getIdentity()
     log.info("session %s for %s", session.uuid, session.user_name)
@@ -429,6 +454,7 @@ class ServiceFactoryI(omero.api.ServiceFactory):
         self.ctx = ctx
         self.session = session
         self.identity: Any = None
+        self.do_close = True
         self.con_key = ""
         self._stateless: dict[str, Any] = {}
         self._stateful: list[Any] = []
@@ -531,10 +557,15 @@ class ServiceFactoryI(omero.api.ServiceFactory):
         return None
 
     def closeOnDestroy(self, current: Any = None) -> None:
-        return None
+        """The default: this login's end closes the session if no reference is left."""
+        self.do_close = True
 
     def detachOnDestroy(self, current: Any = None) -> None:
-        return None
+        """This login's end only drops its reference: the session stays to be joined later.
+
+        ome/omero-blitz ``ServiceFactoryI.detachOnDestroy`` / ``omero/cmd/SessionI.destroy``.
+        """
+        self.do_close = False
 
     def activeServices(self, current: Any = None) -> list[str]:
         with self._lock:
@@ -582,10 +613,12 @@ class ServiceFactoryI(omero.api.ServiceFactory):
 
     # -- Glacier2::Session
     def destroy(self, current: Any = None) -> None:
-        """Remove this login's servants; the session itself stays joinable until closed.
+        """End this login, as ome/omero-blitz ``omero/cmd/SessionI.destroy``.
 
-        When this was the session's last login, every servant made for the session (also
-        those made through SharedResources, ImportProcess, ...) is removed and closed.
+        Its servants are removed; its reference to the session is dropped ("detach"). If no
+        reference is left and the login did not ask ``detachOnDestroy``, the session is closed
+        (not joinable any more) with everything made for it; otherwise it stays, and when
+        this was its last live login, what was made for it (imports, tables, ...) is closed.
         """
         with self._lock:
             for prx in self._stateless.values():
@@ -598,8 +631,13 @@ class ServiceFactoryI(omero.api.ServiceFactory):
                 return  # already destroyed
             self.ctx.remove_servant(self.identity)
             self.identity = None
-        with self.session.lock:
-            self.session.logins -= 1
-            last = self.session.logins <= 0
-        if last:  # what this session's services made (imports, tables, ...) goes with it
-            self.session.release_servants()
+        session = self.session
+        with session.lock:
+            session.logins -= 1
+            session.refcount -= 1
+            last = session.logins <= 0
+            close = self.do_close and session.refcount < 1
+        if close:
+            session.end()
+        elif last:
+            session.release_servants()
