@@ -56,5 +56,11 @@ class ServerError(PushError):
     exit_code = 7
 
 
+class ClientMissingError(PushError):
+    """omero-py or zeroc-ice is not installed here (exit 1 means "some files were not pushed")."""
+
+    exit_code = 8
+
+
 class TablesUnavailableError(PushError):
     """The OMERO.tables service is off; the caller falls back to attaching the HDF5 file."""

@@ -41,6 +41,9 @@ def _pyramid(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="posdir2ometiff",
+        # the usage names the demo sub-command too: a new user's first look is `--help`
+        usage="%(prog)s SRC -o OUT [options]\n       %(prog)s demo OUT_DIR [options]   "
+        "(writes a synthetic experiment to try; 'posdir2ometiff demo --help')",
         description="Convert a time-lapse experiment (one folder per microscope position, one "
         "image per plane) into one tiled, pyramidal OME-TIFF per position, plus manifest.json "
         "and experiment.h5. Run 'posdir2ometiff demo OUT_DIR' to generate a demo experiment.",
@@ -51,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positions", default=DEFAULT_POSITIONS, metavar="GLOB",
                    help="position folder glob, case-insensitive (default: %(default)s)")
     p.add_argument("--pattern", default=DEFAULT_PATTERN, metavar="REGEX",
-                   help="plane file regex with named groups t, c, z "
-                   "(default: {prefix}_{t}_{c}_{z}.png|tif|tiff)")
+                   help="plane file regex with named groups t, c, z; the default matches "
+                   "{prefix}_{t}_{c}_{z}.png|tif|tiff (default: %(default)s)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, metavar="PX",
                    help="tile size, a multiple of 16 (default: %(default)s)")
     p.add_argument("--compression", choices=list(COMPRESSIONS), default=DEFAULT_COMPRESSION,
@@ -111,18 +114,23 @@ def build_demo_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="posdir2ometiff demo",
         description="Write a synthetic experiment in the lab's layout (pos folders, PNG planes, "
-        "Acq and log files) to try the converter on.",
+        "Acq and log files) to try the converter on: then 'posdir2ometiff OUT_DIR -o OUT'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("folder", type=Path, metavar="OUT_DIR")
-    p.add_argument("--positions", type=int, default=2)
+    p.add_argument("folder", type=Path, metavar="OUT_DIR", help="folder to write (created)")
+    # A count, so not "--positions": the converter's --positions is a folder glob.
+    p.add_argument("--num-positions", type=int, default=2, metavar="N",
+                   help="number of position folders (pos001, pos002, ...)")
+    p.add_argument("--positions", action=_DemoPositions, help=argparse.SUPPRESS)
     p.add_argument("--channels", default="Brightfield,DIC,GFP", help="comma-separated names")
-    p.add_argument("-z", type=int, default=5, help="z-sections")
-    p.add_argument("-t", type=int, default=3, help="timepoints")
-    p.add_argument("--size", type=int, default=512, help="plane width and height")
-    p.add_argument("--dtype", choices=["uint8", "uint16", "float32"], default="uint16")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-q", "--quiet", action="store_true")
-    real = p.add_argument_group("real acquisitions", "what real files have (issue 10)")
+    p.add_argument("-z", type=int, default=5, metavar="N", help="z-sections per stack")
+    p.add_argument("-t", type=int, default=3, metavar="N", help="timepoints")
+    p.add_argument("--size", type=int, default=512, metavar="PX", help="plane width and height")
+    p.add_argument("--dtype", choices=["uint8", "uint16", "float32"], default="uint16",
+                   help="pixel type (float32 planes are written as TIFF: PNG has no floats)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    real = p.add_argument_group("real acquisitions", "cases real acquisition files have")
     real.add_argument("--missed-first", action="append", default=[], metavar="POS",
                       help="this position has no planes (nothing logged) at timepoint 1")
     real.add_argument("--failed", action="append", default=[], type=_failed_capture,
@@ -146,6 +154,14 @@ def _failed_capture(text: str) -> tuple[str, int, str]:
     return pos, int(t) - 1, channel
 
 
+class _DemoPositions(argparse.Action):
+    """``demo --positions``: say which option is meant instead of a bare 'unrecognized'."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object, **__: object) -> None:
+        parser.error("the demo's number of positions is --num-positions N "
+                     "(--positions is the converter's folder glob)")
+
+
 def _demo(argv: Sequence[str]) -> int:
     args = build_demo_parser().parse_args(argv)
     with cli_logging(False, args.quiet, quiet_level=logging.ERROR):
@@ -157,7 +173,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     channels = [c.strip() for c in args.channels.split(",") if c.strip()]
     try:
-        spec = make_demo(args.folder, positions=args.positions, channels=channels, z=args.z,
+        spec = make_demo(args.folder, positions=args.num_positions, channels=channels, z=args.z,
                          t=args.t, size=args.size, dtype=args.dtype, seed=args.seed,
                          missed_first=args.missed_first, failed=args.failed,
                          absent=args.absent, header=args.header, fmt=args.fmt)
