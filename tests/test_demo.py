@@ -78,7 +78,7 @@ def test_float32_demo_is_tiff(tmp_path: Path) -> None:
 def test_cli_writes_the_real_acquisition_cases(tmp_path: Path, capsys) -> None:
     from posdir2ometiff.cli import main
 
-    assert main(["demo", str(tmp_path / "a"), "--positions", "2", "-z", "1", "-t", "2",
+    assert main(["demo", str(tmp_path / "a"), "--num-positions", "2", "-z", "1", "-t", "2",
                  "--size", "16", "--missed-first", "pos002", "--failed", "pos001:2:GFP",
                  "--absent", "1", "--header", "2020", "-q"]) == 0
     log = (tmp_path / "a" / "demo_log.txt").read_text()
