@@ -16,6 +16,7 @@ from posdir2ometiff.metadata.model import ExperimentMetadata
 from posdir2ometiff.ome import ImageSpec, build_ome, channel_specs, ome_xml
 from posdir2ometiff.planes import probe as probe_position
 from posdir2ometiff.planes import read_plane
+from posdir2ometiff.report import PreviewCollector
 from posdir2ometiff.writer import write_ometiff
 
 OUTPUT_SUFFIX = ".ome.tiff"
@@ -32,6 +33,8 @@ class PositionJob:
     tile: int
     compression: str
     pyramid: str
+    #: Collect previews for OUT/report.html while writing (report.py).
+    report: bool = True
 
 
 def relative(path: Path, root: Path) -> str:
@@ -104,6 +107,8 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
 
     count = layout.size_t * len(specs) * layout.size_z
     last = [0]
+    previews = (PreviewCollector(layout.size_t, len(specs), layout.size_z,
+                                 [s.name for s in specs]) if job.report else None)
 
     def progress(n: int) -> None:
         # Progress counts source planes (what the caller's total is made of); an RGB source
@@ -125,7 +130,10 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
         compression=job.compression,
         pyramid=job.pyramid,
         on_plane=progress,
+        on_level=previews.add if previews is not None else None,
     )
+    if previews is not None:
+        previews.save(job.out, layout.name)
     stat = output.stat()
     return {
         "status": "ok",
