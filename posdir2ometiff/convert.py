@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from posdir2ometiff import __version__
+from posdir2ometiff.dask_executor import check_shared_filesystem, run_jobs_dask
 from posdir2ometiff.errors import ConversionError, PlaneError
+from posdir2ometiff.executors import default_threads
 from posdir2ometiff.executors import run_jobs as _run_jobs
 from posdir2ometiff.layout import (
     DEFAULT_PATTERN,
@@ -41,7 +43,12 @@ from posdir2ometiff.manifest import (
 from posdir2ometiff.metadata.model import ExperimentMetadata, TimeSettings, ZSectioning
 from posdir2ometiff.ome import describe_experiment
 from posdir2ometiff.planes import read_plane
-from posdir2ometiff.position import OUTPUT_SUFFIX, PositionJob, convert_position
+from posdir2ometiff.position import (
+    OUTPUT_SUFFIX,
+    PositionJob,
+    convert_position,
+    remove_stale_partials,
+)
 from posdir2ometiff.progress import Progress
 from posdir2ometiff.rerun import is_up_to_date, metadata_fingerprint
 from posdir2ometiff.writer import (
@@ -84,6 +91,8 @@ class ConversionOptions:
     compression: str = DEFAULT_COMPRESSION
     pyramid: str = "auto"
     workers: int | None = None
+    #: Threads inside one position (decode ahead, compress tiles); None: cores / workers.
+    threads: int | None = None
     metadata: str = "auto"
     pixel_size_um: float | None = None
     z_step_um: float | None = None
@@ -198,10 +207,18 @@ def _check_options(opts: ConversionOptions) -> None:
         raise ConversionError(str(exc)) from None
     if opts.workers is not None and opts.workers < 1:
         raise ConversionError(f"--workers must be at least 1, not {opts.workers}")
+    if opts.threads is not None and opts.threads < 1:
+        raise ConversionError(f"--threads must be at least 1, not {opts.threads}")
 
 
-def convert(src: Path | str, out: Path | str, **options: Any) -> ConversionResult:
+def convert(
+    src: Path | str, out: Path | str, *, client: Any = None, **options: Any
+) -> ConversionResult:
     """Convert the experiment folder ``src`` into ``out`` (see :class:`ConversionOptions`).
+
+    ``client``: a ``distributed.Client``; each position then runs as a task on its cluster
+    (``src`` and ``out`` must be on a filesystem the workers share). Without one, positions run
+    in a local process pool (``workers``).
 
     Raises :class:`LayoutError`, :class:`ConversionError` or ``MetadataError`` for problems of
     the whole run (no such folder, no positions, bad option, unreadable metadata); problems of
@@ -282,10 +299,19 @@ def convert(src: Path | str, out: Path | str, **options: Any) -> ConversionResul
 
     total = sum(j.layout.plane_count for j in jobs if not j.layout.error)
     workers = min(opts.workers or os.cpu_count() or 1, max(len(jobs), 1))
+    for job in jobs:
+        # On a cluster, 0 lets each worker choose (its cores / its task slots).
+        job.threads = opts.threads or (0 if client is not None else default_threads(workers))
     progress_mode = opts.progress
+    if client is not None:
+        check_shared_filesystem(client, src, out)
     with Progress(total, mode=progress_mode) as progress:
-        for job, (entry, detail) in _run_jobs(jobs, workers, opts.fail_fast, progress,
-                                                  write_experiment_tables):
+        runs = (
+            run_jobs_dask(jobs, client, opts.fail_fast, progress, write_experiment_tables)
+            if client is not None
+            else _run_jobs(jobs, workers, opts.fail_fast, progress, write_experiment_tables)
+        )
+        for job, (entry, detail) in runs:
             name = job.layout.name
             entries[name] = entry
             if entry["status"] == "ok":
@@ -310,6 +336,7 @@ def convert(src: Path | str, out: Path | str, **options: Any) -> ConversionResul
                 if detail:
                     logger.debug("%s", detail)
 
+    remove_stale_partials(out, [job.layout.name for job in jobs])
     tables_entry = tables_box.get("entry")
     tables_path = out / TABLES_NAME if tables_entry else None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import time
 import traceback
@@ -23,6 +24,15 @@ from posdir2ometiff.writer import WriterError
 
 logger = logging.getLogger(__name__)
 
+
+def default_threads(workers: int) -> int:
+    """Threads per position when ``--threads`` is not given: the cores the workers leave free.
+
+    One position on a 32-core machine gets 32 threads; 16 positions in 16 processes get 2 each.
+    """
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 _worker_queue: Any = None  # set in each worker process by _init_worker (per process, not shared)
 
 
@@ -31,8 +41,25 @@ def _init_worker(q: Any) -> None:
     _worker_queue = q
 
 
+def convert_guarded(
+    job: PositionJob, report: Callable[[int], None] | None = None
+) -> tuple[dict, str | None]:
+    """Convert one position, turning every error into a failed manifest entry (one line) and,
+    for unexpected ones, a traceback for --verbose. Never raises: one bad position cannot take
+    a pool or a cluster down."""
+    try:
+        return convert_position(job, report), None
+    except (ConversionError, WriterError, LayoutError) as exc:
+        return failed_entry(str(exc)), None
+    except OSError as exc:
+        return failed_entry(f"{exc.filename or job.layout.folder}: {exc.strerror or exc}"), None
+    except Exception as exc:  # unexpected: keep the traceback for --verbose
+        return (failed_entry(f"{job.layout.folder}: {type(exc).__name__}: {exc}"),
+                traceback.format_exc())
+
+
 def _run_job(job: PositionJob) -> tuple[dict, str | None]:
-    """Worker entry point: never raises, so one bad position cannot take the pool down."""
+    """Worker entry point of the process pool; progress goes back through the queue in batches."""
     pending = [0, time.monotonic()]
 
     def report(n: int) -> None:
@@ -42,20 +69,10 @@ def _run_job(job: PositionJob) -> tuple[dict, str | None]:
             _worker_queue.put(pending[0])
             pending[0], pending[1] = 0, now
 
-    try:
-        entry = convert_position(job, report)
-        detail = None
-    except (ConversionError, WriterError, LayoutError) as exc:
-        entry, detail = failed_entry(str(exc)), None
-    except OSError as exc:
-        entry, detail = failed_entry(f"{exc.filename or job.layout.folder}: {exc.strerror or exc}"), None
-    except Exception as exc:  # unexpected: keep the traceback for --verbose
-        entry = failed_entry(f"{job.layout.folder}: {type(exc).__name__}: {exc}")
-        detail = traceback.format_exc()
+    result = convert_guarded(job, report)
     if _worker_queue is not None and pending[0]:
         _worker_queue.put(pending[0])
-    return entry, detail
-
+    return result
 
 
 def run_jobs(

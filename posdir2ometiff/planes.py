@@ -1,9 +1,13 @@
-"""Reading plane files: decode and hash each file once, and probe a position's size and dtype."""
+"""Reading plane files: decode and hash each file once, probe a position's size and dtype, and
+decode ahead of the writer in a few threads."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,3 +92,43 @@ def probe(layout: PositionLayout) -> Probe:
             )
     assert shape is not None and dtype is not None
     return Probe(shape=shape, dtype=dtype, samples=samples, cache=cache)
+
+
+#: Planes decoded ahead of the writer per decoding thread (memory: a few planes in flight).
+AHEAD_PER_THREAD = 2
+
+Decoded = tuple[np.ndarray, int, str, int]
+
+
+def read_ahead(
+    keys: Iterable[PlaneKey],
+    fetch: Callable[[PlaneKey], Decoded | None],
+    threads: int = 1,
+) -> Iterator[tuple[PlaneKey, Decoded | None]]:
+    """``(key, fetch(key))`` for every key, in order, ``fetch`` running ahead in ``threads`` threads.
+
+    Decoding (imagecodecs) releases the GIL, so a few threads decode while the caller compresses
+    and writes. At most ``AHEAD_PER_THREAD × threads`` planes are in flight, never a whole
+    position. With one thread nothing is decoded ahead. Closing the iterator (the writer failed)
+    cancels what has not started.
+    """
+    if threads <= 1:
+        for key in keys:
+            yield key, fetch(key)
+        return
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+    window: deque[tuple[PlaneKey, Future[Decoded | None]]] = deque()
+    todo = iter(keys)
+    try:
+        for key in todo:
+            window.append((key, pool.submit(fetch, key)))
+            if len(window) >= AHEAD_PER_THREAD * threads:
+                break
+        while window:
+            key, fut = window.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                window.append((nxt, pool.submit(fetch, nxt)))
+            yield key, fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import logging
 import uuid as uuid_mod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,13 +13,14 @@ import numpy as np
 
 from posdir2ometiff.errors import ConversionError, PlaneError
 from posdir2ometiff.layout import PlaneKey, PositionLayout
-from posdir2ometiff.manifest import sha1_file
 from posdir2ometiff.metadata.model import ExperimentMetadata
 from posdir2ometiff.ome import ImageSpec, build_ome, channel_specs, ome_xml
+from posdir2ometiff.planes import Decoded, read_ahead, read_plane
 from posdir2ometiff.planes import probe as probe_position
-from posdir2ometiff.planes import read_plane
 from posdir2ometiff.report import PreviewCollector
-from posdir2ometiff.writer import write_ometiff
+from posdir2ometiff.writer import write_ometiff_file
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_SUFFIX = ".ome.tiff"
 
@@ -33,6 +36,8 @@ class PositionJob:
     tile: int
     compression: str
     pyramid: str
+    #: Threads inside the position: planes decoded ahead and tiles compressed in parallel.
+    threads: int = 1
     #: Collect previews for OUT/report.html while writing (report.py).
     report: bool = True
 
@@ -71,14 +76,30 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
     # Output channel of each source channel's first sample (RGB sources span several channels).
     first_out = [sum(probe.samples[:c]) for c in range(layout.size_c)]
 
+    def fetch(key: PlaneKey) -> Decoded | None:
+        # Runs in the decoding threads: the probe's planes are not decoded twice.
+        path = layout.files.get(key)
+        if path is None:
+            return None
+        cached = probe.cache.pop(key, None)
+        return cached if cached is not None else read_plane(path)
+
+    # Planes are read in file order (TCZ, the order load() asks for them), decoded ahead.
+    decoded = read_ahead(
+        (PlaneKey(t, c, z) for t in range(layout.size_t) for c in range(layout.size_c)
+         for z in range(layout.size_z)),
+        fetch, job.threads,
+    )
+
     def load(key: PlaneKey) -> np.ndarray:
         path = layout.files.get(key)
         samples = probe.samples[key.c]
-        if path is None:
+        got_key, item = next(decoded)
+        assert got_key == key, (got_key, key)
+        if item is None or path is None:
             shape = probe.shape if samples == 1 else (*probe.shape, samples)
             return np.zeros(shape, probe.dtype)
-        cached = probe.cache.pop(key, None)
-        arr, size, sha1, mtime = cached if cached is not None else read_plane(path)
+        arr, size, sha1, mtime = item
         got = 1 if arr.ndim == 2 else arr.shape[2]
         if arr.shape[:2] != probe.shape or arr.dtype != probe.dtype or got != samples:
             raise PlaneError(
@@ -119,19 +140,23 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
                 on_planes(done - last[0])
                 last[0] = done
 
-    levels = write_ometiff(
-        output,
-        planes(),
-        count=count,
-        shape=probe.shape,
-        dtype=probe.dtype,
-        ome_xml=xml,
-        tile=job.tile,
-        compression=job.compression,
-        pyramid=job.pyramid,
-        on_plane=progress,
-        on_level=previews.add if previews is not None else None,
-    )
+    try:
+        written = write_ometiff_file(
+            output,
+            planes(),
+            count=count,
+            shape=probe.shape,
+            dtype=probe.dtype,
+            ome_xml=xml,
+            tile=job.tile,
+            compression=job.compression,
+            pyramid=job.pyramid,
+            on_plane=progress,
+            threads=job.threads,
+            on_level=previews.add if previews is not None else None,
+        )
+    finally:
+        decoded.close()  # a failed write: stop the decoding threads
     if previews is not None:
         previews.save(job.out, layout.name)
     stat = output.stat()
@@ -139,8 +164,8 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
         "status": "ok",
         "error": None,
         "output": output.name,
-        "sha1": sha1_file(output),
-        "size": stat.st_size,
+        "sha1": written.sha1,  # hashed while written, not read back
+        "size": written.size,
         "mtime_ns": stat.st_mtime_ns,
         "uuid": file_uuid,
         "dimensions": {
@@ -149,7 +174,7 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
         },
         "dtype": probe.dtype.name,
         "channels": [s.name for s in specs],
-        "pyramid_levels": levels,
+        "pyramid_levels": written.levels,
         "compression": job.compression,
         "tile": job.tile,
         "sources": sources,
@@ -166,3 +191,15 @@ def failed_entry(error: str) -> dict:
     """The manifest entry of a position that could not be converted."""
     return {"status": "failed", "error": error, "output": None, "sha1": None, "size": None,
             "sources": [], "missing_planes": []}
+
+
+def remove_stale_partials(out: Path, names: list[str]) -> None:
+    """Delete the temporary files an interrupted attempt left (a worker killed mid-position).
+
+    Each attempt writes under its own ``<name>.ome.tiff.<random>.partial``; a process that is
+    killed cannot remove its own, so the run removes them once its positions are done.
+    """
+    for name in names:
+        for stale in out.glob(f"{glob.escape(name)}{OUTPUT_SUFFIX}.*.partial"):
+            logger.info("%s: removing %s left by an interrupted attempt", name, stale.name)
+            stale.unlink(missing_ok=True)

@@ -20,7 +20,13 @@ Why these choices:
   7.3.1 (the reader inside OMERO) reads it pixel-exactly (tests/test_bioformats.py). With zlib the
   converter would spend as long compressing as decoding the PNGs; with zstd it is ~1/3 of that.
 * The file is written under a temporary name and renamed only when complete, so a crash or a bad
-  plane never leaves a truncated ``<position>.ome.tiff`` behind.
+  plane never leaves a truncated ``<position>.ome.tiff`` behind. The temporary name is unique per
+  attempt (``<name>.<random>.partial``): a position retried on another machine of a cluster while
+  a lost worker may still be writing never shares its file.
+* **Threads.** ``threads`` > 1 lets tifffile compress the tiles of a plane in that many threads
+  (imagecodecs releases the GIL); the caller decodes planes ahead in its own threads.
+* The SHA-1 of the output is computed from the bytes as they are written
+  (:class:`~posdir2ometiff.hashfile.HashingFile`), not by reading the finished file back.
 """
 
 from __future__ import annotations
@@ -28,11 +34,15 @@ from __future__ import annotations
 import logging
 import math
 import os
+import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tifffile
+
+from posdir2ometiff.hashfile import HashingFile
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +117,26 @@ def estimate_bytes(count: int, size_y: int, size_x: int, dtype: np.dtype, levels
     return int(count * total)
 
 
-def write_ometiff(
+@dataclass(frozen=True)
+class Written:
+    """What :func:`write_ometiff_file` wrote: pyramid levels, and the file's SHA-1 and size."""
+
+    levels: int
+    sha1: str
+    size: int
+
+
+def write_ometiff(path: Path, planes: Iterable[np.ndarray], **kwargs: object) -> int:
+    """:func:`write_ometiff_file`, returning only the number of resolution levels."""
+    return write_ometiff_file(path, planes, **kwargs).levels  # type: ignore[arg-type]
+
+
+def partial_name(path: Path) -> Path:
+    """The temporary name ``path`` is written under: unique per attempt, never hidden."""
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.partial")
+
+
+def write_ometiff_file(
     path: Path,
     planes: Iterable[np.ndarray],
     *,
@@ -119,16 +148,17 @@ def write_ometiff(
     compression: str = DEFAULT_COMPRESSION,
     pyramid: str | int = "auto",
     on_plane: Callable[[int], None] | None = None,
+    threads: int = 1,
     on_level: Callable[[int, np.ndarray], None] | None = None,
-) -> int:
+) -> Written:
     """Write ``count`` planes of ``shape`` and ``dtype`` to ``path`` as one OME-TIFF.
 
     ``planes`` is consumed lazily, in the IFD order the OME-XML describes. The file appears at
-    ``path`` only when complete (written to ``path + '.partial'`` and renamed); on any error the
+    ``path`` only when complete (written to :func:`partial_name` and renamed); on any error the
     partial file is removed and the error re-raised. ``on_plane(i)`` is called after each plane
-    (progress). ``on_level(i, level)`` gets plane i's smallest pyramid level (the plane itself
-    without a pyramid) as it is written, so previews cost no second read (report.py).
-    Returns the number of resolution levels written.
+    (progress). ``threads``: tiles of a plane compressed in parallel. ``on_level(i, level)``
+    gets plane i's smallest pyramid level (the plane itself without a pyramid) as it is
+    written, so previews cost no second read (report.py).
     """
     if tile % 16 or tile <= 0:
         raise WriterError(f"--tile must be a positive multiple of 16, not {tile}")
@@ -150,15 +180,16 @@ def write_ometiff(
         predictor=predictor or None,
         metadata=None,
         software=False,
+        maxworkers=max(1, threads),
     )
 
     # OME-XML is UTF-8 ("µm"); tifffile accepts bytes for the tag, str only if 7-bit ASCII.
     xml_bytes = ome_xml.encode("utf-8")
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
+    partial = partial_name(path)
     written = 0
     try:
-        with tifffile.TiffWriter(partial, bigtiff=bigtiff, ome=False) as tw:
+        with HashingFile(partial) as fh, tifffile.TiffWriter(fh, bigtiff=bigtiff, ome=False) as tw:
             for plane in planes:
                 if written >= count:
                     raise WriterError(f"{path}: more than the {count} planes announced")
@@ -187,12 +218,16 @@ def write_ometiff(
                 if on_level is not None:
                     on_level(written, level)
                 written += 1
+                fh.checkpoint()
                 if on_plane is not None:
                     on_plane(written)
         if written != count:
             raise WriterError(f"{path}: got {written} planes, expected {count}")
+        if fh.stale:
+            logger.debug("%s: hashed by reading it back", path)
+        result = Written(levels=levels, sha1=fh.sha1(), size=fh.size)
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return levels
+    return result
