@@ -168,6 +168,17 @@ def test_not_captured_planes_failed_positions_and_absent_positions_are_shown() -
     assert "<script" not in page
 
 
+def test_a_conversion_with_failed_captures_and_absent_positions_reports_them(tmp_path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_demo(src, positions=2, z=2, t=3, size=32, failed=[("pos001", 1, "GFP")], absent=1)
+    assert convert(src, out, workers=1, progress="off").ok
+    page = (out / REPORT_NAME).read_text(encoding="utf-8")
+    pos001 = page[page.index('id="pos001"'):page.index('id="pos002"')]
+    assert pos001.count('class="lost"') == 1 and 't=1 c=2: 2/2 z not captured' in pos001
+    assert "2 plane(s) not captured by the microscope" in pos001
+    assert "1 position(s) in the acquisition table have no folder: pos003" in page
+
+
 # --------------------------------------------------------------------------- Chromium
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
