@@ -1,0 +1,217 @@
+"""Import mode: upload each file to the managed repository, let the server import it, complete it.
+
+While the server imports one file the next one uploads (as ``omero import --parallel-fileset``);
+the images are completed (dataset link, annotations, receipt) in plan order.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from omero_push import annotate, provenance, receipts, upload
+from omero_push.errors import ServerError
+from omero_push.plan import PushItem
+from omero_push.progress import Progress
+from omero_push.runstate import RunState, bytes_counted, guarded, record
+from omero_push.session import Session
+
+log = logging.getLogger(__name__)
+
+
+def import_phase(
+    session: Session,
+    item: PushItem,
+    dataset_id: int,
+    chunk_size: int,
+    progress: Progress,
+) -> tuple[list[int], str]:
+    """Upload and import one file (or find the images an interrupted run imported).
+
+    Runs in a worker thread so the next file uploads while the server imports this one.
+    Returns (image ids in series order, "created" or "resumed").
+    """
+    pending = provenance.pending_description(item.sha1)
+    leftovers = annotate.find_images_by_description(session, pending)
+    if leftovers:
+        ids = sorted(annotate._val(i.getId()) for i in leftovers)
+        if _earlier_import_finished(session, item, ids):
+            # An earlier run imported the file but stopped before finishing: complete those images.
+            log.info(
+                "%s: completing %d image(s) left by an interrupted push", item.path.name, len(ids)
+            )
+            return ids, "resumed"
+    _remove_unfinished_uploads(session, item)
+    with bytes_counted(progress) as on_bytes:
+        ids = guarded(
+            session,
+            lambda: upload.import_file(
+                session,
+                item,
+                dataset_id,
+                description=pending,
+                chunk=chunk_size,
+                on_bytes=on_bytes,
+            ),
+            f"import into Dataset:{dataset_id}",
+        )
+    # The receipt comes only on complete images (a finished import has computed StatsInfo).
+    if not upload.images_complete(session, ids):
+        raise ServerError(
+            f"import of {item.path.name}: the server finished without the images' pixel "
+            "statistics; re-run the push to import it again"
+        )
+    # Not every server honours the import's description: make sure, right away.
+    for iid in ids:
+        img = session.query().get("Image", iid)
+        if annotate._val(img.getDescription()) != pending:
+            img.setDescription(_rstring(pending))
+            session.update().saveObject(img)
+    return ids, "created"
+
+
+def _earlier_import_finished(session: Session, item: PushItem, ids: list[int]) -> bool:
+    """Whether the images an earlier run's import of ``item`` saved are complete; if that import
+    is still running on the server, wait for it first; if it failed, delete its images.
+
+    OMERO imports in the background and saves the images before it reads their pixels
+    (ome/omero-blitz ``ManagedImportRequestI``), so images carrying our marker may belong to an
+    import that is still running (never to be deleted under it: ``listImports``) or one that
+    failed after saving them (no StatsInfo: deleted here, and the file is imported again).
+    """
+    filesets = upload.filesets_of(session, ids)
+    running = upload.running_imports(session) or {}
+    for fid in filesets:
+        if fid in running:
+            log.info(
+                "%s: the server is still importing it (Fileset:%d); waiting", item.path.name, fid
+            )
+            try:
+                upload.wait_for(session, running[fid], f"import of {item.path.name}")
+            except ServerError as exc:
+                log.warning("%s", exc)
+    if upload.images_complete(session, ids):
+        return True
+    log.warning(
+        "%s: an earlier import saved %d image(s) but did not finish them; deleting them and "
+        "importing the file again",
+        item.path.name,
+        len(ids),
+    )
+    annotate.delete_objects(session, "Image", ids)
+    return False
+
+
+def _remove_unfinished_uploads(session: Session, item: PushItem) -> None:
+    """Delete our filesets of ``item`` that hold no image, unless the server is still on them.
+
+    ``importFileset`` saves the Fileset before a byte is sent, and the import saves the images
+    only in its first step: a fileset without images is either an upload an interrupted push
+    left, or an import in progress (``ManagedRepository.listImports``), which is left alone.
+    """
+    orphans = upload.unfinished_filesets(session, item)
+    if not orphans:
+        return
+    running = upload.running_imports(session)
+    if running is None:
+        log.info(
+            "%s: an upload is in progress on the server; leaving %d unfinished upload(s) of this "
+            "file for a later run",
+            item.path.name,
+            len(orphans),
+        )
+        return
+    busy = [f for f in orphans if f in running]
+    if busy:
+        log.info("%s: the server is still importing Fileset %s", item.path.name, busy)
+    orphans = [f for f in orphans if f not in running]
+    if orphans:
+        log.info("%s: removing %d upload(s) an interrupted push left", item.path.name, len(orphans))
+        upload.delete_filesets(session, orphans)
+
+
+def finish_import(
+    session: Session,
+    item: PushItem,
+    ids: list[int],
+    status: str,
+    dataset_id: int,
+    state: RunState,
+    provenance_on: bool,
+    progress: Progress,
+    done: dict[tuple[str, int], tuple[int, str | None]],
+) -> None:
+    """Dataset link, annotations and receipts for the images of one imported file."""
+    guarded(
+        session,
+        lambda: annotate.link_images_to_dataset(session, dataset_id, ids),
+        f"linking to Dataset:{dataset_id}",
+    )
+    # The import made its own copy of every tag in the OME-XML: link the push's one tag instead.
+    guarded(
+        session,
+        lambda: annotate.adopt_imported_tags(session, "Image", ids),
+        "replacing the tags the import made",
+    )
+    if len(ids) != len(item.images):
+        log.warning(
+            "%s: the server made %d image(s) from a file whose OME-XML lists %d",
+            item.path.name,
+            len(ids),
+            len(item.images),
+        )
+    for im, iid in zip(item.images, ids, strict=False):
+        if (item.sha1, im.index) in done:
+            record(state, item, im, done[(item.sha1, im.index)][0], "present", 0, progress)
+            continue
+        n = receipts.complete_image(session, item, im, iid, "import", provenance_on, state.result)
+        record(state, item, im, iid, status, n, progress)
+
+
+def push_imports(
+    session: Session,
+    items: list[PushItem],
+    dataset_id: int,
+    state: RunState,
+    provenance_on: bool,
+    chunk_size: int,
+    progress: Progress,
+    done: dict[tuple[str, int], tuple[int, str | None]],
+    parallel: int,
+) -> None:
+    """Import ``items`` with up to ``parallel`` files in flight; annotate them in plan order.
+
+    As ``omero import --parallel-fileset``: while the server imports one file (reading it,
+    computing statistics) the next one uploads, so neither side idles.
+    """
+    if not items:
+        return
+    if parallel <= 1:  # strictly one file after the other
+        for item in items:
+            ids, status = import_phase(session, item, dataset_id, chunk_size, progress)
+            finish_import(
+                session, item, ids, status, dataset_id, state, provenance_on, progress, done
+            )
+        return
+    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="omero-push") as ex:
+        futures = [
+            ex.submit(import_phase, session, item, dataset_id, chunk_size, progress)
+            for item in items
+        ]
+        try:
+            for item, fut in zip(items, futures, strict=True):
+                ids, status = fut.result()
+                finish_import(
+                    session, item, ids, status, dataset_id, state, provenance_on, progress, done
+                )
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def _rstring(text: str) -> Any:
+    from omero.rtypes import rstring
+
+    return rstring(text)
