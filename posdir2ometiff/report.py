@@ -209,7 +209,8 @@ def plane_grid(entry: dict[str, Any]) -> str:
     cell = max(2, min(12, 720 // size_t))
     names = entry.get("channels") or [f"C{c}" for c in range(size_c)]
     label_w = 8 * max(len(str(n)) for n in names) + 6
-    parts = [f'<svg class="grid" width="{label_w + cell * size_t}" height="{cell * size_c + 14}" '
+    width = label_w + max(cell * size_t, 90)  # room for the "t = 0 … N" caption
+    parts = [f'<svg class="grid" width="{width}" height="{cell * size_c + 14}" '
              f'xmlns="http://www.w3.org/2000/svg" role="img" aria-label="planes t by c">']
     for c in range(size_c):
         y = c * cell
