@@ -76,7 +76,8 @@ copied=
 if ! ls docker/wheels/zeroc_ice-3.6.5-*.whl >/dev/null 2>&1; then
   for w in "$wheels"/zeroc_ice-3.6.5-cp311-*linux*x86_64.whl; do
     if [ -f "$w" ] && [ "$(uname -m)" = x86_64 ]; then
-      cp "$w" docker/wheels/ && copied=docker/wheels/$(basename "$w")
+      # -p: the same mtime every time, so the build cache keeps every layer after this COPY
+      cp -p "$w" docker/wheels/ && copied=docker/wheels/$(basename "$w")
       log "using cached $(basename "$w")"; break
     fi
   done
