@@ -126,7 +126,7 @@ def _earlier_import_finished(session: Session, item: PushItem, ids: list[int]) -
     failed after saving them (no StatsInfo: deleted here, and the file is imported again).
     """
     filesets = upload.filesets_of(session, ids)
-    running = upload.running_imports(session) or {}
+    running = upload.running_imports(session).handles
     for fid in filesets:
         if fid in running:
             log.info(
@@ -158,8 +158,8 @@ def _remove_unfinished_uploads(session: Session, item: PushItem) -> None:
     orphans = upload.unfinished_filesets(session, item)
     if not orphans:
         return
-    running = upload.running_imports(session)
-    if running is None:
+    found = upload.running_imports(session)
+    if found.unknown_upload:
         log.info(
             "%s: an upload is in progress on the server; leaving %d unfinished upload(s) of this "
             "file for a later run",
@@ -167,6 +167,7 @@ def _remove_unfinished_uploads(session: Session, item: PushItem) -> None:
             len(orphans),
         )
         return
+    running = found.handles
     busy = [f for f in orphans if f in running]
     if busy:
         log.info("%s: the server is still importing Fileset %s", item.path.name, busy)

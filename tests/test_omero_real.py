@@ -39,12 +39,12 @@ from tests.test_omero_server_core import (  # noqa: E402,F401  (collected again,
 )
 from tests.test_omero_server_example import converted, run_example  # noqa: E402,F401
 from tests.test_push_omero import (  # noqa: E402,F401  (omero_push end to end, against OMERO)
-    test_multi_image_ome_tiff,
-    test_pixels_mode_keeps_dtype,
+    test_push_multi_image_ome_tiff,
+    test_push_pixels_mode_keeps_dtype,
     test_push_roundtrip_annotations_tables,
+    test_push_sends_upper_case_checksum_in_lower_case,
     test_sample_convert_and_push_reads_back_equal,
     test_second_push_creates_nothing,
-    test_upper_case_checksum_is_sent_in_lower_case,
 )
 
 #: omero_push's end-to-end tests this module runs against a real OMERO (the stand-in's test

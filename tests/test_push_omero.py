@@ -792,7 +792,7 @@ def test_keepalive_is_enabled_on_the_session(omero_server: Any) -> None:
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int16", "float32"])
-def test_pixels_mode_keeps_dtype(omero_server: Any, tmp_path: Path, dtype: str) -> None:
+def test_push_pixels_mode_keeps_dtype(omero_server: Any, tmp_path: Path, dtype: str) -> None:
     """Pixels mode for other pixel types: the OMERO pixel type matches, values are equal, and the
     global min/max are those of the data."""
     f = tmp_path / f"{dtype}.ome.tiff"
@@ -853,7 +853,7 @@ def test_half_made_copies_are_replaced_by_one(omero_server: Any, tmp_path: Path)
 
 
 @pytest.mark.parametrize("mode", ["import", "pixels"])
-def test_multi_image_ome_tiff(omero_server: Any, tmp_path: Path, mode: str) -> None:
+def test_push_multi_image_ome_tiff(omero_server: Any, tmp_path: Path, mode: str) -> None:
     """An OME-TIFF from elsewhere with two Images (series): two OMERO images, each with its own
     receipt (same file SHA-1, series 0 and 1), pixels equal; a re-run adds nothing."""
     import tifffile
@@ -1407,7 +1407,7 @@ def test_names_are_matched_exactly(omero_server: Any, tmp_path: Path) -> None:
         assert glucose not in [_v(a.getId()) for a in anns]
 
 
-def test_upper_case_checksum_is_sent_in_lower_case(omero_server: Any, tmp_path: Path) -> None:
+def test_push_sends_upper_case_checksum_in_lower_case(omero_server: Any, tmp_path: Path) -> None:
     """A manifest whose SHA-1 is in upper case still imports: verifyUpload gets the lower-case hex
     OMERO computes. (Strict stand-in: verifyUpload compares with String.equals, as OMERO.)"""
     import json

@@ -265,9 +265,12 @@ def test_running_imports_are_read_from_list_imports() -> None:
     running = FakeHandle(7)
     done = FakeHandle(8, response=object())
     s = FakeSession(client=FakeClient(FakeRepo([FakeProc(running), FakeProc(done)])))
-    assert upload.running_imports(s) == {7: running}  # type: ignore[arg-type]
-    s = FakeSession(client=FakeClient(FakeRepo([FakeProc(None)])))  # an upload, fileset unknown
-    assert upload.running_imports(s) is None  # type: ignore[arg-type]
+    found = upload.running_imports(s)  # type: ignore[arg-type]
+    assert found.handles == {7: running} and not found.unknown_upload
+    # an upload without a handle yet: its fileset is unknown, the running import still counts
+    s = FakeSession(client=FakeClient(FakeRepo([FakeProc(None), FakeProc(running)])))
+    found = upload.running_imports(s)  # type: ignore[arg-type]
+    assert found.handles == {7: running} and found.unknown_upload
 
 
 def item(tmp_path: Path) -> PushItem:
@@ -284,11 +287,12 @@ def test_a_fileset_still_importing_is_not_deleted(
     deleted: list[list[int]] = []
     monkeypatch.setattr(upload, "unfinished_filesets", lambda s, i: [5, 6])
     monkeypatch.setattr(upload, "delete_filesets", lambda s, ids: deleted.append(list(ids)))
-    monkeypatch.setattr(upload, "running_imports", lambda s: {5: object()})
+    found = upload.RunningImports({5: object()})
+    monkeypatch.setattr(upload, "running_imports", lambda s: found)
     imports._remove_unfinished_uploads(FakeSession(), item(tmp_path))  # type: ignore[arg-type]
     assert deleted == [[6]]
     deleted.clear()
-    monkeypatch.setattr(upload, "running_imports", lambda s: None)
+    found.unknown_upload = True
     imports._remove_unfinished_uploads(FakeSession(), item(tmp_path))  # type: ignore[arg-type]
     assert deleted == []
 
@@ -301,7 +305,8 @@ def test_images_of_a_running_import_are_waited_for_not_deleted(
     calls: list[str] = []
     handle = FakeHandle(5)
     monkeypatch.setattr(upload, "filesets_of", lambda s, ids: [5])
-    monkeypatch.setattr(upload, "running_imports", lambda s: {5: handle})
+    found = upload.RunningImports({5: handle}, unknown_upload=True)
+    monkeypatch.setattr(upload, "running_imports", lambda s: found)
     monkeypatch.setattr(upload, "wait_for", lambda s, h, what: calls.append(f"wait {h.fileset_id}"))
     monkeypatch.setattr(upload, "images_complete", lambda s, ids: calls.append("check") or True)
     monkeypatch.setattr(annotate, "delete_objects", lambda *a: calls.append("delete"))
