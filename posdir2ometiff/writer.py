@@ -206,9 +206,12 @@ def write_ometiff_file(
                 )
             yield plane
 
-    def prepare(plane: np.ndarray) -> list[tuple[tuple[int, int], tuple[int, int], Any]]:
+    def prepare(
+        plane: np.ndarray,
+    ) -> tuple[list[tuple[tuple[int, int], tuple[int, int], Any]], np.ndarray]:
         """Runs in the threads: the plane's pyramid levels, each as its tiles compressed (or
-        the array itself when tifffile compresses: with a predictor, or no compression)."""
+        the array itself when tifffile compresses: with a predictor, or no compression), and
+        the smallest level as an array (for ``on_level``)."""
         out = []
         level = plane
         for i in range(levels):
@@ -217,14 +220,14 @@ def write_ometiff_file(
             level_tile = _tile_for(*level.shape, tile)
             out.append((level.shape, level_tile, level if encode is None else
                         _encode_tiles(level, level_tile, encode)))
-        return out
+        return out, level
 
     partial = partial_name(path)
     written = 0
     prepared = map_ahead(prepare, checked(), threads, name="compress")
     try:
         with HashingFile(partial) as fh, tifffile.TiffWriter(fh, bigtiff=bigtiff, ome=False) as tw:
-            for _plane, pyramid_tiles in prepared:
+            for _plane, (pyramid_tiles, smallest) in prepared:
                 for i, (level_shape, level_tile, data) in enumerate(pyramid_tiles):
                     shape_kw = {} if encode is None else {"shape": level_shape, "dtype": dtype}
                     tw.write(
@@ -237,7 +240,7 @@ def write_ometiff_file(
                         **common,
                     )
                 if on_level is not None:
-                    on_level(written, level)
+                    on_level(written, smallest)
                 written += 1
                 fh.checkpoint()
                 if on_plane is not None:
