@@ -192,7 +192,8 @@ class Session:
         else:
             gid = next((g.getId().getValue() for g in store.all("ExperimenterGroup")
                         if g.getName() is not None and g.getName().getValue() == wanted), None)
-        if gid is None or (gid not in self.member_of and not self.is_admin):
+        if gid is None or store.flat("ExperimenterGroup", gid) is None or (
+                gid not in self.member_of and not self.is_admin):  # admins enter any group
             raise omero.SecurityViolation(
                 None, None, f"User {self.user_name} is not a member of group {wanted}")
         if gid != self.group_id:
@@ -578,8 +579,9 @@ class ServiceFactoryI(omero.api.ServiceFactory):
     def setSecurityContext(self, obj: Any, current: Any = None) -> Any:
         previous = self.session.group
         gid = obj.getId().getValue()
-        if not isinstance(obj, omero.model.ExperimenterGroup) or (
-                gid not in self.session.member_of and not self.session.is_admin):
+        if not isinstance(obj, omero.model.ExperimenterGroup) \
+                or self.ctx.store.flat("ExperimenterGroup", gid) is None \
+                or (gid not in self.session.member_of and not self.session.is_admin):
             raise omero.SecurityViolation(None, None, f"not a member of group {gid}")
         group = self.ctx.store.flat("ExperimenterGroup", gid)
         self.session.group_id = gid
