@@ -298,3 +298,34 @@ def test_an_admin_may_not_link_to_members_data_in_a_private_group(server: Any,
     image = _image(sf, _name("roots-image"))
     with pytest.raises(omero.ReadOnlyGroupSecurityViolation):
         _link(sf, image, tag)
+
+
+def test_blitzgateway_finds_other_groups_with_minus_one_and_reads_can_annotate(
+        server: Any, logins: list[Any]) -> None:
+    """What the pusher does: ``SERVICE_OPTS.setOmeroGroup(-1)`` to find ``Dataset:ID`` in any
+    of the user's groups, and a tag wrapper's ``canAnnotate()`` before reusing it."""
+    from omero.gateway import BlitzGateway
+
+    home, lab = server.new_group("rwra--"), server.new_group("rwr---")
+    hank, ivy = _name("hank"), _name("ivy")
+    server.new_user(hank, [home, lab])
+    server.new_user(ivy, [lab])
+    ci, ch = server.client_as(ivy), server.client_as(hank)
+    logins += [ci, ch]
+    ivys_tag = _tag(ci.getSession(), _name("ivys-tag"))
+    sf = ch.getSession()
+    sf.setSecurityContext(omero.model.ExperimenterGroupI(lab, False))
+    lab_ds = _dataset(sf, _name("lab-ds"))
+    hanks_tag = _tag(sf, _name("hanks-tag"))
+    conn = BlitzGateway(hank, hank, host=server.url, port=server.port)
+    assert conn.connect()
+    try:
+        assert conn.getEventContext().groupId == home
+        assert conn.getObject("Dataset", lab_ds.id.val) is None  # not in the current group
+        conn.SERVICE_OPTS.setOmeroGroup(-1)
+        found = conn.getObject("Dataset", lab_ds.id.val)
+        assert found is not None and found.getDetails().getGroup().getId() == lab
+        assert not conn.getObject("TagAnnotation", ivys_tag.id.val).canAnnotate()
+        assert conn.getObject("TagAnnotation", hanks_tag.id.val).canAnnotate()
+    finally:
+        conn.close()
