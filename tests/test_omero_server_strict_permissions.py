@@ -329,3 +329,20 @@ def test_blitzgateway_finds_other_groups_with_minus_one_and_reads_can_annotate(
         assert conn.getObject("TagAnnotation", hanks_tag.id.val).canAnnotate()
     finally:
         conn.close()
+
+
+def test_users_groups_and_passwords_survive_a_restart(omero_server_factory: Any) -> None:
+    """They live in the store as OMERO's live in its database (the password as a hash only)."""
+    server = omero_server_factory()
+    gid = server.new_group("rwr---")
+    name = _name("jo")
+    uid = server.new_user(name, [gid], password="pw-survives")
+    server.restart()
+    c = server.client_as(name, "pw-survives")
+    try:
+        ec = c.getSession().getAdminService().getEventContext()
+        assert (ec.userId, ec.groupId, str(ec.groupPermissions)) == (uid, gid, "rwr---")
+    finally:
+        c.closeSession()
+    for db in server.store_dir.glob("objects.sqlite*"):  # with the WAL, if any
+        assert b"pw-survives" not in db.read_bytes()
