@@ -171,6 +171,22 @@ def test_iquery_sees_the_current_group_unless_omero_group_is_minus_one(
     assert sf.getQueryService().find("Dataset", in_g1.id.val, ALL_GROUPS) is not None
     with pytest.raises(omero.SecurityViolation):
         sf.getQueryService().get("Dataset", in_g1.id.val)
+    # so are IContainer hierarchies and IMetadata annotations
+    container = sf.getContainerService()
+    mine = {d.id.val for d in container.loadContainerHierarchy("Dataset", [], None)}
+    assert in_g2.id.val in mine and in_g1.id.val not in mine
+    everywhere = {d.id.val for d in container.loadContainerHierarchy("Dataset", [], None,
+                                                                      ALL_GROUPS)}
+    assert {in_g1.id.val, in_g2.id.val} <= everywhere
+    tag = _tag(sf, _name("g2-tag"))
+    image = _image(sf, _name("g2-image"))
+    _link(sf, image, tag)
+    sf.setSecurityContext(omero.model.ExperimenterGroupI(g1, False))
+    metadata = sf.getMetadataService()
+    assert metadata.loadAnnotations("Image", [image.id.val], [], [], None)[image.id.val] == []
+    found = metadata.loadAnnotations("Image", [image.id.val], [], [], None, ALL_GROUPS)
+    assert [a.id.val for a in found[image.id.val]] == [tag.id.val]
+    sf.setSecurityContext(omero.model.ExperimenterGroupI(g2, False))
     # a projection is filtered too
     params = omero.sys.ParametersI()
     params.addString("name", shared)
