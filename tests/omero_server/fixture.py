@@ -183,6 +183,69 @@ class StandIn:
         c.createSession(self.user, self.password)
         return c
 
+    # -- several users and groups, made through IAdmin as omero-py's testlib does
+    def new_group(self, perms: str = "rwra--", name: str | None = None) -> int:
+        """Create a group (``rw----``, ``rwr---``, ``rwra--``, ``rwrw--``) as the admin login.
+
+        omero-py ``testlib.ITest.new_group``: ``IAdmin.createGroup`` with
+        ``details.permissions``. Returns the group id.
+        """
+        import uuid
+
+        import omero.model
+        from omero.rtypes import rbool, rstring
+
+        group = omero.model.ExperimenterGroupI()
+        group.name = rstring(name or f"group-{uuid.uuid4().hex[:8]}")
+        group.ldap = rbool(False)
+        group.details.permissions = omero.model.PermissionsI(perms)
+        return self._as_admin(lambda admin: admin.createGroup(group))
+
+    def new_user(self, name: str, groups: list[int], password: str | None = None,
+                 owner_of: tuple[int, ...] = ()) -> int:
+        """Create a user in *groups* (the first is its default) who logs in with *password*.
+
+        omero-py ``testlib.ITest.new_user``: ``IAdmin.createExperimenterWithPassword`` (the
+        password defaults to the user name, as there) plus ``setGroupOwner`` for *owner_of*.
+        Returns the user id.
+        """
+        import omero.model
+        from omero.rtypes import rbool, rstring
+
+        e = omero.model.ExperimenterI()
+        e.omeName = rstring(name)
+        e.firstName = rstring(name)
+        e.lastName = rstring(name)
+        e.ldap = rbool(False)
+
+        def create(admin: Any) -> int:
+            others = [omero.model.ExperimenterGroupI(g, False) for g in groups[1:]]
+            others.append(admin.lookupGroup("user"))
+            uid = admin.createExperimenterWithPassword(
+                e, rstring(password or name), omero.model.ExperimenterGroupI(groups[0], False),
+                others)
+            for gid in owner_of:
+                admin.setGroupOwner(omero.model.ExperimenterGroupI(gid, False),
+                                    omero.model.ExperimenterI(uid, False))
+            return uid
+
+        return self._as_admin(create)
+
+    def client_as(self, name: str, password: str | None = None) -> Any:
+        """A new ``omero.client`` logged in as another user (password defaults to the name)."""
+        import omero.clients
+
+        c = omero.client(host=self.url, port=self.port)
+        c.createSession(name, password or name)
+        return c
+
+    def _as_admin(self, call: Callable[[Any], Any]) -> Any:
+        c = self.client()
+        try:
+            return call(c.getSession().getAdminService())
+        finally:
+            c.closeSession()
+
     def gateway(self) -> Any:
         """A connected ``omero.gateway.BlitzGateway`` (close it with ``close()``)."""
         from omero.gateway import BlitzGateway

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -399,9 +399,13 @@ class _Ref:
 class Evaluator:
     """Evaluate parsed queries against an :class:`ObjectStore` with bound parameters."""
 
-    def __init__(self, store: ObjectStore, params: dict[str, Any]) -> None:
+    def __init__(self, store: ObjectStore, params: dict[str, Any],
+                 visible: Callable[[Any], bool] | None = None) -> None:
         self.store = store
         self.params = params
+        #: the caller's security filter (permissions.visibility): rows and joined entities
+        #: it refuses are left out, as OMERO's Hibernate filters leave them out
+        self.visible = visible or (lambda flat: True)
 
     # --- paths
     def _step(self, value: Any, seg: str) -> Any:
@@ -537,6 +541,8 @@ class Evaluator:
         except Exception as exc:
             raise QueryError(f"unknown class {q.kind!r}") from exc
         for flat in list(self.store.all(q.kind)):
+            if not self.visible(flat):
+                continue
             base = dict(outer or {})
             base[q.alias] = flat
             base[("#root",)] = q.alias
@@ -552,7 +558,11 @@ class Evaluator:
         target = self.path(row, j.path)
         if isinstance(target, omero.model.IObject) and not target.isLoaded():
             target = self.store.resolve(target)
+        if isinstance(target, omero.model.IObject) and not self.visible(target):
+            target = None
         if isinstance(target, list):
+            target = [e for e in target
+                      if not isinstance(e, omero.model.IObject) or self.visible(e)]
             if not target and j.outer:
                 yield from self._join({**row, j.alias: None}, joins, i + 1)
             for n, elem in enumerate(target):
@@ -618,12 +628,15 @@ def fetch_paths(q: Query, alias: str) -> list[str]:
 # --------------------------------------------------------------------------- entry points
 
 def run(store: ObjectStore, text: str, params: dict[str, Any], offset: int = 0,
-        limit: int | None = None) -> list[Any]:
-    """Evaluate a query returning entities: loaded copies, fetched paths loaded, in order."""
+        limit: int | None = None, visible: Callable[[Any], bool] | None = None) -> list[Any]:
+    """Evaluate a query returning entities: loaded copies, fetched paths loaded, in order.
+
+    *visible*: the caller's security filter; objects it refuses are never returned.
+    """
     q = parse(text)
     if len(q.select) != 1 or (q.select[0] is not None and q.select[0][0] != "path"):
         raise QueryError("this call returns objects; use projection for values and aggregates")
-    ev = Evaluator(store, params)
+    ev = Evaluator(store, params, visible)
     rows = list(ev.rows(q))
     rows = _order(ev, q, rows)
     sel = q.select[0]
@@ -635,6 +648,8 @@ def run(store: ObjectStore, text: str, params: dict[str, Any], offset: int = 0,
             target = store.resolve(target)
         if not isinstance(target, omero.model.IObject):
             raise QueryError("the selected path is not an object; use projection")
+        if not ev.visible(target):
+            continue
         key = (kind_of(target), target.getId().getValue())
         if key in seen:
             continue
@@ -653,10 +668,11 @@ def _suffix_paths(paths: list[str], prefix: list[str]) -> list[str]:
 
 
 def project(store: ObjectStore, text: str, params: dict[str, Any], offset: int = 0,
-            limit: int | None = None) -> list[list[Any]]:
+            limit: int | None = None,
+            visible: Callable[[Any], bool] | None = None) -> list[list[Any]]:
     """Evaluate a projection: rows of plain values (aggregates give one row, or one per group)."""
     q = parse(text)
-    ev = Evaluator(store, params)
+    ev = Evaluator(store, params, visible)
     rows = _order(ev, q, list(ev.rows(q)))
     items = [n if n is not None else ("path", [q.alias]) for n in q.select]
     has_agg = any(n[0] == "agg" for n in items)

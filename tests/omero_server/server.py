@@ -283,6 +283,8 @@ def _make_async(plain: Callable[..., Any], count: int) -> Callable[..., None]:
             if session is not None and args and hasattr(session, "apply_call_context"):
                 session.apply_call_context(args[-1])
             result = plain(self, *args)
+            if session is not None and hasattr(session, "post_process"):
+                result = session.post_process(result)  # the caller's restrictions (canAnnotate)
             if count == 0:
                 cb.ice_response()
             elif count == 1:

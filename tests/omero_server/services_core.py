@@ -20,7 +20,7 @@ import omero.model
 import omero.sys
 from omero.rtypes import rlong, rstring, rtime, unwrap, wrap
 
-from . import hql
+from . import hql, permissions
 from .server import servant
 from .store import (
     GUEST_GROUP_ID,
@@ -155,6 +155,9 @@ class AdminI(_Service, omero.api.IAdmin):
         if experimenterId == self.session.user_id:
             return self._group(self.session.group_id)
         ids = [m.getParent().getId().getValue() for m in self._memberships(experimenterId)]
+        chosen = self.store.meta(f"default_group:{experimenterId}")
+        if chosen is not None and int(chosen) in ids:
+            return self._group(int(chosen))
         return self._group(next((g for g in ids if g != USER_GROUP_ID), ids[0]))
 
     def getSecurityRoles(self, current: Any = None) -> Any:
@@ -164,7 +167,118 @@ class AdminI(_Service, omero.api.IAdmin):
                                guestGroupId=GUEST_GROUP_ID, guestGroupName="guest")
 
     def canUpdate(self, obj: Any, current: Any = None) -> bool:
-        return True
+        flat = self.store.flat(kind_of(obj), obj.getId().getValue())
+        return flat is not None and permissions.can_update(self.session, flat)
+
+    # -- writes (admins only): what omero-py's testlib new_group/new_user call
+    def _require_admin(self, what: str) -> None:
+        """ome/omero-server ``AdminImpl``: these calls need an administrator."""
+        if not self.session.is_admin:
+            raise omero.SecurityViolation(
+                None, None, f"{what}: user {self.session.user_name} is not an administrator")
+
+    def _save_system(self, objs: list[Any]) -> list[Any]:
+        """Save users, groups and memberships as root in ``system`` (OMERO's system types)."""
+        return self.store.save_all(objs, owner=omero.model.ExperimenterI(ROOT_ID, False),
+                                   group=omero.model.ExperimenterGroupI(SYSTEM_GROUP_ID, False),
+                                   validate=True)
+
+    def createGroup(self, group: Any, current: Any = None) -> int:
+        """A new group; its permissions from ``details.permissions`` (default private).
+
+        ome/omero-server ``AdminImpl.createGroup``: a group name is unique, and a group
+        without permissions is private (``rw----``).
+        """
+        self._require_admin("createGroup")
+        name = unwrap(group.getName())
+        if any(unwrap(g.getName()) == name for g in self.store.all("ExperimenterGroup")):
+            raise omero.ValidationException(None, None, f"a group named {name!r} already exists")
+        g = omero.model.ExperimenterGroupI()
+        g.name = rstring(name)
+        g.ldap = omero.rtypes.rbool(bool(unwrap(group.getLdap())))
+        given = group.getDetails().permissions if group.getDetails() is not None else None
+        perms = str(given) if given is not None and given.getPerm1() != -1 else "rw----"
+        g.details.permissions = omero.model.PermissionsI(perms)
+        return self._save_system([g])[0].getId().getValue()
+
+    def _new_experimenter(self, experimenter: Any, default_group: Any,
+                          other_groups: list[Any]) -> int:
+        name = unwrap(experimenter.getOmeName())
+        if not name or any(unwrap(e.getOmeName()) == name for e in self.store.all("Experimenter")):
+            raise omero.ValidationException(None, None, f"experimenter name {name!r} is empty or taken")
+        e = omero.model.ExperimenterI()
+        for field in ("omeName", "firstName", "lastName", "email", "institution"):
+            setattr(e, "_" + field, getattr(experimenter, "_" + field, None))
+        e.ldap = omero.rtypes.rbool(False)
+        uid = self._save_system([e])[0].getId().getValue()
+        gids = [default_group.getId().getValue()] + [
+            g.getId().getValue() for g in other_groups or []]
+        self._add_memberships(uid, list(dict.fromkeys(gids)))
+        self.store.set_meta(f"default_group:{uid}", str(gids[0]))
+        return uid
+
+    def _add_memberships(self, uid: int, gids: list[int]) -> None:
+        have = {m.getParent().getId().getValue() for m in self._memberships(uid)}
+        maps = []
+        for gid in gids:
+            if self.store.flat("ExperimenterGroup", gid) is None:
+                raise omero.ApiUsageException(None, None, f"no group with id {gid}")
+            if gid in have:
+                continue
+            m = omero.model.GroupExperimenterMapI()
+            m.parent = omero.model.ExperimenterGroupI(gid, False)
+            m.child = omero.model.ExperimenterI(uid, False)
+            m.owner = omero.rtypes.rbool(False)
+            maps.append(m)
+        if maps:
+            self._save_system(maps)
+
+    def createExperimenter(self, experimenter: Any, defaultGroup: Any, otherGroups: list[Any],
+                           current: Any = None) -> int:
+        """A user without a password: it cannot log in until ``changeUserPassword``."""
+        self._require_admin("createExperimenter")
+        return self._new_experimenter(experimenter, defaultGroup, otherGroups)
+
+    def createExperimenterWithPassword(self, experimenter: Any, password: Any, defaultGroup: Any,
+                                       otherGroups: list[Any], current: Any = None) -> int:
+        """A user who logs in with *password* (kept as a salted hash) in *defaultGroup*."""
+        from .session import set_password
+
+        self._require_admin("createExperimenterWithPassword")
+        uid = self._new_experimenter(experimenter, defaultGroup, otherGroups)
+        set_password(self.store, unwrap(experimenter.getOmeName()), unwrap(password) or "")
+        return uid
+
+    def changeUserPassword(self, omeName: str, newPassword: Any, current: Any = None) -> None:
+        from .session import set_password
+
+        self._require_admin("changeUserPassword")
+        self.lookupExperimenter(omeName)  # ApiUsageException for an unknown user
+        set_password(self.store, omeName, unwrap(newPassword) or "")
+
+    def addGroups(self, user: Any, groups: list[Any], current: Any = None) -> None:
+        self._require_admin("addGroups")
+        self._add_memberships(user.getId().getValue(), [g.getId().getValue() for g in groups])
+
+    def setGroupOwner(self, group: Any, owner: Any, current: Any = None) -> None:
+        """Make *owner* a leader of *group* (a member first if needed), as ``AdminImpl``."""
+        self._require_admin("setGroupOwner")
+        uid, gid = owner.getId().getValue(), group.getId().getValue()
+        self._add_memberships(uid, [gid])
+        for m in self._memberships(uid):
+            if m.getParent().getId().getValue() == gid:
+                loaded = self.store.load("GroupExperimenterMap", m.getId().getValue())
+                loaded.owner = omero.rtypes.rbool(True)
+                self._save_system([loaded])
+
+    def setDefaultGroup(self, user: Any, group: Any, current: Any = None) -> None:
+        """The group the user's next sessions start in (it must be one of theirs)."""
+        uid, gid = user.getId().getValue(), group.getId().getValue()
+        if uid != self.session.user_id:
+            self._require_admin("setDefaultGroup")
+        if gid not in [m.getParent().getId().getValue() for m in self._memberships(uid)]:
+            raise omero.ApiUsageException(None, None, f"user {uid} is not a member of group {gid}")
+        self.store.set_meta(f"default_group:{uid}", str(gid))
 
     def getCurrentAdminPrivileges(self, current: Any = None) -> list[Any]:
         out = []
@@ -181,7 +295,11 @@ class AdminI(_Service, omero.api.IAdmin):
 class QueryI(_Service, omero.api.IQuery):
     """Lookups and the HQL subset of :mod:`tests.omero_server.hql`."""
 
+    def _visible(self, flat: Any) -> bool:
+        return permissions.in_context(self.session, flat)
+
     def get(self, klass: str, id: int, current: Any = None) -> Any:
+        permissions.readable_or_raise(self.session, _kind(klass), id)
         obj = self.store.load(_kind(klass), id)
         if obj is None:
             raise omero.ValidationException(
@@ -189,11 +307,14 @@ class QueryI(_Service, omero.api.IQuery):
         return obj
 
     def find(self, klass: str, id: int, current: Any = None) -> Any:
+        flat = self.store.flat(_kind(klass), id)
+        if flat is None or not self._visible(flat):
+            return None
         return self.store.load(_kind(klass), id)
 
     def findAll(self, klass: str, filter: Any, current: Any = None) -> list[Any]:
         kind = _kind(klass)
-        flats = list(self.store.all(kind))
+        flats = [f for f in self.store.all(kind) if self._visible(f)]
         if filter is not None and filter.ownerId is not None:
             flats = [f for f in flats if _owner_id(f) == unwrap(filter.ownerId)]
         offset = unwrap(filter.offset) if filter is not None and filter.offset is not None else 0
@@ -205,6 +326,8 @@ class QueryI(_Service, omero.api.IQuery):
         kind = _kind(klass)
         out = []
         for flat in self.store.all(kind):
+            if not self._visible(flat):
+                continue
             v = unwrap(getattr(flat, "_" + field, None))
             if isinstance(v, str) and match(v):
                 out.append(flat)
@@ -234,7 +357,8 @@ class QueryI(_Service, omero.api.IQuery):
     def _run(self, query: str, params: Any) -> list[Any]:
         values, offset, limit, _owner = _params(params)
         try:
-            return hql.run(self.store, query, values, offset, limit)
+            return hql.run(self.store, query, values, offset, limit,
+                           visible=permissions.visibility(self.session))
         except hql.QueryError as exc:
             raise _query_error(query, exc) from exc
 
@@ -251,7 +375,8 @@ class QueryI(_Service, omero.api.IQuery):
     def projection(self, query: str, params: Any, current: Any = None) -> list[list[Any]]:
         values, offset, limit, _owner = _params(params)
         try:
-            rows = hql.project(self.store, query, values, offset, limit)
+            rows = hql.project(self.store, query, values, offset, limit,
+                               visible=permissions.visibility(self.session))
         except hql.QueryError as exc:
             raise _query_error(query, exc) from exc
         return [[_rtype(v) for v in row] for row in rows]
@@ -298,6 +423,7 @@ class UpdateI(_Service, omero.api.IUpdate):
         return [o.getId().getValue() for o in self._save_all(graph)]
 
     def _save_all(self, objs: list[Any]) -> list[Any]:
+        permissions.check_linkages(self.session, list(objs))
         return self.ctx.store.save_all(list(objs), owner=self.session.owner,
                                        group=self.session.group, validate=True)
 
@@ -325,6 +451,8 @@ class ContainerI(_Service, omero.api.IContainer):
         opts = getattr(options, "theOptions", None)
         leaves = bool(opts is not None and unwrap(opts.leaves))
         ids = list(rootIds) or [f.getId().getValue() for f in self.store.all(kind)]
+        ids = [i for i in ids if self.store.flat(kind, i) is not None
+               and permissions.in_context(self.session, self.store.flat(kind, i))]
         if kind == "Project":
             fetch = ["datasetLinks.child.imageLinks.child.pixels"] if leaves else [
                 "datasetLinks.child"]
@@ -362,6 +490,7 @@ class ContainerI(_Service, omero.api.IContainer):
         return self.createDataObjects([obj], options)[0]
 
     def createDataObjects(self, dataObjects: list[Any], options: Any, current: Any = None) -> list[Any]:
+        permissions.check_linkages(self.session, list(dataObjects))
         return self.ctx.store.save_all(list(dataObjects), owner=self.session.owner,
                                        group=self.session.group, validate=True)
 
@@ -404,6 +533,8 @@ class MetadataI(_Service, omero.api.IMetadata):
                 if not any(hql_is_a(kind_of(child), k) for k in kinds):
                     continue
                 if owners and _owner_id(child) not in owners:
+                    continue
+                if not permissions.in_context(self.session, child):
                     continue
                 anns.append(self.store.load(kind_of(child), child.getId().getValue(),
                                             fetch=_annotation_fetch(child)))
