@@ -19,6 +19,7 @@ from omero_push.progress import make_progress
 from omero_push.push import MODES, push
 from omero_push.upload import DEFAULT_CHUNK
 from posdir2ometiff import __version__
+from posdir2ometiff.argtypes import float_in, int_in, port, tile_wxh
 from posdir2ometiff.logconfig import cli_logging
 
 log = logging.getLogger("omero_push.cli")
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conn = p.add_argument_group("connection")
     conn.add_argument("--server", "-s", help="OMERO host (or 'host:' in --config)")
-    conn.add_argument("--port", "-p", type=int, help=f"OMERO port (default {DEFAULT_PORT})")
+    conn.add_argument("--port", "-p", type=port, help=f"OMERO port (default {DEFAULT_PORT})")
     conn.add_argument("--user", "-u", help="OMERO user name")
     conn.add_argument("--group", "-g", help="OMERO group to push into (default: the user's)")
     conn.add_argument(
@@ -86,19 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     tune = p.add_argument_group("tuning")
     tune.add_argument(
         "--chunk-size",
-        type=float,
+        type=float_in(0.0, 1024.0),
         default=DEFAULT_CHUNK / 2**20,
         help="upload chunk in MiB (import mode; default %(default)s)",
     )
-    tune.add_argument("--tile", help="tile WxH for pixels mode (default: the server's tile size)")
+    tune.add_argument("--tile", type=tile_wxh(), help="tile WxH for pixels mode (default: the server's tile size)")
     tune.add_argument(
         "--parallel",
-        type=int,
+        type=int_in(1, 64),
         default=2,
         help="files (import) or images (pixels) in flight at once (default %(default)s)",
     )
     tune.add_argument(
-        "--retries", type=int, default=5, help="reconnects on connection loss (default %(default)s)"
+        "--retries", type=int_in(0, 1000), default=5, help="reconnects on connection loss (default %(default)s)"
     )
     out = p.add_argument_group("output")
     out.add_argument("--dry-run", "-n", action="store_true", help="print the plan; send nothing")
@@ -107,16 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("--quiet", "-q", action="store_true", help="errors and the summary only")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
-
-
-def _parse_tile(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        w, _, h = text.lower().partition("x")
-        return int(w), int(h or w)
-    except ValueError:
-        raise PushError(f"--tile {text!r}: expected WxH, e.g. 1024x1024") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,7 +134,7 @@ def _main(args: argparse.Namespace) -> int:
             convert=args.convert,
             convert_out=args.convert_out,
             chunk_size=max(1, int(args.chunk_size * 2**20)),
-            tile=_parse_tile(args.tile),
+            tile=args.tile,
             retries=args.retries,
             parallel=max(1, args.parallel),
             progress=make_progress(quiet=args.quiet),

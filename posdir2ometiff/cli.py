@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from posdir2ometiff import __version__
+from posdir2ometiff.argtypes import float_in, int_in
 from posdir2ometiff.layout import DEFAULT_PATTERN, DEFAULT_POSITIONS, LayoutError
 from posdir2ometiff.logconfig import cli_logging
 from posdir2ometiff.writer import COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_TILE, WriterError
@@ -22,20 +23,13 @@ from posdir2ometiff.writer import COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_TIL
 logger = logging.getLogger("posdir2ometiff.cli")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
-    return value
+_positive_float = float_in(0.0)
 
 
 def _pyramid(text: str) -> str:
-    if text in ("auto", "none") or (text.isdigit() and int(text) >= 1):
+    if text in ("auto", "none") or (text.isdigit() and 1 <= int(text) <= 32):
         return text
-    raise argparse.ArgumentTypeError("must be auto, none or a number of levels ≥ 1")
+    raise argparse.ArgumentTypeError("must be auto, none or a number of levels from 1 to 32")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default=DEFAULT_PATTERN, metavar="REGEX",
                    help="plane file regex with named groups t, c, z "
                    "(default: {prefix}_{t}_{c}_{z}.png|tif|tiff)")
-    p.add_argument("--tile", type=int, default=DEFAULT_TILE, metavar="PX",
+    p.add_argument("--tile", type=int_in(16, 65536, multiple=16), default=DEFAULT_TILE, metavar="PX",
                    help="tile size, a multiple of 16 (default: %(default)s)")
     p.add_argument("--compression", choices=list(COMPRESSIONS), default=DEFAULT_COMPRESSION,
                    help="tile compression (default: %(default)s — fastest, and read "
@@ -61,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pyramid", type=_pyramid, default="auto", metavar="auto|none|N",
                    help="resolution levels: auto halves until one tile holds the plane; N levels "
                    "in total (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=int_in(1, 1024), default=None, metavar="N",
                    help=f"parallel processes, one position each (default: cores = {os.cpu_count()})")
     p.add_argument("--metadata", default="auto", metavar="auto|none|NAME|module:Class",
                    help="metadata parser(s) (default: %(default)s = first that recognises SRC)")
@@ -89,13 +83,13 @@ def build_demo_parser() -> argparse.ArgumentParser:
         "Acq and log files) to try the converter on.",
     )
     p.add_argument("folder", type=Path, metavar="OUT_DIR")
-    p.add_argument("--positions", type=int, default=2)
+    p.add_argument("--positions", type=int_in(1, 10000), default=2)
     p.add_argument("--channels", default="Brightfield,DIC,GFP", help="comma-separated names")
-    p.add_argument("-z", type=int, default=5, help="z-sections")
-    p.add_argument("-t", type=int, default=3, help="timepoints")
-    p.add_argument("--size", type=int, default=512, help="plane width and height")
+    p.add_argument("-z", type=int_in(1, 10000), default=5, help="z-sections")
+    p.add_argument("-t", type=int_in(1, 100000), default=3, help="timepoints")
+    p.add_argument("--size", type=int_in(1, 65536), default=512, help="plane width and height")
     p.add_argument("--dtype", choices=["uint8", "uint16", "float32"], default="uint16")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
@@ -122,10 +116,16 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names_an_output(argv: Sequence[str]) -> bool:
+    """``posdir2ometiff demo -o out`` converts a folder named ``demo``: the demo sub-command has
+    no ``-o``, so an output option says the user means the converter."""
+    return any(a in ("-o", "--out") or a.startswith(("--out=", "-o")) for a in argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``posdir2ometiff`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "demo":
+    if argv and argv[0] == "demo" and not _names_an_output(argv[1:]):
         return _demo(argv[1:])
     args = build_parser().parse_args(argv)
     with cli_logging(args.verbose, args.quiet, quiet_level=logging.ERROR):
