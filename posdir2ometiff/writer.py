@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import tifffile
+
+from posdir2ometiff.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +120,17 @@ def write_ometiff(
     compression: str = DEFAULT_COMPRESSION,
     pyramid: str | int = "auto",
     on_plane: Callable[[int], None] | None = None,
+    final_xml: Callable[[], str] | None = None,
 ) -> int:
     """Write ``count`` planes of ``shape`` and ``dtype`` to ``path`` as one OME-TIFF.
 
     ``planes`` is consumed lazily, in the IFD order the OME-XML describes. The file appears at
-    ``path`` only when complete (written to ``path + '.partial'`` and renamed); on any error the
-    partial file is removed and the error re-raised. ``on_plane(i)`` is called after each plane
-    (progress). Returns the number of resolution levels written.
+    ``path`` only when complete (written under a unique temporary name, fsync-ed and renamed); on
+    any error the temporary is removed and the error re-raised (an ``OSError`` such as a full disk
+    as ``AtomicWriteError`` naming ``path``). ``on_plane(i)`` is called after each plane
+    (progress). ``final_xml()``, called after the last plane, may return the OME-XML again with
+    values only then known, of the same length in bytes (e.g. the UUID). Returns the number of
+    resolution levels written.
     """
     if tile % 16 or tile <= 0:
         raise WriterError(f"--tile must be a positive multiple of 16, not {tile}")
@@ -152,9 +157,10 @@ def write_ometiff(
     # OME-XML is UTF-8 ("µm"); tifffile accepts bytes for the tag, str only if 7-bit ASCII.
     xml_bytes = ome_xml.encode("utf-8")
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
     written = 0
-    try:
+    # A unique temporary name, fsync and rename (atomic.py): a crash, a full disk or another run
+    # never leaves or removes a half-written file under the final name.
+    with atomic_path(path) as partial:
         with tifffile.TiffWriter(partial, bigtiff=bigtiff, ome=False) as tw:
             for plane in planes:
                 if written >= count:
@@ -186,8 +192,20 @@ def write_ometiff(
                     on_plane(written)
         if written != count:
             raise WriterError(f"{path}: got {written} planes, expected {count}")
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+        if final_xml is not None:
+            _overwrite_description(partial, final_xml().encode("utf-8"), len(xml_bytes), path)
     return levels
+
+
+def _overwrite_description(partial: Path, new: bytes, old_len: int, path: Path) -> None:
+    """Replace the first IFD's OME-XML in place by one of the same length.
+
+    Lets the caller put into the XML what is known only after every plane was read (the file's
+    UUID derived from the sources' checksums) without a second pass over the pixels. tifffile's
+    ``TiffTag.overwrite`` writes a value of unchanged size at its old offset
+    (cgohlke/tifffile ``tifffile.py``, ``TiffTag.overwrite``).
+    """
+    if len(new) != old_len:
+        raise WriterError(f"{path}: final OME-XML is {len(new)} bytes, not {old_len}")
+    with tifffile.TiffFile(partial, mode="r+b") as tif:
+        tif.pages[0].tags["ImageDescription"].overwrite(new)
