@@ -76,19 +76,30 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise AtomicWriteError(f"{final}: nothing was written")
-        fsync_path(tmp)
-        os.replace(tmp, final)
-        with contextlib.suppress(OSError):  # some filesystems refuse fsync on a folder
-            fsync_path(final.parent)
+        commit_temporary(tmp, final)
     except OSError as exc:
         _discard(tmp)
-        if isinstance(exc, AtomicWriteError):
-            raise
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        raise AtomicWriteError(exc.errno, f"{final}: cannot be written ({reason})") from exc
+        raise write_error(exc, final) from exc
     except BaseException:
         _discard(tmp)
         raise
+
+
+def commit_temporary(tmp: Path, final: Path) -> None:
+    """fsync the finished temporary, rename it over ``final``, fsync the folder."""
+    fsync_path(tmp)
+    os.replace(tmp, final)
+    with contextlib.suppress(OSError):  # some filesystems refuse fsync on a folder
+        fsync_path(Path(final).parent)
+
+
+def write_error(exc: OSError, final: Path) -> AtomicWriteError:
+    """``exc`` as an :class:`AtomicWriteError` whose message names the final file (a full disk
+    otherwise reports a temporary name, or no name at all)."""
+    if isinstance(exc, AtomicWriteError):
+        return exc
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return AtomicWriteError(exc.errno, f"{final}: cannot be written ({reason})")
 
 
 def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
@@ -159,9 +170,11 @@ def remove_stale_temporaries(folder: Path | str) -> list[Path]:
 __all__ = [
     "AtomicWriteError",
     "atomic_path",
+    "commit_temporary",
     "fsync_path",
     "remove_stale_temporaries",
     "temp_path_for",
     "write_bytes_atomic",
+    "write_error",
     "write_text_atomic",
 ]

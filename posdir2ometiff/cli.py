@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "in total (default: %(default)s)")
     p.add_argument("--workers", type=int_in(1, 1024), default=None, metavar="N",
                    help=f"parallel processes, one position each (default: cores = {os.cpu_count()})")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads inside one position: planes decoded ahead, tiles compressed in "
+                   "parallel (default: cores / workers)")
     p.add_argument("--metadata", default="auto", metavar="auto|none|NAME|module:Class",
                    help="metadata parser(s) (default: %(default)s = first that recognises SRC)")
     p.add_argument("--pixel-size", type=_positive_float, dest="pixel_size_um", metavar="UM",
@@ -141,6 +144,7 @@ def _convert(args: argparse.Namespace) -> int:
             args.src, args.out,
             positions=args.positions, pattern=args.pattern, tile=args.tile,
             compression=args.compression, pyramid=args.pyramid, workers=args.workers,
+            threads=args.threads,
             metadata=args.metadata, pixel_size_um=args.pixel_size_um, z_step_um=args.z_step_um,
             time_interval_s=args.time_interval_s, overwrite=args.overwrite,
             fail_fast=args.fail_fast, progress="off" if args.quiet else "auto",

@@ -6,39 +6,32 @@ checksums), converts the rest in worker processes (one position per task: positi
 independent and a position is a long, streaming job), then writes the HDF5 tables and the
 manifest. A position that fails (unreadable plane, wrong size, duplicate files) is reported and
 leaves no output file; the others still finish unless ``fail_fast``.
+
+The stages live in their own modules: :mod:`~posdir2ometiff.planes` (reading plane files),
+:mod:`~posdir2ometiff.position` (one position), :mod:`~posdir2ometiff.rerun` (what is up to
+date), :mod:`~posdir2ometiff.executors` (where positions run); this module orchestrates.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
-import json
 import logging
-import multiprocessing as mp
 import os
-import queue as queue_mod
 import time
-import traceback
-import uuid as uuid_mod
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import imagecodecs
-import numpy as np
-import tifffile
-
 from posdir2ometiff import __version__
+from posdir2ometiff.dask_executor import check_shared_filesystem, run_jobs_dask
+from posdir2ometiff.errors import ConversionError, PlaneError
+from posdir2ometiff.executors import default_threads
+from posdir2ometiff.executors import run_jobs as _run_jobs
 from posdir2ometiff.layout import (
     DEFAULT_PATTERN,
     DEFAULT_POSITIONS,
     LayoutError,
-    PlaneKey,
-    PositionLayout,
     discover,
 )
 from posdir2ometiff.manifest import (
@@ -48,29 +41,44 @@ from posdir2ometiff.manifest import (
     write_manifest,
 )
 from posdir2ometiff.metadata.model import ExperimentMetadata, TimeSettings, ZSectioning
-from posdir2ometiff.ome import ImageSpec, build_ome, channel_specs, describe_experiment, ome_xml
+from posdir2ometiff.ome import describe_experiment
+from posdir2ometiff.planes import read_plane
+from posdir2ometiff.position import (
+    OUTPUT_SUFFIX,
+    PositionJob,
+    convert_position,
+    remove_stale_partials,
+)
 from posdir2ometiff.progress import Progress
+from posdir2ometiff.rerun import is_up_to_date, metadata_fingerprint
 from posdir2ometiff.writer import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
     DEFAULT_TILE,
     WriterError,
     pyramid_levels,
-    write_ometiff,
 )
+
+# Names this module has always offered (kept importable from here after the split).
+__all__ = [
+    "OUTPUT_SUFFIX",
+    "TABLES_NAME",
+    "ConversionError",
+    "ConversionOptions",
+    "ConversionResult",
+    "PlaneError",
+    "PositionJob",
+    "PositionResult",
+    "convert",
+    "convert_position",
+    "is_up_to_date",
+    "metadata_fingerprint",
+    "read_plane",
+]
 
 logger = logging.getLogger(__name__)
 
 TABLES_NAME = "experiment.h5"
-OUTPUT_SUFFIX = ".ome.tiff"
-
-
-class ConversionError(ValueError):
-    """A position cannot be converted; the message names the file and what is wrong."""
-
-
-class PlaneError(ConversionError):
-    """A plane file is unreadable, truncated, or of another size, dtype or sample count."""
 
 
 @dataclass
@@ -83,6 +91,8 @@ class ConversionOptions:
     compression: str = DEFAULT_COMPRESSION
     pyramid: str = "auto"
     workers: int | None = None
+    #: Threads inside one position (decode ahead, compress tiles); None: cores / workers.
+    threads: int | None = None
     metadata: str = "auto"
     pixel_size_um: float | None = None
     z_step_um: float | None = None
@@ -140,311 +150,6 @@ class ConversionResult:
         return not self.failed
 
 
-# --------------------------------------------------------------------------- plane reading
-
-
-def read_plane(path: Path) -> tuple[np.ndarray, int, str, int]:
-    """Decode one plane file; return (pixels, size in bytes, SHA-1, mtime_ns).
-
-    The file is read once: the same bytes are hashed (for the manifest) and decoded (PNG with
-    imagecodecs, several times faster than Pillow on 16-bit images; TIFF with tifffile).
-    """
-    try:
-        stat = path.stat()
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PlaneError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    sha1 = hashlib.sha1(data).hexdigest()
-    ext = path.suffix.lower()
-    try:
-        if ext == ".png":
-            arr = imagecodecs.png_decode(data)
-        else:
-            with tifffile.TiffFile(io.BytesIO(data)) as tf:
-                if len(tf.pages) != 1:
-                    raise PlaneError(f"{path}: has {len(tf.pages)} pages; one 2D plane expected")
-                arr = tf.pages[0].asarray()
-    except PlaneError:
-        raise
-    except Exception as exc:  # decoders raise many types; all mean "not a readable image"
-        kind = "PNG" if ext == ".png" else "TIFF"
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PlaneError(f"{path}: truncated or unreadable {kind} ({msg})") from None
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
-        raise PlaneError(f"{path}: image of shape {arr.shape}; expected a 2D grey or RGB(A) plane")
-    return arr, len(data), sha1, stat.st_mtime_ns
-
-
-@dataclass
-class _Probe:
-    shape: tuple[int, int]
-    dtype: np.dtype
-    samples: list[int]
-    #: The planes decoded while probing, handed to the writer so no file is decoded twice.
-    cache: dict[PlaneKey, tuple[np.ndarray, int, str, int]]
-
-
-def _probe(layout: PositionLayout) -> _Probe:
-    """Size, dtype and samples per channel, from the first file of each channel."""
-    shape: tuple[int, int] | None = None
-    dtype: np.dtype | None = None
-    samples: list[int] = []
-    cache: dict[PlaneKey, tuple[np.ndarray, int, str, int]] = {}
-    first: dict[int, PlaneKey] = {}
-    for key in layout.plane_keys():
-        if key in layout.files and key.c not in first:
-            first[key.c] = key
-    for c in range(layout.size_c):
-        key = first.get(c)
-        if key is None:
-            # A channel other positions have but this one lacks entirely (layout.unify_channels):
-            # all its planes are missing, written as grey zeros.
-            samples.append(1)
-            continue
-        path = layout.files[key]
-        cache[key] = read_plane(path)
-        arr = cache[key][0]
-        samples.append(1 if arr.ndim == 2 else arr.shape[2])
-        if shape is None:
-            shape, dtype = arr.shape[:2], arr.dtype
-        elif arr.shape[:2] != shape or arr.dtype != dtype:
-            raise PlaneError(
-                f"{path}: {arr.dtype} {arr.shape[1]}x{arr.shape[0]}, but other planes of "
-                f"{layout.name} are {dtype} {shape[1]}x{shape[0]}"
-            )
-    assert shape is not None and dtype is not None
-    return _Probe(shape=shape, dtype=dtype, samples=samples, cache=cache)
-
-
-# --------------------------------------------------------------------------- one position
-
-
-@dataclass
-class PositionJob:
-    """Everything a worker process needs to convert one position (picklable, no tables)."""
-
-    layout: PositionLayout
-    meta: ExperimentMetadata | None
-    src: Path
-    out: Path
-    tile: int
-    compression: str
-    pyramid: str
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()
-
-
-def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None = None) -> dict:
-    """Convert one position; return its manifest entry. Raises ConversionError/WriterError."""
-    layout = job.layout
-    if layout.error:
-        raise ConversionError(layout.error)
-    probe = _probe(layout)
-    specs = channel_specs(layout.channels, probe.samples)
-    missing = layout.missing()
-    missing_labels = [layout.describe(k) for k in missing]
-    spec = ImageSpec(
-        name=layout.name,
-        size_x=probe.shape[1],
-        size_y=probe.shape[0],
-        size_z=layout.size_z,
-        size_t=layout.size_t,
-        channels=specs,
-        dtype=probe.dtype,
-        missing=missing_labels,
-    )
-    output = job.out / f"{layout.name}{OUTPUT_SUFFIX}"
-    file_uuid = f"urn:uuid:{uuid_mod.uuid4()}"
-    xml = ome_xml(build_ome(spec, job.meta, file_name=output.name, uuid=file_uuid))
-
-    sources: list[dict] = []
-    # Output channel of each source channel's first sample (RGB sources span several channels).
-    first_out = [sum(probe.samples[:c]) for c in range(layout.size_c)]
-
-    def load(key: PlaneKey) -> np.ndarray:
-        path = layout.files.get(key)
-        samples = probe.samples[key.c]
-        if path is None:
-            shape = probe.shape if samples == 1 else (*probe.shape, samples)
-            return np.zeros(shape, probe.dtype)
-        cached = probe.cache.pop(key, None)
-        arr, size, sha1, mtime = cached if cached is not None else read_plane(path)
-        got = 1 if arr.ndim == 2 else arr.shape[2]
-        if arr.shape[:2] != probe.shape or arr.dtype != probe.dtype or got != samples:
-            raise PlaneError(
-                f"{path}: {arr.dtype} {arr.shape[1]}x{arr.shape[0]} with {got} sample(s), "
-                f"expected {probe.dtype} {probe.shape[1]}x{probe.shape[0]} with {samples}"
-            )
-        sources.append({
-            "path": _relative(path, job.src), "size": size, "sha1": sha1, "mtime_ns": mtime,
-            "t": key.t, "c": first_out[key.c], "z": key.z,
-        })
-        return arr
-
-    def planes() -> Iterator[np.ndarray]:
-        # IFD order is XYZCT; an RGB source channel c becomes S output channels, so its z-stack
-        # is read once and split (memory: one z-stack of one channel, never grows with T).
-        for t in range(layout.size_t):
-            for c in range(layout.size_c):
-                if probe.samples[c] == 1:
-                    for z in range(layout.size_z):
-                        yield load(PlaneKey(t, c, z))
-                else:
-                    stack = [load(PlaneKey(t, c, z)) for z in range(layout.size_z)]
-                    for s in range(probe.samples[c]):
-                        for plane in stack:
-                            yield np.ascontiguousarray(plane[..., s])
-
-    count = layout.size_t * len(specs) * layout.size_z
-    last = [0]
-
-    def progress(n: int) -> None:
-        # Progress counts source planes (what the caller's total is made of); an RGB source
-        # plane yields several output planes, so scale.
-        if on_planes is not None:
-            done = n * layout.plane_count // count
-            if done > last[0]:
-                on_planes(done - last[0])
-                last[0] = done
-
-    levels = write_ometiff(
-        output,
-        planes(),
-        count=count,
-        shape=probe.shape,
-        dtype=probe.dtype,
-        ome_xml=xml,
-        tile=job.tile,
-        compression=job.compression,
-        pyramid=job.pyramid,
-        on_plane=progress,
-    )
-    stat = output.stat()
-    return {
-        "status": "ok",
-        "error": None,
-        "output": output.name,
-        "sha1": sha1_file(output),
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "uuid": file_uuid,
-        "dimensions": {
-            "X": probe.shape[1], "Y": probe.shape[0], "Z": layout.size_z,
-            "C": len(specs), "T": layout.size_t,
-        },
-        "dtype": probe.dtype.name,
-        "channels": [s.name for s in specs],
-        "pyramid_levels": levels,
-        "compression": job.compression,
-        "tile": job.tile,
-        "sources": sources,
-        "missing_planes": [
-            {"t": k.t, "c": first_out[k.c], "z": k.z, "label": label, "path": None}
-            for k, label in zip(missing, missing_labels, strict=True)
-        ],
-        # Files of the folder that match no plane pattern (warned about; not converted).
-        "unmatched_files": [_relative(p, job.src) for p in layout.unmatched],
-    }
-
-
-def _failed_entry(error: str) -> dict:
-    return {"status": "failed", "error": error, "output": None, "sha1": None, "size": None,
-            "sources": [], "missing_planes": []}
-
-
-# --------------------------------------------------------------------------- worker plumbing
-
-_worker_queue: Any = None  # set in each worker process by _init_worker (per process, not shared)
-
-
-def _init_worker(q: Any) -> None:
-    global _worker_queue
-    _worker_queue = q
-
-
-def _run_job(job: PositionJob) -> tuple[dict, str | None]:
-    """Worker entry point: never raises, so one bad position cannot take the pool down."""
-    pending = [0, time.monotonic()]
-
-    def report(n: int) -> None:
-        pending[0] += n
-        now = time.monotonic()
-        if _worker_queue is not None and (now - pending[1] > 0.2):
-            _worker_queue.put(pending[0])
-            pending[0], pending[1] = 0, now
-
-    try:
-        entry = convert_position(job, report)
-        detail = None
-    except (ConversionError, WriterError, LayoutError) as exc:
-        entry, detail = _failed_entry(str(exc)), None
-    except OSError as exc:
-        entry, detail = _failed_entry(f"{exc.filename or job.layout.folder}: {exc.strerror or exc}"), None
-    except Exception as exc:  # unexpected: keep the traceback for --verbose
-        entry = _failed_entry(f"{job.layout.folder}: {type(exc).__name__}: {exc}")
-        detail = traceback.format_exc()
-    if _worker_queue is not None and pending[0]:
-        _worker_queue.put(pending[0])
-    return entry, detail
-
-
-# --------------------------------------------------------------------------- re-runs
-
-
-def metadata_fingerprint(meta: ExperimentMetadata | None) -> str:
-    """SHA-1 of the metadata model (tables excluded): a change re-converts every position."""
-    if meta is None:
-        return hashlib.sha1(b"none").hexdigest()
-    data = dataclasses.asdict(dataclasses.replace(meta, tables={}))
-    text = json.dumps(data, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
-
-
-def _same_source(prev: dict, path: Path) -> bool:
-    """Size must match; then mtime (fast path) or else the SHA-1 (content really unchanged)."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return False
-    if stat.st_size != prev.get("size"):
-        return False
-    if stat.st_mtime_ns == prev.get("mtime_ns"):
-        return True
-    return sha1_file(path) == prev.get("sha1")
-
-
-def is_up_to_date(entry: dict | None, layout: PositionLayout, out: Path, src: Path) -> bool:
-    """True when ``entry`` (previous manifest) matches the output on disk and the current sources."""
-    if not entry or entry.get("status") != "ok" or not entry.get("output"):
-        return False
-    output = out / entry["output"]
-    try:
-        stat = output.stat()
-    except OSError:
-        return False
-    if stat.st_size != entry.get("size"):
-        return False
-    if stat.st_mtime_ns != entry.get("mtime_ns") and sha1_file(output) != entry.get("sha1"):
-        return False
-    prev_sources = {s["path"]: s for s in entry.get("sources", [])}
-    current = {_relative(p, src): p for p in layout.files.values()}
-    if set(prev_sources) != set(current):
-        return False
-    # Same files but another hypercube (a channel that another position now brings in is
-    # missing here): the missing planes differ.
-    missing = [layout.describe(k) for k in layout.missing()]
-    if [m.get("label") for m in entry.get("missing_planes", [])] != missing:
-        return False
-    return all(_same_source(prev_sources[rel], p) for rel, p in current.items())
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -498,10 +203,18 @@ def _check_options(opts: ConversionOptions) -> None:
         raise ConversionError(str(exc)) from None
     if opts.workers is not None and opts.workers < 1:
         raise ConversionError(f"--workers must be at least 1, not {opts.workers}")
+    if opts.threads is not None and opts.threads < 1:
+        raise ConversionError(f"--threads must be at least 1, not {opts.threads}")
 
 
-def convert(src: Path | str, out: Path | str, **options: Any) -> ConversionResult:
+def convert(
+    src: Path | str, out: Path | str, *, client: Any = None, **options: Any
+) -> ConversionResult:
     """Convert the experiment folder ``src`` into ``out`` (see :class:`ConversionOptions`).
+
+    ``client``: a ``distributed.Client``; each position then runs as a task on its cluster
+    (``src`` and ``out`` must be on a filesystem the workers share). Without one, positions run
+    in a local process pool (``workers``).
 
     Raises :class:`LayoutError`, :class:`ConversionError` or ``MetadataError`` for problems of
     the whole run (no such folder, no positions, bad option, unreadable metadata); problems of
@@ -581,10 +294,19 @@ def convert(src: Path | str, out: Path | str, **options: Any) -> ConversionResul
 
     total = sum(j.layout.plane_count for j in jobs if not j.layout.error)
     workers = min(opts.workers or os.cpu_count() or 1, max(len(jobs), 1))
+    for job in jobs:
+        # On a cluster, 0 lets each worker choose (its cores / its task slots).
+        job.threads = opts.threads or (0 if client is not None else default_threads(workers))
     progress_mode = opts.progress
+    if client is not None:
+        check_shared_filesystem(client, src, out)
     with Progress(total, mode=progress_mode) as progress:
-        for job, (entry, detail) in _run_jobs(jobs, workers, opts.fail_fast, progress,
-                                                  write_experiment_tables):
+        runs = (
+            run_jobs_dask(jobs, client, opts.fail_fast, progress, write_experiment_tables)
+            if client is not None
+            else _run_jobs(jobs, workers, opts.fail_fast, progress, write_experiment_tables)
+        )
+        for job, (entry, detail) in runs:
             name = job.layout.name
             entries[name] = entry
             if entry["status"] == "ok":
@@ -609,6 +331,7 @@ def convert(src: Path | str, out: Path | str, **options: Any) -> ConversionResul
                 if detail:
                     logger.debug("%s", detail)
 
+    remove_stale_partials(out, [job.layout.name for job in jobs])
     tables_entry = tables_box.get("entry")
     tables_path = out / TABLES_NAME if tables_entry else None
 
@@ -639,74 +362,3 @@ def convert(src: Path | str, out: Path | str, **options: Any) -> ConversionResul
     ordered = [results[lay.name] for lay in layouts if lay.name in results]
     return ConversionResult(out=out, manifest=manifest_path, positions=ordered,
                             tables=tables_path, seconds=time.monotonic() - started)
-
-
-def _run_jobs(
-    jobs: list[PositionJob], workers: int, fail_fast: bool, progress: Progress,
-    meanwhile: Callable[[], None],
-) -> Iterator[tuple[PositionJob, tuple[dict, str | None]]]:
-    """Run jobs in this process (one worker) or a process pool, yielding results as they come.
-
-    ``meanwhile`` runs exactly once: while the pool works, or after the jobs when run inline.
-    """
-    if workers <= 1 or not jobs:
-        for job in jobs:
-            entry, detail = _run_job_inline(job, progress)
-            yield job, (entry, detail)
-            if fail_fast and entry["status"] != "ok":
-                logger.warning("--fail-fast: no further position is started")
-                break
-        meanwhile()
-        return
-
-    q = mp.get_context().Queue()
-    todo = iter(jobs)
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(q,)) as ex:
-        # Submit only as many positions as there are workers, the next when one finishes:
-        # the pool would otherwise pre-queue work that --fail-fast could no longer cancel.
-        futures: dict[Future, PositionJob] = {}
-        for job in todo:
-            futures[ex.submit(_run_job, job)] = job
-            if len(futures) >= workers:
-                break
-        meanwhile()
-        pending = set(futures)
-        stop = False
-        while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(q, progress)
-            for fut in done:
-                entry, detail = fut.result()
-                yield futures[fut], (entry, detail)
-                if fail_fast and entry["status"] != "ok" and not stop:
-                    stop = True
-                    logger.warning("--fail-fast: no further position is started")
-                if not stop:
-                    nxt = next(todo, None)
-                    if nxt is not None:
-                        new = ex.submit(_run_job, nxt)
-                        futures[new] = nxt
-                        pending.add(new)
-        _drain(q, progress)
-
-
-def _run_job_inline(job: PositionJob, progress: Progress) -> tuple[dict, str | None]:
-    """One-worker path: same error handling as the pool, progress updated directly."""
-
-    class _Direct:
-        def put(self, n: int) -> None:
-            progress.update(n)
-
-    _init_worker(_Direct())
-    try:
-        return _run_job(job)
-    finally:
-        _init_worker(None)
-
-
-def _drain(q: Any, progress: Progress) -> None:
-    while True:
-        try:
-            progress.update(q.get_nowait())
-        except queue_mod.Empty:
-            return

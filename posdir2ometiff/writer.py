@@ -20,20 +20,30 @@ Why these choices:
   7.3.1 (the reader inside OMERO) reads it pixel-exactly (tests/test_bioformats.py). With zlib the
   converter would spend as long compressing as decoding the PNGs; with zstd it is ~1/3 of that.
 * The file is written under a temporary name and renamed only when complete, so a crash or a bad
-  plane never leaves a truncated ``<position>.ome.tiff`` behind.
+  plane never leaves a truncated ``<position>.ome.tiff`` behind. The temporary name is unique per
+  attempt (``<name>.<random>.partial``): a position retried on another machine of a cluster while
+  a lost worker may still be writing never shares its file.
+* **Threads.** ``threads`` > 1 lets tifffile compress the tiles of a plane in that many threads
+  (imagecodecs releases the GIL); the caller decodes planes ahead in its own threads.
+* The SHA-1 of the output is computed from the bytes as they are written
+  (:class:`~posdir2ometiff.hashfile.HashingFile`), not by reading the finished file back.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-from posdir2ometiff.atomic import atomic_path
+from posdir2ometiff.atomic import commit_temporary, write_error
+from posdir2ometiff.hashfile import HashingFile
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +118,26 @@ def estimate_bytes(count: int, size_y: int, size_x: int, dtype: np.dtype, levels
     return int(count * total)
 
 
-def write_ometiff(
+@dataclass(frozen=True)
+class Written:
+    """What :func:`write_ometiff_file` wrote: pyramid levels, and the file's SHA-1 and size."""
+
+    levels: int
+    sha1: str
+    size: int
+
+
+def write_ometiff(path: Path, planes: Iterable[np.ndarray], **kwargs: object) -> int:
+    """:func:`write_ometiff_file`, returning only the number of resolution levels."""
+    return write_ometiff_file(path, planes, **kwargs).levels  # type: ignore[arg-type]
+
+
+def partial_name(path: Path) -> Path:
+    """The temporary name ``path`` is written under: unique per attempt, never hidden."""
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.partial")
+
+
+def write_ometiff_file(
     path: Path,
     planes: Iterable[np.ndarray],
     *,
@@ -120,17 +149,15 @@ def write_ometiff(
     compression: str = DEFAULT_COMPRESSION,
     pyramid: str | int = "auto",
     on_plane: Callable[[int], None] | None = None,
-    final_xml: Callable[[], str] | None = None,
-) -> int:
+    threads: int = 1,
+) -> Written:
     """Write ``count`` planes of ``shape`` and ``dtype`` to ``path`` as one OME-TIFF.
 
     ``planes`` is consumed lazily, in the IFD order the OME-XML describes. The file appears at
-    ``path`` only when complete (written under a unique temporary name, fsync-ed and renamed); on
-    any error the temporary is removed and the error re-raised (an ``OSError`` such as a full disk
-    as ``AtomicWriteError`` naming ``path``). ``on_plane(i)`` is called after each plane
-    (progress). ``final_xml()``, called after the last plane, may return the OME-XML again with
-    values only then known, of the same length in bytes (e.g. the UUID). Returns the number of
-    resolution levels written.
+    ``path`` only when complete (written to :func:`partial_name` and renamed); on any error the
+    partial file is removed and the error re-raised (an ``OSError`` such as a full disk as
+    ``AtomicWriteError`` naming ``path``). ``on_plane(i)`` is called after each plane
+    (progress). ``threads``: tiles of a plane compressed in parallel.
     """
     if tile % 16 or tile <= 0:
         raise WriterError(f"--tile must be a positive multiple of 16, not {tile}")
@@ -152,16 +179,16 @@ def write_ometiff(
         predictor=predictor or None,
         metadata=None,
         software=False,
+        maxworkers=max(1, threads),
     )
 
     # OME-XML is UTF-8 ("µm"); tifffile accepts bytes for the tag, str only if 7-bit ASCII.
     xml_bytes = ome_xml.encode("utf-8")
     path = Path(path)
+    partial = partial_name(path)
     written = 0
-    # A unique temporary name, fsync and rename (atomic.py): a crash, a full disk or another run
-    # never leaves or removes a half-written file under the final name.
-    with atomic_path(path) as partial:
-        with tifffile.TiffWriter(partial, bigtiff=bigtiff, ome=False) as tw:
+    try:
+        with HashingFile(partial) as fh, tifffile.TiffWriter(fh, bigtiff=bigtiff, ome=False) as tw:
             for plane in planes:
                 if written >= count:
                     raise WriterError(f"{path}: more than the {count} planes announced")
@@ -188,24 +215,19 @@ def write_ometiff(
                         **common,
                     )
                 written += 1
+                fh.checkpoint()
                 if on_plane is not None:
                     on_plane(written)
         if written != count:
             raise WriterError(f"{path}: got {written} planes, expected {count}")
-        if final_xml is not None:
-            _overwrite_description(partial, final_xml().encode("utf-8"), len(xml_bytes), path)
-    return levels
-
-
-def _overwrite_description(partial: Path, new: bytes, old_len: int, path: Path) -> None:
-    """Replace the first IFD's OME-XML in place by one of the same length.
-
-    Lets the caller put into the XML what is known only after every plane was read (the file's
-    UUID derived from the sources' checksums) without a second pass over the pixels. tifffile's
-    ``TiffTag.overwrite`` writes a value of unchanged size at its old offset
-    (cgohlke/tifffile ``tifffile.py``, ``TiffTag.overwrite``).
-    """
-    if len(new) != old_len:
-        raise WriterError(f"{path}: final OME-XML is {len(new)} bytes, not {old_len}")
-    with tifffile.TiffFile(partial, mode="r+b") as tif:
-        tif.pages[0].tags["ImageDescription"].overwrite(new)
+        if fh.stale:
+            logger.debug("%s: hashed by reading it back", path)
+        result = Written(levels=levels, sha1=fh.sha1(), size=fh.size)
+        commit_temporary(partial, path)  # fsync, rename, fsync the folder (atomic.py)
+    except OSError as exc:  # a full disk (ENOSPC at a write or at the final flush), EIO
+        partial.unlink(missing_ok=True)
+        raise write_error(exc, path) from exc
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return result

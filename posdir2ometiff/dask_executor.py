@@ -1,0 +1,188 @@
+"""Positions as tasks on a Dask distributed cluster (a ``distributed.Client`` the caller owns).
+
+Why Dask: it is the engine our users' clusters already run (dask-jobqueue starts its workers
+through Slurm, PBS, SGE …), it reschedules the tasks of a worker that dies, and the caller keeps
+control of the cluster: this module never starts one, it takes a client (as bioio and dask-image
+do). Each position is one task (``client.submit``): positions are independent, long and
+streaming, so there is nothing to gain from a finer graph, and the scheduler's work stealing
+balances them.
+
+What holds as in the local pool:
+
+* **Progress.** Workers publish ``(position, attempt, planes done)`` events on a topic
+  (``Worker.log_event``, distributed/worker.py); the client subscribes
+  (``Client.subscribe_topic``, distributed/client.py). Counts are cumulative per attempt and the
+  largest per position is kept, so a retried position never counts its planes twice.
+* **Errors.** The task is :func:`~posdir2ometiff.executors.convert_guarded`: it never raises, a
+  bad position comes back as a failed entry with its one-line error.
+* **A lost worker.** The scheduler re-runs the task of a worker that dies on another worker
+  (up to ``distributed.scheduler.allowed-failures`` times, then ``KilledWorker``, reported here
+  as that position's one-line error). The lost attempt's ``.partial`` file has its own name and is
+  never renamed; the run deletes it at the end.
+* **--fail-fast.** Only as many positions as the cluster has task slots are submitted at a time,
+  so nothing queued has to be cancelled once a position failed.
+
+Input and output must be on a filesystem all workers share (:func:`check_shared_filesystem`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as queue_mod
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from posdir2ometiff.errors import ConversionError
+from posdir2ometiff.executors import convert_guarded
+from posdir2ometiff.position import PositionJob, failed_entry
+from posdir2ometiff.progress import Progress
+
+logger = logging.getLogger(__name__)
+
+#: Event topic of the workers' progress messages.
+PROGRESS_TOPIC = "posdir2ometiff-progress"
+#: Seconds between a worker's progress events for one position.
+REPORT_INTERVAL = 0.5
+
+
+def run_position_task(job: PositionJob) -> tuple[dict, str | None]:
+    """The task a Dask worker runs for one position (module-level: importable by workers)."""
+    import time
+
+    from distributed import get_worker
+
+    worker = get_worker()
+    if job.threads < 1:  # the caller left it to the worker: its cores over its task slots
+        job.threads = max(1, (os.cpu_count() or 1) // max(1, worker.state.nthreads))
+    attempt = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    state = {"done": 0, "sent": 0.0}
+
+    def publish() -> None:
+        worker.log_event(PROGRESS_TOPIC, {"position": job.layout.name, "attempt": attempt,
+                                          "done": state["done"]})
+
+    def report(n: int) -> None:
+        state["done"] += n
+        now = time.monotonic()
+        if now - state["sent"] >= REPORT_INTERVAL:
+            state["sent"] = now
+            publish()
+
+    result = convert_guarded(job, report)
+    publish()
+    return result
+
+
+def check_shared_filesystem(client: Any, src: Path, out: Path) -> None:
+    """Fail in one line when a connected worker cannot see ``src`` or ``out``.
+
+    Workers that join later (a Slurm job still queued) are not checked here; a position they
+    cannot read fails with the file it could not open.
+    """
+    def sees(paths: list[str]) -> list[str]:
+        return [p for p in paths if not os.path.isdir(p)]
+
+    answers = client.run(sees, [str(src), str(out)])
+    for worker, missing in sorted(answers.items()):
+        if missing:
+            raise ConversionError(
+                f"Dask worker {worker} cannot see {', '.join(missing)}: input and output must "
+                f"be on a filesystem every worker shares (same path on every machine)"
+            )
+
+
+class _ProgressEvents:
+    """Client-side: turns the workers' cumulative per-attempt counts into progress increments."""
+
+    def __init__(self) -> None:
+        self.inbox: queue_mod.Queue[dict] = queue_mod.Queue()
+        self._best: dict[str, int] = {}
+
+    def handler(self, event: tuple[float, dict]) -> None:
+        """Called on the client's event-loop thread: only hand the message over."""
+        self.inbox.put(event[1])
+
+    def drain(self, progress: Progress) -> None:
+        while True:
+            try:
+                msg = self.inbox.get_nowait()
+            except queue_mod.Empty:
+                return
+            name, done = str(msg.get("position")), int(msg.get("done", 0))
+            if done > self._best.get(name, 0):
+                progress.update(done - self._best.get(name, 0))
+                self._best[name] = done
+
+
+def _slots(client: Any) -> int:
+    """Task slots of the cluster now (threads of all workers); at least 1."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+
+def run_jobs_dask(
+    jobs: list[PositionJob], client: Any, fail_fast: bool, progress: Progress,
+    meanwhile: Callable[[], None],
+) -> Iterator[tuple[PositionJob, tuple[dict, str | None]]]:
+    """Run each job as a task on ``client``'s cluster, yielding results as they come.
+
+    ``meanwhile`` runs exactly once, while the first tasks run.
+    """
+    from distributed import TimeoutError as DaskTimeout
+    from distributed import wait
+    from distributed.scheduler import KilledWorker
+
+    events = _ProgressEvents()
+    client.subscribe_topic(PROGRESS_TOPIC, events.handler)
+    todo = iter(jobs)
+    futures: dict[Any, PositionJob] = {}
+    run = uuid.uuid4().hex[:8]
+
+    def submit(job: PositionJob) -> Any:
+        fut = client.submit(run_position_task, job, pure=False,
+                            key=f"posdir2ometiff-{job.layout.name}-{run}")
+        futures[fut] = job
+        return fut
+
+    try:
+        pending = {submit(job) for job, _ in zip(todo, range(_slots(client)), strict=False)}
+        meanwhile()
+        stop = False
+        while pending:
+            try:
+                done, pending = wait(pending, timeout=0.2, return_when="FIRST_COMPLETED")
+            except (DaskTimeout, TimeoutError):
+                done = set()
+            events.drain(progress)
+            for fut in done:
+                job = futures.pop(fut)
+                entry, detail = _outcome(fut, job, KilledWorker)
+                yield job, (entry, detail)
+                if fail_fast and entry["status"] != "ok" and not stop:
+                    stop = True
+                    logger.warning("--fail-fast: no further position is started")
+            # Keep the cluster's slots busy (workers joining later get work too).
+            while not stop and len(futures) < _slots(client):
+                nxt = next(todo, None)
+                if nxt is None:
+                    break
+                pending.add(submit(nxt))
+        events.drain(progress)
+    finally:
+        client.unsubscribe_topic(PROGRESS_TOPIC)
+
+
+def _outcome(fut: Any, job: PositionJob, killed: type[Exception]) -> tuple[dict, str | None]:
+    """The task's (entry, detail); a task the cluster could not run becomes a failed entry."""
+    try:
+        return fut.result()
+    except killed as exc:
+        return failed_entry(
+            f"{job.layout.folder}: lost the Dask workers running it ({exc}); re-run to try again"
+        ), None
+    except Exception as exc:  # the cluster failed (not the position: that never raises)
+        return failed_entry(f"{job.layout.folder}: Dask task failed: {type(exc).__name__}: {exc}"), None

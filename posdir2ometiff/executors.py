@@ -1,0 +1,146 @@
+"""Where positions run: inline (one worker) or a local process pool, results as they come.
+
+Each worker converts whole positions and never raises (a bad position cannot take the pool
+down); progress travels back through a queue in batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any
+
+from posdir2ometiff.errors import ConversionError
+from posdir2ometiff.layout import LayoutError
+from posdir2ometiff.position import PositionJob, convert_position, failed_entry
+from posdir2ometiff.progress import Progress
+from posdir2ometiff.writer import WriterError
+
+logger = logging.getLogger(__name__)
+
+
+def default_threads(workers: int) -> int:
+    """Threads per position when ``--threads`` is not given: the cores the workers leave free.
+
+    One position on a 32-core machine gets 32 threads; 16 positions in 16 processes get 2 each.
+    """
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+_worker_queue: Any = None  # set in each worker process by _init_worker (per process, not shared)
+
+
+def _init_worker(q: Any) -> None:
+    global _worker_queue
+    _worker_queue = q
+
+
+def convert_guarded(
+    job: PositionJob, report: Callable[[int], None] | None = None
+) -> tuple[dict, str | None]:
+    """Convert one position, turning every error into a failed manifest entry (one line) and,
+    for unexpected ones, a traceback for --verbose. Never raises: one bad position cannot take
+    a pool or a cluster down."""
+    try:
+        return convert_position(job, report), None
+    except (ConversionError, WriterError, LayoutError) as exc:
+        return failed_entry(str(exc)), None
+    except OSError as exc:
+        return failed_entry(f"{exc.filename or job.layout.folder}: {exc.strerror or exc}"), None
+    except Exception as exc:  # unexpected: keep the traceback for --verbose
+        return (failed_entry(f"{job.layout.folder}: {type(exc).__name__}: {exc}"),
+                traceback.format_exc())
+
+
+def _run_job(job: PositionJob) -> tuple[dict, str | None]:
+    """Worker entry point of the process pool; progress goes back through the queue in batches."""
+    pending = [0, time.monotonic()]
+
+    def report(n: int) -> None:
+        pending[0] += n
+        now = time.monotonic()
+        if _worker_queue is not None and (now - pending[1] > 0.2):
+            _worker_queue.put(pending[0])
+            pending[0], pending[1] = 0, now
+
+    result = convert_guarded(job, report)
+    if _worker_queue is not None and pending[0]:
+        _worker_queue.put(pending[0])
+    return result
+
+
+def run_jobs(
+    jobs: list[PositionJob], workers: int, fail_fast: bool, progress: Progress,
+    meanwhile: Callable[[], None],
+) -> Iterator[tuple[PositionJob, tuple[dict, str | None]]]:
+    """Run jobs in this process (one worker) or a process pool, yielding results as they come.
+
+    ``meanwhile`` runs exactly once: while the pool works, or after the jobs when run inline.
+    """
+    if workers <= 1 or not jobs:
+        for job in jobs:
+            entry, detail = _run_job_inline(job, progress)
+            yield job, (entry, detail)
+            if fail_fast and entry["status"] != "ok":
+                logger.warning("--fail-fast: no further position is started")
+                break
+        meanwhile()
+        return
+
+    q = mp.get_context().Queue()
+    todo = iter(jobs)
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(q,)) as ex:
+        # Submit only as many positions as there are workers, the next when one finishes:
+        # the pool would otherwise pre-queue work that --fail-fast could no longer cancel.
+        futures: dict[Future, PositionJob] = {}
+        for job in todo:
+            futures[ex.submit(_run_job, job)] = job
+            if len(futures) >= workers:
+                break
+        meanwhile()
+        pending = set(futures)
+        stop = False
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(q, progress)
+            for fut in done:
+                entry, detail = fut.result()
+                yield futures[fut], (entry, detail)
+                if fail_fast and entry["status"] != "ok" and not stop:
+                    stop = True
+                    logger.warning("--fail-fast: no further position is started")
+                if not stop:
+                    nxt = next(todo, None)
+                    if nxt is not None:
+                        new = ex.submit(_run_job, nxt)
+                        futures[new] = nxt
+                        pending.add(new)
+        _drain(q, progress)
+
+
+def _run_job_inline(job: PositionJob, progress: Progress) -> tuple[dict, str | None]:
+    """One-worker path: same error handling as the pool, progress updated directly."""
+
+    class _Direct:
+        def put(self, n: int) -> None:
+            progress.update(n)
+
+    _init_worker(_Direct())
+    try:
+        return _run_job(job)
+    finally:
+        _init_worker(None)
+
+
+def _drain(q: Any, progress: Progress) -> None:
+    while True:
+        try:
+            progress.update(q.get_nowait())
+        except queue_mod.Empty:
+            return

@@ -1,0 +1,134 @@
+"""Reading plane files: decode and hash each file once, probe a position's size and dtype, and
+decode ahead of the writer in a few threads."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import tifffile
+
+from posdir2ometiff.errors import PlaneError
+from posdir2ometiff.layout import PlaneKey, PositionLayout
+
+
+def read_plane(path: Path) -> tuple[np.ndarray, int, str, int]:
+    """Decode one plane file; return (pixels, size in bytes, SHA-1, mtime_ns).
+
+    The file is read once: the same bytes are hashed (for the manifest) and decoded (PNG with
+    imagecodecs, several times faster than Pillow on 16-bit images; TIFF with tifffile).
+    """
+    try:
+        stat = path.stat()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PlaneError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    sha1 = hashlib.sha1(data).hexdigest()
+    ext = path.suffix.lower()
+    try:
+        if ext == ".png":
+            arr = imagecodecs.png_decode(data)
+        else:
+            with tifffile.TiffFile(io.BytesIO(data)) as tf:
+                if len(tf.pages) != 1:
+                    raise PlaneError(f"{path}: has {len(tf.pages)} pages; one 2D plane expected")
+                arr = tf.pages[0].asarray()
+    except PlaneError:
+        raise
+    except Exception as exc:  # decoders raise many types; all mean "not a readable image"
+        kind = "PNG" if ext == ".png" else "TIFF"
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PlaneError(f"{path}: truncated or unreadable {kind} ({msg})") from None
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
+        raise PlaneError(f"{path}: image of shape {arr.shape}; expected a 2D grey or RGB(A) plane")
+    return arr, len(data), sha1, stat.st_mtime_ns
+
+
+@dataclass
+class Probe:
+    shape: tuple[int, int]
+    dtype: np.dtype
+    samples: list[int]
+    #: The planes decoded while probing, handed to the writer so no file is decoded twice.
+    cache: dict[PlaneKey, tuple[np.ndarray, int, str, int]]
+
+
+def probe(layout: PositionLayout) -> Probe:
+    """Size, dtype and samples per channel, from the first file of each channel."""
+    shape: tuple[int, int] | None = None
+    dtype: np.dtype | None = None
+    samples: list[int] = []
+    cache: dict[PlaneKey, tuple[np.ndarray, int, str, int]] = {}
+    first: dict[int, PlaneKey] = {}
+    for key in layout.plane_keys():
+        if key in layout.files and key.c not in first:
+            first[key.c] = key
+    for c in range(layout.size_c):
+        key = first.get(c)
+        if key is None:
+            # A channel other positions have but this one lacks entirely (layout.unify_channels):
+            # all its planes are missing, written as grey zeros.
+            samples.append(1)
+            continue
+        path = layout.files[key]
+        cache[key] = read_plane(path)
+        arr = cache[key][0]
+        samples.append(1 if arr.ndim == 2 else arr.shape[2])
+        if shape is None:
+            shape, dtype = arr.shape[:2], arr.dtype
+        elif arr.shape[:2] != shape or arr.dtype != dtype:
+            raise PlaneError(
+                f"{path}: {arr.dtype} {arr.shape[1]}x{arr.shape[0]}, but other planes of "
+                f"{layout.name} are {dtype} {shape[1]}x{shape[0]}"
+            )
+    assert shape is not None and dtype is not None
+    return Probe(shape=shape, dtype=dtype, samples=samples, cache=cache)
+
+
+#: Planes decoded ahead of the writer per decoding thread (memory: a few planes in flight).
+AHEAD_PER_THREAD = 2
+
+Decoded = tuple[np.ndarray, int, str, int]
+
+
+def read_ahead(
+    keys: Iterable[PlaneKey],
+    fetch: Callable[[PlaneKey], Decoded | None],
+    threads: int = 1,
+) -> Iterator[tuple[PlaneKey, Decoded | None]]:
+    """``(key, fetch(key))`` for every key, in order, ``fetch`` running ahead in ``threads`` threads.
+
+    Decoding (imagecodecs) releases the GIL, so a few threads decode while the caller compresses
+    and writes. At most ``AHEAD_PER_THREAD × threads`` planes are in flight, never a whole
+    position. With one thread nothing is decoded ahead. Closing the iterator (the writer failed)
+    cancels what has not started.
+    """
+    if threads <= 1:
+        for key in keys:
+            yield key, fetch(key)
+        return
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+    window: deque[tuple[PlaneKey, Future[Decoded | None]]] = deque()
+    todo = iter(keys)
+    try:
+        for key in todo:
+            window.append((key, pool.submit(fetch, key)))
+            if len(window) >= AHEAD_PER_THREAD * threads:
+                break
+        while window:
+            key, fut = window.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                window.append((nxt, pool.submit(fetch, nxt)))
+            yield key, fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

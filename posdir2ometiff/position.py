@@ -1,0 +1,197 @@
+"""One position: probe its planes, build its OME-XML, stream its planes into one OME-TIFF."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import uuid as uuid_mod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from posdir2ometiff.errors import ConversionError, PlaneError
+from posdir2ometiff.layout import PlaneKey, PositionLayout
+from posdir2ometiff.metadata.model import ExperimentMetadata
+from posdir2ometiff.ome import ImageSpec, build_ome, channel_specs, ome_xml
+from posdir2ometiff.planes import Decoded, read_ahead, read_plane
+from posdir2ometiff.planes import probe as probe_position
+from posdir2ometiff.writer import write_ometiff_file
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_SUFFIX = ".ome.tiff"
+
+
+@dataclass
+class PositionJob:
+    """Everything a worker process needs to convert one position (picklable, no tables)."""
+
+    layout: PositionLayout
+    meta: ExperimentMetadata | None
+    src: Path
+    out: Path
+    tile: int
+    compression: str
+    pyramid: str
+    #: Threads inside the position: planes decoded ahead and tiles compressed in parallel.
+    threads: int = 1
+
+
+def relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None = None) -> dict:
+    """Convert one position; return its manifest entry. Raises ConversionError/WriterError."""
+    layout = job.layout
+    if layout.error:
+        raise ConversionError(layout.error)
+    probe = probe_position(layout)
+    specs = channel_specs(layout.channels, probe.samples)
+    missing = layout.missing()
+    missing_labels = [layout.describe(k) for k in missing]
+    spec = ImageSpec(
+        name=layout.name,
+        size_x=probe.shape[1],
+        size_y=probe.shape[0],
+        size_z=layout.size_z,
+        size_t=layout.size_t,
+        channels=specs,
+        dtype=probe.dtype,
+        missing=missing_labels,
+    )
+    output = job.out / f"{layout.name}{OUTPUT_SUFFIX}"
+    file_uuid = f"urn:uuid:{uuid_mod.uuid4()}"
+    xml = ome_xml(build_ome(spec, job.meta, file_name=output.name, uuid=file_uuid))
+
+    sources: list[dict] = []
+    # Output channel of each source channel's first sample (RGB sources span several channels).
+    first_out = [sum(probe.samples[:c]) for c in range(layout.size_c)]
+
+    def fetch(key: PlaneKey) -> Decoded | None:
+        # Runs in the decoding threads: the probe's planes are not decoded twice.
+        path = layout.files.get(key)
+        if path is None:
+            return None
+        cached = probe.cache.pop(key, None)
+        return cached if cached is not None else read_plane(path)
+
+    # Planes are read in file order (TCZ, the order load() asks for them), decoded ahead.
+    decoded = read_ahead(
+        (PlaneKey(t, c, z) for t in range(layout.size_t) for c in range(layout.size_c)
+         for z in range(layout.size_z)),
+        fetch, job.threads,
+    )
+
+    def load(key: PlaneKey) -> np.ndarray:
+        path = layout.files.get(key)
+        samples = probe.samples[key.c]
+        got_key, item = next(decoded)
+        assert got_key == key, (got_key, key)
+        if item is None or path is None:
+            shape = probe.shape if samples == 1 else (*probe.shape, samples)
+            return np.zeros(shape, probe.dtype)
+        arr, size, sha1, mtime = item
+        got = 1 if arr.ndim == 2 else arr.shape[2]
+        if arr.shape[:2] != probe.shape or arr.dtype != probe.dtype or got != samples:
+            raise PlaneError(
+                f"{path}: {arr.dtype} {arr.shape[1]}x{arr.shape[0]} with {got} sample(s), "
+                f"expected {probe.dtype} {probe.shape[1]}x{probe.shape[0]} with {samples}"
+            )
+        sources.append({
+            "path": relative(path, job.src), "size": size, "sha1": sha1, "mtime_ns": mtime,
+            "t": key.t, "c": first_out[key.c], "z": key.z,
+        })
+        return arr
+
+    def planes() -> Iterator[np.ndarray]:
+        # IFD order is XYZCT; an RGB source channel c becomes S output channels, so its z-stack
+        # is read once and split (memory: one z-stack of one channel, never grows with T).
+        for t in range(layout.size_t):
+            for c in range(layout.size_c):
+                if probe.samples[c] == 1:
+                    for z in range(layout.size_z):
+                        yield load(PlaneKey(t, c, z))
+                else:
+                    stack = [load(PlaneKey(t, c, z)) for z in range(layout.size_z)]
+                    for s in range(probe.samples[c]):
+                        for plane in stack:
+                            yield np.ascontiguousarray(plane[..., s])
+
+    count = layout.size_t * len(specs) * layout.size_z
+    last = [0]
+
+    def progress(n: int) -> None:
+        # Progress counts source planes (what the caller's total is made of); an RGB source
+        # plane yields several output planes, so scale.
+        if on_planes is not None:
+            done = n * layout.plane_count // count
+            if done > last[0]:
+                on_planes(done - last[0])
+                last[0] = done
+
+    try:
+        written = write_ometiff_file(
+            output,
+            planes(),
+            count=count,
+            shape=probe.shape,
+            dtype=probe.dtype,
+            ome_xml=xml,
+            tile=job.tile,
+            compression=job.compression,
+            pyramid=job.pyramid,
+            on_plane=progress,
+            threads=job.threads,
+        )
+    finally:
+        decoded.close()  # a failed write: stop the decoding threads
+    stat = output.stat()
+    return {
+        "status": "ok",
+        "error": None,
+        "output": output.name,
+        "sha1": written.sha1,  # hashed while written, not read back
+        "size": written.size,
+        "mtime_ns": stat.st_mtime_ns,
+        "uuid": file_uuid,
+        "dimensions": {
+            "X": probe.shape[1], "Y": probe.shape[0], "Z": layout.size_z,
+            "C": len(specs), "T": layout.size_t,
+        },
+        "dtype": probe.dtype.name,
+        "channels": [s.name for s in specs],
+        "pyramid_levels": written.levels,
+        "compression": job.compression,
+        "tile": job.tile,
+        "sources": sources,
+        "missing_planes": [
+            {"t": k.t, "c": first_out[k.c], "z": k.z, "label": label, "path": None}
+            for k, label in zip(missing, missing_labels, strict=True)
+        ],
+        # Files of the folder that match no plane pattern (warned about; not converted).
+        "unmatched_files": [relative(p, job.src) for p in layout.unmatched],
+    }
+
+
+def failed_entry(error: str) -> dict:
+    """The manifest entry of a position that could not be converted."""
+    return {"status": "failed", "error": error, "output": None, "sha1": None, "size": None,
+            "sources": [], "missing_planes": []}
+
+
+def remove_stale_partials(out: Path, names: list[str]) -> None:
+    """Delete the temporary files an interrupted attempt left (a worker killed mid-position).
+
+    Each attempt writes under its own ``<name>.ome.tiff.<random>.partial``; a process that is
+    killed cannot remove its own, so the run removes them once its positions are done.
+    """
+    for name in names:
+        for stale in out.glob(f"{glob.escape(name)}{OUTPUT_SUFFIX}.*.partial"):
+            logger.info("%s: removing %s left by an interrupted attempt", name, stale.name)
+            stale.unlink(missing_ok=True)

@@ -1,0 +1,60 @@
+"""Re-runs: is a position's previous output still up to date with its sources and metadata?"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from posdir2ometiff.layout import PositionLayout
+from posdir2ometiff.manifest import sha1_file
+from posdir2ometiff.metadata.model import ExperimentMetadata
+from posdir2ometiff.position import relative
+
+
+def metadata_fingerprint(meta: ExperimentMetadata | None) -> str:
+    """SHA-1 of the metadata model (tables excluded): a change re-converts every position."""
+    if meta is None:
+        return hashlib.sha1(b"none").hexdigest()
+    data = dataclasses.asdict(dataclasses.replace(meta, tables={}))
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def _same_source(prev: dict, path: Path) -> bool:
+    """Size must match; then mtime (fast path) or else the SHA-1 (content really unchanged)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    if stat.st_size != prev.get("size"):
+        return False
+    if stat.st_mtime_ns == prev.get("mtime_ns"):
+        return True
+    return sha1_file(path) == prev.get("sha1")
+
+
+def is_up_to_date(entry: dict | None, layout: PositionLayout, out: Path, src: Path) -> bool:
+    """True when ``entry`` (previous manifest) matches the output on disk and the current sources."""
+    if not entry or entry.get("status") != "ok" or not entry.get("output"):
+        return False
+    output = out / entry["output"]
+    try:
+        stat = output.stat()
+    except OSError:
+        return False
+    if stat.st_size != entry.get("size"):
+        return False
+    if stat.st_mtime_ns != entry.get("mtime_ns") and sha1_file(output) != entry.get("sha1"):
+        return False
+    prev_sources = {s["path"]: s for s in entry.get("sources", [])}
+    current = {relative(p, src): p for p in layout.files.values()}
+    if set(prev_sources) != set(current):
+        return False
+    # Same files but another hypercube (a channel that another position now brings in is
+    # missing here): the missing planes differ.
+    missing = [layout.describe(k) for k in layout.missing()]
+    if [m.get("label") for m in entry.get("missing_planes", [])] != missing:
+        return False
+    return all(_same_source(prev_sources[rel], p) for rel, p in current.items())

@@ -1,0 +1,220 @@
+"""Threads inside one position: planes decoded ahead (bounded, in order), tiles compressed by
+several workers, the default thread count, and the output hashed while it is written."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from posdir2ometiff import convert as convert_mod
+from posdir2ometiff import hashfile, planes, position
+from posdir2ometiff.convert import convert
+from posdir2ometiff.demo import make_demo
+from posdir2ometiff.layout import PlaneKey
+from posdir2ometiff.writer import write_ometiff_file
+from tests.test_convert import assert_matches_sources
+
+
+def test_read_ahead_keeps_order_and_bounds_planes_in_flight() -> None:
+    keys = [PlaneKey(t, 0, 0) for t in range(60)]
+    lock = threading.Lock()
+    state = {"fetched": 0, "max_ahead": 0, "consumed": 0}
+    names: set[str] = set()
+
+    def fetch(key: PlaneKey):
+        time.sleep(0.001 * (key.t % 3))  # finish out of order
+        with lock:
+            state["fetched"] += 1
+            state["max_ahead"] = max(state["max_ahead"], state["fetched"] - state["consumed"])
+            names.add(threading.current_thread().name)
+        return (np.full((2, 2), key.t), 0, "", 0)
+
+    got = []
+    for key, item in planes.read_ahead(keys, fetch, threads=3):
+        got.append((key, int(item[0][0, 0])))
+        with lock:
+            state["consumed"] += 1
+        time.sleep(0.002)  # a slow writer: decoding must not run away from it
+    assert got == [(k, k.t) for k in keys]
+    assert state["max_ahead"] <= planes.AHEAD_PER_THREAD * 3 + 1
+    assert all(n.startswith("decode") for n in names) and len(names) > 1
+
+
+def test_read_ahead_with_one_thread_decodes_inline() -> None:
+    seen = []
+
+    def fetch(key: PlaneKey):
+        seen.append(threading.current_thread())
+        return None
+
+    assert [k for k, _ in planes.read_ahead([PlaneKey(0, 0, z) for z in range(3)], fetch)] == [
+        PlaneKey(0, 0, z) for z in range(3)]
+    assert seen == [threading.main_thread()] * 3
+
+
+def test_read_ahead_stops_when_closed() -> None:
+    calls = []
+
+    def fetch(key: PlaneKey):
+        calls.append(key)
+        time.sleep(0.01)
+        return None
+
+    it = planes.read_ahead([PlaneKey(t, 0, 0) for t in range(1000)], fetch, threads=2)
+    next(it)
+    it.close()
+    assert len(calls) <= 2 * planes.AHEAD_PER_THREAD + 2
+
+
+def test_threads_decode_ahead_and_compress_tiles_in_parallel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_demo(tmp_path / "exp", positions=1, channels=["DIC", "GFP"], z=2, t=3, size=96,
+                     seed=3)
+    readers: set[str] = set()
+    real_read = position.read_plane
+
+    def recording_read(path: Path):
+        readers.add(threading.current_thread().name)
+        return real_read(path)
+
+    workers_seen: set[int] = set()
+    real_write = tifffile.TiffWriter.write
+
+    def recording_write(self, data, *args, **kwargs):
+        workers_seen.add(kwargs.get("maxworkers"))
+        return real_write(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(position, "read_plane", recording_read)
+    monkeypatch.setattr(tifffile.TiffWriter, "write", recording_write)
+    out2 = tmp_path / "t2"
+    assert convert(spec.folder, out2, threads=2, tile=32, progress="off").ok
+    assert readers and all(n.startswith("decode") for n in readers)
+    assert workers_seen == {2}
+    assert_matches_sources(out2, spec.folder, "pos001")
+
+    readers.clear()
+    workers_seen.clear()
+    out1 = tmp_path / "t1"
+    assert convert(spec.folder, out1, threads=1, tile=32, progress="off").ok
+    assert readers == {"MainThread"} and workers_seen == {1}
+    with tifffile.TiffFile(out1 / "pos001.ome.tiff") as a, tifffile.TiffFile(
+            out2 / "pos001.ome.tiff") as b:
+        np.testing.assert_array_equal(a.series[0].asarray(), b.series[0].asarray())
+
+
+def test_default_threads_share_the_cores_between_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_demo(tmp_path / "exp", positions=2, channels=["GFP"], z=1, t=1, size=32,
+                     metadata=False)
+    seen: list[tuple[int, list[int]]] = []
+    real = convert_mod._run_jobs
+
+    def recording(jobs, workers, *args):
+        seen.append((workers, [j.threads for j in jobs]))
+        return real(jobs, 1, *args)
+
+    monkeypatch.setattr(convert_mod, "_run_jobs", recording)
+    monkeypatch.setattr("posdir2ometiff.executors.os.cpu_count", lambda: 8)
+    monkeypatch.setattr(convert_mod.os, "cpu_count", lambda: 8)
+    assert convert(spec.folder, tmp_path / "a", progress="off").ok  # 2 workers → 4 threads each
+    assert convert(spec.folder, tmp_path / "b", workers=1, progress="off").ok  # 1 → 8
+    assert convert(spec.folder, tmp_path / "c", threads=3, progress="off").ok  # as asked
+    assert seen == [(2, [4, 4]), (1, [8, 8]), (2, [3, 3])]
+    with pytest.raises(convert_mod.ConversionError, match="--threads"):
+        convert(spec.folder, tmp_path / "d", threads=0)
+
+
+def test_output_is_hashed_while_written_never_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_demo(tmp_path / "exp", positions=1, channels=["GFP"], z=2, t=4, size=200, seed=2)
+    out = tmp_path / "out"
+    real_open = builtins.open
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if "r" in mode and "+" not in mode and str(file).startswith(str(out)) and (
+                ".ome.tiff" in str(file)):
+            raise AssertionError(f"output read back: {file}")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    assert convert(spec.folder, out, threads=2, tile=64, progress="off").ok
+    monkeypatch.setattr(builtins, "open", real_open)
+    entry = json.loads((out / "manifest.json").read_text())["positions"]["pos001"]
+    data = (out / "pos001.ome.tiff").read_bytes()
+    assert entry["sha1"] == hashlib.sha1(data).hexdigest() and entry["size"] == len(data)
+    assert entry["pyramid_levels"] == 3  # SubIFDs: the writer seeks back more than once
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_hashing_file_matches_the_bytes_on_disk_without_falling_back(
+    tmp_path: Path, compression: str
+) -> None:
+    rng = np.random.default_rng(5)
+    shape = (300, 500)
+    planes_ = [rng.integers(0, 4000, shape).astype(np.uint16) for _ in range(6)]
+    path = tmp_path / "x.ome.tiff"
+    stale: list[bool] = []
+    real_close = hashfile.HashingFile.close
+
+    def spy_close(self):
+        stale.append(self.stale)
+        real_close(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hashfile.HashingFile, "close", spy_close)
+        written = write_ometiff_file(path, iter(planes_), count=6, shape=shape,
+                                     dtype=np.dtype("uint16"), ome_xml="<OME/>", tile=128,
+                                     compression=compression, threads=2)
+    assert stale and not any(stale)  # hashed from the writes, no read-back fallback
+    assert written.sha1 == hashlib.sha1(path.read_bytes()).hexdigest()
+    assert written.size == path.stat().st_size
+    with tifffile.TiffFile(path) as tf:
+        np.testing.assert_array_equal(tf.pages[4].asarray(), planes_[4])
+
+
+def test_hashing_file_falls_back_when_hashed_bytes_change(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    with hashfile.HashingFile(path) as fh:
+        fh.write(b"a" * 100)
+        fh.checkpoint()
+        fh.write(b"b" * 100)
+        fh.checkpoint()  # the first 100 bytes are hashed now
+        fh.seek(10)
+        fh.write(b"XYZ")
+        fh.seek(0, 2)
+        fh.write(b"c")
+    assert fh.stale
+    assert fh.sha1() == hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def test_cli_threads_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from posdir2ometiff.cli import main
+
+    spec = make_demo(tmp_path / "exp", positions=1, channels=["GFP"], z=2, t=2, size=32,
+                     metadata=False)
+    readers: set[str] = set()
+    real_read = position.read_plane
+
+    def recording_read(path: Path):
+        readers.add(threading.current_thread().name)
+        return real_read(path)
+
+    monkeypatch.setattr(position, "read_plane", recording_read)
+    assert main([str(spec.folder), "-o", str(tmp_path / "o"), "--threads", "2", "-q"]) == 0
+    assert readers and all(n.startswith("decode") for n in readers)
+    assert main([str(spec.folder), "-o", str(tmp_path / "p"), "--threads", "0", "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["posdir2ometiff: error: --threads must be at least 1, not 0"]
