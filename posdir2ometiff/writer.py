@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
