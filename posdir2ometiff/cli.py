@@ -137,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from posdir2ometiff.convert import ConversionError, convert
+    from posdir2ometiff.lock import LockedError
     from posdir2ometiff.metadata.plugins import MetadataError
 
     try:
@@ -154,6 +155,9 @@ def _convert(args: argparse.Namespace) -> int:
             logger.exception("conversion failed")
         print(f"posdir2ometiff: error: {exc}", file=sys.stderr)
         return 1
+    except LockedError as exc:  # another run on OUT: try again later (lock.py)
+        print(f"posdir2ometiff: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("posdir2ometiff: interrupted; re-run to finish (done positions are kept)",
               file=sys.stderr)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from posdir2ometiff import __version__
+from posdir2ometiff.atomic import remove_stale_temporaries
 from posdir2ometiff.dask_executor import check_shared_filesystem, run_jobs_dask
 from posdir2ometiff.errors import ConversionError, PlaneError
 from posdir2ometiff.executors import default_threads
@@ -32,8 +33,10 @@ from posdir2ometiff.layout import (
     DEFAULT_PATTERN,
     DEFAULT_POSITIONS,
     LayoutError,
+    check_output_folder,
     discover,
 )
+from posdir2ometiff.lock import FolderLock
 from posdir2ometiff.manifest import (
     MANIFEST_VERSION,
     load_manifest,
@@ -221,7 +224,6 @@ def convert(
     one position are reported in the result (status ``failed``) and in the manifest.
     """
     from posdir2ometiff.metadata.plugins import load_metadata
-    from posdir2ometiff.metadata.tables import write_tables
 
     started = time.monotonic()
     try:
@@ -242,11 +244,24 @@ def convert(
             "(no exposures, stage positions or times in the OME-XML)",
             src,
         )
+    check_output_folder(src, out, opts.positions, opts.pattern)
     layouts = discover(src, opts.positions, opts.pattern,
                        [c.name for c in meta.channels] if meta else ())
     # OUT inside SRC with a name like "pos_out" would otherwise be taken for a position.
     layouts = [lay for lay in layouts if lay.folder.resolve() != out]
     out.mkdir(parents=True, exist_ok=True)
+    # One run per OUT (lock.py): a second converter or a push on it refuses, naming this one.
+    with FolderLock(out, "posdir2ometiff convert"):
+        remove_stale_temporaries(out)  # what a killed run left; no live writer can own them
+        return _convert_locked(src, out, opts, meta, layouts, started, client)
+
+
+def _convert_locked(
+    src: Path, out: Path, opts: ConversionOptions, meta: ExperimentMetadata | None,
+    layouts: list, started: float, client: Any,
+) -> ConversionResult:
+    """The run proper, while this process holds OUT's lock."""
+    from posdir2ometiff.metadata.tables import write_tables
 
     previous = None if opts.overwrite else load_manifest(out)
     fingerprint = metadata_fingerprint(meta)

@@ -290,16 +290,20 @@ def discover(
     return unify_channels(layouts, channel_order)
 
 
-def check_output_folder(src: Path, out: Path, positions: str = DEFAULT_POSITIONS) -> None:
-    """Refuse an output folder that is a position folder or inside one.
+def check_output_folder(
+    src: Path, out: Path, positions: str = DEFAULT_POSITIONS, pattern: str = DEFAULT_PATTERN
+) -> None:
+    """Refuse an output folder inside a position folder, or one that is a position with planes.
 
-    The OME-TIFFs would land among the planes (and the position would be taken out of the run
-    or, on the next run, its folder would hold files no pattern expects).
+    The OME-TIFFs would land among the planes, and the position would be taken out of the run.
+    (OUT may match the positions glob, e.g. ``SRC/pos_converted``, as long as it holds no plane.)
     """
     src, out = Path(src).resolve(), Path(out).resolve()
+    rx = compile_pattern(pattern)
     for folder in find_position_folders(src, positions):
         folder = folder.resolve()
-        if out == folder or out.is_relative_to(folder):
+        has_planes = out == folder and any(rx.match(p.name) for p in folder.iterdir())
+        if has_planes or (out != folder and out.is_relative_to(folder)):
             raise LayoutError(
                 f"{out}: the output folder is inside position folder {folder}; "
                 "choose a folder outside the positions (e.g. next to SRC)"

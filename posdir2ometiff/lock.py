@@ -11,6 +11,8 @@ kernel releases it when the holder dies, however it dies (SIGKILL included), so 
 stale in fact. The file's *content* (pid, host, time) can outlive its holder; a run that finds such
 a file with no lock on it says so ("stale lock of pid N") and takes it over. Worker processes
 forked while the lock is held share it, so the lock stays taken while any of them still writes.
+A clean release removes the file (so a finished OUT holds only outputs); a file found with content
+and no lock on it was therefore left by a killed run.
 """
 
 from __future__ import annotations
@@ -55,12 +57,11 @@ class FolderLock:
 
     def acquire(self) -> FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         deadline = time.monotonic() + max(self.wait_s, 0.0)
         while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     os.close(fd)
@@ -72,7 +73,14 @@ class FolderLock:
                         f"{self.folder}: in use by {holder}; wait for it to finish "
                         f"(the lock is {self.path})"
                     ) from None
+                os.close(fd)
                 time.sleep(0.2)
+                continue
+            if _same_file(fd, self.path):
+                break
+            # The holder released and removed the file between our open and our flock: the lock
+            # we hold is on a file nobody else will open. Start again on the current one.
+            os.close(fd)
         previous = _read_holder(fd)
         if previous.get("pid") and not _alive(previous):
             logger.info("%s: stale lock of %s taken over", self.path, _describe(previous))
@@ -88,12 +96,14 @@ class FolderLock:
         return self
 
     def release(self) -> None:
-        """Unlock; the file stays (deleting it would race with a run opening it right now)."""
+        """Remove the file, then unlock. Removing while still locked is safe because a waiting
+        run checks, once it holds the lock, that its file is still the one at the path."""
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
         with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
+            if _same_file(fd, self.path):
+                self.path.unlink()
         os.close(fd)  # closing the last descriptor releases the flock
 
     def __enter__(self) -> FolderLock:
@@ -106,6 +116,14 @@ class FolderLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _read_holder(fd: int) -> dict:

@@ -50,6 +50,7 @@ def test_second_run_is_refused_naming_the_holder(tmp_path: Path) -> None:
     with FolderLock(tmp_path, "third"):  # released when the holder ends
         holder = json.loads((tmp_path / LOCK_NAME).read_text())
         assert holder["pid"] == os.getpid() and holder["purpose"] == "third"
+    assert not (tmp_path / LOCK_NAME).exists()  # a clean release leaves no file behind
 
 
 def test_lock_of_a_killed_holder_is_stale_and_taken_over(tmp_path: Path, caplog) -> None:

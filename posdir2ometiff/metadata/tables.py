@@ -9,14 +9,16 @@ name and renamed when complete, so a crash never leaves a half-written file unde
 
 from __future__ import annotations
 
+import errno
 import logging
-import os
 import re
 import warnings
 from pathlib import Path
 
 import pandas as pd
+import tables
 
+from posdir2ometiff.atomic import AtomicWriteError, atomic_path
 from posdir2ometiff.metadata.model import ExperimentMetadata
 
 log = logging.getLogger(__name__)
@@ -78,22 +80,30 @@ def write_tables(meta: ExperimentMetadata, path: Path) -> list[str]:
     if not frames:
         return []
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with warnings.catch_warnings():
-            # Column names such as "Z sect." are kept as the lab wrote them; PyTables only warns
-            # that they cannot be used as Python attributes, which we never do.
-            warnings.filterwarnings("ignore", category=Warning, module="tables")
+    # Unique temporary, fsync, rename (atomic.py). HDF5 reports a full disk as HDF5ExtError (often
+    # only when the store is closed and flushed), not OSError: that becomes one line naming the file.
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # Column names such as "Z sect." are kept as the lab wrote them; PyTables only warns
+        # that they cannot be used as Python attributes, which we never do.
+        warnings.filterwarnings("ignore", category=Warning, module="tables")
+        try:
             with pd.HDFStore(tmp, mode="w", complevel=5, complib="zlib") as store:
                 for node, df in frames.items():
                     store.put(
                         node, _for_hdf(df), format="table", encoding="utf-8", track_times=False
                     )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        except tables.HDF5ExtError as exc:
+            raise AtomicWriteError(errno.EIO, f"{path}: cannot be written ({_hdf5_reason(exc)})"
+                                   ) from None
     return list(frames)
+
+
+def _hdf5_reason(exc: BaseException) -> str:
+    """The first line of an HDF5 error (its back trace follows), or the full disk it was."""
+    text = str(exc)
+    if "No space left" in text or "ENOSPC" in text:
+        return "No space left on device"
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def read_tables(path: Path) -> dict[str, pd.DataFrame]:
