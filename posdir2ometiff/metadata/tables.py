@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import warnings
 from pathlib import Path
@@ -80,22 +81,38 @@ def write_tables(meta: ExperimentMetadata, path: Path) -> list[str]:
     if not frames:
         return []
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Unique temporary, fsync, rename (atomic.py). HDF5 reports a full disk as HDF5ExtError (often
-    # only when the store is closed and flushed), not OSError: that becomes one line naming the file.
+    # Unique temporary, fsync, rename (atomic.py). HDF5 reports a full disk as HDF5ExtError, or
+    # not at all (see _check_written), never as OSError: either becomes one line naming the file.
     with atomic_path(path) as tmp, warnings.catch_warnings():
         # Column names such as "Z sect." are kept as the lab wrote them; PyTables only warns
         # that they cannot be used as Python attributes, which we never do.
         warnings.filterwarnings("ignore", category=Warning, module="tables")
+        written = {node: _for_hdf(df) for node, df in frames.items()}
         try:
             with pd.HDFStore(tmp, mode="w", complevel=5, complib="zlib") as store:
-                for node, df in frames.items():
-                    store.put(
-                        node, _for_hdf(df), format="table", encoding="utf-8", track_times=False
-                    )
-        except tables.HDF5ExtError as exc:
+                for node, df in written.items():
+                    store.put(node, df, format="table", encoding="utf-8", track_times=False)
+            _check_written(tmp, written)
+        except (tables.HDF5ExtError, ValueError, KeyError) as exc:
             raise AtomicWriteError(errno.EIO, f"{path}: cannot be written ({_hdf5_reason(exc)})"
                                    ) from None
     return list(frames)
+
+
+def _check_written(tmp: Path, written: dict[str, pd.DataFrame]) -> None:
+    """Read the closed file back and compare it with what was put.
+
+    Measured on a full tmpfs: HDF5's metadata-cache flush at close can fail without any error
+    reaching Python, leaving a sparse file of the right size whose blocks were never written.
+    Only reading it back shows that; the tables are small (kilobytes), so this is cheap.
+    """
+    if os.stat(tmp).st_size == 0:
+        raise ValueError("the file is empty after writing")
+    with pd.HDFStore(tmp, mode="r") as store:
+        for node, df in written.items():
+            back = store.get(node)
+            if back.shape != df.shape or not back.reset_index(drop=True).equals(df):
+                raise ValueError(f"table {node!r} reads back different from what was written")
 
 
 def _hdf5_reason(exc: BaseException) -> str:
