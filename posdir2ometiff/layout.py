@@ -262,6 +262,7 @@ def discover(
     src = Path(src)
     rx = compile_pattern(pattern)
     folders = find_position_folders(src, positions)
+    _warn_undecodable(src, folders)
     if not folders:
         raise LayoutError(f"{src}: no position folder matches {positions!r}")
     layouts = []
