@@ -33,8 +33,10 @@ from posdir2ometiff.layout import (
     DEFAULT_PATTERN,
     DEFAULT_POSITIONS,
     LayoutError,
+    absent_positions,
     check_output_folder,
     discover,
+    warn_not_captured,
 )
 from posdir2ometiff.lock import FolderLock
 from posdir2ometiff.manifest import (
@@ -44,6 +46,7 @@ from posdir2ometiff.manifest import (
     write_manifest,
 )
 from posdir2ometiff.metadata.model import ExperimentMetadata, TimeSettings, ZSectioning
+from posdir2ometiff.metadata.unknown import report_unknowns
 from posdir2ometiff.ome import describe_experiment
 from posdir2ometiff.planes import read_plane
 from posdir2ometiff.position import (
@@ -245,20 +248,30 @@ def convert(
             src,
         )
     check_output_folder(src, out, opts.positions, opts.pattern)
+    report_unknowns(meta, src)
     layouts = discover(src, opts.positions, opts.pattern,
-                       [c.name for c in meta.channels] if meta else ())
+                       [c.name for c in meta.channels] if meta else (),
+                       meta.log_timepoints if meta else (),
+                       meta.z.count if meta and meta.z else None)
+    absent = absent_positions(src, [p.name for p in meta.positions] if meta else (),
+                              opts.positions)
+    if absent:
+        more = f" and {len(absent) - 10} more" if len(absent) > 10 else ""
+        logger.warning("%s: %d position(s) of the metadata's points table have no folder "
+                       "(listed in the manifest as absent_positions): %s%s",
+                       src, len(absent), ", ".join(absent[:10]), more)
     # OUT inside SRC with a name like "pos_out" would otherwise be taken for a position.
     layouts = [lay for lay in layouts if lay.folder.resolve() != out]
     out.mkdir(parents=True, exist_ok=True)
     # One run per OUT (lock.py): a second converter or a push on it refuses, naming this one.
     with FolderLock(out, "posdir2ometiff convert"):
         remove_stale_temporaries(out)  # what a killed run left; no live writer can own them
-        return _convert_locked(src, out, opts, meta, layouts, started, client)
+        return _convert_locked(src, out, opts, meta, layouts, started, client, absent)
 
 
 def _convert_locked(
     src: Path, out: Path, opts: ConversionOptions, meta: ExperimentMetadata | None,
-    layouts: list, started: float, client: Any,
+    layouts: list, started: float, client: Any, absent: list[str],
 ) -> ConversionResult:
     """The run proper, while this process holds OUT's lock."""
     from posdir2ometiff.metadata.tables import write_tables
@@ -329,6 +342,7 @@ def _convert_locked(
                     name, "ok", out / entry["output"], planes=job.layout.plane_count,
                     missing_planes=len(entry["missing_planes"]),
                 )
+                warn_not_captured(name, entry.get("not_captured_planes", []))
                 missing = [m["label"] for m in entry["missing_planes"]]
                 if missing:  # one line per position: a skipped channel can miss thousands
                     more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -371,6 +385,7 @@ def _convert_locked(
             "fingerprint": fingerprint,
         },
         "tables": tables_entry,
+        "absent_positions": absent,
         "positions": dict(sorted(positions.items())),
     }
     manifest_path = write_manifest(out, manifest)

@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from posdir2ometiff.metadata.model import PlaneTime
+
 logger = logging.getLogger(__name__)
 
 #: ``{prefix}_{t}_{c}_{z}.png|tif|tiff``: t and z numeric, c anything without an underscore.
@@ -251,8 +253,13 @@ def discover(
     positions: str = DEFAULT_POSITIONS,
     pattern: str = DEFAULT_PATTERN,
     channel_order: Sequence[str] = (),
+    log_timepoints: Sequence[int] = (),
+    z_count: int | None = None,
 ) -> list[PositionLayout]:
     """Scan every position folder of an experiment (see :func:`scan_position`).
+
+    t and z are then numbered from the experiment (:func:`unify_numbering`), with the log's
+    time-point numbers ``log_timepoints`` and the Acq file's section count ``z_count`` if known.
 
     Raises :class:`LayoutError` when no position folder matches, because converting nothing
     successfully would hide a wrong ``--positions`` glob. Position folders without any matching
@@ -288,6 +295,7 @@ def discover(
             + (f" (e.g. {printable(example)!r} does not match {pattern!r})" if example else
                " (they hold no files)")
         )
+    unify_numbering(layouts, log_timepoints, z_count)
     return unify_channels(layouts, channel_order)
 
 
@@ -309,6 +317,50 @@ def check_output_folder(
                 f"{out}: the output folder is inside position folder {folder}; "
                 "choose a folder outside the positions (e.g. next to SRC)"
             )
+
+
+def unify_numbering(
+    layouts: list[PositionLayout],
+    log_timepoints: Sequence[int] = (),
+    z_count: int | None = None,
+) -> list[PositionLayout]:
+    """Number t and z from the experiment, not from each folder (changes ``layouts`` in place).
+
+    Ranking each folder's own timepoints would shift every plane of a position that missed the
+    experiment's first timepoint (a stage time-out, a focus failure) to an earlier time. So a
+    plane's TheT is its file's timepoint number minus the experiment's first (the smallest
+    number in any position's files or in the log's "Time point_N" blocks), and every position
+    gets the experiment's SizeT (up to the last number seen) and SizeZ (the z numbers seen, at
+    least ``z_count`` sections from the first); planes no file provides are missing planes.
+    A file whose timepoint has no block in the log is warned about (once per position).
+    """
+    usable = [lay for lay in layouts if lay.error is None and lay.files]
+    if not usable:
+        return layouts
+    raw_t = {v for lay in usable for v in lay.t_values}
+    raw_z = {v for lay in usable for v in lay.z_values}
+    first_t = min(raw_t | set(log_timepoints))
+    last_t = max(raw_t | set(log_timepoints))
+    first_z, last_z = min(raw_z), max(raw_z)
+    if z_count:
+        last_z = max(last_z, first_z + z_count - 1)
+    t_values = list(range(first_t, last_t + 1))
+    z_values = list(range(first_z, last_z + 1))
+    logged = set(log_timepoints)
+    for lay in usable:
+        if logged and (unlogged := sorted(set(lay.t_values) - logged)):
+            logger.warning(
+                "%s: timepoint(s) %s of the file names have no 'Time point' block in the log; "
+                "their planes have no acquisition time from it",
+                lay.folder, ", ".join(map(str, unlogged[:10])),
+            )
+        old_t, old_z = lay.t_values, lay.z_values
+        lay.files = {
+            PlaneKey(old_t[k.t] - first_t, k.c, old_z[k.z] - first_z): p
+            for k, p in lay.files.items()
+        }
+        lay.t_values, lay.z_values = list(t_values), list(z_values)
+    return layouts
 
 
 def unify_channels(
@@ -354,3 +406,57 @@ def unify_channels(
         }
         lay.channels = list(union)
     return layouts
+
+
+def split_missing(
+    layout: PositionLayout, plane_times: Sequence[PlaneTime] = ()
+) -> tuple[list[PlaneKey], list[tuple[PlaneKey, str]]]:
+    """The position's missing planes, split by whether the log says why.
+
+    Returns (missing for no recorded reason, [(not captured, the log's reason)]): a plane is
+    *not captured* when the log's record of that position, timepoint and channel carries the
+    software's "NO IMAGE CAPTURED" warning (``PlaneTime.not_captured``); every z of that channel's
+    stack shares the reason. Only planes with no file are considered: a file on disk is data.
+    """
+    low = layout.name.lower()
+    reasons = {
+        (pt.t, pt.channel.lower()): pt.not_captured
+        for pt in plane_times
+        if pt.not_captured and pt.position.lower() == low
+    }
+    missing: list[PlaneKey] = []
+    not_captured: list[tuple[PlaneKey, str]] = []
+    for key in layout.missing():
+        reason = reasons.get((layout.t_values[key.t] - 1, layout.channels[key.c].lower()))
+        if reason:
+            not_captured.append((key, reason))
+        else:
+            missing.append(key)
+    return missing, not_captured
+
+
+def absent_positions(
+    src: Path, names: Sequence[str], positions: str = DEFAULT_POSITIONS
+) -> list[str]:
+    """Positions of the metadata's points table (``names``) with no folder in ``src``, in order.
+
+    Only names the ``--positions`` glob selects count (a run restricted to some positions does
+    not report the others as absent); matched case-insensitively, like the folders.
+    """
+    pat = re.compile(fnmatch.translate(positions), re.IGNORECASE)
+    have = {p.name.lower() for p in Path(src).iterdir() if p.is_dir()}
+    return [n for n in dict.fromkeys(names) if pat.match(n) and n.lower() not in have]
+
+
+def warn_not_captured(position: str, items: Sequence[dict]) -> None:
+    """One warning line per position for its not-captured planes (manifest items with reasons)."""
+    if not items:
+        return
+    reasons = sorted({str(m.get("reason")) for m in items})
+    labels = [str(m.get("label")) for m in items]
+    more = f" and {len(labels) - 5} more" if len(labels) > 5 else ""
+    logger.warning(
+        "%s: %d plane(s) the log says were not captured (%s), written as zeros and listed as "
+        "not_captured_planes / 'not captured plane' key-value pairs: %s%s",
+        position, len(labels), "; ".join(reasons[:3]), "; ".join(labels[:5]), more,
+    )

@@ -12,10 +12,18 @@ Conventions (documented because readers must know them):
   (IFD = z + Z·(c + C·t)); one TiffData block per plane names its IFD and the file's UUID.
 * DeltaT: acquisition time from the log (``meta.plane_times``) relative to ``acquisition_start``;
   otherwise ``t · interval``. ExposureTime: the position's own exposure for the channel (positions
-  table) or else the channel's. PositionX/Y: the stage position. PositionZ: stage Z plus
-  ``z index · z spacing`` (the stack is taken upwards from the stage position).
-* Missing planes (written as zeros) are listed as ``missing plane`` key-value pairs, so anyone
-  viewing the image in OMERO sees which planes are not real data.
+  table) or else the channel's. PositionX/Y: the stage position. PositionZ: where the stage
+  was: the focus drive position the log recorded before that channel's stack
+  (``PlaneTime.drive_z_um``), else the positions table's Z; plus
+  ``(first_slice_steps + z index) · z spacing``, the stack geometry the parser read from the
+  sectioning method (centred on the position, or starting there; see
+  ``metadata/swainlab/acq.py:first_slice_steps``).
+* Camera: a channel's EM gain and binning go into its DetectorSettings, referring to a Detector
+  of the Instrument per camera mode (EMCCD for the EM modes, CCD for the normal port); the EM
+  gain only where the camera mode is an EM mode (or unknown), since the normal port ignores it.
+* Missing planes (written as zeros) are listed as ``missing plane`` key-value pairs, and planes
+  the log says were not captured as ``not captured plane`` pairs with the log's reason, so anyone
+  viewing the image in OMERO sees which planes are not real data, and why.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from ome_types import OME, to_xml
 from ome_types.model import (
     AnnotationRef,
     Channel,
+    Detector,
+    DetectorSettings,
     Image,
     Instrument,
     InstrumentRef,
@@ -125,6 +135,11 @@ class ImageSpec:
     dtype: np.dtype
     #: Labels of planes written as zeros, e.g. "t=3 c=GFP z=2".
     missing: list[str] = field(default_factory=list)
+    #: Planes written as zeros that the log says were not captured: (label, reason).
+    not_captured: list[tuple[str, str]] = field(default_factory=list)
+    #: The software's timepoint number of each TheT (as in the file names and the log's
+    #: "Time point_N" blocks); empty → TheT + 1. Plane times are looked up by it.
+    t_numbers: list[int] = field(default_factory=list)
 
     @property
     def size_c(self) -> int:
@@ -180,15 +195,20 @@ def build_ome(
 
     # --- plane times from the log, keyed by (t, channel, z or None) --------------------------
     times: dict[tuple[int, str, int | None], datetime] = {}
+    drive_z: dict[tuple[int, str], float] = {}
     low_name = spec.name.lower()
     for pt in meta.plane_times:
         if pt.position.lower() == low_name:
             times.setdefault((pt.t, pt.channel.lower(), pt.z), pt.time)
+            if pt.drive_z_um is not None:
+                drive_z.setdefault((pt.t, pt.channel.lower()), pt.drive_z_um)
+    first_slice = (meta.z.first_slice_steps if meta.z else None) or 0.0
     start = meta.acquisition_start
     if times and start is None:
         start = min(times.values())
 
     # --- channels ------------------------------------------------------------------------------
+    detectors = _Detectors()
     channels: list[Channel] = []
     exposures: list[float | None] = []
     for i, ch in enumerate(spec.channels):
@@ -204,6 +224,8 @@ def build_ome(
                 kw["emission_wavelength_unit"] = UnitsLength.NANOMETER
         if colour:
             kw["color"] = colour
+        if mch is not None and (settings := detectors.settings(mch)) is not None:
+            kw["detector_settings"] = settings
         channels.append(Channel(id=f"Channel:0:{i}", name=ch.name, samples_per_pixel=1, **kw))
         exposure = None
         if position is not None:
@@ -223,11 +245,13 @@ def build_ome(
     stage_z = position.z_um if position else None
     ifd = 0
     for t in range(spec.size_t):
+        log_t = (spec.t_numbers[t] if spec.t_numbers else t + 1) - 1  # PlaneTime.t of TheT
         for c, ch in enumerate(spec.channels):
             src = ch.source.lower()
+            stack_z = drive_z.get((log_t, src), stage_z)
             for z in range(spec.size_z):
                 kw = {}
-                when = times.get((t, src, z)) or times.get((t, src, None))
+                when = times.get((log_t, src, z)) or times.get((log_t, src, None))
                 if when is not None and start is not None:
                     kw["delta_t"] = _seconds(when - start)
                 elif interval is not None:
@@ -243,8 +267,8 @@ def build_ome(
                 if stage_y is not None:
                     kw["position_y"] = stage_y
                     kw["position_y_unit"] = UnitsLength.MICROMETER
-                if stage_z is not None:
-                    kw["position_z"] = round(stage_z + z * (spacing or 0.0), 6)
+                if stack_z is not None:
+                    kw["position_z"] = round(stack_z + (first_slice + z) * (spacing or 0.0), 6)
                     kw["position_z_unit"] = UnitsLength.MICROMETER
                 planes.append(Plane(the_z=z, the_c=c, the_t=t, **kw))
                 tiff_data.append(
@@ -292,8 +316,8 @@ def build_ome(
     image_kw: dict = {}
     instruments: list[Instrument] = []
     has_objective = meta.objective or meta.objective_magnification or meta.objective_na
-    if meta.microscope or has_objective:
-        inst = Instrument(id="Instrument:0")
+    if meta.microscope or has_objective or detectors.detectors:
+        inst = Instrument(id="Instrument:0", detectors=detectors.detectors)
         if meta.microscope:
             inst.microscope = Microscope(model=meta.microscope)
         if has_objective:
@@ -330,6 +354,7 @@ def build_ome(
             pairs.append(("Position group", str(position.group)))
         pairs += [(str(k), str(v)) for k, v in position.extra.items()]
     pairs += [("missing plane", label) for label in spec.missing]
+    pairs += [("not captured plane", f"{label}: {reason}") for label, reason in spec.not_captured]
     annotations = StructuredAnnotations()
     refs: list[AnnotationRef] = []
     if pairs:
@@ -353,6 +378,43 @@ def build_ome(
         uuid=uuid,
         creator=f"posdir2ometiff {__version__}",
     )
+
+
+#: The Acq file's camera modes (pswain/Acquisition multiDGUI2.m: "1 if EM with gain+exposure
+#: correction, 2 if CCD, 3 if EM with constant gain and exposure") → name and OME Detector type.
+CAMERA_MODES = {"1": ("EM_Smart", "EMCCD"), "2": ("CCD", "CCD"), "3": ("EM_Constant", "EMCCD")}
+_OME_BINNINGS = {"1x1", "2x2", "4x4", "8x8"}
+
+
+class _Detectors:
+    """One Detector per camera mode met, and each channel's DetectorSettings referring to it."""
+
+    def __init__(self) -> None:
+        self.detectors: list[Detector] = []
+        self._ids: dict[str, str] = {}
+
+    def settings(self, ch) -> DetectorSettings | None:
+        """DetectorSettings for a metadata channel with camera facts, else None."""
+        if ch.camera_mode is None and ch.gain is None and ch.binning is None:
+            return None
+        mode = (ch.camera_mode or "").strip()
+        name, det_type = CAMERA_MODES.get(mode, (mode or None, None))
+        key = mode or "camera"
+        if key not in self._ids:
+            det_id = f"Detector:0:{len(self._ids)}"
+            self._ids[key] = det_id
+            det_kw: dict = {"id": det_id}
+            if det_type:
+                det_kw["type"] = det_type
+            if name:
+                det_kw["model"] = f"camera in {name} mode"
+            self.detectors.append(Detector(**det_kw))
+        kw: dict = {"id": self._ids[key]}
+        if ch.gain is not None and det_type != "CCD":
+            kw["gain"] = ch.gain
+        if ch.binning:
+            kw["binning"] = ch.binning if ch.binning in _OME_BINNINGS else "Other"
+        return DetectorSettings(**kw)
 
 
 def ome_xml(ome: OME, *, validate: bool = False) -> str:

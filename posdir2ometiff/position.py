@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from posdir2ometiff.errors import ConversionError, PlaneError
-from posdir2ometiff.layout import PlaneKey, PositionLayout
+from posdir2ometiff.layout import PlaneKey, PositionLayout, split_missing
 from posdir2ometiff.metadata.model import ExperimentMetadata
 from posdir2ometiff.ome import ImageSpec, build_ome, channel_specs, ome_xml
 from posdir2ometiff.planes import Decoded, read_ahead, read_plane
@@ -88,7 +88,8 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
         raise ConversionError(layout.error)
     probe = probe_position(layout)
     specs = channel_specs(layout.channels, probe.samples)
-    missing = layout.missing()
+    # Planes the log says were not captured are listed apart from those missing for no reason.
+    missing, not_captured = split_missing(layout, job.meta.plane_times if job.meta else ())
     missing_labels = [layout.describe(k) for k in missing]
     spec = ImageSpec(
         name=layout.name,
@@ -99,6 +100,8 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
         channels=specs,
         dtype=probe.dtype,
         missing=missing_labels,
+        not_captured=[(layout.describe(k), reason) for k, reason in not_captured],
+        t_numbers=list(layout.t_values),
     )
     output = job.out / f"{layout.name}{OUTPUT_SUFFIX}"
     file_uuid = _derived_uuid(job, spec, output.name, probe)
@@ -208,6 +211,11 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
         "missing_planes": [
             {"t": k.t, "c": first_out[k.c], "z": k.z, "label": label, "path": None}
             for k, label in zip(missing, missing_labels, strict=True)
+        ],
+        "not_captured_planes": [
+            {"t": k.t, "c": first_out[k.c], "z": k.z, "label": layout.describe(k), "path": None,
+             "reason": reason}
+            for k, reason in not_captured
         ],
         # Files of the folder that match no plane pattern (warned about; not converted).
         "unmatched_files": [relative(p, job.src) for p in layout.unmatched],

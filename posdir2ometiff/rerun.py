@@ -54,7 +54,9 @@ def is_up_to_date(entry: dict | None, layout: PositionLayout, out: Path, src: Pa
         return False
     # Same files but another hypercube (a channel that another position now brings in is
     # missing here): the missing planes differ.
-    missing = [layout.describe(k) for k in layout.missing()]
-    if [m.get("label") for m in entry.get("missing_planes", [])] != missing:
+    # Planes not captured (by the log) are listed apart from the other missing ones.
+    missing = sorted(layout.describe(k) for k in layout.missing())
+    listed = entry.get("missing_planes", []) + entry.get("not_captured_planes", [])
+    if sorted(str(m.get("label")) for m in listed) != missing:
         return False
     return all(_same_source(prev_sources[rel], p) for rel, p in current.items())

@@ -28,6 +28,8 @@ NS = {"": "http://www.openmicroscopy.org/Schemas/OME/2016-06"}
 MAP_NS = "openmicroscopy.org/omero/client/mapAnnotation"
 KV = f"StructuredAnnotations/MapAnnotation[@Namespace='{MAP_NS}']/Value/M"
 PLANE = "Image/Pixels/Plane"
+#: "captureStack (Batgirl). Z drive position before stack capture is: 3429.6501." (t3, pos001, GFP)
+_DRIVE_T2_GFP = 3429.6501
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,12 @@ class Fact:
 def _delta_t(meta: ExperimentMetadata, t: int, channel: str) -> float:
     pt = next(p for p in meta.plane_times if (p.position, p.t, p.channel) == ("pos001", t, channel))
     return (pt.time - meta.acquisition_start).total_seconds()
+
+
+def _drive_z(meta: ExperimentMetadata, t: int, channel: str) -> float:
+    pt = next(p for p in meta.plane_times if (p.position, p.t, p.channel) == ("pos001", t, channel))
+    assert pt.drive_z_um is not None
+    return round(pt.drive_z_um, 6)
 
 
 def _kv(meta: ExperimentMetadata, key: str) -> list[str]:
@@ -118,10 +126,23 @@ FACTS = [
         f"{PLANE}/@PositionY",
     ),
     Fact(
-        "pos001 stage Z 3431.425 µm (first section)",
+        "pos001 stage Z 3431.425 µm (Points table)",
         3431.425,
         lambda m: m.position("pos001").z_um,
-        f"{PLANE}[@TheZ='0']/@PositionZ",
+        "Image/StageLabel[@Name='pos001']/@Z",
+    ),
+    Fact(
+        "t0 Brightfield first section at 3429.2501 µm: Z drive 3430.4501 logged before the "
+        "stack, centred (method 2: 5 sections, 2 steps of 0.6 µm below)",
+        3429.2501,
+        lambda m: _drive_z(m, 0, "Brightfield") - 2 * 0.6,
+        f"{PLANE}[@TheT='0'][@TheC='0'][@TheZ='0']/@PositionZ",
+    ),
+    Fact(
+        "t2 GFP last section 1.2 µm above the Z drive logged before its stack",
+        round(_DRIVE_T2_GFP + 1.2, 6),
+        lambda m: _drive_z(m, 2, "GFP") + 2 * 0.6,
+        f"{PLANE}[@TheT='2'][@TheC='2'][@TheZ='4']/@PositionZ",
     ),
     Fact(
         "pos001 stage label",

@@ -101,7 +101,8 @@ def test_custom_pattern_and_its_errors(tmp_path: Path) -> None:
     touch(pos, "img-t0003-z02-ch_GFP.tif", "img-t0001-z01-ch_GFP.tif")
     layouts = discover(tmp_path, positions="site*",
                        pattern=r"img-t(?P<t>\d+)-z(?P<z>\d+)-ch_(?P<c>\w+)\.tif")
-    assert layouts[0].t_values == [1, 3] and layouts[0].z_values == [1, 2]
+    # Numbered from the experiment: timepoint 2 has no file, so it is a missing timepoint.
+    assert layouts[0].t_values == [1, 2, 3] and layouts[0].z_values == [1, 2]
     with pytest.raises(LayoutError, match="lacks the named group"):
         discover(tmp_path, positions="site*", pattern=r"img-t(?P<t>\d+)")
     with pytest.raises(LayoutError, match="not a regular expression"):
@@ -142,3 +143,38 @@ def test_every_position_gets_the_same_channels(
     layouts = discover(tmp_path)
     assert [lay.channels for lay in layouts] == [["BF", "DIC", "GFP", "mCherry"]] * 3
     assert layouts[0].missing() == [PlaneKey(0, 0, 0)]
+
+
+def test_t_and_z_numbered_from_the_experiment(tmp_path: Path, caplog) -> None:
+    """Issue 10, point 1: a position that missed timepoint 1 keeps its planes at their times;
+    every position gets the experiment's SizeT (log blocks included) and SizeZ (Acq sections)."""
+    touch(tmp_path / "pos001", "e_000001_GFP_001.png", "e_000002_GFP_001.png",
+          "e_000002_GFP_002.png")
+    touch(tmp_path / "pos002", "e_000002_GFP_001.png", "e_000005_GFP_001.png")
+    with caplog.at_level(logging.WARNING):
+        a, b = discover(tmp_path, log_timepoints=[1, 2, 3], z_count=3)
+    assert a.t_values == b.t_values == [1, 2, 3, 4, 5]
+    assert a.z_values == b.z_values == [1, 2, 3]
+    assert b.files[PlaneKey(1, 0, 0)].name == "e_000002_GFP_001.png"  # not shifted to TheT 0
+    assert b.files[PlaneKey(4, 0, 0)].name == "e_000005_GFP_001.png"
+    assert PlaneKey(0, 0, 0) in b.missing() and len(b.missing()) == 5 * 3 - 2
+    assert b.describe(PlaneKey(0, 0, 2)) == "t=1 c=GFP z=3"
+    # Timepoint 5 has no "Time point_5" block in the log: said once, for pos002 only.
+    assert "pos002: timepoint(s) 5 of the file names have no 'Time point' block" in caplog.text
+    assert "pos001: timepoint" not in caplog.text
+
+
+def test_not_captured_split_from_missing(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from posdir2ometiff.layout import split_missing
+    from posdir2ometiff.metadata.model import PlaneTime
+
+    touch(tmp_path / "pos001", "e_1_GFP_1.png", "e_1_DIC_1.png", "e_2_DIC_1.png")
+    (lay,) = discover(tmp_path, channel_order=["DIC", "GFP"])
+    when = datetime(2020, 1, 1)
+    times = [PlaneTime("pos001", 1, "GFP", when, not_captured="stage time-out"),
+             PlaneTime("pos002", 0, "GFP", when, not_captured="other position")]
+    missing, not_captured = split_missing(lay, times)
+    assert missing == [] and not_captured == [(PlaneKey(1, 1, 0), "stage time-out")]
+    assert split_missing(lay, []) == ([PlaneKey(1, 1, 0)], [])

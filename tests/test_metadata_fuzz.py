@@ -16,9 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from posdir2ometiff.demo import make_demo
 from posdir2ometiff.metadata.model import ExperimentMetadata
 from posdir2ometiff.metadata.plugins import MetadataError
 from posdir2ometiff.metadata.swainlab import SwainLabParser
+from posdir2ometiff.metadata.swainlab.single_log import parse_single_log
 from posdir2ometiff.metadata.tables import read_tables, write_tables
 from tests.conftest import SHARED_SAMPLE
 from tests.swainlab_text import acq_text, log_header
@@ -179,3 +181,29 @@ def test_whatever_parses_can_be_stored_as_hdf5(acq, log) -> None:
                         len(meta.tables[name]) if name in meta.tables else len(meta.plane_times)
                     )
                     assert len(back[name]) == n_rows
+
+
+def _single_log_lines() -> list[bytes]:
+    with tempfile.TemporaryDirectory() as tmp:
+        make_demo(Path(tmp), positions=2, z=2, t=1, size=16, fmt="log")
+        return (Path(tmp) / "demo.log").read_bytes().splitlines(keepends=True)
+
+
+SINGLE_LOG_LINES = _single_log_lines()
+
+
+@FUZZ
+@given(data=st.one_of(mutated(SINGLE_LOG_LINES), any_file.filter(lambda b: b is not None)))
+def test_mutated_single_file_log_gives_a_model_or_a_metadata_error(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "exp.log"
+        path.write_bytes(data)
+        try:
+            meta = parse_single_log(path)
+        except MetadataError as exc:
+            assert str(exc) and "\n" not in str(exc)
+            return
+        assert isinstance(meta, ExperimentMetadata)
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in meta.key_values)
+        with tempfile.TemporaryDirectory() as out:
+            write_tables(meta, Path(out) / "t.h5")

@@ -71,7 +71,7 @@ def test_builtins_without_installed_entry_points(monkeypatch) -> None:
     monkeypatch.setattr(
         importlib.metadata, "entry_points", lambda **_: importlib.metadata.EntryPoints([])
     )
-    assert list(available_parsers()) == ["swainlab", "yaml"]
+    assert list(available_parsers()) == ["swainlab-log", "swainlab", "yaml"]  # priority first
 
 
 def test_readme_example_runs_through_module_class(tmp_path: Path) -> None:
@@ -163,7 +163,7 @@ def test_unknown_name_lists_installed_parsers(tmp_path: Path) -> None:
     with pytest.raises(MetadataError) as exc:
         load_metadata(tmp_path, "zeiss")
     msg = str(exc.value)
-    assert "zeiss" in msg and "installed: swainlab, yaml" in msg
+    assert "zeiss" in msg and "installed: swainlab-log, swainlab, yaml" in msg
     assert "\n" not in msg
 
 
@@ -246,4 +246,4 @@ def test_cli_metadata_option_end_to_end(tmp_path: Path, capsys) -> None:
 
     assert main([str(src), "-o", str(tmp_path / "o2"), "--metadata", "zeiss", "-q"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "installed: swainlab, yaml" in err[0]
+    assert len(err) == 1 and "installed: swainlab-log, swainlab, yaml" in err[0]

@@ -169,3 +169,62 @@ def test_pixel_types() -> None:
     assert pixel_type("uint8") == "uint8" and pixel_type(np.float32) == "float"
     with pytest.raises(ValueError, match="complex"):
         pixel_type("complex64")
+
+
+def _planes(ome) -> dict:
+    return {(p.the_t, p.the_c, p.the_z): p for p in ome.images[0].pixels.planes}
+
+
+def test_position_z_from_the_logged_drive_and_the_stack_geometry() -> None:
+    """Issue 10, point 5: PositionZ where the stage was (drive logged before the stack, centred
+    stack), else the points table with the same geometry."""
+    meta = rich_meta()
+    meta.z = ZSectioning(count=3, spacing_um=0.6, method="1", first_slice_steps=-1.0)
+    meta.plane_times.append(PlaneTime("pos001", 1, "Brightfield", START, drive_z_um=3430.0))
+    planes = _planes(build(meta))
+    assert [planes[(1, 0, z)].position_z for z in range(3)] == pytest.approx(
+        [3429.4, 3430.0, 3430.6]
+    )
+    # No drive logged for t=0: the points table's Z is the centre.
+    assert [planes[(0, 0, z)].position_z for z in range(3)] == pytest.approx(
+        [3430.825, 3431.425, 3432.025]
+    )
+
+
+def test_plane_times_are_found_by_the_software_timepoint_number() -> None:
+    """A file set that starts at timepoint 2 (TheT 0 = "Time point_2") takes that block's times."""
+    spec = ImageSpec(
+        name="pos002", size_x=8, size_y=8, size_z=1, size_t=1,
+        channels=channel_specs(["GFP"], [1]), dtype=np.dtype("uint8"), t_numbers=[2],
+    )
+    ome = build_ome(spec, rich_meta(), file_name="p.ome.tiff", uuid=UUID)
+    assert ome.images[0].pixels.planes[0].delta_t == 999.0
+
+
+def test_camera_settings_in_detector_settings() -> None:
+    """Issue 10, point 6: EM gain, camera mode and binning in the channel's DetectorSettings."""
+    meta = rich_meta()
+    meta.channels[0].camera_mode, meta.channels[0].gain = "2", 270  # CCD port: no EM gain
+    meta.channels[1].camera_mode, meta.channels[1].gain = "3", 270
+    meta.channels[1].binning = "2x2"
+    meta.channels[2].binning = "3x3"
+    ome = from_xml(ome_xml(build(meta), validate=True))
+    chans = ome.images[0].pixels.channels
+    detectors = {d.id: d for d in ome.instruments[0].detectors}
+    bf, gfp, mch = (c.detector_settings for c in chans)
+    assert detectors[bf.id].type.value == "CCD" and bf.gain is None
+    assert detectors[gfp.id].type.value == "EMCCD" and gfp.gain == 270
+    assert gfp.binning.value == "2x2" and mch.binning.value == "Other"
+    assert detectors[gfp.id].model == "camera in EM_Constant mode"
+    assert len(detectors) == 3  # CCD, EM_Constant, and mCherry's unknown mode
+
+
+def test_not_captured_planes_listed_with_their_reason() -> None:
+    spec = ImageSpec(
+        name="pos001", size_x=8, size_y=8, size_z=1, size_t=1,
+        channels=channel_specs(["GFP"], [1]), dtype=np.dtype("uint8"),
+        not_captured=[("t=1 c=GFP z=1", "stage time-out")],
+    )
+    ome = build_ome(spec, None, file_name="p.ome.tiff", uuid=UUID)
+    pairs = [(m.k, m.value) for m in ome.structured_annotations.map_annotations[0].value.ms]
+    assert pairs == [("not captured plane", "t=1 c=GFP z=1: stage time-out")]

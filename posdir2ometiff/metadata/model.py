@@ -28,6 +28,8 @@ class Channel:
     camera_mode: str | None = None
     gain: float | None = None
     voltage: float | None = None
+    #: Camera binning as OME spells it ("1x1", "2x2", "4x4", "8x8") or as recorded.
+    binning: str | None = None
     light_path: str | None = None
     #: "#RRGGBB" or None; the OME builder picks a default by name when None.
     color: str | None = None
@@ -41,6 +43,11 @@ class Channel:
 class ZSectioning:
     count: int | None = None
     spacing_um: float | None = None
+    #: How the software sectioned (its own code or name, e.g. "1", "2", "PIFOC").
+    method: str | None = None
+    #: Where the first slice lies relative to the recorded stage Z, in z steps: -(count-1)/2 for a
+    #: stack centred on it, 0 for a stack that starts there; None when unknown (taken as 0).
+    first_slice_steps: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -70,10 +77,16 @@ class PlaneTime:
     """When one plane (or one channel stack, z=None) was acquired, read from the log body."""
 
     position: str
-    t: int  # 0-based timepoint index
+    t: int  # 0-based timepoint index: the log's "Time point_N" block (and file number) minus 1
     channel: str
     time: datetime
     z: int | None = None
+    #: Focus drive position the log recorded just before this channel's stack (the stack's
+    #: reference point; see ZSectioning.first_slice_steps), in µm; None if not logged.
+    drive_z_um: float | None = None
+    #: Why the log says this channel was not captured at this position and timepoint (the
+    #: software's "NO IMAGE CAPTURED" warning, or a skip); None when nothing was reported.
+    not_captured: str | None = None
 
 
 @dataclass
@@ -107,6 +120,9 @@ class ExperimentMetadata:
     omero_project: str | None = None
     omero_dataset: str | None = None
     plane_times: list[PlaneTime] = field(default_factory=list)
+    #: Time-point numbers of the log's blocks ("Time point_N"), the software's own numbering (as
+    #: in the file names); empty when no log was read.
+    log_timepoints: list[int] = field(default_factory=list)
 
     def channel(self, name: str) -> Channel | None:
         """The channel called ``name`` (case-insensitive), or None."""
@@ -134,7 +150,7 @@ def merge(*layers: ExperimentMetadata) -> ExperimentMetadata:
             new = getattr(layer, f.name)
             if f.name in ("sources",):
                 continue
-            if f.name in ("tags", "authors", "strains"):
+            if f.name in ("tags", "authors", "strains", "log_timepoints"):
                 cur = getattr(out, f.name)
                 cur += [v for v in new if v not in cur]
             elif f.name in ("key_values", "plane_times"):

@@ -36,6 +36,7 @@ ENTRY_POINT_GROUP = "posdir2ometiff.parsers"
 #: ``auto`` does not silently find nothing.
 BUILTIN_PARSERS = {
     "swainlab": "posdir2ometiff.metadata.swainlab:SwainLabParser",
+    "swainlab-log": "posdir2ometiff.metadata.swainlab.single_log:SwainLabLogParser",
     "yaml": "posdir2ometiff.metadata.sidecar:YamlSidecarParser",
 }
 

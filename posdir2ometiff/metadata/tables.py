@@ -34,7 +34,7 @@ def _node_name(name: str) -> str:
 
 
 def plane_times_frame(meta: ExperimentMetadata) -> pd.DataFrame:
-    """The per-plane acquisition times as a typed table (z is -1 where the log gives whole stacks)."""
+    """The per-plane acquisition records as a typed table (z is -1 where the log gives whole stacks)."""
     return pd.DataFrame(
         {
             "position": pd.Series([p.position for p in meta.plane_times], dtype="str"),
@@ -42,6 +42,15 @@ def plane_times_frame(meta: ExperimentMetadata) -> pd.DataFrame:
             "channel": pd.Series([p.channel for p in meta.plane_times], dtype="str"),
             "z": pd.Series([-1 if p.z is None else p.z for p in meta.plane_times], dtype="int64"),
             "time": pd.Series([p.time for p in meta.plane_times], dtype="datetime64[us]"),
+            # The focus drive before the stack (NaN: not logged) and why it was not captured
+            # ("" when it was): what the log says about each capture.
+            "drive_z_um": pd.Series(
+                [float("nan") if p.drive_z_um is None else p.drive_z_um for p in meta.plane_times],
+                dtype="float64",
+            ),
+            "not_captured": pd.Series(
+                [p.not_captured or "" for p in meta.plane_times], dtype="str"
+            ),
         }
     )
 

@@ -7,7 +7,9 @@ One module per job:
 - :mod:`.log_header` — the log's "Experiment details" header;
 - :mod:`.log_captures` — the log's time-point / position / channel blocks (plane times);
 - :mod:`.logfile` — streams a log through the two readers above;
-- :mod:`.parser` — the :class:`SwainLabParser` plug-in joining both files into the model.
+- :mod:`.parser` — the :class:`SwainLabParser` plug-in joining both files into the model;
+- :mod:`.light_path` — excitation/emission wavelengths from the light path's filters;
+- :mod:`.single_log` — the newer software's single ``.log`` (:class:`SwainLabLogParser`).
 
 A malformed line is logged as a warning with ``file:line`` and skipped; only a folder with neither
 file is an error.

@@ -155,7 +155,8 @@ def _channels_from(table: _Table, warn: _Warner, kv: list[tuple[str, str]]) -> l
     mode_i = table.col("cameramode")
     gain_i = table.col("emgain", "gain")
     volt_i = table.col("voltage")
-    used = {name_i, exp_i, mode_i, gain_i, volt_i}
+    bin_i = table.col("binning", "bin", "camerabinning")
+    used = {name_i, exp_i, mode_i, gain_i, volt_i, bin_i}
     channels: list[Channel] = []
     for lineno, cells in table.rows:
         name = cells[name_i]
@@ -171,6 +172,7 @@ def _channels_from(table: _Table, warn: _Warner, kv: list[tuple[str, str]]) -> l
             camera_mode=(cells[mode_i] or None) if mode_i is not None else None,
             gain=_float(cells[gain_i]) if gain_i is not None else None,
             voltage=_float(cells[volt_i]) if volt_i is not None else None,
+            binning=ome_binning(cells[bin_i]) if bin_i is not None else None,
             extra={h: cells[i] for i, h in enumerate(table.header) if i not in used},
         )
         channels.append(ch)
@@ -188,17 +190,48 @@ def _z_from(table: _Table, kv: list[tuple[str, str]]) -> ZSectioning | None:
     cells = table.rows[0][1]
     n_i = table.col("sections", "nsections", "count")
     s_i = table.col("spacing", "zspacing", "spacingum")
+    m_i = table.col("method", "sectioningmethod")
     count = _number(cells[n_i]) if n_i is not None else None
+    method = (cells[m_i] or None) if m_i is not None else None
     z = ZSectioning(
         count=count if isinstance(count, int) else None,
         spacing_um=_float(cells[s_i]) if s_i is not None else None,
-        extra={h: cells[i] for i, h in enumerate(table.header) if i not in (n_i, s_i)},
+        method=method,
+        extra={h: cells[i] for i, h in enumerate(table.header) if i not in (n_i, s_i, m_i)},
     )
     if z.count is not None:
+        z.first_slice_steps = first_slice_steps(method, z.count)
         kv.append(("Z sections", str(z.count)))
     if z.spacing_um is not None:
         kv.append(("Z spacing (µm)", f"{z.spacing_um:g}"))
+    if method is not None:
+        kv.append(("Z sectioning method", SECTIONING_METHODS.get(method, method)))
     return z
+
+
+#: The Acq file's sectioning method codes, as the GUI names them (multiDGUI.m, zMethod_Callback).
+SECTIONING_METHODS = {"1": "PIFOC", "2": "PIFOC with PFS on", "3": "PFS"}
+
+
+def first_slice_steps(method: str | None, count: int) -> float | None:
+    """Where slice 0 lies relative to the stage Z the software recorded, in z steps.
+
+    Follows pswain/Acquisition: method 1 (``@Batman/captureStackPIFOC.m``, ``@Batgirl/
+    captureStack.m``: slice k at ``centre - (n-1)/2·step + k·step``) centres the stack on the
+    recorded position; method 2 (PFS kept on, ``@Batman/captureStackPFSOn.m``: slice k at
+    ``(k - floor(n/2))·step``) centres it on its middle slice, which differs for an even count;
+    the newer software's "PIFOC" (and "Z stage") is taken as method 1. Any other method (3,
+    "PFS") starts the stack at the position, as the original ``captureStack.m`` does (slice k at
+    ``start + k·step``). None when the method is not recorded.
+    """
+    if method is None:
+        return None
+    low = method.strip().lower()
+    if low in ("1", "pifoc", "z stage", "zstage"):
+        return -(count - 1) / 2
+    if low in ("2", "pifoc with pfs on", "z stage with pfs on"):
+        return -float(count // 2)
+    return 0.0
 
 
 def _time_from(table: _Table, warn: _Warner, kv: list[tuple[str, str]]) -> TimeSettings | None:
@@ -327,3 +360,13 @@ def _parse_flow_control(body: list[tuple[int, str]], warn: _Warner, out: _AcqRes
                 "value": _typed_column([r[3] for r in switching]),
             }
         )
+
+
+def ome_binning(text: str) -> str | None:
+    """``2`` or ``2x2`` → OME's "2x2"; anything else kept as written; empty → None."""
+    s = text.strip().lower().replace(" ", "")
+    if not s:
+        return None
+    if s.isdigit():
+        return f"{s}x{s}"
+    return s

@@ -17,6 +17,8 @@ class _LogResult(LogHeader):
     """The header's fields plus the per-plane acquisition times of the body."""
 
     plane_times: list[PlaneTime] = field(default_factory=list)
+    #: Time-point block numbers in the order the body has them (1-based, as the software counts).
+    timepoints: list[int] = field(default_factory=list)
 
 
 def parse_log(path: Path, channel_names: list[str] | None = None) -> _LogResult:
@@ -36,9 +38,10 @@ def parse_log(path: Path, channel_names: list[str] | None = None) -> _LogResult:
                 captures.feed(lineno, line)
             else:
                 in_body = header.feed(lineno, line)
-        header.close_block()
+        header.finish()
     if not in_body:
         warn(None, "no 'Experiment started at:' line; no per-plane times read")
     res.plane_times = captures.plane_times()
+    res.timepoints = captures.timepoints
     warn.finish()
     return res

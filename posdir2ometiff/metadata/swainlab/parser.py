@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from posdir2ometiff.metadata.model import Channel, ExperimentMetadata
 from posdir2ometiff.metadata.plugins import MetadataError
 from posdir2ometiff.metadata.swainlab.acq import _AcqResult, parse_acq
+from posdir2ometiff.metadata.swainlab.light_path import set_wavelengths
 from posdir2ometiff.metadata.swainlab.logfile import _LogResult, parse_log
 
 log = logging.getLogger(__name__)
-
-_EXCITATION_RE = re.compile(r"(\d{3})\s*nm\b", re.IGNORECASE)
-_EMISSION_RE = re.compile(r"(\d{3})\s*/\s*\d{1,3}\s*(?:nm\s*)?emission", re.IGNORECASE)
 
 
 def _find(folder: Path, suffix: str) -> list[Path]:
@@ -36,10 +33,14 @@ def _peek(path: Path, *needles: str) -> bool:
 
 
 def build_description(
-    aim: str | None, comments: str | None, authors: list[str], strains: list[str]
+    aim: str | None,
+    comments: str | None,
+    authors: list[str],
+    strains: list[str],
+    details: str | None = None,
 ) -> str | None:
     """The Image description: what a person browsing OMERO needs to know first."""
-    parts = []
+    parts = [details] if details else []
     if aim:
         parts.append(f"Aim: {aim}")
     if comments:
@@ -100,7 +101,7 @@ class SwainLabParser:
                 ch = Channel(name=ch_name)
                 channels.append(ch)
             ch.light_path = text
-            _wavelengths_from_light_path(ch)
+            set_wavelengths(ch)
 
         kv: list[tuple[str, str]] = []
         if lg.microscope:
@@ -111,19 +112,21 @@ class SwainLabParser:
         kv += [("Author", a) for a in lg.authors]
         if lg.comments:
             kv.append(("Comments", lg.comments))
+        if lg.details:
+            kv.append(("Experiment details", lg.details))
         if lg.omero_project:
             kv.append(("Project", lg.omero_project))
         if lg.date:
             kv.append(("Date", lg.date.date().isoformat()))
         kv += [(f"Light path {ch.name}", ch.light_path) for ch in channels if ch.light_path]
-        kv += lg.key_values + acq.key_values
+        kv += lg.key_values + acq.key_values + lg.provenance
 
         name = prefix or (log_path.name[: -len("log.txt")].rstrip("_") if log_path else None)
         start = lg.start or (min(p.time for p in lg.plane_times) if lg.plane_times else lg.date)
         return ExperimentMetadata(
             sources=[self.name],
             name=name or folder.name,
-            description=build_description(lg.aim, lg.comments, lg.authors, lg.strains),
+            description=build_description(lg.aim, lg.comments, lg.authors, lg.strains, lg.details),
             aim=lg.aim,
             authors=lg.authors,
             strains=lg.strains,
@@ -139,17 +142,5 @@ class SwainLabParser:
             microscope=lg.microscope,
             omero_project=lg.omero_project,
             plane_times=lg.plane_times,
+            log_timepoints=lg.timepoints,
         )
-
-
-def _wavelengths_from_light_path(ch: Channel) -> None:
-    """A fluorescence light path names its LED ("470nm LED") and emission filter ("535/50")."""
-    if not ch.light_path:
-        return
-    first = ch.light_path.splitlines()[0]
-    ex = _EXCITATION_RE.search(first)
-    if ex and ch.excitation_wavelength_nm is None:
-        ch.excitation_wavelength_nm = float(ex.group(1))
-        em = _EMISSION_RE.search(ch.light_path)
-        if em and ch.emission_wavelength_nm is None:
-            ch.emission_wavelength_nm = float(em.group(1))
