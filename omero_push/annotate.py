@@ -1,9 +1,13 @@
 """One small function per OMERO verb: find/create containers, tags, key-value pairs, comments, links.
 
 Every ``ensure_*`` function first looks for what exists and creates only what is missing, which is
-what makes a re-run of the push create nothing new.  Queries stay within plain shapes any OMERO (and
-the test stand-in) answers: ``IQuery.findAllByString`` by name/textValue/description,
-``IContainer.getImages`` / ``loadContainerHierarchy`` and ``IMetadata.loadAnnotations``.
+what makes a re-run of the push create nothing new.  Names (datasets, projects, tags, the push's own
+markers) are matched exactly with parameterised HQL (``where o.name = :value``), never with
+``IQuery.findAllByString``: OMERO's matches ``LIKE '%value%'`` (ome/omero-server
+``src/main/java/ome/logic/QueryImpl.java``, ``findAllByString``: ``Restrictions.like(fieldName,
+value, MatchMode.ANYWHERE)``), so ``exp4`` would find ``exp42`` and a quote or ``%`` in a name
+would change the match.  Containers come from ``IContainer.getImages`` /
+``loadContainerHierarchy``, annotations from ``IMetadata.loadAnnotations``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,30 @@ def _owner_id(obj: Any) -> int | None:
         return None
 
 
+def find_exact(
+    session: Session, kind: str, field: str, value: str, *, own: bool = True
+) -> list[Any]:
+    """Objects of ``kind`` whose ``field`` equals ``value`` exactly (oldest first).
+
+    ``own``: only the current user's.  ``value`` travels as a bound parameter, so quotes, ``%``,
+    ``_`` and any unicode in it are plain characters.  ``kind`` and ``field`` are ours, never user
+    input.
+    """
+    import omero.sys
+
+    params = omero.sys.ParametersI()
+    params.addString("value", value)
+    where = f"o.{field} = :value"
+    if own:
+        params.addLong("uid", session.user_id)
+        where += " and o.details.owner.id = :uid"
+    return list(
+        session.query().findAllByQuery(
+            f"select o from {kind} o where {where} order by o.id", params
+        )
+    )
+
+
 def _prefer_own(session: Session, objs: Sequence[Any]) -> Any | None:
     """Of several candidates, the one the current user owns (else the first); None if empty."""
     if not objs:
@@ -54,9 +82,7 @@ def _prefer_own(session: Session, objs: Sequence[Any]) -> Any | None:
 
 def find_project(session: Session, name: str) -> int | None:
     """Id of the user's project called ``name`` (oldest if several), else None."""
-    found = session.query().findAllByString("Project", "name", name, True, None)
-    own = [p for p in found if _owner_id(p) in (None, session.user_id)]
-    best = _prefer_own(session, own)
+    best = _prefer_own(session, find_exact(session, "Project", "name", name))
     return None if best is None else _val(best.getId())
 
 
@@ -88,7 +114,7 @@ def find_dataset(session: Session, name: str, project_id: int | None) -> int | N
     if project_id is not None:
         cands = [d for d in datasets_in_project(session, project_id) if _val(d.getName()) == name]
     else:
-        cands = list(session.query().findAllByString("Dataset", "name", name, True, None))
+        cands = find_exact(session, "Dataset", "name", name)
     own = [d for d in cands if _owner_id(d) in (None, session.user_id)]
     best = _prefer_own(session, own)
     return None if best is None else _val(best.getId())
@@ -156,7 +182,11 @@ def images_in_dataset(session: Session, dataset_id: int) -> list[Any]:
 
 
 def find_images_by_description(session: Session, text: str) -> list[Any]:
-    return list(session.query().findAllByString("Image", "description", text, True, None))
+    """The user's images whose description is exactly ``text`` (the push's "incomplete" marker).
+
+    Exact: the marker of "series 1" must not find the image of "series 10".
+    """
+    return find_exact(session, "Image", "description", text)
 
 
 def linked_image_ids(session: Session, dataset_id: int, image_ids: Sequence[int]) -> set[int]:
@@ -247,12 +277,37 @@ def create_and_link(session: Session, kind: str, obj_id: int, ann: Any) -> int:
     return _val(saved.getChild().getId())
 
 
+def may_link(session: Session, obj: Any) -> bool:
+    """Whether the user may link ``obj`` (a tag) to their data: their own, or ``canAnnotate``.
+
+    OMERO sends each object's permissions with the restrictions that apply to the caller
+    (ome/omero-py ``omero_model_PermissionsI.py``: ``canAnnotate`` is false where the server set
+    ANNOTATERESTRICTION), so a private or read-only group's tags of other users are refused here
+    instead of by a SecurityViolation at link time.
+    """
+    if _owner_id(obj) in (None, session.user_id):
+        return True
+    try:
+        perms = obj.getDetails().getPermissions()
+    except Exception:
+        perms = None
+    return perms is not None and bool(perms.canAnnotate())
+
+
+def find_tags(session: Session, text: str) -> list[Any]:
+    """Tags (not tag sets) with exactly this text that the user may link, oldest first."""
+    found = find_exact(session, "TagAnnotation", "textValue", text, own=False)
+    return [t for t in found if _val(t.getNs()) != TAGSET_NS and may_link(session, t)]
+
+
 def find_tag(session: Session, text: str) -> int | None:
-    """Id of an existing tag with this exact text (not a tag set), preferring the user's own."""
-    found = session.query().findAllByString("TagAnnotation", "textValue", text, True, None)
-    tags = [t for t in found if _val(t.getNs()) != TAGSET_NS]
-    best = _prefer_own(session, tags)
-    return None if best is None else _val(best.getId())
+    """Id of the tag with this exact text the push reuses, None if there is none.
+
+    The oldest of the tags the user may link, whoever owns it: one rule that every run (and
+    every import's copies, see :func:`adopt_imported_tags`) agrees on, so a text keeps one tag.
+    """
+    found = find_tags(session, text)
+    return None if not found else min(_val(t.getId()) for t in found)
 
 
 def get_or_create_tag(session: Session, text: str) -> tuple[int, bool]:
@@ -307,6 +362,46 @@ def ensure_tags(
         links += 1
         ids.append(tid)
     return ids, created, links
+
+
+def adopt_imported_tags(session: Session, kind: str, obj_ids: Sequence[int]) -> int:
+    """Make the objects link the push's one tag per text instead of the copies an import made.
+
+    OMERO's import turns every TagAnnotation of the OME-XML into a new tag object
+    (ome/omero-blitz ``src/main/java/ome/formats/OMEROMetadataStoreClient.java``,
+    ``setTagAnnotationValue`` makes a ``TagAnnotationI`` per OME-XML annotation), so each import
+    would add one more "glucose" tag.  Here each tag linked to ``obj_ids`` whose text already has
+    an older tag the user may link (:func:`find_tag`) is replaced: the objects are linked to that
+    one and the copy (the user's own, made by this import) is deleted with its links.  Returns how
+    many copies were removed.
+    """
+    anns = linked_annotations_many(session, kind, list(obj_ids))
+    holders: dict[int, list[int]] = {}  # tag id -> objects linking it
+    tags: dict[int, Any] = {}
+    for oid, lst in anns.items():
+        for a in lst:
+            if is_kind(a, "TagAnnotation") and _val(a.getNs()) != TAGSET_NS:
+                tid = _val(a.getId())
+                tags[tid] = a
+                holders.setdefault(tid, []).append(oid)
+    doomed: list[int] = []
+    for tid, tag in sorted(tags.items()):
+        text = _val(tag.getTextValue())
+        if text is None or _owner_id(tag) not in (None, session.user_id):
+            continue
+        keep, _new = get_or_create_tag(session, text)
+        if keep == tid:
+            continue
+        for oid in holders[tid]:
+            linked = {_val(a.getId()) for a in anns.get(oid, [])}
+            if keep not in linked:
+                link_annotation(session, kind, oid, keep)
+                anns.setdefault(oid, []).append(_o().model.TagAnnotationI(keep, False))
+        doomed.append(tid)
+    if doomed:
+        log.debug("replacing %d tag(s) the import made by the existing ones", len(doomed))
+        delete_objects(session, "TagAnnotation", doomed)
+    return len(doomed)
 
 
 def new_map_annotation(pairs: Sequence[tuple[str, str]], ns: str) -> Any:

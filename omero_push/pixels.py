@@ -27,10 +27,17 @@ from posdir2ometiff.ome import pixel_type
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TILE = (1024, 1024)
-#: Tiles in flight at once (see session.AsyncWindow).
+#: Tiles in flight at once on a ROMIO buffer (see session.AsyncWindow).  A pyramid buffer takes
+#: one at a time: its TIFF writer accepts tiles only in order (see :func:`tile_plan`).
 IN_FLIGHT = 3
-_MAX_TILE_BYTES = 64 * 1024 * 1024  # well inside Ice.MessageSizeMax (250 MB in omero-py)
+#: The server's Ice.MessageSizeMax: 65536 KiB in OMERO's etc/grid/templates.xml (a copy is
+#: ome/omero-py test/unit/old_templates.xml: ``<property name="Ice.MessageSizeMax"
+#: value="65536"/> <!-- 64 MB -->``).  omero-py's own 250 MB limit is the client's, not the server's.
+SERVER_MESSAGE_SIZE_MAX = 65536 * 1024
+#: Room for Ice's request header and the call's other arguments within one message.
+_MESSAGE_HEADROOM = 64 * 1024
+MAX_PAYLOAD_BYTES = SERVER_MESSAGE_SIZE_MAX - _MESSAGE_HEADROOM
+
 
 def omero_pixel_type(dtype: np.dtype[Any]) -> str:
     """OMERO's PixelsType value for a numpy dtype (uint16 → "uint16", float32 → "float").
@@ -135,6 +142,62 @@ def pixels_id_of(session: Session, image_id: int) -> int:
     return imgs[0].getPrimaryPixels().getId().getValue()
 
 
+@dataclass(frozen=True)
+class TilePlan:
+    """How one image's pixels go up: tile size, and how many setTile calls may be in flight."""
+
+    width: int
+    height: int
+    in_flight: int
+    pyramid: bool
+
+
+def tile_plan(
+    rps: Any, image: ImageMeta, dtype: np.dtype[Any], tile: tuple[int, int] | None = None
+) -> TilePlan:
+    """The tiles the server's pixel buffer accepts for this image, checked against ``--tile``.
+
+    Follows ome/omero-romio: an image up to 3192² (``PixelsService.requiresPixelsPyramid``) is a
+    ROMIO buffer, which takes only full-width strips at x=0 (``RomioPixelBuffer.setTile``) and
+    proposes strips below 1 MiB (``RomioPixelBuffer.getTileSize``); a larger one is a
+    ``BfPyramidPixelBuffer``, whose sequential TIFF writer takes tiles of the size of the first one,
+    plane by plane (XYZCT) and row by row (``getIFD``), so only one call may be in flight.
+    Raises :class:`InputError` when ``tile`` cannot be written to this buffer.
+    """
+    size_x, size_y = image.sizes["X"], image.sizes["Y"]
+    server_w, server_h = _server_tile(rps)
+    pyramid = bool(rps.requiresPixelsPyramid())
+    itemsize = np.dtype(dtype).itemsize
+    if tile is None:
+        tw, th = server_w, server_h
+    else:
+        tw, th = min(tile[0], size_x), min(tile[1], size_y)
+        if pyramid and (tw, th) != (min(server_w, size_x), min(server_h, size_y)):
+            raise InputError(
+                f"--tile {tile[0]}x{tile[1]}: the server writes {image.name} ({size_x}x{size_y}, "
+                f"a pyramid) only in its own {server_w}x{server_h} tiles; leave --tile out"
+            )
+        if not pyramid and tw != size_x:
+            raise InputError(
+                f"--tile {tile[0]}x{tile[1]}: the server writes {image.name} ({size_x}x{size_y}) "
+                f"only in full-width strips ({size_x}xN); use --tile {size_x}x{th} or leave "
+                "--tile out"
+            )
+    if tw * itemsize > MAX_PAYLOAD_BYTES:
+        raise InputError(
+            f"{image.name}: one row of {tw} pixels exceeds the server's message limit "
+            f"({SERVER_MESSAGE_SIZE_MAX // 2**20} MiB)"
+        )
+    if tw * th * itemsize > MAX_PAYLOAD_BYTES:
+        if tile is not None:
+            raise InputError(
+                f"--tile {tile[0]}x{tile[1]}: a tile of {tw * th * itemsize} bytes exceeds the "
+                f"server's message limit ({SERVER_MESSAGE_SIZE_MAX // 2**20} MiB)"
+            )
+        th = max(1, MAX_PAYLOAD_BYTES // (tw * itemsize))
+    return TilePlan(tw, th, 1 if pyramid else IN_FLIGHT, pyramid)
+
+
 def write_pixels(
     session: Session,
     pixels_id: int,
@@ -144,19 +207,30 @@ def write_pixels(
     tile: tuple[int, int] | None = None,
     on_bytes: Callable[[int], None] | None = None,
 ) -> list[tuple[float, float]]:
-    """Write every plane as tiles; returns per-channel (min, max) seen while writing."""
+    """Write every plane as tiles, once, in order; returns per-channel (min, max) seen.
+
+    OMERO writes a Pixels' data once (ome/omero-romio ``PixelsService._getPixelBuffer``: a
+    buffer on existing data is read-only), so this runs only on a freshly created image.
+    """
     s = image.sizes
     be = reader.dtype.newbyteorder(">")
     rps = session.sf.createRawPixelsStore()
     try:
         rps.setPixelsId(pixels_id, True)
-        tw, th = tile or _server_tile(rps)
-        # Never exceed a safe message size, whatever the server proposes.
-        while tw * th * reader.dtype.itemsize > _MAX_TILE_BYTES and th > 1:
-            th //= 2
-        window = AsyncWindow(IN_FLIGHT)
+        plan = tile_plan(rps, image, reader.dtype, tile)
+        tw, th = plan.width, plan.height
+        log.debug(
+            "%s: %dx%d tiles, %d in flight%s",
+            image.name,
+            tw,
+            th,
+            plan.in_flight,
+            " (pyramid)" if plan.pyramid else "",
+        )
+        window = AsyncWindow(plan.in_flight)
         mins = [np.inf] * s["C"]
         maxs = [-np.inf] * s["C"]
+        # XYZCT: z fastest, then c, then t — the plane order a pyramid's writer expects.
         order = [(z, c, t) for t in range(s["T"]) for c in range(s["C"]) for z in range(s["Z"])]
         for (z, c, t), plane in _prefetched(reader, order):
             if plane.shape != (s["Y"], s["X"]):
@@ -250,17 +324,11 @@ def _prefetched(
 
 
 def _server_tile(rps: Any) -> tuple[int, int]:
-    try:
-        w, h = rps.getTileSize()
-        if w > 0 and h > 0:
-            return int(w), int(h)
-    except Exception as exc:
-        from omero_push.session import is_connection_lost
-
-        if is_connection_lost(exc):
-            raise
-        log.debug("getTileSize failed (%s); using %s", exc, DEFAULT_TILE)
-    return DEFAULT_TILE
+    """``RawPixelsStore.getTileSize``: the only tile size a real server's buffer is sure to take."""
+    w, h = rps.getTileSize()
+    if w <= 0 or h <= 0:
+        raise ServerError(f"the server proposes a tile of {w}x{h}")
+    return int(w), int(h)
 
 
 def set_channels(

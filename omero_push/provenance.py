@@ -13,7 +13,8 @@ all other annotations.  Its presence means "this image is complete"; its ``sourc
 
 An image being built carries :func:`pending_description` as its description (set atomically by
 ``IPixels.createImage`` / the import settings), so an interrupted image is found again with a plain
-``IQuery.findAllByString`` and reused instead of duplicated or orphaned.
+exact-match query (:func:`omero_push.annotate.find_images_by_description`) and dealt with instead of
+duplicated or orphaned.
 """
 
 from __future__ import annotations

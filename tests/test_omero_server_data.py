@@ -102,6 +102,7 @@ def write_ome_tiff(
     pairs: list[tuple[str, str]],
     tile: tuple[int, int] | None = (16, 16),
     pyramid: int = 0,
+    compression: str = "zlib",
 ) -> None:
     """An OME-TIFF of ``data`` (T, C, Z, Y, X), planes in XYZCT order, written with tifffile.
 
@@ -145,7 +146,7 @@ def write_ome_tiff(
         namespace=KV_NS,
         value=om.Map(ms=[om.Map.M(k=k, value=v) for k, v in pairs]),
     )
-    tag = om.TagAnnotation(id="Annotation:1", value="not-imported-as-tag")
+    tag = om.TagAnnotation(id="Annotation:1", value="tag-from-the-file")
     ome = om.OME(
         images=[
             om.Image(
@@ -172,7 +173,7 @@ def write_ome_tiff(
                 description=xml if i == 0 else None,
                 metadata=None,
                 tile=tile,
-                compression="zlib",
+                compression=compression,
                 photometric="minisblack",
                 subifds=pyramid or None,
             )
@@ -183,7 +184,7 @@ def write_ome_tiff(
                     subfiletype=1,
                     metadata=None,
                     tile=tile,
-                    compression="zlib",
+                    compression=compression,
                     photometric="minisblack",
                 )
 
@@ -293,9 +294,9 @@ def test_planes_and_tiles_roundtrip(server: Any, dtype: str) -> None:
                 for c in range(3):
                     for z in range(2):
                         rps.setPlane(big_endian(data[t, c, z]), z, c, t)
-            patch = random_stack((11, 20), dtype, seed=1)
-            rps.setTile(big_endian(patch), 1, 2, 1, 30, 5, 20, 11)
-            data[1, 2, 1, 5:16, 30:50] = patch
+            patch = random_stack((11, 53), dtype, seed=1)  # ROMIO: full-width strips only
+            rps.setTile(big_endian(patch), 1, 2, 1, 0, 5, 53, 11)
+            data[1, 2, 1, 5:16] = patch
             rps.save()
             itemsize = np.dtype(dtype).itemsize
             assert rps.getByteWidth() == itemsize
@@ -352,11 +353,12 @@ def test_stack_timepoint_region_and_hypercube_accessors(server: Any) -> None:
 
 
 def test_tiled_write_of_a_plane(server: Any) -> None:
-    """A plane written only through tiles (edge tiles smaller) reads back whole and equal.
+    """A plane written only through getTileSize's tiles (the last one shorter) reads back equal.
 
-    Proves the pusher's pixels mode: planes larger than Ice's message limit go up as tiles.
+    Proves the pusher's pixels mode: planes larger than Ice's message limit go up as tiles —
+    on ROMIO pixels (up to 3192²) full-width strips below 1 MiB, as OMERO hands out.
     """
-    shape = (1, 1, 1, 300, 410)
+    shape = (1, 1, 1, 3000, 410)
     data = random_stack(shape, "uint16", seed=3)
     with session(server) as (_client, sf):
         pid = create_image(sf, shape, "uint16")
@@ -364,13 +366,10 @@ def test_tiled_write_of_a_plane(server: Any) -> None:
         try:
             rps.setPixelsId(pid, True)
             tw, th = rps.getTileSize()
-            assert tw > 0 and th > 0
-            for y in range(0, 300, 128):
-                for x in range(0, 410, 128):
-                    h, w = min(128, 300 - y), min(128, 410 - x)
-                    rps.setTile(
-                        big_endian(data[0, 0, 0, y : y + h, x : x + w]), 0, 0, 0, x, y, w, h
-                    )
+            assert (tw, th) == (410, 1048576 // 2 // 410)  # RomioPixelBuffer.getTileSize
+            for y in range(0, 3000, th):
+                h = min(th, 3000 - y)
+                rps.setTile(big_endian(data[0, 0, 0, y : y + h]), 0, 0, 0, 0, y, tw, h)
             rps.save()
         finally:
             rps.close()
@@ -409,7 +408,7 @@ def test_pixel_requests_out_of_bounds_fail(server: Any) -> None:
                 rps.getPlane(0, 0, 0)  # no setPixelsId yet
             rps.setPixelsId(pid, True)
             with pytest.raises(omero.ApiUsageException):
-                rps.setTile(b"\0" * 25, 0, 0, 0, 8, 8, 5, 5)  # beyond the plane
+                rps.setTile(b"\0" * 50, 0, 0, 0, 0, 8, 10, 5)  # beyond the plane
             with pytest.raises(omero.ApiUsageException):
                 rps.setPlane(b"\0" * 99, 0, 0, 0)  # one byte short
             with pytest.raises(omero.ApiUsageException):
@@ -459,7 +458,7 @@ def test_import_ome_tiff(server: Any, tmp_path: Path) -> None:
 
     Proves: the upload/verifyUpload/CmdCallbackI handshake, ImportResponse.pixels, every plane
     readable and equal, channel names and colours, physical sizes, the Image's MapAnnotation
-    (and no tag), the dataset link from userSpecifiedTarget, the Fileset with its
+    and TagAnnotation, the dataset link from userSpecifiedTarget, the Fileset with its
     OriginalFile and SHA-1, StatsInfo min/max.
     """
     data = random_stack((2, 2, 3, 40, 56), "uint16", seed=7)
@@ -512,7 +511,8 @@ def test_import_ome_tiff(server: Any, tmp_path: Path) -> None:
             assert ch.getStatsInfo().getGlobalMax().getValue() == float(data[:, c].max())
         assert image_maps(sf, image_id) == [(KV_NS, pairs)]
         anns = sf.getMetadataService().loadAnnotations("Image", [image_id], [], [], None)
-        assert not [a for a in anns.get(image_id, []) if isinstance(a, omero.model.TagAnnotation)]
+        tags = [a for a in anns.get(image_id, []) if isinstance(a, omero.model.TagAnnotation)]
+        assert [t.getTextValue().getValue() for t in tags] == ["tag-from-the-file"]
         in_dataset = sf.getContainerService().getImages(
             "Dataset", [dataset.getId().getValue()], None
         )
@@ -537,7 +537,8 @@ def test_import_ome_tiff(server: Any, tmp_path: Path) -> None:
 
 
 def test_import_honours_user_settings(server: Any, tmp_path: Path) -> None:
-    """userSpecifiedName, userSpecifiedPixels and userSpecifiedAnnotationList are applied."""
+    """userSpecifiedName and userSpecifiedAnnotationList are applied; userSpecifiedPixels
+    does not override the file's physical sizes (ome/omero-blitz PixelsProcessor)."""
     path = tmp_path / "settings.ome.tiff"
     write_ome_tiff(path, random_stack((1, 1, 1, 8, 8), "uint8"), ["c0"], [])
     with session(server) as (client, sf):
@@ -556,10 +557,10 @@ def test_import_honours_user_settings(server: Any, tmp_path: Path) -> None:
         assert sf.getQueryService().get("Image", image_id).getName().getValue() == "renamed"
         desc = sf.getPixelsService().retrievePixDescription(pixels.getId().getValue())
         sizes = [desc.getPhysicalSizeX(), desc.getPhysicalSizeY(), desc.getPhysicalSizeZ()]
-        assert [s.getValue() for s in sizes] == pytest.approx([0.1, 0.2, 2.0])
+        assert [s.getValue() for s in sizes] == pytest.approx([0.25, 0.25, 0.5])
         anns = sf.getMetadataService().loadAnnotations("Image", [image_id], [], [], None)
         tags = [a for a in anns[image_id] if isinstance(a, omero.model.TagAnnotation)]
-        assert [a.getId().getValue() for a in tags] == [tag.getId().getValue()]
+        assert tag.getId().getValue() in [a.getId().getValue() for a in tags]
 
 
 def test_import_rejects_a_wrong_checksum(server: Any, tmp_path: Path) -> None:
@@ -889,16 +890,21 @@ def test_connection_drops_after_n_pixel_writes(omero_server_factory: Any) -> Non
         got = read_all_planes(sf, pid, np.dtype("uint16"), shape)
         np.testing.assert_array_equal(got[0, 0, :3], data[0, 0, :3])
         assert not got[0, 0, 3:].any()
-        # the drop happens once per server process: a client that reconnects can finish
+        # as in OMERO, the pixels' file exists now: a client that reconnects cannot finish
+        # them (a new image must be made), but the drop happens once, so it can make one
         rps = sf.createRawPixelsStore()
         try:
             rps.setPixelsId(pid, True)
-            for z in range(3, 6):
+            with pytest.raises(omero.ApiUsageException, match="Write-method not permitted"):
+                rps.setPlane(big_endian(data[0, 0, 3]), 3, 0, 0)
+            pid2 = create_image(sf, shape, "uint16")
+            rps.setPixelsId(pid2, True)
+            for z in range(6):
                 rps.setPlane(big_endian(data[0, 0, z]), z, 0, 0)
             rps.save()
         finally:
             rps.close()
-        np.testing.assert_array_equal(read_all_planes(sf, pid, np.dtype("uint16"), shape), data)
+        np.testing.assert_array_equal(read_all_planes(sf, pid2, np.dtype("uint16"), shape), data)
 
 
 def test_delay_fault_slows_data_services(omero_server_factory: Any) -> None:

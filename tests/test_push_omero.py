@@ -452,18 +452,18 @@ def test_resume_after_crash_between_import_and_annotations(
     """Import mode, killed after the server imported the file but before the annotations and the
     receipt: the re-run finds the imported image by its 'incomplete' description and completes it
     — no second import of the file."""
-    push_mod = importlib.import_module("omero_push.push")  # the package re-exports push()
+    push_mod = importlib.import_module("omero_push.receipts")  # where images are completed
 
     server = omero_server_factory()
     f = tmp_path / "one.ome.tiff"
     data = make_ome_tiff(f, name="one")
-    real = push_mod._annotate_image
+    real = push_mod.complete_image
 
     def crash(*args: Any, **kw: Any) -> int:
         server.kill()
         return real(*args, **kw)
 
-    monkeypatch.setattr(push_mod, "_annotate_image", crash)
+    monkeypatch.setattr(push_mod, "complete_image", crash)
     kw = push_kw(server, dataset="crash-import", mode="import", retries=0)
     with pytest.raises(ConnectionLostError):
         push([f], **kw)
@@ -471,7 +471,7 @@ def test_resume_after_crash_between_import_and_annotations(
     with reader(server) as sf:
         (half,) = sf.getQueryService().findAll("Image", None)
         assert _v(half.getDescription()).startswith(PENDING_PREFIX)
-    monkeypatch.setattr(push_mod, "_annotate_image", real)
+    monkeypatch.setattr(push_mod, "complete_image", real)
     result = push([f], **kw)
     assert [r.status for r in result.images] == ["resumed"]
     with reader(server) as sf:
@@ -494,7 +494,7 @@ def test_dropping_server_is_survived_by_retries(omero_server_factory: Any, tmp_p
     out = tmp_path / "out"
     make_converter_output(out, positions=2, shape_tczyx=(2, 2, 2, 64, 64))
     result = push(
-        [out], **push_kw(server, dataset="drops", mode="pixels", tile=(32, 32), retries=8)
+        [out], **push_kw(server, dataset="drops", mode="pixels", tile=(64, 16), retries=8)
     )
     assert result.reconnects >= 1
     with reader(server) as sf:
@@ -691,7 +691,7 @@ def test_password_absent_from_everything_in_a_failing_push(
             "--mode",
             "pixels",
             "--tile",
-            "16x16",
+            "64x16",
             "--retries",
             "0",
             "--verbose",
@@ -770,7 +770,7 @@ def test_pixels_mode_keeps_dtype(omero_server: Any, tmp_path: Path, dtype: str) 
     global min/max are those of the data."""
     f = tmp_path / f"{dtype}.ome.tiff"
     data = make_ome_tiff(f, name=dtype, dtype=dtype, shape_tczyx=(1, 2, 2, 30, 70))
-    result = push([f], **push_kw(omero_server, dataset=f"dt-{dtype}", mode="pixels", tile=(32, 16)))
+    result = push([f], **push_kw(omero_server, dataset=f"dt-{dtype}", mode="pixels", tile=(70, 16)))
     with reader(omero_server) as sf:
         (image,) = sf.getContainerService().getImages("Image", result.image_ids, None)
         pid = _v(image.getPrimaryPixels().getId())
@@ -1189,34 +1189,104 @@ def test_existing_tag_is_reused_by_name(omero_server: Any, tmp_path: Path) -> No
         assert tag_id in [_v(a.getId()) for a in anns]
 
 
-def test_pixels_mode_sends_tiles_never_planes(
-    omero_server: Any, tmp_path: Path, monkeypatch
-) -> None:
-    """Pixels mode writes tiles of the requested size (edge tiles smaller), each plane covered
-    once, never setPlane/setRegion (a large plane exceeds Ice's message limit)."""
+def _record_tiles(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Record every setTile the pusher sends (z, c, t, x, y, w, h, bytes, calls in flight)."""
     import omero.api
 
     calls: list[tuple[Any, ...]] = []
     prx = omero.api.RawPixelsStorePrx
-    real_tile = prx.begin_setTile
+    real_begin, real_end = prx.begin_setTile, prx.end_setTile
+    in_flight = [0]
 
     def begin_tile(self: Any, buf: Any, z: int, c: int, t: int, x: int, y: int, w: int, h: int):
-        calls.append((z, c, t, x, y, w, h, memoryview(buf).nbytes))
-        return real_tile(self, buf, z, c, t, x, y, w, h)
+        in_flight[0] += 1
+        calls.append((z, c, t, x, y, w, h, memoryview(buf).nbytes, in_flight[0]))
+        return real_begin(self, buf, z, c, t, x, y, w, h)
+
+    def end_tile(self: Any, result: Any) -> Any:
+        in_flight[0] -= 1
+        return real_end(self, result)
 
     monkeypatch.setattr(prx, "begin_setTile", begin_tile)
+    monkeypatch.setattr(prx, "end_setTile", end_tile)
     for name in ("setPlane", "begin_setPlane", "setRegion", "begin_setRegion", "setTile"):
         monkeypatch.setattr(prx, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} used"))
+    return calls
+
+
+def test_pixels_mode_sends_the_servers_tiles(
+    omero_server: Any, tmp_path: Path, monkeypatch
+) -> None:
+    """Without --tile, pixels mode writes the tiles the server proposes (getTileSize): full-width
+    strips below 1 MiB on a ROMIO buffer, each plane covered once, never setPlane/setRegion.
+    (Strict stand-in: ROMIO refuses any tile narrower than the image, as RomioPixelBuffer.)"""
+    calls = _record_tiles(monkeypatch)
     f = tmp_path / "tiles.ome.tiff"
-    data = make_ome_tiff(f, name="tiles", shape_tczyx=(1, 1, 2, 100, 150))
-    push([f], **push_kw(omero_server, dataset="tiles", mode="pixels", tile=(64, 32)))
-    assert len(calls) == 2 * 3 * 4  # planes × ceil(150/64) × ceil(100/32)
-    assert all(w <= 64 and h <= 32 and n == w * h * 2 for *_, w, h, n in calls)
-    for z in range(2):
-        covered = sum(w * h for zz, *_, w, h, _n in calls if zz == z)
-        assert covered == 100 * 150
+    data = make_ome_tiff(f, name="tiles", shape_tczyx=(1, 1, 2, 1000, 700), tile=(256, 256))
+    push([f], **push_kw(omero_server, dataset="tiles", mode="pixels"))
+    rows = 1048576 // 2 // 700  # RomioPixelBuffer.getTileSize: MAXIMUM_BUFFER_SIZE / bytes / X
+    assert {(x, w) for _z, _c, _t, x, _y, w, *_ in calls} == {(0, 700)}
+    assert [h for z, _c, _t, _x, _y, _w, h, *_ in calls if z == 0] == [rows, 1000 - rows]
+    assert all(n == w * h * 2 for *_, w, h, n, _f in calls)
     with reader(omero_server) as sf:
         (image,) = sf.getQueryService().findAll("Image", None)
         (img,) = sf.getContainerService().getImages("Image", [_v(image.getId())], None)
         pid = _v(img.getPrimaryPixels().getId())
-        assert np.array_equal(read_plane(sf, pid, 1, 0, 0, data.dtype, (100, 150)), data[0, 0, 1])
+        assert np.array_equal(read_plane(sf, pid, 1, 0, 0, data.dtype, (1000, 700)), data[0, 0, 1])
+
+
+def test_tile_option_is_checked_against_the_server(
+    omero_server: Any, tmp_path: Path, monkeypatch
+) -> None:
+    """--tile narrower than a ROMIO image is refused with one clear line before a pixel is sent,
+    and leaves no image behind; a full-width --tile is used as given."""
+    from omero_push.errors import InputError
+
+    calls = _record_tiles(monkeypatch)
+    f = tmp_path / "tiles.ome.tiff"
+    make_ome_tiff(f, name="tiles", shape_tczyx=(1, 1, 2, 100, 150))
+    kw = push_kw(omero_server, dataset="tiles", mode="pixels", retries=0)
+    with pytest.raises(InputError, match=r"--tile 64x32: .*full-width strips \(150xN\)"):
+        push([f], tile=(64, 32), **kw)
+    assert calls == []
+    push([f], tile=(150, 32), **kw)
+    assert [(x, y, w, h) for z, _c, _t, x, y, w, h, *_ in calls if z == 0] == [
+        (0, 0, 150, 32),
+        (0, 32, 150, 32),
+        (0, 64, 150, 32),
+        (0, 96, 150, 4),
+    ]
+    with reader(omero_server) as sf:
+        assert len(sf.getQueryService().findAll("Image", None)) == 1
+
+
+def test_pixels_mode_pyramid_one_tile_in_flight_in_order(
+    omero_server: Any, tmp_path: Path, monkeypatch
+) -> None:
+    """An image above 3192² is a pyramid on OMERO: its server tiles (256²) go one call at a time,
+    plane by plane in XYZCT order and row by row, and read back equal. (Strict stand-in: the
+    pyramid buffer refuses a tile out of order, as BfPyramidPixelBuffer's sequential writer.)"""
+    calls = _record_tiles(monkeypatch)
+    f = tmp_path / "big.ome.tiff"
+    data = make_ome_tiff(f, name="big", dtype="uint8", shape_tczyx=(1, 1, 2, 3300, 3300), tile=(256, 256))
+    push([f], **push_kw(omero_server, dataset="big", mode="pixels"))
+    assert calls and max(c[-1] for c in calls) == 1  # never two calls in flight
+    expected = [
+        (z, 0, 0, x, y, min(256, 3300 - x), min(256, 3300 - y))
+        for z in range(2)
+        for y in range(0, 3300, 256)
+        for x in range(0, 3300, 256)
+    ]
+    assert [c[:7] for c in calls] == expected
+    with reader(omero_server) as sf:
+        (image,) = sf.getQueryService().findAll("Image", None)
+        (img,) = sf.getContainerService().getImages("Image", [_v(image.getId())], None)
+        pid = _v(img.getPrimaryPixels().getId())
+        rps = sf.createRawPixelsStore()
+        try:
+            rps.setPixelsId(pid, True)
+            tile = rps.getTile(1, 0, 0, 3000, 3100, 300, 200)
+        finally:
+            rps.close()
+        got = np.frombuffer(tile, dtype=np.uint8).reshape(200, 300)
+        assert np.array_equal(got, data[0, 0, 1, 3100:3300, 3000:3300])

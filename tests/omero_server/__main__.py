@@ -16,6 +16,14 @@ from pathlib import Path
 from .faults import Faults
 
 
+def _version(text: str) -> tuple[int, ...]:
+    """``6.10`` -> (6, 10); argparse reports anything else as a bad value."""
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a version like 6.10: {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, configure logging, run the server; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m tests.omero_server",
@@ -32,12 +40,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="close the client's connection once, after N pixel writes")
     p.add_argument("--delay-ms", type=int, default=0, metavar="N", help="delay every API reply")
     p.add_argument("--no-tables", action="store_true", help="OMERO.tables disabled")
+    p.add_argument("--bioformats-version", type=_version, default=None, metavar="X.Y",
+                   help="pretend this Bio-Formats (below 7.0: imports of zstd TIFFs fail)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="omero-standin %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     faults = Faults(drop_after_pixel_writes=args.drop_after_pixel_writes, delay_ms=args.delay_ms,
-                    tables_enabled=not args.no_tables)
+                    tables_enabled=not args.no_tables,
+                    bioformats_version=args.bioformats_version)
     import Ice  # imported here: argument errors are reported without loading Ice and omero
 
     from .server import serve

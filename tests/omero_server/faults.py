@@ -31,11 +31,15 @@ class Faults:
         :meth:`delay`) waits this long before answering.
     tables_enabled: False makes ``SharedResources.areTablesEnabled()`` answer False and
         ``newTable`` return None, as on a server without OMERO.tables.
+    bioformats_version: the Bio-Formats the server pretends to run, e.g. (6, 10); below 7.0
+        an import's pixel-data step fails on zstd-compressed TIFFs, as on OMERO before 5.6.9.
+        None: a current one.
     """
 
     drop_after_pixel_writes: int | None = None
     delay_ms: int = 0
     tables_enabled: bool = True
+    bioformats_version: tuple[int, ...] | None = None
     pixel_writes: int = 0
     dropped: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

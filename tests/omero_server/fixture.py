@@ -62,6 +62,7 @@ class StandIn:
     tables: bool = True
     ssl: bool = False
     ssl_port: int | None = None
+    bioformats_version: str | None = None
     proc: subprocess.Popen | None = None
     _stderr: list[str] = field(default_factory=list)
 
@@ -81,6 +82,8 @@ class StandIn:
             argv.append("--no-tables")
         if self.ssl:
             argv += ["--ssl-port", str(self.ssl_port or 0)]
+        if self.bioformats_version:
+            argv += ["--bioformats-version", self.bioformats_version]
         return argv
 
     def start(self) -> StandIn:

@@ -66,6 +66,25 @@ _COMPARE = {"=": operator.eq, "!=": operator.ne, "<>": operator.ne, "<": operato
             "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
+def like_regex(pattern: str, case_sensitive: bool = True) -> re.Pattern[str]:
+    """SQL ``LIKE`` as PostgreSQL reads it: ``%`` any run, ``_`` one character, ``\\`` escapes.
+
+    OMERO's database is PostgreSQL, whose ``LIKE`` takes the backslash as its default escape
+    character; ``ILIKE`` (Hibernate's ``Restrictions.ilike``) is the case-insensitive form.
+    """
+    out, chars = [], iter(pattern)
+    for ch in chars:
+        if ch == "\\":
+            out.append(re.escape(next(chars, "\\")))
+        elif ch == "%":
+            out.append(".*")
+        elif ch == "_":
+            out.append(".")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("^" + "".join(out) + "$", re.S | (0 if case_sensitive else re.I))
+
+
 class QueryError(Exception):
     """The query is outside the supported HQL subset (services answer ApiUsageException)."""
 
@@ -501,8 +520,7 @@ class Evaluator:
             left, pat = self.value(row, node[1]), self.value(row, node[2])
             if left is None or pat is None:
                 return None
-            rx = "^" + re.escape(str(pat)).replace("%", ".*").replace("_", ".") + "$"
-            return re.match(rx, str(left), re.S) is not None
+            return like_regex(str(pat)).match(str(left)) is not None
         if tag == "cmp":
             op, a, b = node[1], self.value(row, node[2]), self.value(row, node[3])
             if isinstance(b, list) and len(b) == 1:

@@ -89,6 +89,34 @@ class PixelsError(Exception):
     """
 
 
+class UnsupportedWrite(PixelsError):
+    """A write the buffer kind cannot do at all: Java's ``UnsupportedOperationException``.
+
+    ROMIO takes only full-width strips, a pyramid only tiles (ome/omero-romio
+    ``RomioPixelBuffer.setTile``, ``BfPyramidPixelBuffer.setPlane``). OMERO does not map that
+    Java exception, so the client receives ``omero.InternalException`` (ome/omero-blitz
+    ``src/main/java/omero/util/IceMapper.java``, ``handleException``).
+    """
+
+
+#: ome/omero-romio ``ConfiguredTileSizes()``: ``this(256, 256, 3192, 3192)``, the defaults of
+#: ``omero.pixeldata.tile_width/height`` and ``max_plane_width/height``.
+MAX_PLANE_WIDTH = MAX_PLANE_HEIGHT = 3192
+PYRAMID_TILE = (256, 256)
+#: ome/omero-romio ``RomioPixelBuffer.MAXIMUM_BUFFER_SIZE``: ROMIO's strips stay below 1 MiB.
+ROMIO_MAXIMUM_BUFFER_SIZE = 1048576
+
+
+def requires_pyramid(size_x: int, size_y: int, dtype: np.dtype) -> bool:
+    """ome/omero-romio ``PixelsService.requiresPixelsPyramid``: more samples than 3192².
+
+    ``maxPlaneFloatOverride`` is on by default there, so float and double never get a pyramid.
+    """
+    if dtype.kind == "f":
+        return False
+    return size_x * size_y > MAX_PLANE_WIDTH * MAX_PLANE_HEIGHT
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Sizes of one Pixels object and OMERO's byte arithmetic over them."""
@@ -173,26 +201,35 @@ class PixelBuffer(Protocol):
 class RomioBuffer:
     """A Pixels object's planes in one big-endian file, XYZCT plane-major, as OMERO's ROMIO.
 
-    The file is created sparse at its full size, so unwritten planes read as zeros (as in
-    OMERO) and a plane written before a crash is still there after a restart.
+    Written once, as ome/omero-romio ``PixelsService._getPixelBuffer``: a buffer opened on a
+    Pixels whose file does not exist yet may write ("Creating ROMIO Pixel buffer"); once the
+    file exists, every new buffer on it is read-only ("Pixel buffer file exists returning
+    read-only ROMIO pixel buffer"), and its writes raise ``ApiUsageException("Write-method not
+    permitted.")`` (``RomioPixelBuffer.throwIfReadOnly``). The file is created at the buffer's
+    first use (``RomioPixelBuffer.getFileChannel`` opens it "rw"), sparse at its full size, so
+    unwritten planes read as zeros and a plane written before a crash is still there after a
+    restart. Writes are full-width strips only (``RomioPixelBuffer.setTile``).
     """
-
-    writable = True
 
     def __init__(self, path: Path, geometry: Geometry) -> None:
         self.path = path
         self.geometry = geometry
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists() or path.stat().st_size != geometry.total_size:
-            with open(path, "ab") as fh:
-                fh.truncate(geometry.total_size)
-        self._array: np.memmap | None = np.memmap(
-            path, dtype=geometry.dtype, mode="r+", shape=geometry.shape
-        )
+        self.writable = not path.exists()
+        self._array: np.memmap | None = None
+        self._closed = False
 
     def _arr(self) -> np.memmap:
-        if self._array is None:
+        if self._closed:
             raise PixelsError(f"pixel buffer {self.path} is closed")
+        if self._array is None:
+            g = self.geometry
+            if self.writable:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "ab") as fh:
+                    if fh.tell() != g.total_size:
+                        fh.truncate(g.total_size)
+            mode = "r+" if self.writable else "r"
+            self._array = np.memmap(self.path, dtype=g.dtype, mode=mode, shape=g.shape)
         return self._array
 
     def read_tile(self, z: int, c: int, t: int, x: int, y: int, w: int, h: int) -> bytes:
@@ -205,14 +242,15 @@ class RomioBuffer:
         self, data: bytes, z: int, c: int, t: int, x: int, y: int, w: int, h: int
     ) -> None:
         g = self.geometry
+        if not self.writable:
+            raise PixelsError("Write-method not permitted.")
+        if x != 0:
+            raise UnsupportedWrite("ROMIO pixel buffer only supports 0 offseted tile writes.")
+        if w != g.size_x:
+            raise UnsupportedWrite("ROMIO pixel buffer only supports full row writes.")
         g.check_zct(z, c, t)
         g.check_tile(x, y, w, h)
-        expected = w * h * g.byte_width
-        if len(data) != expected:
-            raise PixelsError(
-                f"buffer of {len(data)} bytes for a {w}x{h} tile of {g.dtype.name} "
-                f"(expected {expected})"
-            )
+        check_length(data, g, w, h)
         self._arr()[t, c, z, y : y + h, x : x + w] = np.frombuffer(data, g.dtype).reshape(h, w)
 
     def level_sizes(self) -> list[tuple[int, int]]:
@@ -224,16 +262,159 @@ class RomioBuffer:
             raise PixelsError("these pixels have one resolution level")
 
     def tile_size(self) -> tuple[int, int] | None:
-        return None
+        """Full-width strips below 1 MiB, as ``RomioPixelBuffer.getTileSize``."""
+        g = self.geometry
+        return g.size_x, max(1, min(g.size_y, (ROMIO_MAXIMUM_BUFFER_SIZE // g.byte_width) // g.size_x))
 
     def flush(self) -> None:
-        if self._array is not None:
+        if self._array is not None and self.writable:
             self._array.flush()
 
     def close(self) -> None:
-        if self._array is not None:
-            self._array.flush()
-            self._array = None
+        self.flush()
+        self._array = None
+        self._closed = True
+
+
+def check_length(data: bytes, g: Geometry, w: int, h: int) -> None:
+    """A tile's buffer must hold exactly ``w * h`` samples."""
+    expected = w * h * g.byte_width
+    if len(data) != expected:
+        raise PixelsError(
+            f"buffer of {len(data)} bytes for a {w}x{h} tile of {g.dtype.name} "
+            f"(expected {expected})"
+        )
+
+
+class PyramidBuffer:
+    """The pixels of an image larger than 3192², written as tiles once, in order.
+
+    Follows ome/omero-romio ``BfPyramidPixelBuffer``: a buffer opened where the pyramid file
+    does not exist writes into a temporary file through Bio-Formats' sequential TIFF writer
+    (``setWriteSequentially(true)``), so tiles come plane by plane in XYZCT order and, within a
+    plane, row by row at the tile size of the first tile; anything else is refused. The first
+    read (or ``save``, which digests the pixels, or ``close``) closes the writer
+    (``delegate()`` → ``closeWriter``) and the pyramid becomes read-only for good: a later
+    ``setTile`` raises ``ApiUsageException("In read-only mode!")``, and so does every buffer
+    opened once the file exists. Plane, row, region and stack writes raise
+    ``UnsupportedOperationException("Non-tile based writing unsupported.")``. While writing,
+    ``getTileSize`` is the configured 256×256 (``getTileSize`` when ``isWrite()``).
+
+    Stored as one big-endian file like ROMIO (``<id>_pyramid``); the stand-in serves only the
+    full resolution (see the README's differences).
+    """
+
+    def __init__(self, path: Path, geometry: Geometry) -> None:
+        self.path = path
+        self.geometry = geometry
+        self.writable = not path.exists()
+        self.tmp = path.with_name(path.name + ".tmp")
+        self._tile: tuple[int, int] | None = None
+        self._next = (0, 0, 0)  # plane number (XYZCT), tile row, tile column
+        self._array: np.memmap | None = None
+        self._closed = False
+
+    def _plane_number(self, z: int, c: int, t: int) -> int:
+        g = self.geometry
+        return z + g.size_z * (c + g.size_c * t)
+
+    def _open(self, path: Path, mode: str) -> np.memmap:
+        g = self.geometry
+        if mode == "r+":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as fh:
+                if fh.tell() != g.total_size:
+                    fh.truncate(g.total_size)
+        return np.memmap(path, dtype=g.dtype, mode=mode, shape=g.shape)
+
+    def close_writer(self) -> None:
+        """End the write phase: the temporary file becomes the pyramid, read-only from now on."""
+        if not self.writable:
+            return
+        if self._array is None:
+            self._array = self._open(self.tmp, "r+")
+        self._array.flush()
+        self._array = None
+        self.tmp.replace(self.path)
+        self.writable = False
+
+    def _reader(self) -> np.memmap:
+        if self._closed:
+            raise PixelsError(f"pixel buffer {self.path} is closed")
+        self.close_writer()
+        if self._array is None:
+            self._array = self._open(self.path, "r")
+        return self._array
+
+    def read_tile(self, z: int, c: int, t: int, x: int, y: int, w: int, h: int) -> bytes:
+        g = self.geometry
+        g.check_zct(z, c, t)
+        g.check_tile(x, y, w, h)
+        return self._reader()[t, c, z, y : y + h, x : x + w].tobytes()
+
+    def _expected(self) -> tuple[int, int, int, int]:
+        """x, y, w, h of the next tile the sequential writer accepts."""
+        g = self.geometry
+        tw, th = self._tile or (0, 0)
+        _, row, col = self._next
+        x, y = col * tw, row * th
+        return x, y, min(tw, g.size_x - x), min(th, g.size_y - y)
+
+    def write_tile(
+        self, data: bytes, z: int, c: int, t: int, x: int, y: int, w: int, h: int
+    ) -> None:
+        g = self.geometry
+        if not self.writable:
+            raise PixelsError(f"In read-only mode! ({self.path.name} exists. Pyramid is read-only)")
+        g.check_zct(z, c, t)
+        g.check_tile(x, y, w, h)
+        check_length(data, g, w, h)
+        if self._tile is None:
+            self._tile = (w, h)
+        plane = self._plane_number(z, c, t)
+        expected = self._expected()
+        if plane != self._next[0] or (x, y, w, h) != expected:
+            raise UnsupportedWrite(
+                f"pyramid tiles are written once, in order: expected plane {self._next[0]} "
+                f"(XYZCT) tile x={expected[0]} y={expected[1]} w={expected[2]} h={expected[3]}, "
+                f"got plane {plane} (z={z} c={c} t={t}) x={x} y={y} w={w} h={h}"
+            )
+        if self._array is None:
+            self._array = self._open(self.tmp, "r+")
+        self._array[t, c, z, y : y + h, x : x + w] = np.frombuffer(data, g.dtype).reshape(h, w)
+        tw, th = self._tile
+        _, row, col = self._next
+        col += 1
+        if col * tw >= g.size_x:
+            row, col = row + 1, 0
+        if row * th >= g.size_y:
+            plane, row = plane + 1, 0
+        self._next = (plane, row, col)
+
+    def level_sizes(self) -> list[tuple[int, int]]:
+        return [(self.geometry.size_x, self.geometry.size_y)]
+
+    def set_level(self, pyramid_index: int) -> None:
+        if self.writable:
+            raise PixelsError("In write mode!")
+        if pyramid_index != 0:
+            raise PixelsError("the stand-in serves the full resolution of a pyramid only")
+
+    def tile_size(self) -> tuple[int, int] | None:
+        if self.writable:
+            return PYRAMID_TILE
+        g = self.geometry
+        return min(g.size_x, PYRAMID_TILE[0]), min(g.size_y, PYRAMID_TILE[1])
+
+    def flush(self) -> None:
+        """``save`` digests the pixels, which reads them and so closes the writer."""
+        self.close_writer()
+
+    def close(self) -> None:
+        if not self._closed:
+            self.close_writer()
+        self._array = None
+        self._closed = True
 
 
 @dataclass(frozen=True)
@@ -515,6 +696,11 @@ def romio_path(store_dir: Path, pixels_id: int) -> Path:
     return pixels_dir(store_dir) / str(pixels_id)
 
 
+def pyramid_path(store_dir: Path, pixels_id: int) -> Path:
+    """ome/omero-romio ``PixelsService``: the pyramid sits beside the ROMIO path, ``_pyramid``."""
+    return pixels_dir(store_dir) / f"{pixels_id}_pyramid"
+
+
 def tiff_pointer_path(store_dir: Path, pixels_id: int) -> Path:
     return pixels_dir(store_dir) / f"{pixels_id}.tiff.json"
 
@@ -533,6 +719,8 @@ def open_buffer(store_dir: Path, pixels_id: int, geometry: Geometry) -> PixelBuf
     pointer = tiff_pointer_path(store_dir, pixels_id)
     if pointer.exists():
         return TiffBuffer(TiffSource.from_json(json.loads(pointer.read_text()), Path(store_dir)))
+    if requires_pyramid(geometry.size_x, geometry.size_y, geometry.dtype):
+        return PyramidBuffer(pyramid_path(store_dir, pixels_id), geometry)
     return RomioBuffer(romio_path(store_dir, pixels_id), geometry)
 
 
@@ -798,6 +986,8 @@ class RawPixelsStoreI(StatefulService, omero.api.RawPixelsStore):
         self, pixelsId: int, bypassOriginalFile: bool, current: Ice.Current | None = None
     ) -> None:
         with self.lock:
+            if self.buffer is not None and self.pixels_id == pixelsId:
+                return  # ome/omero-server RawPixelsBean.setPixelsId: same id keeps its buffer
             _, buffer = _wrap(lambda: open_pixels(self.ctx, pixelsId))
             self._release()
             self.buffer = buffer
@@ -976,10 +1166,8 @@ class RawPixelsStoreI(StatefulService, omero.api.RawPixelsStore):
         current: Ice.Current | None,
     ) -> Any:
         buf = self._buf()
-        if not buf.writable:
-            raise usage_error(
-                f"Pixels:{self.pixels_id} belongs to an imported image: its pixels are read-only"
-            )
+        if not buf.writable:  # the buffer raises its own read-only error (ROMIO, pyramid, file)
+            _wrap(lambda: buf.write_tile(bytes(data), z, c, t, x, y, w, h))
         self._count_write(current)
         with self.lock:
             _wrap(lambda: buf.write_tile(bytes(data), z, c, t, x, y, w, h))
@@ -1004,12 +1192,14 @@ class RawPixelsStoreI(StatefulService, omero.api.RawPixelsStore):
         self, buf: bytes, z: int, c: int, t: int, current: Ice.Current | None = None
     ) -> Any:
         g = self._geo()
+        _whole_planes(self._buf())
         return self._write(buf, z, c, t, 0, 0, g.size_x, g.size_y, current)
 
     def setRow(
         self, buf: bytes, y: int, z: int, c: int, t: int, current: Ice.Current | None = None
     ) -> Any:
         g = self._geo()
+        _whole_planes(self._buf())
         return self._write(buf, z, c, t, 0, y, g.size_x, 1, current)
 
     def setStack(
@@ -1017,6 +1207,7 @@ class RawPixelsStoreI(StatefulService, omero.api.RawPixelsStore):
     ) -> Any:
         """The whole Z stack of (c, t); *z* is ignored, as in OMERO's signature."""
         g = self._geo()
+        _whole_planes(self._buf())
         if len(buf) != g.stack_size:
             raise usage_error(f"stack buffer of {len(buf)} bytes, expected {g.stack_size}")
         self._count_write(current)
@@ -1028,6 +1219,7 @@ class RawPixelsStoreI(StatefulService, omero.api.RawPixelsStore):
 
     def setTimepoint(self, buf: bytes, t: int, current: Ice.Current | None = None) -> Any:
         g = self._geo()
+        _whole_planes(self._buf())
         if len(buf) != g.timepoint_size:
             raise usage_error(f"timepoint buffer of {len(buf)} bytes, expected {g.timepoint_size}")
         self._count_write(current)
@@ -1048,6 +1240,7 @@ class RawPixelsStoreI(StatefulService, omero.api.RawPixelsStore):
     ) -> Any:
         """Write ``size`` bytes at byte ``offset`` of the buffer (whole rows only)."""
         g = self._geo()
+        _whole_planes(self._buf())
         if len(buf) != size or offset % g.row_size or size % g.row_size:
             raise usage_error("setRegion supports whole rows only in the OMERO stand-in")
         if offset + size > g.total_size:
@@ -1076,7 +1269,9 @@ class RawPixelsStoreI(StatefulService, omero.api.RawPixelsStore):
     # SubIFD levels; ROMIO pixels have one level.
 
     def requiresPixelsPyramid(self, current: Ice.Current | None = None) -> bool:
-        return False
+        """ome/omero-romio ``PixelsService.requiresPixelsPyramid`` (more than 3192² samples)."""
+        g = self._geo()
+        return requires_pyramid(g.size_x, g.size_y, g.dtype)
 
     def getResolutionLevels(self, current: Ice.Current | None = None) -> int:
         return len(self._buf().level_sizes())
@@ -1107,9 +1302,16 @@ class RawPixelsStoreI(StatefulService, omero.api.RawPixelsStore):
     # -- lifecycle ------------------------------------------------------------------------
 
     def save(self, current: Ice.Current | None = None) -> Any:
-        """Flush written pixels; returns the Pixels (OMERO returns it with an updated sha1)."""
+        """Flush written pixels; returns the Pixels, or None when nothing was written.
+
+        ome/omero-server ``RawPixelsBean.save``: only a modified buffer is digested (which
+        reads it, so a pyramid's writer is closed), and an unmodified one returns null.
+        """
         with self.lock:
-            self._buf().flush()
+            buf = self._buf()
+            if not self.dirty:
+                return None
+            buf.flush()
             self.dirty = False
         return self.ctx.store.load("Pixels", int(self.pixels_id or 0), fetch=("pixelsType",))
 
@@ -1131,8 +1333,24 @@ def _wrap(fn: Callable[[], Any]) -> Any:
     """Run a buffer operation, turning :class:`PixelsError` into ``ApiUsageException``."""
     try:
         return fn()
+    except UnsupportedWrite as exc:
+        raise omero.InternalException(
+            None, "java.lang.UnsupportedOperationException", str(exc)) from exc
     except PixelsError as exc:
         raise usage_error(str(exc)) from exc
+
+
+def _whole_planes(buf: PixelBuffer) -> None:
+    """A pyramid takes tiles only (ome/omero-romio ``BfPyramidPixelBuffer.setPlane`` & co)."""
+    if isinstance(buf, PyramidBuffer):
+        _wrap(_raise(UnsupportedWrite("Non-tile based writing unsupported.")))
+
+
+def _raise(exc: Exception) -> Callable[[], Any]:
+    def fail() -> Any:
+        raise exc
+
+    return fail
 
 
 def register(ctx: ServerContext) -> None:

@@ -365,56 +365,35 @@ class ImportProcessI(StatefulService, omero.grid.ImportProcess):
 
     @remote
     def verifyUpload(self, hashes: list[str], current: Ice.Current | None = None) -> Any:
-        """Check every file's checksum, then import and return the (finished) Handle."""
-        if len(hashes or []) != len(self.file_ids):
+        """Check every file's checksum, then import and return the (finished) Handle.
+
+        As ome/omero-blitz ``ManagedImportProcessI.verifyUpload``: the client's hashes are
+        compared with ``String.equals`` (so exactly, case included) to the server's lowercase
+        hex; the messages are OMERO's.
+        """
+        if hashes is None:
+            raise omero.ApiUsageException(None, None, "hashes list cannot be null")
+        if len(hashes) != len(self.file_ids):
             raise omero.ApiUsageException(
-                None, None, f"{len(hashes or [])} checksums for {len(self.file_ids)} files"
+                None, None, f"hashes size should be {len(self.file_ids)} not {len(hashes)}"
             )
         failing: dict[int, str] = {}  # file index -> checksum the server computed
         computed: list[str] = []
         for i, (fid, expected) in enumerate(zip(self.file_ids, hashes, strict=True)):
             actual = CHECKSUMS[self.algorithm](original_path(self.ctx, fid))
             computed.append(actual)
-            if actual.lower() != (expected or "").lower():
+            if actual != expected:
                 failing[i] = actual
         if failing:
             raise omero.ChecksumValidationException(
                 None,
-                None,
-                f"checksum mismatch for {len(failing)} of {len(self.file_ids)} files",
+                str(omero.ChecksumValidationException),
+                "A checksum mismatch has occurred.",
                 failing,
             )
         for fid, actual in zip(self.file_ids, computed, strict=True):
             known = actual.lower() if self.algorithm == SHA1 else None
             refresh_file_object(self.ctx, self.session, fid, known)
-        started = int(time.time() * 1000)
-        try:
-            response = import_fileset(self.ctx, self.session, self.fileset_id, self.settings)
-            flags: list[Any] = []
-        except Exception as exc:  # noqa: BLE001 - reported to the client as omero.cmd.ERR
-            log.warning("import of fileset %d failed: %s", self.fileset_id, exc)
-            response = omero.cmd.ERR(
-                category="ome.formats.importer.ImportLibrary",
-                name="import-failed",
-                parameters={
-                    "message": str(exc),
-                    "stacktrace": "".join(traceback.format_exception(exc)),
-                },
-            )
-            flags = [omero.cmd.State.FAILURE]
-        status = omero.cmd.Status(
-            source=None,
-            category="omero.grid.ImportRequest",
-            name="import",
-            flags=flags,
-            parameters={},
-            currentStep=5,
-            steps=5,
-            startTime=started,
-            stepStartTimes=[started] * 5,
-            stepStopTimes=[int(time.time() * 1000)] * 5,
-            stopTime=int(time.time() * 1000),
-        )
         fileset = self.ctx.store.load("Fileset", self.fileset_id)
         activity = omero.model.FilesetJobLinkI()
         activity.setParent(fileset)
@@ -428,9 +407,12 @@ class ImportProcessI(StatefulService, omero.grid.ImportProcess):
             location=self.location,
             logFile=None,
         )
-        handle = HandleI(self.ctx, request, response, status)
+        handle = HandleI(self.ctx, request, len(IMPORT_STEPS))
         prx = self.ctx.add_servant(handle, self.session.uuid)
         self.handle = omero.cmd.HandlePrx.uncheckedCast(prx)
+        job = _ImportJob(self.ctx, self.session, self.fileset_id, self.settings, None, [])
+        threading.Thread(target=run_import, args=(job, handle), daemon=True,
+                         name=f"import-fileset-{self.fileset_id}").start()
         return self.handle
 
     # -- StatefulServiceInterface (asynchronous dispatch, through the core's decorator)
@@ -446,23 +428,76 @@ class ImportProcessI(StatefulService, omero.grid.ImportProcess):
 
 @servant
 class HandleI(omero.cmd.Handle):
-    """A finished command: the response is there before the client first asks for it."""
+    """A command running in the background, with OMERO's states, steps and callbacks.
 
-    def __init__(self, ctx: ServerContext, request: Any, response: Any, status: Any) -> None:
+    ome/omero-blitz ``src/main/java/omero/cmd/HandleI.java``: ``getResponse`` is null until the
+    request has finished; after each step every callback added with ``addCallback`` gets
+    ``step(j, steps)`` and at the end ``finished(response, status)`` (one-way calls; a callback
+    that cannot be reached is dropped). A failed step sets an ``omero.cmd.ERR`` whose category
+    is the request's Ice id and status flags FAILURE and CANCELLED (``omero/cmd/Helper.java``
+    ``fail``/``cancel``).
+    """
+
+    def __init__(self, ctx: ServerContext, request: Any, steps: int) -> None:
         self.ctx = ctx
         self.request = request
-        self.response = response
-        self.status = status
-        self.callbacks: list[Any] = []
+        self.response: Any = None
+        self.lock = threading.Lock()
+        started = int(time.time() * 1000)
+        self.status = omero.cmd.Status(
+            source=None, category=request.ice_id() if request is not None else "",
+            name="import", flags=[], parameters={}, currentStep=0, steps=steps,
+            startTime=started, stepStartTimes=[0] * steps, stepStopTimes=[0] * steps,
+            stopTime=0)
+        self.callbacks: dict[str, Any] = {}
+
+    # -- what the background worker calls
+
+    def step_started(self, step: int) -> None:
+        with self.lock:
+            self.status.currentStep = step
+            self.status.stepStartTimes[step] = int(time.time() * 1000)
+
+    def step_done(self, step: int) -> None:
+        with self.lock:
+            self.status.stepStopTimes[step] = int(time.time() * 1000)
+            self.status.currentStep = step + 1
+        self._notify(lambda cb: cb.step(step + 1, self.status.steps))
+
+    def finish(self, response: Any, failed: bool = False) -> None:
+        with self.lock:
+            if failed:
+                self.status.flags = [omero.cmd.State.FAILURE, omero.cmd.State.CANCELLED]
+            self.status.stopTime = int(time.time() * 1000)
+            self.response = response
+        self._notify(lambda cb: cb.finished(response, self.status))
+
+    def _notify(self, call: Callable[[Any], None]) -> None:
+        with self.lock:
+            callbacks = list(self.callbacks.items())
+        for key, cb in callbacks:
+            try:
+                call(cb)
+            except Ice.Exception as exc:  # the client is gone: as OMERO, stop calling it
+                log.debug("callback %s unreachable: %s", key, exc)
+                with self.lock:
+                    self.callbacks.pop(key, None)
+
+    # -- omero.cmd.Handle
 
     @remote
     def addCallback(self, cb: Any, current: Ice.Current | None = None) -> None:
-        """Kept, never called: the client's initial poll already sees the finished response."""
-        self.callbacks.append(cb)
+        """Keep a one-way proxy of the client's callback (reached through the router)."""
+        ident = cb.ice_getIdentity()
+        prx = self.ctx.callback_proxy(cb, current)
+        with self.lock:
+            self.callbacks[Ice.identityToString(ident)] = omero.cmd.CmdCallbackPrx.uncheckedCast(
+                prx.ice_oneway())
 
     @remote
     def removeCallback(self, cb: Any, current: Ice.Current | None = None) -> None:
-        self.callbacks = [c for c in self.callbacks if c != cb]
+        with self.lock:
+            self.callbacks.pop(Ice.identityToString(cb.ice_getIdentity()), None)
 
     @remote
     def getRequest(self, current: Ice.Current | None = None) -> Any:
@@ -470,19 +505,23 @@ class HandleI(omero.cmd.Handle):
 
     @remote
     def getResponse(self, current: Ice.Current | None = None) -> Any:
-        return self.response
+        with self.lock:
+            return self.response
 
     @remote
     def getStatus(self, current: Ice.Current | None = None) -> Any:
-        return self.status
+        with self.lock:
+            return self.status
 
     @remote
     def cancel(self, current: Ice.Current | None = None) -> bool:
-        """Too late: the command has finished (OMERO answers False then too)."""
+        """An import cannot be cancelled (ManagedImportRequestI has no cancel support)."""
         return False
 
     @remote
     def close(self, current: Ice.Current | None = None) -> None:
+        with self.lock:
+            self.callbacks.clear()
         if current is not None:
             self.ctx.remove_servant(current)
 
@@ -492,6 +531,10 @@ class HandleI(omero.cmd.Handle):
 
 class ImportFailure(Exception):
     """An uploaded fileset that the stand-in cannot import (the message names the file)."""
+
+    def __init__(self, message: str, file_name: str = "") -> None:
+        super().__init__(message)
+        self.file_name = file_name
 
 
 @dataclass
@@ -518,49 +561,149 @@ class _OmeTiff:
     name: str
     ome: Any  # ome_types.OME
     page_count: int
-    #: OME-XML annotation id -> saved MapAnnotation (one per id even if several images refer)
+    #: OME-XML annotation id -> saved annotation (one per id even if several images refer)
     created: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def map_annotations(self) -> dict[str, Any]:
+    def annotations(self) -> dict[str, Any]:
+        """The file's Tag, Comment and Map annotations by OME-XML id (what OMERO imports)."""
         sa = self.ome.structured_annotations
-        return {a.id: a for a in (getattr(sa, "map_annotations", None) or [])}
+        out: dict[str, Any] = {}
+        for kind in ("tag_annotations", "comment_annotations", "map_annotations"):
+            out.update({a.id: a for a in (getattr(sa, kind, None) or [])})
+        return out
 
 
-def import_fileset(ctx: ServerContext, session: Any, fileset_id: int, settings: Any) -> Any:
-    """Read every OME-TIFF of a fileset and create what OMERO's import creates.
+#: ome/omero-blitz ``ManagedImportRequestI.step``: metadata (images saved), pixel data
+#: (checksums, min/max), thumbnails, processing, and the objects for the response.
+IMPORT_STEPS = ("metadata", "pixel data", "thumbnails", "processing", "objects")
 
-    Returns ``omero.grid.ImportResponse(pixels=[...], objects=[fileset, images...])``. If a file
-    fails, the images already made by this import are deleted again, so a failed import
-    leaves its Fileset and uploaded files but no half-made images.
+#: Bio-Formats reads zstd-compressed TIFFs from 7.0 on (OMERO 5.6.9); an older version given
+#: with ``--bioformats-version`` fails the pixel-data step on them (TIFF compression 50000).
+ZSTD_SINCE = (7, 0)
+ZSTD_COMPRESSION = 50000
+
+
+@dataclass
+class _MadeImage:
+    """One image saved by the metadata step, waiting for the pixel-data step."""
+
+    image: Any
+    pixels_id: int
+    source: TiffSource
+    file_name: str
+
+
+class PixelDataFailure(Exception):
+    """The pixel-data step could not read the planes (Bio-Formats' error text)."""
+
+
+def run_import(job: _ImportJob, handle: HandleI) -> None:
+    """Run an import's steps in the background, as OMERO's ``HandleI`` runs its request.
+
+    The metadata step saves the images (and undoes them if it fails itself, as its one
+    transaction would); once it is done, they stay even if a later step fails, as in OMERO
+    (ome/omero-blitz ``ManagedImportRequestI.importMetadata`` saves through
+    ``store.saveToDB``). Failures end as ``omero.cmd.ERR`` with OMERO's names.
     """
-    fileset = ctx.store.load("Fileset", fileset_id, fetch=("usedFiles.originalFile",))
-    job = _ImportJob(
-        ctx, session, fileset_id, settings, _target(ctx, settings), _user_annotations(ctx, settings)
-    )
-    images: list[Any] = []
-    pixels_ids: list[int] = []
+    made: list[_MadeImage] = []
+    step = 0
     try:
+        for step, _name in enumerate(IMPORT_STEPS):
+            handle.step_started(step)
+            if step == 0:
+                made = import_metadata(job)
+            elif step == 1:
+                pixel_data(job, made)
+            handle.step_done(step)
+        handle.finish(import_response(job.ctx, made))
+    except Exception as exc:  # noqa: BLE001 - reported to the client as omero.cmd.ERR
+        log.warning("import of fileset %d failed in step %d (%s): %s", job.fileset_id, step,
+                    IMPORT_STEPS[step], exc)
+        handle.finish(import_error(exc, handle), failed=True)
+
+
+def import_error(exc: Exception, handle: HandleI) -> Any:
+    """``omero.cmd.ERR`` as ``ManagedImportRequestI.step``'s handlers and ``Helper.fail`` make it."""
+    name, params = "import-request-failure", {}
+    if isinstance(exc, ImportFailure):
+        name = "import-file-exception"
+        if exc.file_name:
+            params["filename"] = exc.file_name
+    return omero.cmd.ERR(
+        category=handle.status.category,
+        name=name,
+        parameters={**params, "message": str(exc),
+                    "stacktrace": "".join(traceback.format_exception(exc))},
+    )
+
+
+def import_metadata(job: _ImportJob) -> list[_MadeImage]:
+    """Step 0: read every OME-TIFF of the fileset and save its images (undone if this fails)."""
+    ctx = job.ctx
+    fileset = ctx.store.load("Fileset", job.fileset_id, fetch=("usedFiles.originalFile",))
+    made: list[_MadeImage] = []
+    try:
+        job.target = _target(ctx, job.settings)
+        job.extra_annotations = _user_annotations(ctx, job.settings)
         for entry in fileset.copyUsedFiles():
             tiff = _read_ome_tiff(ctx, entry.getOriginalFile())
             if tiff is None:
                 continue
             for index in range(len(tiff.ome.images)):
-                image, pixels_id = _create_image(job, tiff, index)
-                images.append(image)
-                pixels_ids.append(pixels_id)
+                made.append(_create_image(job, tiff, index))
             ofile = ctx.store.load("OriginalFile", entry.getOriginalFile().getId().getValue())
             ofile.setMimetype(rstring("OMETiff"))
-            session.save(ofile)
-        if not images:
-            raise ImportFailure("no OME-TIFF image in the fileset")
+            job.session.save(ofile)
+        if not made:
+            raise ImportFailure("no OME-TIFF image in the fileset", fileset_name(fileset))
     except BaseException:
         _undo(job)
         raise
-    pixels = [ctx.store.load("Pixels", pid, fetch=("image", "pixelsType")) for pid in pixels_ids]
-    return omero.grid.ImportResponse(
-        pixels=pixels, objects=[ctx.store.load("Fileset", fileset_id), *images]
-    )
+    return made
+
+
+def fileset_name(fileset: Any) -> str:
+    """The first file's client path (what OMERO's errors name), else the fileset id."""
+    for entry in fileset.copyUsedFiles():
+        if entry.getClientPath() is not None:
+            return entry.getClientPath().getValue()
+    return f"Fileset:{fileset.getId().getValue()}"
+
+
+def pixel_data(job: _ImportJob, made: list[_MadeImage]) -> None:
+    """Step 1: point each Pixels at its file, check the planes decode, compute min/max.
+
+    ``ManagedImportRequestI.pixelData``: ``setPixelsFile`` per series, then the planes are
+    parsed for min/max unless ``noStatsInfo``. With ``--bioformats-version`` below 7.0 a
+    zstd-compressed plane fails here, as Bio-Formats' ``TiffCompression.get`` does.
+    """
+    version = job.ctx.faults.bioformats_version
+    for item in made:
+        if version is not None and version < ZSTD_SINCE and _has_zstd(item.source):
+            raise PixelDataFailure(
+                f"{item.file_name}: Unable to find TiffCompresssion with code: {ZSTD_COMPRESSION}"
+                f" (Bio-Formats {'.'.join(map(str, version))} reads no zstd)")
+        record_tiff_source(job.ctx.store_dir, item.pixels_id, item.source)
+        if not _flag(getattr(job.settings, "noStatsInfo", None)):
+            _stats(job.ctx, job.session, item.pixels_id, item.source)
+
+
+def _has_zstd(source: TiffSource) -> bool:
+    import tifffile
+
+    with tifffile.TiffFile(source.path) as tif:
+        return any(int(tif.pages[i].compression) == ZSTD_COMPRESSION
+                   for i in set(source.ifds.values()))
+
+
+def import_response(ctx: ServerContext, made: list[_MadeImage]) -> Any:
+    """``ManagedImportRequestI.buildResponse``: the Pixels, and Plates then Images as objects."""
+    pixels = [ctx.store.load("Pixels", m.pixels_id, fetch=("image", "pixelsType")) for m in made]
+    images = [ctx.store.load("Image", m.image.getId().getValue(), fetch=("pixels.pixelsType",
+                                                                          "fileset"))
+              for m in made]
+    return omero.grid.ImportResponse(pixels=pixels, objects=images)
 
 
 def _undo(job: _ImportJob) -> None:
@@ -590,11 +733,11 @@ def _read_ome_tiff(ctx: ServerContext, ofile: Any) -> _OmeTiff | None:
         log.debug("%s is not a TIFF (%s)", name, exc)
         return None
     if not xml:
-        raise ImportFailure(f"{name}: a TIFF without OME-XML (only OME-TIFF is supported)")
+        raise ImportFailure(f"{name}: a TIFF without OME-XML (only OME-TIFF is supported)", name)
     try:
         ome = ome_types.from_xml(xml)
     except Exception as exc:  # noqa: BLE001
-        raise ImportFailure(f"{name}: invalid OME-XML: {exc}") from exc
+        raise ImportFailure(f"{name}: invalid OME-XML: {exc}", name) from exc
     return _OmeTiff(path, name, ome, page_count)
 
 
@@ -650,22 +793,24 @@ def _image_name(file_name: str, index: int, count: int, ome_image: Any, settings
     return f"{file_name} [{ome_image.name or index}]"
 
 
-def _create_image(job: _ImportJob, tiff: _OmeTiff, index: int) -> tuple[Any, int]:
-    """Create the Image graph of OME Image *index* of a file; returns (saved image, pixels id)."""
+def _create_image(job: _ImportJob, tiff: _OmeTiff, index: int) -> _MadeImage:
+    """Save the Image graph of OME Image *index* of a file (the metadata step's part)."""
     ctx, session, settings = job.ctx, job.session, job.settings
     file_name, path = tiff.name, tiff.path
     ome_image = tiff.ome.images[index]
     px = ome_image.pixels
     ptype = px.type.value
     if ptype not in PIXELS_DTYPES:
-        raise ImportFailure(f"{file_name}: PixelType {ptype} is not supported by the stand-in")
+        raise ImportFailure(f"{file_name}: PixelType {ptype} is not supported by the stand-in",
+                            file_name)
     try:
         ifds = plane_ifds(px, tiff.ome.uuid, file_name)
     except PixelsError as exc:
-        raise ImportFailure(f"{file_name}: {exc}") from exc
+        raise ImportFailure(f"{file_name}: {exc}", file_name) from exc
     bad = [i for i in ifds.values() if i >= tiff.page_count]
     if bad:
-        raise ImportFailure(f"{file_name}: TiffData points at IFD {bad[0]} of {tiff.page_count}")
+        raise ImportFailure(f"{file_name}: TiffData points at IFD {bad[0]} of {tiff.page_count}",
+                            file_name)
     description = unwrap_str(getattr(settings, "userSpecifiedDescription", None))
     if description is None:
         description = ome_image.description
@@ -699,12 +844,15 @@ def _create_image(job: _ImportJob, tiff: _OmeTiff, index: int) -> tuple[Any, int
     pixels.setPhysicalSizeZ(_length(px.physical_size_z, px.physical_size_z_unit))
     pixels.setTimeIncrement(_time(px.time_increment, px.time_increment_unit))
     user_sizes = list(getattr(settings, "userSpecifiedPixels", None) or [])
-    for setter, value in zip(
+    for getter, setter, value in zip(
+        (pixels.getPhysicalSizeX, pixels.getPhysicalSizeY, pixels.getPhysicalSizeZ),
         (pixels.setPhysicalSizeX, pixels.setPhysicalSizeY, pixels.setPhysicalSizeZ),
         user_sizes,
         strict=False,
     ):
-        if value is not None and value > 0:  # the user's sizes (µm) win, as in OMERO's import
+        # ome/omero-blitz ome/formats/model/PixelsProcessor.java: the user's size (µm) is
+        # used only where the file gives none
+        if value is not None and getter() is None:
             setter(omero.model.LengthI(float(value), "MICROMETER"))
     spp = samples_per_ifd(px)
     rgb = ((255, 0, 0), (0, 255, 0), (0, 0, 255))
@@ -735,21 +883,18 @@ def _create_image(job: _ImportJob, tiff: _OmeTiff, index: int) -> tuple[Any, int
     dtype = PIXELS_DTYPES[ptype]
     geometry = Geometry(px.size_x, px.size_y, px.size_z, px.size_c, px.size_t, dtype)
     source = TiffSource(path, index, ifds, geometry, samples_per_ifd(px))
-    record_tiff_source(ctx.store_dir, pixels_id, source)
-    if not _flag(getattr(settings, "noStatsInfo", None)):
-        _stats(ctx, session, pixels_id, source)
     links: list[Any] = []
-    annotations = tiff.map_annotations
+    annotations = tiff.annotations
     for ref in ome_image.annotation_refs:
         ome_ann = annotations.get(ref.id)
         if ome_ann is None:
-            continue  # not a MapAnnotation (tags, comments...): OMERO's import makes no tag
+            continue  # a kind OMERO's import does not bring in here (file, XML, ...)
         ann = tiff.created.get(ref.id)
         if ann is None:
-            ann = session.save(_map_annotation(ome_ann))
+            ann = session.save(_annotation(ome_ann))
             tiff.created[ref.id] = ann
             job.made_annotations.append(ann.getId().getValue())
-        links.append(omero.model.MapAnnotationI(ann.getId().getValue(), False))
+        links.append(type(ann)(ann.getId().getValue(), False))
     links.extend(job.extra_annotations)
     for ann in links:
         link = omero.model.ImageAnnotationLinkI()
@@ -761,7 +906,8 @@ def _create_image(job: _ImportJob, tiff: _OmeTiff, index: int) -> tuple[Any, int
         link.setParent(job.target)
         link.setChild(omero.model.ImageI(image_id, False))
         session.save(link)
-    return ctx.store.load("Image", image_id, fetch=("pixels.pixelsType", "fileset")), pixels_id
+    saved = ctx.store.load("Image", image_id, fetch=("pixels.pixelsType", "fileset"))
+    return _MadeImage(saved, pixels_id, source, file_name)
 
 
 def _flag(value: Any) -> bool:
@@ -792,17 +938,32 @@ def _fill_channel(channel: Any, ome_channel: Any) -> None:
         logical.setSamplesPerPixel(rint(ome_channel.samples_per_pixel))
 
 
-def _map_annotation(ome_ann: Any) -> Any:
-    """An OMERO MapAnnotation from an OME-XML one, namespace and order of pairs kept."""
-    ann = omero.model.MapAnnotationI()
+def _annotation(ome_ann: Any) -> Any:
+    """A new OMERO Tag, Comment or Map annotation from an OME-XML one, namespace kept.
+
+    As Bio-Formats' ``MetadataConverter`` hands them to ome/omero-blitz
+    ``OMEROMetadataStoreClient`` (``setTagAnnotationValue``/``Namespace``/``Description``,
+    ``setCommentAnnotation*``, ``setMapAnnotation*``): each is a new object, never an
+    existing tag looked up by its text; the map's pairs keep their order.
+    """
+    from ome_types import model as om
+
+    if isinstance(ome_ann, om.MapAnnotation):
+        ann = omero.model.MapAnnotationI()
+        pairs = []
+        for m in ome_ann.value.ms if ome_ann.value is not None else []:
+            pairs.append(omero.model.NamedValue(m.k or "", m.value or ""))
+        ann.setMapValue(pairs)
+    elif isinstance(ome_ann, om.TagAnnotation):
+        ann = omero.model.TagAnnotationI()
+        ann.setTextValue(rstring(ome_ann.value))
+    else:
+        ann = omero.model.CommentAnnotationI()
+        ann.setTextValue(rstring(ome_ann.value))
     if ome_ann.namespace:
         ann.setNs(rstring(ome_ann.namespace))
     if ome_ann.description:
         ann.setDescription(rstring(ome_ann.description))
-    pairs = []
-    for m in ome_ann.value.ms if ome_ann.value is not None else []:
-        pairs.append(omero.model.NamedValue(m.k or "", m.value or ""))
-    ann.setMapValue(pairs)
     return ann
 
 

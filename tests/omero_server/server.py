@@ -80,6 +80,21 @@ class ServerContext:
     lock: threading.RLock = field(default_factory=threading.RLock)
     services: dict[str, ServiceFactoryFn] = field(default_factory=dict)
     sessions: dict[str, Session] = field(default_factory=dict)
+    #: True when clients come through a real Glacier2 router (callbacks go to its proxies)
+    behind_glacier2: bool = False
+
+    def callback_proxy(self, prx: Any, current: Any = None) -> Any:
+        """A proxy on which the server can call a client's callback object (CmdCallback, ...).
+
+        Behind Glacier2 the client's proxy already names the router's server endpoints, which
+        forward to the client, as with OMERO. Without it, the stand-in itself plays the router,
+        so the call goes back over the connection the client's request came in on
+        (bidirectional, as the client's router-bound adapter expects).
+        """
+        con = getattr(current, "con", None)
+        if self.behind_glacier2 or con is None:
+            return prx
+        return con.createProxy(prx.ice_getIdentity())
 
     def register_service(self, name: str, factory: ServiceFactoryFn) -> None:
         """Make service *name* available to sessions.

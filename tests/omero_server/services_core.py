@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import omero
@@ -200,24 +201,35 @@ class QueryI(_Service, omero.api.IQuery):
         flats = flats[offset:offset + limit if limit is not None else None]
         return [self.store.load(kind_of(f), f.getId().getValue()) for f in flats]
 
-    def _by_string(self, klass: str, field: str, value: str, case: bool = True) -> list[Any]:
+    def _by_string(self, klass: str, field: str, match: Callable[[str], bool]) -> list[Any]:
         kind = _kind(klass)
         out = []
         for flat in self.store.all(kind):
             v = unwrap(getattr(flat, "_" + field, None))
-            if isinstance(v, str) and (v == value if case else v.lower() == (value or "").lower()):
+            if isinstance(v, str) and match(v):
                 out.append(flat)
         return [self.store.load(kind_of(f), f.getId().getValue()) for f in out]
 
     def findByString(self, klass: str, field: str, value: str, current: Any = None) -> Any:
-        found = self._by_string(klass, field, value)
+        """Equality (``Restrictions.eq``), one result at most: ome/omero-server QueryImpl."""
+        found = self._by_string(klass, field, lambda v: v == value)
         if len(found) > 1:
             raise omero.ApiUsageException(None, None, f"more than one {klass} with {field}={value!r}")
         return found[0] if found else None
 
     def findAllByString(self, klass: str, field: str, value: str, caseSensitive: bool,
                         filter: Any, current: Any = None) -> list[Any]:
-        return self._by_string(klass, field, value, caseSensitive)
+        """``field LIKE '%value%'`` (``ILIKE`` unless case-sensitive), filter's offset/limit.
+
+        ome/omero-server ``src/main/java/ome/logic/QueryImpl.java`` ``findAllByString``:
+        ``Restrictions.like(fieldName, value, MatchMode.ANYWHERE)`` (or ``ilike``), so the
+        value is a substring and its ``%`` and ``_`` are wildcards; ``parseFilter`` pages.
+        """
+        rx = hql.like_regex(f"%{value or ''}%", case_sensitive=caseSensitive)
+        found = self._by_string(klass, field, lambda v: rx.match(v) is not None)
+        offset = unwrap(filter.offset) if filter is not None and filter.offset is not None else 0
+        limit = unwrap(filter.limit) if filter is not None and filter.limit is not None else None
+        return found[offset:offset + limit if limit is not None else None]
 
     def _run(self, query: str, params: Any) -> list[Any]:
         values, offset, limit, _owner = _params(params)

@@ -489,22 +489,18 @@ class ServiceFactoryI(omero.api.ServiceFactory):
             from .repository import HandleI
         except ImportError as exc:  # pragma: no cover - the data plug-in provides handles
             raise omero.ApiUsageException(None, None, "commands need tests.omero_server.repository") from exc
-        started = int(time.time() * 1000)
+        handle = HandleI(self.ctx, req, 1)
+        handle.step_started(0)
         if isinstance(req, omero.cmd.Delete2):
             deleted = delete_graph(self.ctx, req.targetObjects or {}, dry_run=bool(req.dryRun))
-            response: Any = omero.cmd.Delete2Response(deletedObjects=deleted)
-            flags: list[Any] = []
+            handle.step_done(0)
+            handle.finish(omero.cmd.Delete2Response(deletedObjects=deleted))
         else:
-            response = omero.cmd.ERR(category=type(req).__name__, name="not-supported",
-                                     parameters={"message": f"{type(req).__name__} is not supported "
-                                                 "by the OMERO stand-in"})
-            flags = [omero.cmd.State.FAILURE]
-        stopped = int(time.time() * 1000)
-        status = omero.cmd.Status(source=None, category=type(req).__name__, name="submit",
-                                  flags=flags, parameters={}, currentStep=1, steps=1,
-                                  startTime=started, stepStartTimes=[started],
-                                  stepStopTimes=[stopped], stopTime=stopped)
-        prx = self.ctx.add_servant(HandleI(self.ctx, req, response, status), self.session.uuid)
+            handle.finish(omero.cmd.ERR(
+                category=req.ice_id(), name="not-supported",
+                parameters={"message": f"{type(req).__name__} is not supported by the OMERO "
+                            "stand-in"}), failed=True)
+        prx = self.ctx.add_servant(handle, self.session.uuid)
         return omero.cmd.HandlePrx.uncheckedCast(prx)
 
     # -- Glacier2::Session

@@ -238,6 +238,19 @@ def _dumps(obj: Any) -> bytes:
 
 # --------------------------------------------------------------------------- the store
 
+def _link_key(flat: Any) -> tuple[int, int, int] | None:
+    """(parent id, child id, owner id) of a stored link, None for anything else."""
+    if not kind_of(flat).endswith("Link"):
+        return None
+    parent, child = getattr(flat, "_parent", None), getattr(flat, "_child", None)
+    details = flat.getDetails()
+    owner = details.owner if details is not None else None
+    if parent is None or child is None or owner is None or parent.getId() is None \
+            or child.getId() is None:
+        return None
+    return parent.getId().getValue(), child.getId().getValue(), owner.getId().getValue()
+
+
 class ObjectStore:
     """OMERO-like persistence of omero.model objects in ``<store_dir>/objects.sqlite``.
 
@@ -578,11 +591,44 @@ class ObjectStore:
                 if hasattr(o, "_version") and o._version is None:
                     o._version = omero.rtypes.rint(0)
                 self._set_details(o, root, oid, new, owner, group, event)
-            for o, root, oid, _new in order:
-                flat = self._flatten(o, memo)
-                rows.append((root, oid, kind_of(o), _dumps(flat), flat))
+            try:
+                for o, root, oid, _new in order:
+                    flat = self._flatten(o, memo)
+                    rows.append((root, oid, kind_of(o), _dumps(flat), flat))
+                self._check_unique_links(rows)
+            except BaseException:
+                self._seq = seq_before
+                raise
             self._write(rows)
             return objs
+
+    def _check_unique_links(self, rows: list[tuple[str, int, str, bytes, Any]]) -> None:
+        """One link per (parent, child, owner), as OMERO's database constraint says.
+
+        Every link table of OMERO's schema has ``UNIQUE (parent, child, owner_id)``
+        (ome/openmicroscopy ``sql/psql/OMERO5.4__0/schema.sql``); the violation reaches the
+        client as ``omero.ValidationException`` (ome/omero-server
+        ``src/main/java/ome/services/util/ServiceHandler.java``: a
+        ``DataIntegrityViolationException`` becomes a ``ValidationException``).
+        """
+        batch: dict[tuple[str, int, int, int], int] = {}
+        for root, oid, _kind, _blob, flat in rows:
+            key = _link_key(flat)
+            if key is None:
+                continue
+            other = batch.get((root, *key))
+            if other is None:
+                for lid in self._back.get((root, "parent"), {}).get(key[0], ()):
+                    if lid != oid and _link_key(self._flat_obj(root, lid)) == key:
+                        other = lid
+                        break
+            if other is not None and other != oid:
+                parent, child, owner = key
+                raise StoreError(
+                    f"could not execute statement; constraint [{root.lower()}_parent_key]: "
+                    f"duplicate key value violates unique constraint: Key (parent, child, "
+                    f"owner_id)=({parent}, {child}, {owner}) already exists ({root}:{other})")
+            batch[(root, *key)] = oid
 
     @property
     def database_uuid(self) -> str:
