@@ -56,5 +56,11 @@ class ServerError(PushError):
     exit_code = 7
 
 
+class FolderInUseError(PushError):
+    """Another push, or a converter, is working on the output folder (its lock is taken)."""
+
+    exit_code = 75  # sysexits.h EX_TEMPFAIL, as posdir2ometiff's lock.EXIT_LOCKED
+
+
 class TablesUnavailableError(PushError):
     """The OMERO.tables service is off; the caller falls back to attaching the HDF5 file."""

@@ -10,6 +10,7 @@ again; the same holds for a user re-running the command after a crash.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -18,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omero_push import annotate, provenance, tables, upload
+from omero_push import annotate, pixels, provenance, tables, upload
 from omero_push.config import ConnectionSettings, Secret, resolve_settings
-from omero_push.errors import InputError, PushError
+from omero_push.errors import FolderInUseError, InputError, PushError
 from omero_push.imports import push_imports
 from omero_push.pixels_mode import push_pixels_image
 from omero_push.plan import ImageMeta, PushItem, PushPlan, build_plan
@@ -40,6 +41,7 @@ from omero_push.runstate import (
 from omero_push.runstate import bytes_counted as _bytes_counted  # noqa: F401 (tests import it here)
 from omero_push.session import Session, open_session, translate, with_backoff
 from omero_push.target import ensure_target
+from posdir2ometiff.lock import FolderLock, LockedError
 
 log = logging.getLogger(__name__)
 
@@ -110,23 +112,38 @@ def push(
             paths = _convert_all(
                 paths, Path(convert_out) if convert_out else tmp_out, convert_options
             )
-        plan = build_plan(paths, dataset=dataset, project=project)
         if dry_run:
+            plan = build_plan(paths, dataset=dataset, project=project)
             return PushResult(plan=plan, mode=mode, dry_run=True)
         assert settings is not None
-        return _execute(
-            plan,
-            settings,
-            mode=mode,
-            provenance_on=provenance_on,
-            chunk_size=chunk_size,
-            tile=tile,
-            retries=retries,
-            backoff_s=backoff_s,
-            keepalive_s=keepalive_s,
-            progress=progress,
-            parallel=parallel,
-        )
+        # One run per output folder (posdir2ometiff/lock.py): a converter still writing it, or a
+        # second push of it, makes this push refuse instead of racing it.
+        with contextlib.ExitStack() as locks:
+            for p in dict.fromkeys(Path(p) for p in paths if Path(p).is_dir()):
+                try:
+                    locks.enter_context(FolderLock(p, "omero-push"))
+                except LockedError as exc:
+                    raise FolderInUseError(str(exc)) from None
+                except OSError as exc:  # someone else's read-only folder: nobody converts into it
+                    log.info("%s: not locked (%s)", p, exc.strerror or exc)
+            plan = build_plan(paths, dataset=dataset, project=project)
+            if mode == "pixels":  # before anything is created on the server
+                for item in plan.items:
+                    for im in item.images:
+                        pixels.check_planes(item.path, im)
+            return _execute(
+                plan,
+                settings,
+                mode=mode,
+                provenance_on=provenance_on,
+                chunk_size=chunk_size,
+                tile=tile,
+                retries=retries,
+                backoff_s=backoff_s,
+                keepalive_s=keepalive_s,
+                progress=progress,
+                parallel=parallel,
+            )
     finally:
         if tmp_out is not None:
             shutil.rmtree(tmp_out, ignore_errors=True)
