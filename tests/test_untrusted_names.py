@@ -165,3 +165,23 @@ def test_huge_sidecar_is_refused_before_parsing(tmp_path: Path) -> None:
         fh.truncate(5 * 1024 * 1024)
     with pytest.raises(MetadataError, match="a sidecar is at most"):
         parse_sidecar(path)
+
+
+def test_log_with_old_mac_line_ends_is_read_like_any_other(
+    tmp_path: Path, swainlab_sample: Path
+) -> None:
+    """A CR-only copy of the sample's log gives the same metadata as the original."""
+    import shutil
+
+    from posdir2ometiff.metadata.plugins import load_metadata
+
+    cr = tmp_path / "cr"
+    shutil.copytree(swainlab_sample, cr, ignore=shutil.ignore_patterns("pos*"))
+    (log,) = cr.glob("*log.txt")
+    log.write_bytes(log.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r"))
+    assert b"\n" not in log.read_bytes()
+    want = load_metadata(swainlab_sample, "swainlab", None)
+    got = load_metadata(cr, "swainlab", None)
+    assert got.plane_times and len(got.plane_times) == len(want.plane_times)
+    assert got.acquisition_start == want.acquisition_start
+    assert [c.name for c in got.channels] == [c.name for c in want.channels]
