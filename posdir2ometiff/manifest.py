@@ -63,6 +63,16 @@ def load_manifest(out: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict) or data.get("manifest_version") != MANIFEST_VERSION:
         logger.warning("%s: unknown manifest version; every position will be converted", path)
         return None
+    import jsonschema
+
+    try:
+        validate_manifest(data)
+    except jsonschema.ValidationError as exc:
+        # Someone else's (or a hand-edited) manifest: its entries cannot be trusted for skipping.
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        logger.warning("%s: %s: %s; every position will be converted", path, where,
+                       exc.message.splitlines()[0][:200])
+        return None
     return data
 
 

@@ -151,3 +151,30 @@ def test_killing_the_converter_stops_its_workers(tmp_path: Path, sig: signal.Sig
     proc.wait(timeout=60)
     gone, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive, f"orphans still running after {sig.name}: {alive}"
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (lambda m: m.update(options=[]), "options"),
+        (lambda m: m["positions"].update(pos001="not an entry"), "positions/pos001"),
+        (lambda m: m["positions"]["pos001"].update(sources={"a": 1}), "positions/pos001/sources"),
+        (lambda m: m["positions"]["pos001"].update(size=float("inf")), "positions/pos001/size"),
+    ],
+)
+def test_manifest_of_the_wrong_shape_is_named_and_ignored(
+    demo, tmp_path: Path, caplog, change, key
+) -> None:
+    import json
+    import logging
+
+    out = tmp_path / "out"
+    convert(demo.folder, out, **FAST)
+    path = out / "manifest.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        again = convert(demo.folder, out, **FAST)
+    assert [p.status for p in again.positions] == ["ok", "ok"]  # converted, not skipped
+    assert f"{path}: {key}: " in caplog.text and "every position will be converted" in caplog.text
