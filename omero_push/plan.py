@@ -384,6 +384,17 @@ def items_from_manifest(
     return items, skipped
 
 
+def _check_tables_readable(path: Path) -> None:
+    """Open the HDF5 tables now (a few KB, no network): an unreadable file is one line before
+    anything is pushed, not an HDF5 back trace after every image is."""
+    from posdir2ometiff.metadata.tables import TablesReadError, read_tables
+
+    try:
+        read_tables(path)
+    except TablesReadError as exc:
+        raise InputError(str(exc)) from None
+
+
 def item_from_file(path: Path) -> PushItem:
     """A push item for an OME-TIFF from anywhere: hashed here, annotations from its OME-XML."""
     path = path.resolve()
@@ -442,6 +453,7 @@ def build_plan(
             if tinfo.get("path"):
                 tpath = contained_path(p, tinfo["path"], p / MANIFEST_NAME, "tables.path")
                 if tpath.is_file():
+                    _check_tables_readable(tpath)
                     tables.append(
                         TablesSource(
                             path=tpath,

@@ -94,3 +94,29 @@ def test_manifest_of_the_wrong_shape_is_one_line(tmp_path: Path, capsys, change,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert key in err and str(out / "manifest.json") in err
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_unreadable_experiment_h5_is_one_line(tmp_path: Path, capsys, damage: str) -> None:
+    out = tmp_path / "out"
+    make_converter_output(out, positions=1)
+    h5 = out / "experiment.h5"
+    if damage == "truncate":
+        h5.write_bytes(h5.read_bytes()[:3000])
+    else:
+        h5.write_bytes(b"not HDF5 at all")
+    assert cli.main([str(out), "--dataset", "D", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "experiment.h5: not readable as HDF5 tables (" in err and "H5F.c" not in err
+
+
+def test_unreadable_ome_tiff_is_one_line(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    make_converter_output(out, positions=1)
+    tif = out / "pos001.ome.tiff"
+    tif.write_bytes(tif.read_bytes()[:100])
+    assert cli.main([str(out), "--dataset", "D", "--dry-run"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()  # a warning (size changed), then it
+    assert lines[-1].startswith("omero-push: error: ") and "pos001.ome.tiff: not a readable" in lines[-1]
+    assert len(lines) == 2 and "Traceback" not in "".join(lines)

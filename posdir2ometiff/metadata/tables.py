@@ -125,17 +125,37 @@ def _check_written(tmp: Path, written: dict[str, pd.DataFrame]) -> None:
 
 
 def _hdf5_reason(exc: BaseException) -> str:
-    """The first line of an HDF5 error (its back trace follows), or the full disk it was."""
+    """One line for an HDF5 error: PyTables puts HDF5's whole back trace into the message
+    ("HDF5 error back trace / File "H5F.c", line 827 ... / End of HDF5 error back trace"); the
+    innermost cause (e.g. "file signature not found") is the last line before its end."""
     text = str(exc)
     if "No space left" in text or "ENOSPC" in text:
         return "No space left on device"
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "End of HDF5 error back trace" in lines:
+        trace = lines[: lines.index("End of HDF5 error back trace")]
+        causes = [ln for ln in trace if not ln.startswith("File ") and "back trace" not in ln]
+        if causes:
+            return causes[-1]
+    return lines[0] if lines else type(exc).__name__
+
+
+class TablesReadError(ValueError):
+    """An HDF5 file that cannot be read as our tables; the message is one line naming it."""
 
 
 def read_tables(path: Path) -> dict[str, pd.DataFrame]:
-    """Read back every table written by :func:`write_tables`, by node name."""
-    with pd.HDFStore(Path(path), mode="r") as store:
-        return {key.lstrip("/"): store.get(key) for key in store}
+    """Read back every table written by :func:`write_tables`, by node name.
+
+    A file that is not HDF5, truncated, or holds nodes pandas cannot read raises
+    :class:`TablesReadError` with one line, not HDF5's multi-line back trace.
+    """
+    try:
+        with pd.HDFStore(Path(path), mode="r") as store:
+            return {key.lstrip("/"): store.get(key) for key in store}
+    except (tables.HDF5ExtError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TablesReadError(f"{path}: not readable as HDF5 tables ({_hdf5_reason(exc)})"
+                              ) from None
 
 
-__all__ = ["PLANE_TIMES", "plane_times_frame", "read_tables", "write_tables"]
+__all__ = ["PLANE_TIMES", "TablesReadError", "plane_times_frame", "read_tables", "write_tables"]
