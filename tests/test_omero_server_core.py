@@ -551,8 +551,13 @@ def test_drop_fault_closes_the_connection_once() -> None:
 
 
 def test_lost_connection_ends_its_logins_but_not_the_session(server) -> None:
-    """As with Glacier2: a vanished client's services go; its session uuid can be rejoined."""
+    """As with Glacier2: a vanished client's services go; a detached session can be rejoined.
+
+    (Without ``detachOnDestroy`` OMERO closes the session with its last login: see
+    test_omero_server_strict_sessions.py.)
+    """
     a = server.client()
+    a.getSession().detachOnDestroy()
     uuid_a = a.getSessionId()
     query_a = str(a.sf.getQueryService())
     a.getCommunicator().destroy()  # the client process "dies": no closeSession

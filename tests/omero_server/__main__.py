@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-tables", action="store_true", help="OMERO.tables disabled")
     p.add_argument("--bioformats-version", type=_version, default=None, metavar="X.Y",
                    help="pretend this Bio-Formats (below 7.0: imports of zstd TIFFs fail)")
+    p.add_argument("--glacier2", action="store_true",
+                   help="serve the ports through a real glacier2router (zeroc-glacier2), as OMERO")
+    p.add_argument("--session-timeout", type=int, default=None, metavar="S",
+                   help="Glacier2.SessionTimeout in seconds (default 600, as OMERO)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return serve(args.store, args.port, args.host, args.user, args.password, faults,
-                     args.ssl_port)
+                     args.ssl_port, args.glacier2, args.session_timeout)
     except (OSError, Ice.LocalException, RuntimeError) as exc:
         if args.verbose:
             raise

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,14 +50,17 @@ class Faults:
         if self.delay_ms > 0:
             time.sleep(self.delay_ms / 1000.0)
 
-    def count_pixel_write(self, current: Any | None) -> bool:
+    def count_pixel_write(self, current: Any | None,
+                          drop: Callable[[Any], None] | None = None) -> bool:
         """Count one pixel write; on the N-th, close the caller's connection and return True.
 
         The pixels servant calls this *before* storing the data, and when it returns True it
         raises instead of storing (the answer goes nowhere: the connection is gone), so the
         write is lost, as when a server dies, and the dispatch still finishes (an unanswered
         request would hold up the server's shutdown). The drop happens once per server
-        process, so a retrying client can finish.
+        process, so a retrying client can finish. *drop* replaces the default (closing the
+        request's connection): behind Glacier2 that connection is the router's, shared by all
+        clients, so the pixels service ends the client's router session instead.
         """
         with self._lock:
             self.pixel_writes += 1
@@ -66,7 +70,7 @@ class Faults:
                 self.dropped = True
         if hit:
             log.warning("fault injection: dropping the connection after %d pixel writes", limit)
-            self.drop_connection(current)
+            (drop or self.drop_connection)(current)
         return hit
 
     @staticmethod

@@ -20,12 +20,14 @@ option ``ssl=True``: omero-py's default transport, ``omero.client(host, ssl_port
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +65,10 @@ class StandIn:
     ssl: bool = False
     ssl_port: int | None = None
     bioformats_version: str | None = None
+    #: None: behind a real glacier2router when it is installed (as OMERO), else direct
+    glacier2: bool | None = None
+    session_timeout: int | None = None
+    backend_port: int | None = None
     proc: subprocess.Popen | None = None
     _stderr: list[str] = field(default_factory=list)
 
@@ -84,7 +90,18 @@ class StandIn:
             argv += ["--ssl-port", str(self.ssl_port or 0)]
         if self.bioformats_version:
             argv += ["--bioformats-version", self.bioformats_version]
+        if self.behind_glacier2:
+            argv.append("--glacier2")
+        if self.session_timeout:
+            argv += ["--session-timeout", str(self.session_timeout)]
         return argv
+
+    @property
+    def behind_glacier2(self) -> bool:
+        """Whether clients go through a real glacier2router (see ``glacier2=``)."""
+        if self.glacier2 is None:
+            return glacier2_available()
+        return self.glacier2
 
     def start(self) -> StandIn:
         """Start the process and wait for ``listening on <port>``."""
@@ -100,6 +117,8 @@ class StandIn:
         line = ""
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
+            if line.startswith("behind glacier2"):
+                self.backend_port = int(line.split()[-1].rstrip(")"))
             if line.startswith("ssl on"):
                 self.ssl_port = int(line.split()[-1])  # kept for restarts on the same port
             if line.startswith("listening on"):
@@ -172,6 +191,28 @@ class StandIn:
         if not conn.connect():
             raise StandInError(f"BlitzGateway could not connect: {conn.getLastError()}")
         return conn
+
+
+def glacier2_available() -> bool:
+    """Whether ``glacier2router`` (Debian zeroc-glacier2) is installed; says once when not."""
+    global _GLACIER2_NOTE
+    if shutil.which("glacier2router") is not None:
+        return True
+    if not _GLACIER2_NOTE:
+        _GLACIER2_NOTE = True
+        warnings.warn("glacier2router is not installed (apt-get install zeroc-glacier2, see "
+                      "scripts/setup.d/glacier2.sh): the OMERO stand-in runs without Glacier2 "
+                      "and the router's own tests are skipped", stacklevel=2)
+    return False
+
+
+_GLACIER2_NOTE = False
+
+
+def require_glacier2() -> None:
+    """Skip the calling test when there is no Glacier2 router to test."""
+    if shutil.which("glacier2router") is None:
+        pytest.skip("glacier2router is not installed (zeroc-glacier2; scripts/setup.d/glacier2.sh)")
 
 
 def _start(tmp: Path, **options: Any) -> StandIn:

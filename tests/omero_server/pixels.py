@@ -1146,9 +1146,15 @@ class RawPixelsStoreI(StatefulService, omero.api.RawPixelsStore):
         """Count a pixel write against the drop fault; after a drop, the write is lost.
 
         The dispatch still finishes (with an exception nobody receives: the connection is
-        gone), so the server's shutdown does not wait for an unanswered request.
+        gone), so the server's shutdown does not wait for an unanswered request. Behind a
+        real Glacier2 the client's router session is destroyed instead and the request fails
+        with a connection error, which the router hands on as ``Ice.UnknownLocalException``
+        (what an OMERO client sees when Blitz goes away under a routed request).
         """
-        if self.ctx.faults.count_pixel_write(current):
+        drop = self.session.drop_router_sessions if self.ctx.behind_glacier2 else None
+        if self.ctx.faults.count_pixel_write(current, drop):
+            if drop is not None:
+                raise Ice.ConnectionLostException(0)
             raise omero.InternalException(
                 None, None, "connection dropped by fault injection; the write was lost"
             )

@@ -11,19 +11,24 @@ this, see ``omero.testlib.ITest.full_import`` and ``omero.plugins.fs.prep_direct
     rsp = cb.loop(...)                          # omero.grid.ImportResponse(pixels=[...])
     proc.close()
 
-The stand-in imports synchronously inside ``verifyUpload``: by the time the client holds the
-handle, ``getResponse()`` already answers, and ``CmdCallbackI``'s initial poll finishes the
-handshake without the server ever calling back into the client.
+As OMERO (ome/omero-blitz ``ManagedImportProcessI.verifyUpload``, ``ManagedImportRequestI``,
+``omero/cmd/HandleI``), ``verifyUpload`` checks the checksums exactly and returns the handle at
+once; the import runs in a background thread in OMERO's five steps (metadata, pixel data,
+thumbnails, processing, objects), and each registered ``CmdCallback`` gets ``step`` after every
+step and ``finished`` at the end (through the client's connection, or through Glacier2's server
+endpoints when a real router is in front). Images are saved in the metadata step, so a later
+failure leaves them behind, as in OMERO; the handle then answers ``omero.cmd.ERR``.
 
 What the import creates, as OMERO's import does for an OME-TIFF: one Image per OME ``Image``
 (named after the file, with `` [image name]`` appended when the file holds several), Pixels with
 sizes/type/dimension order/physical sizes/time increment, Channels with colour and a
 LogicalChannel (name, wavelengths, fluor), PlaneInfo (ΔT, exposure, stage position),
-StatsInfo per channel (unless ``settings.noStatsInfo``), the Image's MapAnnotations from the
-OME-XML's StructuredAnnotations (namespace kept; no tags — OMERO's import does not create tags),
-a Fileset with its FilesetEntries and OriginalFiles, and a DatasetImageLink when
-``settings.userSpecifiedTarget`` is a Dataset. ``userSpecifiedName``/``Description`` replace the
-image name/description, ``userSpecifiedPixels`` the physical sizes (µm), and
+StatsInfo per channel (unless ``settings.noStatsInfo``), new Tag, Comment and Map annotations
+from the OME-XML's StructuredAnnotations (namespace and description kept, linked to the images
+that refer to them), a Fileset with its FilesetEntries and OriginalFiles, and a
+DatasetImageLink when ``settings.userSpecifiedTarget`` is a Dataset.
+``userSpecifiedName``/``Description`` replace the image name/description,
+``userSpecifiedPixels`` fills physical sizes (µm) the file lacks, and
 ``userSpecifiedAnnotationList`` annotations are linked to every image.
 Pixels stay in the uploaded file and are read with tifffile on demand (see :mod:`.pixels`),
 including RGB files (samples become channels) and SubIFD pyramids (resolution levels).

@@ -407,12 +407,17 @@ class Server:
 
     def __init__(self, store_dir: Path, port: int = 0, host: str = "127.0.0.1", user: str = "root",
                  password: str = "omero", faults: Faults | None = None,
-                 ssl_port: int | None = None) -> None:
+                 ssl_port: int | None = None, glacier2: bool = False,
+                 session_timeout: int | None = None) -> None:
         import omero.rtypes
         from omero import ObjectFactoryRegistrar
 
         from .session import ROUTER_IDENTITY, RouterI
 
+        self.router: Any = None
+        public = (host, port, ssl_port)
+        if glacier2:  # the router takes the public ports; Blitz listens on loopback only
+            host, port, ssl_port = "127.0.0.1", 0, None
         init = Ice.InitializationData()
         cert = ssl_certificate(Path(store_dir)) if ssl_port is not None else None
         init.properties = _ice_properties(host, port, cert)
@@ -441,6 +446,31 @@ class Server:
         self.port = ports[Ice.TCPEndpointType]
         self.ssl_port = ports.get(Ice.SSLEndpointType)
         self.host = host
+        if glacier2:
+            try:
+                self._start_router(public, session_timeout)
+            except BaseException:
+                self.shutdown()
+                raise
+
+    def _start_router(self, public: tuple[str, int, int | None], session_timeout: int | None) -> None:
+        """Serve Glacier2's verifier and session manager, then start glacier2router in front."""
+        from . import glacier2
+        from .session import PermissionsVerifierI, SessionManagerI
+
+        adapter = self.ctx.adapter
+        adapter.add(PermissionsVerifierI(self.ctx), Ice.Identity(glacier2.VERIFIER_IDENTITY, ""))
+        adapter.add(SessionManagerI(self.ctx), Ice.Identity(glacier2.MANAGER_IDENTITY, ""))
+        self.ctx.behind_glacier2 = True
+        host, port, ssl_port = public
+        config = glacier2.RouterConfig(
+            host=host, port=port or _free_port(host),
+            ssl_port=None if ssl_port is None else (ssl_port or _free_port(host)),
+            backend_port=self.port, folder=self.ctx.store_dir / "glacier2",
+            session_timeout_s=session_timeout or glacier2.SESSION_TIMEOUT_S)
+        self.router = glacier2.Router(config)
+        self.backend_port = self.port
+        self.host, self.port, self.ssl_port = host, config.port, config.ssl_port
 
     def shutdown(self, timeout: float = 10.0) -> bool:
         """Stop dispatching, destroy the communicator, close SQLite (idempotent).
@@ -449,6 +479,9 @@ class Server:
         process for ever, so after *timeout* seconds the store is closed regardless and False
         is returned (the caller then exits without waiting for Ice).
         """
+        if self.router is not None:  # no new requests: the router goes first
+            self.router.stop()
+            self.router = None
         if self.communicator is None:
             return True
         communicator, self.communicator = self.communicator, None
@@ -465,22 +498,36 @@ class Server:
         return clean
 
 
+def _free_port(host: str) -> int:
+    """A TCP port free on *host* right now (the router needs a number, not 0)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def serve(store_dir: Path, port: int, host: str = "127.0.0.1", user: str = "root",
-          password: str = "omero", faults: Faults | None = None, ssl_port: int | None = None) -> int:
+          password: str = "omero", faults: Faults | None = None, ssl_port: int | None = None,
+          glacier2: bool = False, session_timeout: int | None = None) -> int:
     """Run in the foreground until SIGTERM/SIGINT; prints ``listening on <port>`` when ready.
 
     With *ssl_port*, ``ssl on <port>`` is printed first (the last line always marks readiness).
+    With *glacier2*, a real glacier2router serves those ports and ``behind glacier2`` is printed.
     """
     import signal
 
     stop = threading.Event()
-    server = Server(store_dir, port, host, user, password, faults, ssl_port)
+    server = Server(store_dir, port, host, user, password, faults, ssl_port, glacier2,
+                    session_timeout)
 
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if server.router is not None:
+        print(f"behind glacier2 (blitz on {server.backend_port})", flush=True)
     if server.ssl_port is not None:
         print(f"ssl on {server.ssl_port}", flush=True)
     print(f"listening on {server.port}", flush=True)

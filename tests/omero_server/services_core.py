@@ -464,17 +464,23 @@ class SessionServiceI(_Service, omero.api.ISession):
         return session.model()
 
     def getReferenceCount(self, sessionUuid: str, current: Any = None) -> int:
-        return 0 if sessionUuid not in self.ctx.sessions else 1
+        session = self.ctx.sessions.get(sessionUuid)
+        if session is None:
+            raise omero.RemovedSessionException(None, None, f"session {sessionUuid} does not exist")
+        return session.refcount
 
     def closeSession(self, sess: Any, current: Any = None) -> int:
+        """Drop one reference; the session closes only when none is left.
+
+        ome/omero-server ``SessionManagerImpl.close`` (what ``ISession.closeSession`` calls):
+        a joined session's owner keeps working after a joiner's closeSession. Returns the
+        references left, -2 when the session was closed, -1 when it did not exist.
+        """
         suuid = unwrap(sess.getUuid())
-        with self.ctx.lock:
-            session = self.ctx.sessions.pop(suuid, None)
+        session = self.ctx.sessions.get(suuid)
         if session is None:
-            raise omero.RemovedSessionException(None, None, f"session {suuid} does not exist")
-        session.closed = True
-        session.release_servants()  # OMERO closes a killed session's services too
-        return 0
+            return -1
+        return session.close_reference()
 
 
 @servant

@@ -86,8 +86,47 @@ class Session:
     lock: threading.RLock = field(default_factory=threading.RLock)
     #: live logins (ServiceFactories) of this session; its servants go when the last one ends
     logins: int = 0
+    #: OMERO's reference count (ome/omero-server SessionManagerImpl): 1 at creation, +1 per
+    #: join, -1 per ended login ("detach") and per ISession.closeSession; below 1 a close
+    #: removes the session
+    refcount: int = 0
+
+    def close_reference(self) -> int:
+        """``SessionManagerImpl.close``: drop one reference; at none left, close the session.
+
+        Returns the references left, or -2 when the session was closed (OMERO's values).
+        """
+        with self.lock:
+            self.refcount -= 1
+            left = self.refcount
+        if left >= 1:
+            return left
+        self.end()
+        return -2
+
+    def end(self) -> None:
+        """Remove the session: no more joins; what was made for it is closed."""
+        with self.ctx.lock:
+            self.ctx.sessions.pop(self.uuid, None)
+        self.closed = True
+        self.release_servants()  # OMERO closes a closed session's services too
     #: servants added under this session's uuid and not yet removed: identity string -> identity
     servants: dict[str, Any] = field(default_factory=dict)
+    #: Glacier2 SessionControl proxies of this session's logins through a real router
+    router_controls: list[Any] = field(default_factory=list)
+
+    def drop_router_sessions(self, current: Any = None) -> None:
+        """End this session's Glacier2 sessions: the router closes the clients' connections.
+
+        What the drop fault does behind a real router (``SessionControl.destroy``).
+        """
+        with self.lock:
+            controls, self.router_controls = list(self.router_controls), []
+        for control in controls:
+            try:
+                control.destroy()
+            except Ice.LocalException as exc:
+                log.debug("router session already gone: %s", exc)
 
     def track(self, ident: Any) -> None:
         """Remember a servant made for this session (``ServerContext.add_servant`` calls it)."""
@@ -228,6 +267,84 @@ def new_session(ctx: ServerContext, user_name: str, agent: str = "") -> Session:
                    is_admin=SYSTEM_GROUP_ID in member_of, agent=agent)
 
 
+def check_permissions(ctx: ServerContext, user_id: str, password: str) -> tuple[bool, str]:
+    """Glacier2's login check, as ome/omero-blitz ``PermissionsVerifierI.checkPermissions``.
+
+    A live session's uuid logs in (joins) only as both user name and password; otherwise the
+    stand-in's account and password. The reasons are OMERO's.
+    """
+    with ctx.lock:
+        joined = ctx.sessions.get(password) or ctx.sessions.get(user_id)
+        if joined is not None and not joined.closed:
+            if user_id == password:
+                return True, ""
+            return False, "username and password must be equal; use joinSession"
+        if user_id == ctx.user and password == ctx.password:
+            return True, ""
+        uid = next((e.getId().getValue() for e in ctx.store.all("Experimenter")
+                    if e.getOmeName() is not None and e.getOmeName().getValue() == user_id), None)
+    return False, f"Password check failed for '{user_id}': [id={'null' if uid is None else uid}]"
+
+
+def open_login(ctx: ServerContext, user_id: str, agent: str = "") -> tuple[ServiceFactoryI, Any]:
+    """A new ServiceFactory for a checked login: joins the session *user_id* names, if live.
+
+    Returns the servant and its ``Glacier2.SessionPrx`` (identity name = the session uuid, as
+    omero-py's ``getSessionId`` reads it).
+    """
+    with ctx.lock:
+        joined = ctx.sessions.get(user_id)
+        if joined is not None and not joined.closed:
+            session = joined
+        else:
+            session = new_session(ctx, user_id, agent)
+            ctx.sessions[session.uuid] = session
+        sf = ServiceFactoryI(ctx, session)
+        session.logins += 1
+        session.refcount += 1  # a new session's first reference, or a join's
+        prx = ctx.adapter.add(sf, Ice.Identity(session.uuid, "sf-" + str(uuid.uuid4())))
+        sf.identity = prx.ice_getIdentity()
+    log.info("session %s for %s", session.uuid, session.user_name)
+    return sf, Glacier2.SessionPrx.uncheckedCast(prx)
+
+
+class PermissionsVerifierI(Glacier2.PermissionsVerifier):
+    """What the real Glacier2 router asks before it creates a session (``BlitzVerifier``)."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def checkPermissions(self, userId: str, password: str, current: Any = None) -> tuple[bool, str]:
+        self.ctx.faults.delay()  # a login is an API reply too (the delay fault)
+        return check_permissions(self.ctx, userId, password)
+
+
+class SessionManagerI(Glacier2.SessionManager):
+    """Creates the ServiceFactory for the real Glacier2 router (``BlitzManager``).
+
+    As ome/omero-blitz ``SessionManagerI.create``: the session's identity category and name
+    are added to the router's filters (``control.categories()``), so the client reaches the
+    session's objects and nothing else; the router calls ``destroy`` when the client's
+    session ends (destroySession, a closed connection or the session timeout).
+    """
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def create(self, userId: str, control: Any, current: Any = None) -> Any:
+        agent = (current.ctx or {}).get("omero.agent", "") if current is not None else ""
+        try:
+            sf, prx = open_login(self.ctx, userId, agent)
+        except KeyError as exc:
+            raise Glacier2.CannotCreateSessionException(f"no user {userId}") from exc
+        if control is not None:
+            ident = prx.ice_getIdentity()
+            control.categories().add([ident.category, ident.name])
+            with sf.session.lock:
+                sf.session.router_controls.append(control)
+        return prx
+
+
 @servant
 class RouterI(Glacier2.Router):
     """A Glacier2 router that routes to itself: every call the client routes lands on our adapter.
@@ -260,35 +377,20 @@ class RouterI(Glacier2.Router):
         return "client-" + _con_key(current)[-12:].replace(":", "_").replace(".", "_")
 
     def createSession(self, userId: str, password: str, current: Any = None) -> Any:
-        ctx = self.ctx
+        ok, reason = check_permissions(self.ctx, userId, password)
+        if not ok:
+            raise Glacier2.PermissionDeniedException(reason)
         agent = (current.ctx or {}).get("omero.agent", "") if current is not None else ""
-        with ctx.lock:
-            joined = ctx.sessions.get(userId)
-            if joined is not None and password == userId and not joined.closed:
-                session = joined
-            elif userId == ctx.user and password == ctx.password:
-                session = new_session(ctx, userId, agent)
-                ctx.sessions[session.uuid] = session
-            else:
-                # OMERO's permissions verifier answers a bad login like this
-                uid = next((e.getId().getValue() for e in ctx.store.all("Experimenter")
-                            if e.getOmeName() is not None and e.getOmeName().getValue() == userId),
-                           None)
-                raise Glacier2.PermissionDeniedException(
-                    f"Password check failed for '{userId}': [id={'null' if uid is None else uid}]")
-            sf = ServiceFactoryI(ctx, session)
-            session.logins += 1
+        sf, prx = open_login(self.ctx, userId, agent)
+        with self.ctx.lock:
             sf.con_key = _con_key(current)
-            prx = ctx.adapter.add(sf, Ice.Identity(session.uuid, "sf-" + str(uuid.uuid4())))
-            sf.identity = prx.ice_getIdentity()
             first_on_connection = sf.con_key not in self._by_con
             self._by_con.setdefault(sf.con_key, []).append(sf)
         con = getattr(current, "con", None)
         if first_on_connection and con is not None:
             # as Glacier2: a lost connection ends its logins (the session stays joinable)
             con.setCallback(_ConnectionClosed(self, sf.con_key))
-        log.info("session %s for %s", session.uuid, session.user_name)
-        return Glacier2.SessionPrx.uncheckedCast(prx)
+        return prx
 
     def createSessionFromSecureConnection(self, current: Any = None) -> Any:
         raise Glacier2.PermissionDeniedException("certificate logins are not supported")
@@ -352,6 +454,7 @@ class ServiceFactoryI(omero.api.ServiceFactory):
         self.ctx = ctx
         self.session = session
         self.identity: Any = None
+        self.do_close = True
         self.con_key = ""
         self._stateless: dict[str, Any] = {}
         self._stateful: list[Any] = []
@@ -454,10 +557,15 @@ class ServiceFactoryI(omero.api.ServiceFactory):
         return None
 
     def closeOnDestroy(self, current: Any = None) -> None:
-        return None
+        """The default: this login's end closes the session if no reference is left."""
+        self.do_close = True
 
     def detachOnDestroy(self, current: Any = None) -> None:
-        return None
+        """This login's end only drops its reference: the session stays to be joined later.
+
+        ome/omero-blitz ``ServiceFactoryI.detachOnDestroy`` / ``omero/cmd/SessionI.destroy``.
+        """
+        self.do_close = False
 
     def activeServices(self, current: Any = None) -> list[str]:
         with self._lock:
@@ -505,10 +613,12 @@ class ServiceFactoryI(omero.api.ServiceFactory):
 
     # -- Glacier2::Session
     def destroy(self, current: Any = None) -> None:
-        """Remove this login's servants; the session itself stays joinable until closed.
+        """End this login, as ome/omero-blitz ``omero/cmd/SessionI.destroy``.
 
-        When this was the session's last login, every servant made for the session (also
-        those made through SharedResources, ImportProcess, ...) is removed and closed.
+        Its servants are removed; its reference to the session is dropped ("detach"). If no
+        reference is left and the login did not ask ``detachOnDestroy``, the session is closed
+        (not joinable any more) with everything made for it; otherwise it stays, and when
+        this was its last live login, what was made for it (imports, tables, ...) is closed.
         """
         with self._lock:
             for prx in self._stateless.values():
@@ -521,8 +631,13 @@ class ServiceFactoryI(omero.api.ServiceFactory):
                 return  # already destroyed
             self.ctx.remove_servant(self.identity)
             self.identity = None
-        with self.session.lock:
-            self.session.logins -= 1
-            last = self.session.logins <= 0
-        if last:  # what this session's services made (imports, tables, ...) goes with it
-            self.session.release_servants()
+        session = self.session
+        with session.lock:
+            session.logins -= 1
+            session.refcount -= 1
+            last = session.logins <= 0
+            close = self.do_close and session.refcount < 1
+        if close:
+            session.end()
+        elif last:
+            session.release_servants()
