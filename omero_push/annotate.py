@@ -487,19 +487,27 @@ def ensure_comments(
     obj_id: int,
     texts: Sequence[str],
     existing: list[Any] | None = None,
+    ns: str | None = None,
 ) -> int:
-    """Attach comments not yet present (by exact text); returns how many were created."""
+    """Attach comments not yet present (by exact text, in namespace ``ns`` when given, as
+    ``omero import --annotation-ns``); returns how many were created."""
     if not texts:
         return 0
     o = _o()
     anns = linked_annotations(session, kind, obj_id) if existing is None else existing
-    have = {_val(a.getTextValue()) for a in anns if is_kind(a, "CommentAnnotation")}
+    have = {
+        _val(a.getTextValue())
+        for a in anns
+        if is_kind(a, "CommentAnnotation") and (ns is None or _val(a.getNs()) == ns)
+    }
     n = 0
     for text in texts:
         if text in have:
             continue
         c = o.model.CommentAnnotationI()
         c.setTextValue(o.rtypes.rstring(text))
+        if ns is not None:
+            c.setNs(o.rtypes.rstring(ns))
         create_and_link(session, kind, obj_id, c)
         have.add(text)
         n += 1

@@ -24,8 +24,12 @@ from omero_push.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: What omero-py uses when no port is given for a bare host (SSL); ``tcp://host`` means 4063.
+#: We pass a port to ``omero.client`` only when the user gave one, as omero-py's own CLI does.
 DEFAULT_PORT = 4064
 PASSWORD_ENV = "OMERO_PASSWORD"
+#: Where ``omero login`` keeps its sessions when not ``~/omero/sessions`` (omero-py's sessions plugin).
+SESSION_DIR_ENV = "OMERO_SESSIONDIR"
 
 # Keys accepted in a config file, top level or under pyOmeroUpload's ``omero_conn:`` section,
 # mapped to our field names.
@@ -38,6 +42,10 @@ _KEY_ALIASES: dict[str, str] = {
     "group": "group",
     "password": "password",
     "session_key": "session_key",
+    # OMERO.web's address, for links in the summary (not a connection setting).
+    "web_url": "web_url",
+    "web": "web_url",
+    "omero.web": "web_url",
 }
 
 
@@ -73,16 +81,28 @@ class ConnectionSettings:
     """Everything needed to open an OMERO session; the password is a :class:`Secret`."""
 
     server: str
-    port: int = DEFAULT_PORT
+    #: None: let omero-py choose (4064 for a bare host, 4063 for ``tcp://host``).
+    port: int | None = None
     user: str | None = None
     group: str | None = None
     password: Secret | None = field(default=None, repr=False)
     session_key: Secret | None = field(default=None, repr=False)
+    #: The session key is a stored ``omero login`` session (for the error when it has expired).
+    stored_login: bool = False
+
+    @property
+    def joined(self) -> bool:
+        """A session someone else opened (key or stored login): detached, never closed, by us."""
+        return self.session_key is not None
+
+    def address(self) -> str:
+        """``host:port``, or the host alone when omero-py picks the port."""
+        return f"{self.server}:{self.port}" if self.port else self.server
 
     def describe(self) -> str:
         """``user@host:port`` for messages (no secret in it)."""
         who = f"{self.user}@" if self.user else ""
-        return f"{who}{self.server}:{self.port}"
+        return f"{who}{self.address()}"
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -163,14 +183,20 @@ def resolve_settings(
         raise ConfigError("no server given: use --server HOST or 'host:' in the config file")
     user = user or from_file.get("user")
     group = group or from_file.get("group")
-    port = int(port or from_file.get("port") or DEFAULT_PORT)
+    given_port = port or from_file.get("port")
+    port = int(given_port) if given_port else None
 
     key: Secret | None = _as_secret(session_key) or from_file.get("session_key")
     secret: Secret | None = _as_secret(password)
+    stored = False
     if secret is None and key is None:
         env = os.environ.get(PASSWORD_ENV)
+        login = None if env else stored_login(str(server), user, port)
         if env:
             secret = Secret(env)
+        elif login is not None:
+            user, key, stored = login[0], Secret(login[1]), True
+            log.info("using the stored omero login session of %s@%s", user, server)
         elif from_file.get("password"):
             secret = from_file["password"]
         else:
@@ -181,12 +207,52 @@ def resolve_settings(
         raise ConfigError("no user given: use --user USER or 'username:' in the config file")
     if key is None and not secret:
         raise ConfigError(
-            f"no password for {user}@{server}: set {PASSWORD_ENV}, run on a terminal to be "
-            "prompted, or pass --session-key"
+            f"no password for {user}@{server}: run 'omero login', set {PASSWORD_ENV}, run on a "
+            "terminal to be prompted, or pass --session-key"
         )
     return ConnectionSettings(
-        server=str(server), port=port, user=user, group=group, password=secret, session_key=key
+        server=str(server),
+        port=port,
+        user=user,
+        group=group,
+        password=secret,
+        session_key=key,
+        stored_login=stored,
     )
+
+
+def stored_login(server: str, user: str | None, port: int | None) -> tuple[str, str] | None:
+    """(user, session key) of the newest ``omero login`` session stored for this server and user.
+
+    Read from omero-py's :class:`omero.util.sessions.SessionsStore` (``~/omero/sessions``, or
+    ``$OMERO_SESSIONDIR``), as OMERO's CLI plug-ins reuse it.  Without ``user``, the store's
+    current login is taken when it is for this server.  Nothing is contacted here: an expired
+    session is reported when joining it fails.
+    """
+    try:
+        from omero.util import get_omero_userdir
+        from omero.util.sessions import SessionsStore
+    except ImportError:
+        return None
+    folder = os.environ.get(SESSION_DIR_ENV) or str(get_omero_userdir() / "sessions")
+    if not Path(folder).is_dir():  # SessionsStore would create it: never write into $HOME here
+        return None
+    store = SessionsStore(folder)
+    host, current_user, current_key, _port = store.get_current()
+    if user is None:
+        if host != server or not current_user:
+            return None
+        user = current_user
+    keys = store.available(server, user)
+    if not keys:
+        return None
+    if host == server and current_user == user and current_key in keys:
+        return user, current_key  # the one `omero login` made last
+    for key in keys:
+        props = store.get(server, user, key)
+        if port is None or str(props.get("omero.port", port)) == str(port):
+            return user, key
+    return None
 
 
 def _as_secret(value: str | Secret | None) -> Secret | None:

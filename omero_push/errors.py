@@ -62,5 +62,11 @@ class FolderInUseError(PushError):
     exit_code = 75  # sysexits.h EX_TEMPFAIL, as posdir2ometiff's lock.EXIT_LOCKED
 
 
+class ClientMissingError(PushError):
+    """omero-py or zeroc-ice is not installed here (exit 1 means "some files were not pushed")."""
+
+    exit_code = 8
+
+
 class TablesUnavailableError(PushError):
     """The OMERO.tables service is off; the caller falls back to attaching the HDF5 file."""

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from omero_push import annotate, provenance, receipts, upload
+from omero_push.errors import ServerError
 from omero_push.plan import PushItem
 from omero_push.progress import Progress
 from omero_push.runstate import RunState, bytes_counted, guarded, record
@@ -32,21 +33,20 @@ def import_phase(
     Returns (image ids in series order, "created" or "resumed").
     """
     pending = provenance.pending_description(item.sha1)
-    found = [annotate._val(i.getId()) for i in annotate.find_images_by_description(session, pending)]
+    found = [
+        annotate._val(i.getId()) for i in annotate.find_images_by_description(session, pending)
+    ]
     # Only a push into the same dataset completes what an interrupted push left (issue #14).
     here, _nowhere, elsewhere = annotate.leftovers_of(session, found, dataset_id)
     for iid, dids in sorted(elsewhere.items()):
         log.info("%s: half-made image %d belongs to Dataset:%s; left for a push there",
                  item.path.name, iid, ",".join(map(str, sorted(dids))))
-    if here:
+    if here and _earlier_import_finished(session, item, here):
         # An earlier run imported the file but stopped before finishing: complete those images.
         log.info("%s: completing %d image(s) left by an interrupted push", item.path.name,
                  len(here))
         return here, "resumed"
-    orphans = upload.unfinished_filesets(session, item)
-    if orphans:
-        log.info("%s: removing %d upload(s) an interrupted push left", item.path.name, len(orphans))
-        upload.delete_filesets(session, orphans)
+    _remove_unfinished_uploads(session, item)
     with bytes_counted(progress) as on_bytes:
         ids = guarded(
             session,
@@ -60,6 +60,12 @@ def import_phase(
             ),
             f"import into Dataset:{dataset_id}",
         )
+    # The receipt comes only on complete images (a finished import has computed StatsInfo).
+    if not upload.images_complete(session, ids):
+        raise ServerError(
+            f"import of {item.path.name}: the server finished without the images' pixel "
+            "statistics; re-run the push to import it again"
+        )
     # Not every server honours the import's description: make sure, right away.
     for iid in ids:
         img = session.query().get("Image", iid)
@@ -67,6 +73,66 @@ def import_phase(
             img.setDescription(_rstring(pending))
             session.update().saveObject(img)
     return ids, "created"
+
+
+def _earlier_import_finished(session: Session, item: PushItem, ids: list[int]) -> bool:
+    """Whether the images an earlier run's import of ``item`` saved are complete; if that import
+    is still running on the server, wait for it first; if it failed, delete its images.
+
+    OMERO imports in the background and saves the images before it reads their pixels
+    (ome/omero-blitz ``ManagedImportRequestI``), so images carrying our marker may belong to an
+    import that is still running (never to be deleted under it: ``listImports``) or one that
+    failed after saving them (no StatsInfo: deleted here, and the file is imported again).
+    """
+    filesets = upload.filesets_of(session, ids)
+    running = upload.running_imports(session) or {}
+    for fid in filesets:
+        if fid in running:
+            log.info(
+                "%s: the server is still importing it (Fileset:%d); waiting", item.path.name, fid
+            )
+            try:
+                upload.wait_for(session, running[fid], f"import of {item.path.name}")
+            except ServerError as exc:
+                log.warning("%s", exc)
+    if upload.images_complete(session, ids):
+        return True
+    log.warning(
+        "%s: an earlier import saved %d image(s) but did not finish them; deleting them and "
+        "importing the file again",
+        item.path.name,
+        len(ids),
+    )
+    annotate.delete_objects(session, "Image", ids)
+    return False
+
+
+def _remove_unfinished_uploads(session: Session, item: PushItem) -> None:
+    """Delete our filesets of ``item`` that hold no image, unless the server is still on them.
+
+    ``importFileset`` saves the Fileset before a byte is sent, and the import saves the images
+    only in its first step: a fileset without images is either an upload an interrupted push
+    left, or an import in progress (``ManagedRepository.listImports``), which is left alone.
+    """
+    orphans = upload.unfinished_filesets(session, item)
+    if not orphans:
+        return
+    running = upload.running_imports(session)
+    if running is None:
+        log.info(
+            "%s: an upload is in progress on the server; leaving %d unfinished upload(s) of this "
+            "file for a later run",
+            item.path.name,
+            len(orphans),
+        )
+        return
+    busy = [f for f in orphans if f in running]
+    if busy:
+        log.info("%s: the server is still importing Fileset %s", item.path.name, busy)
+    orphans = [f for f in orphans if f not in running]
+    if orphans:
+        log.info("%s: removing %d upload(s) an interrupted push left", item.path.name, len(orphans))
+        upload.delete_filesets(session, orphans)
 
 
 def finish_import(

@@ -31,7 +31,9 @@ def push_pixels_image(
     it is deleted and made again ("resumed").
     """
     pending = provenance.pending_description(item.sha1, im.index)
-    found = [annotate._val(i.getId()) for i in annotate.find_images_by_description(session, pending)]
+    found = [
+        annotate._val(i.getId()) for i in annotate.find_images_by_description(session, pending)
+    ]
     # A half-made image of a push into another dataset is left to that push (issue #14).
     here, nowhere, elsewhere = annotate.leftovers_of(session, found, dataset_id)
     for iid, dids in sorted(elsewhere.items()):

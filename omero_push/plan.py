@@ -24,6 +24,7 @@ from typing import Any
 import tifffile
 
 from omero_push.errors import InputError
+from omero_push.progress import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class ImageMeta:
     kv_pairs: tuple[tuple[str, str], ...] = ()
     tags: tuple[str, ...] = ()
     comments: tuple[str, ...] = ()
+    #: (namespace, text) comments, as ``omero import --annotation-ns/--annotation-text`` make.
+    ns_comments: tuple[tuple[str, str], ...] = ()
+    #: ``--kv`` pairs: a MapAnnotation of their own, so the file's (made by the import) stays whole.
+    extra_kv_pairs: tuple[tuple[str, str], ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -92,6 +97,149 @@ class TablesSource:
     names: tuple[str, ...]
 
 
+#: ``omero import -T`` qualifiers of the ``name`` discriminator (docs: omero/users/cli/import-target.rst
+#: in ome/omero-documentation): newest of several, oldest, only if unique, always a new container.
+NAME_PICKS = {"+": "newest", "-": "oldest", "%": "unique", "@": "new"}
+
+
+@dataclass(frozen=True)
+class ContainerRef:
+    """A Project or Dataset as the user named it: by id, or by name with import's qualifier."""
+
+    kind: str  # "Project" | "Dataset"
+    id: int | None = None
+    name: str | None = None
+    pick: str = "+"  # for names: a key of NAME_PICKS
+
+    def describe(self) -> str:
+        if self.id is not None:
+            return f"{self.kind}:id:{self.id}"
+        qual = "" if self.pick == "+" else self.pick
+        return f"{self.kind}:{qual}name:{self.name}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the images go: a dataset, optionally inside a project (``Project:…/Dataset:…``)."""
+
+    dataset: ContainerRef
+    project: ContainerRef | None = None
+
+    def describe(self) -> str:
+        """The target in ``omero import -T`` syntax (what ``--dry-run`` and the summary show)."""
+        if self.project is None:
+            return self.dataset.describe()
+        return f"{self.project.describe()}/{self.dataset.describe()}"
+
+
+def _container(kind: str, rest: str, spec: str) -> ContainerRef:
+    """``[disc:]pattern`` of one ``-T`` part; the discriminator defaults to ``id`` as in import."""
+    disc, sep, pattern = rest.partition(":")
+    if not sep:  # "Dataset:1234": import's default discriminator is id
+        disc, pattern = "id", rest
+    pick = "+"
+    if disc[:1] in NAME_PICKS:
+        pick, disc = disc[0], disc[1:]
+    if disc == "id":
+        if pick != "+" or not pattern.strip().isdigit():
+            raise InputError(f"target {spec!r}: {kind}:id: needs a number, e.g. {kind}:id:1234")
+        return ContainerRef(kind, id=int(pattern))
+    if disc == "name":
+        if not pattern:
+            raise InputError(f"target {spec!r}: {kind}:name: needs a name")
+        return ContainerRef(kind, name=pattern, pick=pick)
+    raise InputError(f"target {spec!r}: unknown discriminator {disc!r} (use id or name)")
+
+
+def parse_target(spec: str) -> Target:
+    """An ``omero import -T`` template: ``Dataset:[+-%@]name:NAME``, ``Dataset:[id:]ID``,
+    ``Project:name:P/Dataset:name:D`` (any further colons belong to the name).
+
+    Screens and ``regex:`` targets are import's for plates and path patterns; omero-push puts
+    images into datasets, so those are refused with a one-line error rather than half-supported.
+    """
+    kind, sep, rest = spec.partition(":")
+    if not sep:
+        raise InputError(f"target {spec!r}: expected Dataset:name:NAME or Dataset:id:ID")
+    if kind == "Project":
+        proj, sep, ds = rest.partition("/Dataset:")
+        if not sep:
+            raise InputError(f"target {spec!r}: a Project target needs /Dataset:…, e.g. "
+                             "Project:name:P/Dataset:name:D")
+        return Target(_container("Dataset", ds, spec), _container("Project", proj, spec))
+    if kind == "Dataset":
+        return Target(_container("Dataset", rest, spec))
+    raise InputError(
+        f"target {spec!r}: omero-push puts images into datasets; use Dataset:… or "
+        "Project:…/Dataset:…"
+    )
+
+
+def target_from_options(
+    dataset: str | int | None, project: str | None = None, target: str | None = None
+) -> Target | None:
+    """``-d``/``-P``/``-T`` with ``omero import``'s meanings, or None to use the manifest's hint.
+
+    ``-d 1234`` (a number) is Dataset **ID** 1234 as in ``omero import -d``; ``-d Dataset:…`` is a
+    ``-T`` template (``Dataset:ID`` keeps working); any other value is a dataset name, found or
+    created (a numeric *name* is ``-T Dataset:name:2024``).
+    """
+    if target and dataset is not None:
+        raise InputError("give the dataset with --dataset or --target, not both")
+    if target:
+        t = parse_target(target)
+    elif dataset is None or str(dataset) == "":
+        return None
+    elif isinstance(dataset, int) or str(dataset).strip().isdigit():
+        t = Target(ContainerRef("Dataset", id=int(dataset)))
+    elif str(dataset).startswith("Dataset:"):
+        t = parse_target(str(dataset))
+    else:
+        t = Target(ContainerRef("Dataset", name=str(dataset)))
+    if project:
+        if t.project is not None:
+            raise InputError("the --target names a Project already; drop --project")
+        if t.dataset.id is not None:
+            raise InputError("--project goes with a dataset name, not a Dataset ID")
+        ref = ContainerRef("Project", id=int(project)) if project.isdigit() else None
+        t = Target(t.dataset, ref or ContainerRef("Project", name=project))
+    return t
+
+
+@dataclass(frozen=True)
+class ImageOverrides:
+    """What ``omero import``'s ``-n``/``-x``/``--annotation-*`` and our ``--tag``/``--kv`` add to
+    every image of the push (as import applies them to every image it makes)."""
+
+    name: str | None = None
+    description: str | None = None
+    tags: tuple[str, ...] = ()
+    kv_pairs: tuple[tuple[str, str], ...] = ()
+    comments: tuple[str, ...] = ()
+    ns_comments: tuple[tuple[str, str], ...] = ()
+
+    def apply(self, im: ImageMeta) -> ImageMeta:
+        from dataclasses import replace
+
+        return replace(
+            im,
+            name=self.name or im.name,
+            description=self.description if self.description is not None else im.description,
+            tags=tuple(dict.fromkeys((*im.tags, *self.tags))),
+            extra_kv_pairs=tuple(dict.fromkeys((*im.extra_kv_pairs, *self.kv_pairs))),
+            comments=tuple(dict.fromkeys((*im.comments, *self.comments))),
+            ns_comments=tuple(dict.fromkeys((*im.ns_comments, *self.ns_comments))),
+        )
+
+
+def parse_kv(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of ``--kv`` (the value may hold further ``=``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"--kv {text!r}: expected KEY=VALUE")
+    return key.strip(), value
+
+
 @dataclass
 class PushPlan:
     """Everything the push will create or reuse, before any connection is made."""
@@ -99,11 +247,17 @@ class PushPlan:
     items: list[PushItem]
     dataset: str
     project: str | None = None
+    #: The parsed target; ``dataset``/``project`` above are its text for messages.
+    target: Target | None = None
     description: str | None = None
     tags: list[str] = field(default_factory=list)
     kv_pairs: list[tuple[str, str]] = field(default_factory=list)
     tables: list[TablesSource] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    #: (project id, dataset id) once resolved on the server, and the group they are in: a retry
+    #: after a reconnect reuses them (an ``@`` target must not make a second dataset).
+    resolved: tuple[int | None, int] | None = None
+    resolved_group: int | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -407,15 +561,19 @@ def item_from_file(path: Path) -> PushItem:
 def build_plan(
     paths: Sequence[str | os.PathLike[str]],
     *,
-    dataset: str | None,
+    dataset: str | int | None,
     project: str | None = None,
+    target: str | Target | None = None,
+    overrides: ImageOverrides | None = None,
 ) -> PushPlan:
     """Plan the push of ``paths`` (converter output folders and/or OME-TIFF files).
 
     The dataset and project fall back to the manifest's ``omero_dataset``/``omero_project`` hints
     (the lab writes the OMERO project into its log file), so ``--dataset`` can be left out when the
-    experiment says where it belongs.
+    experiment says where it belongs.  ``dataset``/``project``/``target`` have ``omero import``'s
+    meanings (:func:`target_from_options`); ``overrides`` apply to every image.
     """
+    tgt = target if isinstance(target, Target) else target_from_options(dataset, project, target)
     if not paths:
         raise InputError("nothing to push: give a converter output folder or OME-TIFF files")
     items: list[PushItem] = []
@@ -468,22 +626,37 @@ def build_plan(
         else:
             raise InputError(f"{p}: no such file or folder")
     items = _dedupe(items)
-    target = dataset or hint_dataset
-    if not target:
-        raise InputError("no dataset given: use --dataset NAME (or Dataset:ID)")
+    if overrides is not None:
+        for item in items:
+            item.images = [overrides.apply(im) for im in item.images]
+    if tgt is None:
+        if not hint_dataset:
+            raise InputError(
+                "no dataset given: use --dataset NAME|ID or --target Dataset:name:NAME"
+            )
+        # The manifest's hint is a name even when it looks like a number.
+        tgt = Target(ContainerRef("Dataset", name=str(hint_dataset)))
+    if tgt.project is None and tgt.dataset.id is None and hint_project:
+        tgt = Target(tgt.dataset, ContainerRef("Project", name=str(hint_project)))
     unique_desc = list(dict.fromkeys(descriptions))
     if len(unique_desc) > 1:
         log.warning("the manifests give %d different descriptions; joining them", len(unique_desc))
     return PushPlan(
         items=items,
-        dataset=str(target),
-        project=project or hint_project,
+        dataset=_label(tgt.dataset),
+        project=None if tgt.project is None else _label(tgt.project),
+        target=tgt,
         description="\n\n".join(unique_desc) or None,
         tags=list(dict.fromkeys(tags)),
         kv_pairs=list(dict.fromkeys(kv)),
         tables=tables,
         skipped=skipped,
     )
+
+
+def _label(ref: ContainerRef) -> str:
+    """A container for messages: its name, or ``Dataset:ID``."""
+    return ref.name if ref.name is not None else f"{ref.kind}:{ref.id}"
 
 
 def _dedupe(items: Iterable[PushItem]) -> list[PushItem]:
@@ -500,6 +673,8 @@ def _dedupe(items: Iterable[PushItem]) -> list[PushItem]:
 def format_plan(plan: PushPlan, mode: str, provenance: bool) -> str:
     """Human-readable plan (what ``--dry-run`` prints)."""
     target = f"{plan.project} / {plan.dataset}" if plan.project else plan.dataset
+    if plan.target is not None:  # as resolved, in omero import -T syntax
+        target += f" [{plan.target.describe()}]"
     lines = [
         f"push plan: {len(plan.items)} file(s), {plan.n_images} image(s), "
         f"{_human(plan.total_bytes)} -> {target} (mode {mode})"
@@ -517,11 +692,11 @@ def format_plan(plan: PushPlan, mode: str, provenance: bool) -> str:
             dims = " ".join(f"{a}={im.sizes[a]}" for a in "XYZCT")
             chans = ", ".join(c.name or "?" for c in im.channels)
             lines.append(f"    image {im.name!r}: {dims} {im.pixel_type} [{chans}]")
-            extra = [f"{len(im.kv_pairs)} key-value pairs"]
+            extra = [f"{len(im.kv_pairs) + len(im.extra_kv_pairs)} key-value pairs"]
             if im.tags:
                 extra.append(f"tags {', '.join(im.tags)}")
-            if im.comments:
-                extra.append(f"{len(im.comments)} comment(s)")
+            if im.comments or im.ns_comments:
+                extra.append(f"{len(im.comments) + len(im.ns_comments)} comment(s)")
             extra.append("provenance" if provenance else "checksum marker only")
             lines.append(f"      annotations: {'; '.join(extra)}")
     for t in plan.tables:
@@ -533,12 +708,7 @@ def format_plan(plan: PushPlan, mode: str, provenance: bool) -> str:
 
 
 def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} TB"
+    return format_bytes(n)
 
 
 _BYTES = {

@@ -12,6 +12,20 @@ from typing import Any, Protocol, TextIO
 
 log = logging.getLogger(__name__)
 
+#: One unit for sizes everywhere omero-push shows them (plan, progress, --chunk-size): binary
+#: multiples with IEC names, because chunk sizes are powers of two.
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` → ``1.5 KiB``; ``3 * 2**20`` → ``3.0 MiB``."""
+    size = float(n)
+    for unit in _UNITS:
+        if abs(size) < 1024 or unit == _UNITS[-1]:
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
 
 class Progress(Protocol):
     """What the push reports to; implementations decide how to show it."""
@@ -58,13 +72,15 @@ class LineProgress:
 
     def start(self, total_bytes: int, total_images: int) -> None:
         self.total, self.images_total = total_bytes, total_images
-        log.info("pushing %d image(s), %.1f MB", total_images, total_bytes / 1e6)
+        log.info("pushing %d image(s), %s", total_images, format_bytes(total_bytes))
 
     def advance(self, nbytes: int) -> None:
         self.done += nbytes
         if self.total and self.done * 100 >= self._next_pct * self.total:
             pct = min(100, self.done * 100 // self.total)
-            log.info("%d%% of bytes sent (%.1f / %.1f MB)", pct, self.done / 1e6, self.total / 1e6)
+            log.info(
+                "%d%% of bytes sent (%s of %s)", pct, format_bytes(self.done), format_bytes(self.total)
+            )
             self._next_pct = (pct // 10 + 1) * 10
 
     def rewind(self, nbytes: int) -> None:
@@ -81,7 +97,7 @@ class LineProgress:
 
 
 class TqdmProgress:
-    """Two tqdm bars on a terminal: bytes (with MB/s) and images."""
+    """Two tqdm bars on a terminal: bytes (with MiB/s) and images."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stderr
@@ -93,7 +109,7 @@ class TqdmProgress:
 
         self._bytes = tqdm(
             total=total_bytes,
-            unit="B",
+            unit="iB",  # with divisor 1024, tqdm shows MiB and MiB/s: the unit of format_bytes
             unit_scale=True,
             unit_divisor=1024,
             desc="bytes ",

@@ -24,7 +24,14 @@ from omero_push.config import ConnectionSettings, Secret, resolve_settings
 from omero_push.errors import FolderInUseError, InputError, PushError
 from omero_push.imports import push_imports
 from omero_push.pixels_mode import push_pixels_image
-from omero_push.plan import ImageMeta, PushItem, PushPlan, build_plan
+from omero_push.plan import (
+    ImageMeta,
+    ImageOverrides,
+    PushItem,
+    PushPlan,
+    build_plan,
+    target_from_options,
+)
 from omero_push.progress import NullProgress, Progress
 from omero_push.receipts import find_receipts
 from omero_push.runstate import (
@@ -39,7 +46,14 @@ from omero_push.runstate import (
     record,
 )
 from omero_push.runstate import bytes_counted as _bytes_counted  # noqa: F401 (tests import it here)
-from omero_push.session import Session, open_session, translate, with_backoff
+from omero_push.session import (
+    Session,
+    borrow,
+    open_session,
+    rejoin_settings,
+    translate,
+    with_backoff,
+)
 from omero_push.target import ensure_target
 from posdir2ometiff.lock import FolderLock, LockedError
 
@@ -58,8 +72,11 @@ def push(
     session_key: str | Secret | None = None,
     group: str | None = None,
     config: str | os.PathLike[str] | None = None,
-    dataset: str | None = None,
+    dataset: str | int | None = None,
     project: str | None = None,
+    target: str | None = None,
+    overrides: ImageOverrides | None = None,
+    conn: Any = None,
     mode: str = "import",
     provenance_on: bool = True,
     dry_run: bool = False,
@@ -77,7 +94,12 @@ def push(
 ) -> PushResult:
     """Push OME-TIFFs (or converter output folders, or raw experiments with ``convert``) to OMERO.
 
-    ``dataset`` is a name (found or created, inside ``project`` when given) or ``Dataset:ID``.
+    ``dataset``/``project``/``target`` have ``omero import``'s meanings: a number is a Dataset
+    ID, another value a name (found or created, inside ``project`` when given), ``target`` an
+    ``omero import -T`` template (:func:`omero_push.plan.target_from_options`).  ``overrides``
+    (name, description, tags, key-value pairs, comments) apply to every image.  ``conn`` is an open
+    connection to push on instead of logging in (a ``BlitzGateway`` or ``omero.client``; it stays
+    open, ours to use, not to close).
     ``parallel`` files (import mode) or images (pixels mode) are in flight at once: the next one
     uploads while the server finishes the previous one.
     Returns a :class:`PushResult` with the dataset and image ids.  Raises subclasses of
@@ -85,9 +107,10 @@ def push(
     """
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    target_from_options(dataset, project, target)  # a bad target fails before any conversion
     progress = progress or NullProgress()
     settings: ConnectionSettings | None = None
-    if not dry_run:
+    if not dry_run and conn is None:
         # Before any conversion: a missing password should fail in a second, not after an hour.
         settings = resolve_settings(
             server=server,
@@ -103,7 +126,7 @@ def push(
     try:
         if convert:
             if dry_run:
-                plan = PushPlan(items=[], dataset=dataset or "?", project=project)
+                plan = PushPlan(items=[], dataset=str(dataset or target or "?"), project=project)
                 for p in paths:
                     plan.skipped.append((Path(p), "would be converted first (--convert)"))
                 return PushResult(plan=plan, mode=mode, dry_run=True)
@@ -113,8 +136,13 @@ def push(
                 paths, Path(convert_out) if convert_out else tmp_out, convert_options
             )
         if dry_run:
-            plan = build_plan(paths, dataset=dataset, project=project)
+            plan = build_plan(
+                paths, dataset=dataset, project=project, target=target, overrides=overrides
+            )
             return PushResult(plan=plan, mode=mode, dry_run=True)
+        borrowed = None if conn is None else borrow(conn, group)
+        if borrowed is not None:  # a reconnect joins the caller's session again, by its key
+            settings = rejoin_settings(borrowed)
         assert settings is not None
         # One run per output folder (posdir2ometiff/lock.py): a converter still writing it, or a
         # second push of it, makes this push refuse instead of racing it.
@@ -126,7 +154,9 @@ def push(
                     raise FolderInUseError(str(exc)) from None
                 except OSError as exc:  # someone else's read-only folder: nobody converts into it
                     log.info("%s: not locked (%s)", p, exc.strerror or exc)
-            plan = build_plan(paths, dataset=dataset, project=project)
+            plan = build_plan(
+                paths, dataset=dataset, project=project, target=target, overrides=overrides
+            )
             if mode == "pixels":  # before anything is created on the server
                 for item in plan.items:
                     for im in item.images:
@@ -134,6 +164,7 @@ def push(
             return _execute(
                 plan,
                 settings,
+                borrowed=borrowed,
                 mode=mode,
                 provenance_on=provenance_on,
                 chunk_size=chunk_size,
@@ -191,11 +222,16 @@ def _execute(
     keepalive_s: int,
     progress: Progress,
     parallel: int,
+    borrowed: Session | None = None,
 ) -> PushResult:
     state = RunState(result=PushResult(plan=plan, mode=mode))
     progress = LockedProgress(progress)
+    first = [borrowed] if borrowed is not None else []
 
     def attempt() -> None:
+        if first:  # the caller's connection, first: used as is, never closed
+            _run(first.pop(), plan, state, mode, provenance_on, chunk_size, tile, progress, parallel)
+            return
         with open_session(settings, keepalive_s=keepalive_s) as session:
             _run(session, plan, state, mode, provenance_on, chunk_size, tile, progress, parallel)
 

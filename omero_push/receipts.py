@@ -59,7 +59,14 @@ def complete_image(
             session, "Image", iid, list(im.kv_pairs), annotate.KV_NS, existing
         )
         n += int(made)
+    if im.extra_kv_pairs:  # --kv: a MapAnnotation of its own beside the file's
+        _aid, made = annotate.ensure_map_annotation(
+            session, "Image", iid, list(im.extra_kv_pairs), annotate.KV_NS, existing
+        )
+        n += int(made)
     n += annotate.ensure_comments(session, "Image", iid, list(im.comments), existing)
+    for ns, text in im.ns_comments:  # --annotation-ns/--annotation-text, as omero import
+        n += annotate.ensure_comments(session, "Image", iid, [text], existing, ns=ns)
     ns, pairs = provenance.receipt_pairs(
         item, im, mode=mode, provenance=provenance_on, tool_version=__version__
     )

@@ -19,9 +19,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from omero_push.config import ConnectionSettings
+from omero_push.config import ConnectionSettings, Secret
 from omero_push.errors import (
     AuthenticationError,
+    ClientMissingError,
     ConnectionLostError,
     NoPermissionError,
     PushError,
@@ -47,8 +48,10 @@ def _omero() -> Any:
         import omero
         import omero.clients  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise PushError(
-            "omero-py and zeroc-ice are not installed: pip install 'posdir2ometiff[omero]'"
+        raise ClientMissingError(
+            "omero-py or zeroc-ice is not installed: run 'omero-push setup-ice' (installs "
+            "zeroc-ice 3.6.5, built for this Python if PyPI has no wheel, and omero-py), or "
+            "use the container image (docker/README.md)"
         ) from exc
     return omero
 
@@ -66,6 +69,9 @@ class Session:
     cache: dict[str, Any] = field(default_factory=dict)
     #: Serialises find-or-create steps between the push's worker threads (one tag per name).
     lock: threading.RLock = field(default_factory=threading.RLock)
+    #: False for a connection the caller opened (a BlitzGateway or omero.client handed to
+    #: ``push``/the API, or the ``omero`` CLI's): we never close what we did not open.
+    owned: bool = True
 
     @property
     def sf(self) -> Any:
@@ -90,7 +96,14 @@ class Session:
         return self.sf.getPixelsService()
 
     def close(self) -> None:
-        """Close the session and the communicator; never raises (used in finally blocks)."""
+        """Close the session and the communicator; never raises (used in finally blocks).
+
+        A joined session (``--session-key`` or a stored ``omero login``) was detached at login
+        (``detachOnDestroy``, as omero-py's SessionsStore does), so closing our connection leaves
+        the user's session alive; a borrowed connection is left entirely alone.
+        """
+        if not self.owned:
+            return
         try:
             self.client.closeSession()
         except Exception as exc:  # a dead server cannot be told goodbye
@@ -112,10 +125,13 @@ def connect(settings: ConnectionSettings, *, keepalive_s: int = DEFAULT_KEEPALIV
     import Glacier2
     import Ice
 
+    # A port only when the user gave one: omero-py then picks 4064 (SSL) for a bare host and 4063
+    # for tcp://host (omero.clients.BaseClient._check_for_hosturl).
+    port = {"port": int(settings.port)} if settings.port else {}
     client = omero.client(
         host=settings.server,
-        port=int(settings.port),
         pmap={"Ice.Override.ConnectTimeout": str(CONNECT_TIMEOUT_MS)},
+        **port,
     )
     client.setAgent(AGENT)
     where = settings.describe()
@@ -128,6 +144,11 @@ def connect(settings: ConnectionSettings, *, keepalive_s: int = DEFAULT_KEEPALIV
             client.createSession(settings.user, settings.password.reveal())
     except Glacier2.PermissionDeniedException:
         _destroy(client)
+        if settings.stored_login:
+            raise AuthenticationError(
+                f"{where}: the stored 'omero login' session has expired: run 'omero login' "
+                "again, or set OMERO_PASSWORD"
+            ) from None
         what = "session key" if settings.session_key is not None else "user name or password"
         raise AuthenticationError(f"{where}: login refused (wrong {what})") from None
     except Glacier2.CannotCreateSessionException as exc:
@@ -139,7 +160,7 @@ def connect(settings: ConnectionSettings, *, keepalive_s: int = DEFAULT_KEEPALIV
     except (Ice.ConnectFailedException, Ice.ConnectTimeoutException, Ice.SocketException):
         _destroy(client)
         raise ServerUnreachableError(
-            f"{settings.server}:{settings.port}: no OMERO server answers (check host and port)"
+            f"{settings.address()}: no OMERO server answers (check host and port)"
         ) from None
     except Ice.LocalException as exc:
         _destroy(client)
@@ -150,8 +171,10 @@ def connect(settings: ConnectionSettings, *, keepalive_s: int = DEFAULT_KEEPALIV
         _destroy(client)
         raise AuthenticationError(f"{where}: {exc}") from None
     try:
-        client.enableKeepAlive(max(MIN_KEEPALIVE_S, int(keepalive_s)))
         sf = client.getSession()
+        if settings.joined:
+            sf.detachOnDestroy()  # the user's session outlives our connection (omero.util.sessions)
+        client.enableKeepAlive(max(MIN_KEEPALIVE_S, int(keepalive_s)))
         ec = sf.getAdminService().getEventContext()
         session = Session(
             client=client,
@@ -161,7 +184,7 @@ def connect(settings: ConnectionSettings, *, keepalive_s: int = DEFAULT_KEEPALIV
             member_of=list(ec.memberOfGroups or []),
         )
         if settings.group:
-            _switch_group(session, settings.group)
+            switch_group(session, settings.group)
         log.info("connected to %s as %s (group %s)", where, ec.userName, session.group_id)
         return session
     except BaseException:
@@ -169,7 +192,49 @@ def connect(settings: ConnectionSettings, *, keepalive_s: int = DEFAULT_KEEPALIV
         raise
 
 
-def _switch_group(session: Session, group: str) -> None:
+def borrow(client: Any, group: str | None = None) -> Session:
+    """A :class:`Session` over a connection the caller opened and keeps (never closed by us).
+
+    ``client`` is an ``omero.client`` (what the ``omero`` CLI's ``ctx.conn(args)`` returns) or a
+    connected ``BlitzGateway`` (ezomero's way: its ``c`` attribute is the client).
+    """
+    _omero()
+    client = getattr(client, "c", client)
+    sf = client.getSession()
+    ec = sf.getAdminService().getEventContext()
+    settings = ConnectionSettings(
+        server=client.getProperty("omero.host") or "?",
+        port=int(client.getProperty("omero.port") or 0) or None,
+        user=ec.userName,
+        group=group,
+    )
+    session = Session(
+        client=client,
+        settings=settings,
+        user_id=ec.userId,
+        group_id=ec.groupId,
+        member_of=list(ec.memberOfGroups or []),
+        owned=False,
+    )
+    if group:
+        switch_group(session, group)
+    return session
+
+
+def rejoin_settings(session: Session) -> ConnectionSettings:
+    """Settings that join ``session``'s server-side session again by its key (a reconnect after a
+    borrowed connection dropped); such a join is detached, never closed, when we let go."""
+    s = session.settings
+    return ConnectionSettings(
+        server=s.server,
+        port=s.port,
+        user=s.user,
+        group=str(session.group_id),
+        session_key=Secret(session.client.getSessionId()),
+    )
+
+
+def switch_group(session: Session, group: str) -> None:
     """Make ``group`` the context for everything created; refuse a group we are not in."""
     omero = _omero()
     admin = session.admin()

@@ -14,18 +14,25 @@ from __future__ import annotations
 import locale
 import logging
 import platform
+import time
 from collections.abc import Callable
 from typing import Any
 
 from omero_push.errors import InputError, ServerError
 from omero_push.plan import PushItem
-from omero_push.session import AsyncWindow, Session, is_connection_lost, wait_for_command
+from omero_push.session import AsyncWindow, Session, is_connection_lost
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 4 * 1024 * 1024
 #: Chunks in flight at once (see session.AsyncWindow); 3 × 4 MiB stays far below Ice's limits.
 IN_FLIGHT = 3
+#: How long to wait for the server to finish one file's import before giving up on waiting
+#: (the import goes on on the server; a re-run completes it).  Generous: a 100 GB fileset with
+#: a pyramid to build takes hours on a busy server.
+IMPORT_WAIT_CAP_S = 12 * 3600.0
+#: How often the wait reports where the import is (log line at INFO).
+IMPORT_REPORT_EVERY_S = 30.0
 
 
 def new_fileset(item: PushItem) -> Any:
@@ -110,9 +117,111 @@ def upload_to(
     return offset
 
 
-def wait_for(session: Session, handle: Any, what: str) -> Any:
-    """Wait on an OMERO command handle (see :func:`omero_push.session.wait_for_command`)."""
-    return wait_for_command(session, handle, what)
+def wait_for(
+    session: Session,
+    handle: Any,
+    what: str,
+    *,
+    cap_s: float = IMPORT_WAIT_CAP_S,
+    poll_s: float = 5.0,
+    report_every_s: float = IMPORT_REPORT_EVERY_S,
+) -> Any:
+    """Wait for an import's handle until the server is done, saying where it is on the way.
+
+    OMERO runs the import in the background after ``verifyUpload`` (ome/omero-blitz
+    ``ManagedImportRequestI``: metadata, pixel data, thumbnails, ...), which can take far longer
+    than a minute.  As omero-py's ``CmdCallbackI.loop`` but without its fixed count: block on the
+    callback for ``poll_s`` at a time (a dead server then raises instead of hanging), log
+    "step i of n" every ``report_every_s``, and stop waiting after ``cap_s`` with a
+    :class:`ServerError` that says the import goes on and a re-run completes it.  The handle is
+    then left open: closing it early would lose the server's answer.  An ``omero.cmd.ERR``
+    becomes a :class:`ServerError` naming ``what``.
+    """
+    import omero.callbacks
+    import omero.cmd
+
+    cb = omero.callbacks.CmdCallbackI(session.client, handle)
+    started = last_report = time.monotonic()
+    done = False
+    try:
+        while not cb.block(int(poll_s * 1000)):
+            cb.poll()
+            if cb.block(0):
+                break
+            now = time.monotonic()
+            if now - started >= cap_s:
+                raise ServerError(
+                    f"{what}: the server is still importing after {_duration(now - started)}; "
+                    "it goes on without us: re-run the same push later to complete it"
+                )
+            if now - last_report >= report_every_s:
+                last_report = now
+                log.info("%s: %s (%s so far)", what, _step_text(handle), _duration(now - started))
+        rsp = cb.getResponse()
+        done = True
+    finally:
+        try:
+            cb.close(done)
+        except Exception as exc:
+            log.debug("closing the callback failed: %s", exc)
+    if isinstance(rsp, omero.cmd.ERR):
+        params = dict(rsp.parameters or {})
+        detail = params.get("message") or (params.get("stacktrace") or "").strip().splitlines()[:1]
+        raise ServerError(f"{what}: the server reports {rsp.name}: {detail}")
+    return rsp
+
+
+def _step_text(handle: Any) -> str:
+    """ "step 2 of 5" from the handle's status, or "importing" if the server does not say."""
+    try:
+        st = handle.getStatus()
+        return f"step {st.currentStep + 1} of {st.steps}" if st is not None else "importing"
+    except Exception as exc:
+        if is_connection_lost(exc):
+            raise
+        return "importing"
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {sec:02d} s"
+
+
+def running_imports(session: Session) -> dict[int, Any] | None:
+    """Fileset id → handle of each import the server is still running for this user.
+
+    ``ManagedRepository.listImports()`` lists the import processes still alive (ome/omero-blitz
+    ``ManagedRepositoryI.listImports``); a process's handle carries the ``ImportRequest`` whose
+    ``activity`` is the fileset's job link (``ManagedImportProcessI.verifyUpload``).  None when a
+    process has no handle yet (an upload in progress, whose fileset cannot be told): the caller
+    must then leave unfinished filesets alone.  A server that cannot list its imports (every
+    OMERO 5.x can) is taken to run none.
+    """
+    try:
+        repo = session.client.getManagedRepository()
+        procs = list(repo.listImports() or []) if repo is not None else []
+    except Exception as exc:
+        if is_connection_lost(exc):
+            raise
+        log.warning("the server cannot list its running imports (%s)", exc.__class__.__name__)
+        return {}
+    running: dict[int, Any] = {}
+    for proc in procs:
+        try:
+            handle = proc.getHandle()
+            if handle is None:
+                return None
+            req = handle.getRequest()
+            fileset_id = req.activity.getParent().getId().getValue()
+        except Exception as exc:
+            if is_connection_lost(exc):
+                raise
+            log.debug("an import process could not be read: %s", exc)
+            return None
+        if handle.getResponse() is None:
+            running[int(fileset_id)] = handle
+    return running
 
 
 def unfinished_filesets(session: Session, item: PushItem) -> list[int]:
@@ -140,6 +249,37 @@ def unfinished_filesets(session: Session, item: PushItem) -> list[int]:
     )
     used = {i.getFileset().getId().getValue() for i in images}
     return [f for f in fileset_ids if f not in used]
+
+
+def images_complete(session: Session, image_ids: list[int]) -> bool:
+    """Whether the import finished these images: pixels readable, statistics computed.
+
+    OMERO's import saves the images in its metadata step and only then reads the pixels and
+    computes each channel's StatsInfo (ome/omero-blitz ``ManagedImportRequestI.pixelData``); an
+    import that failed after the metadata step leaves images without StatsInfo.
+    """
+    images = session.container().getImages("Image", list(image_ids), None)
+    if len(images) != len(set(image_ids)):
+        return False
+    for img in images:
+        pixels = img.getPrimaryPixels()
+        if pixels is None:
+            return False
+        desc = session.pixels().retrievePixDescription(pixels.getId().getValue())
+        channels = list(desc.copyChannels())
+        if not channels or any(ch.getStatsInfo() is None for ch in channels):
+            return False
+    return True
+
+
+def filesets_of(session: Session, image_ids: list[int]) -> list[int]:
+    """The filesets of these images (sorted, none for images without one)."""
+    import omero.sys
+
+    params = omero.sys.ParametersI()
+    params.addIds(list(image_ids))
+    images = session.query().findAllByQuery("select i from Image i where i.id in (:ids)", params)
+    return sorted({i.getFileset().getId().getValue() for i in images if i.getFileset()})
 
 
 def delete_filesets(session: Session, fileset_ids: list[int]) -> None:
@@ -171,7 +311,9 @@ def import_file(
         if sent != item.size:
             raise InputError(f"{item.path}: size changed while uploading ({sent} != {item.size})")
         try:
-            handle = proc.verifyUpload([item.sha1])
+            # OMERO compares with String.equals against its own lower-case hex digest
+            # (ome/omero-blitz ManagedImportProcessI.verifyUpload).
+            handle = proc.verifyUpload([item.sha1.lower()])
         except omero.ChecksumValidationException:
             raise InputError(
                 f"{item.path}: content changed since it was planned (the server's SHA-1 of the "

@@ -139,9 +139,9 @@ def _writer_alive(pid: int, host: str) -> bool:
 def remove_stale_temporaries(folder: Path | str) -> list[Path]:
     """Delete the temporaries in ``folder`` left by writers that no longer run; return them.
 
-    Also removes the fixed-name ``*.partial`` files of earlier versions (``pos001.ome.tiff.partial``,
-    ``.manifest.json.<pid>.partial``): call this only while holding the folder's lock, so no
-    live run of an earlier version can be writing them.
+    Also removes other ``*.partial`` files (the writer's ``pos001.ome.tiff.<random>.partial``,
+    earlier versions' fixed names): call this only while holding the folder's lock, so no live
+    run can be writing them.
     """
     removed: list[Path] = []
     try:

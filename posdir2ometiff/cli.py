@@ -35,6 +35,9 @@ def _pyramid(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="posdir2ometiff",
+        # the usage names the demo sub-command too: a new user's first look is `--help`
+        usage="%(prog)s SRC -o OUT [options]\n       %(prog)s demo OUT_DIR [options]   "
+        "(writes a synthetic experiment to try; 'posdir2ometiff demo --help')",
         description="Convert a time-lapse experiment (one folder per microscope position, one "
         "image per plane) into one tiled, pyramidal OME-TIFF per position, plus manifest.json "
         "and experiment.h5. Run 'posdir2ometiff demo OUT_DIR' to generate a demo experiment.",
@@ -45,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positions", default=DEFAULT_POSITIONS, metavar="GLOB",
                    help="position folder glob, case-insensitive (default: %(default)s)")
     p.add_argument("--pattern", default=DEFAULT_PATTERN, metavar="REGEX",
-                   help="plane file regex with named groups t, c, z "
-                   "(default: {prefix}_{t}_{c}_{z}.png|tif|tiff)")
-    p.add_argument("--tile", type=int_in(16, 65536, multiple=16), default=DEFAULT_TILE, metavar="PX",
+                   help="plane file regex with named groups t, c, z; the default matches "
+                   "{prefix}_{t}_{c}_{z}.png|tif|tiff (default: %(default)s)")
+    p.add_argument("--tile", type=int_in(16, 65536, multiple=16), default=DEFAULT_TILE,
+                   metavar="PX",
                    help="tile size, a multiple of 16 (default: %(default)s)")
     p.add_argument("--compression", choices=list(COMPRESSIONS), default=DEFAULT_COMPRESSION,
                    help="tile compression (default: %(default)s — fastest, and read "
@@ -57,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "in total (default: %(default)s)")
     p.add_argument("--workers", type=int_in(1, 1024), default=None, metavar="N",
                    help=f"parallel processes, one position each (default: cores = {os.cpu_count()})")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--threads", type=int_in(1, 1024), default=None, metavar="N",
                    help="threads inside one position: planes decoded ahead, tiles compressed in "
                    "parallel (default: cores / workers)")
     p.add_argument("--metadata", default="auto", metavar="auto|none|NAME|module:Class",
@@ -83,18 +87,33 @@ def build_demo_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="posdir2ometiff demo",
         description="Write a synthetic experiment in the lab's layout (pos folders, PNG planes, "
-        "Acq and log files) to try the converter on.",
+        "Acq and log files) to try the converter on: then 'posdir2ometiff OUT_DIR -o OUT'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("folder", type=Path, metavar="OUT_DIR")
-    p.add_argument("--positions", type=int_in(1, 10000), default=2)
+    p.add_argument("folder", type=Path, metavar="OUT_DIR", help="folder to write (created)")
+    # A count, so not "--positions": the converter's --positions is a folder glob.
+    p.add_argument("--num-positions", type=int_in(1, 10000), default=2, metavar="N",
+                   help="number of position folders (pos001, pos002, ...)")
+    p.add_argument("--positions", action=_DemoPositions, help=argparse.SUPPRESS)
     p.add_argument("--channels", default="Brightfield,DIC,GFP", help="comma-separated names")
-    p.add_argument("-z", type=int_in(1, 10000), default=5, help="z-sections")
-    p.add_argument("-t", type=int_in(1, 100000), default=3, help="timepoints")
-    p.add_argument("--size", type=int_in(1, 65536), default=512, help="plane width and height")
-    p.add_argument("--dtype", choices=["uint8", "uint16", "float32"], default="uint16")
-    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-z", type=int_in(1, 10000), default=5, metavar="N", help="z-sections per stack")
+    p.add_argument("-t", type=int_in(1, 100000), default=3, metavar="N", help="timepoints")
+    p.add_argument("--size", type=int_in(1, 65536), default=512, metavar="PX",
+                   help="plane width and height")
+    p.add_argument("--dtype", choices=["uint8", "uint16", "float32"], default="uint16",
+                   help="pixel type (float32 planes are written as TIFF: PNG has no floats)")
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0,
+                   help="random seed (same seed, same files)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     return p
+
+
+class _DemoPositions(argparse.Action):
+    """``demo --positions``: say which option is meant instead of a bare 'unrecognized'."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object, **__: object) -> None:
+        parser.error("the demo's number of positions is --num-positions N "
+                     "(--positions is the converter's folder glob)")
 
 
 def _demo(argv: Sequence[str]) -> int:
@@ -108,7 +127,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     channels = [c.strip() for c in args.channels.split(",") if c.strip()]
     try:
-        spec = make_demo(args.folder, positions=args.positions, channels=channels, z=args.z,
+        spec = make_demo(args.folder, positions=args.num_positions, channels=channels, z=args.z,
                          t=args.t, size=args.size, dtype=args.dtype, seed=args.seed)
     except (OSError, ValueError) as exc:
         print(f"posdir2ometiff demo: error: {exc}", file=sys.stderr)

@@ -131,7 +131,9 @@ def _require_regular_file(path: Path) -> None:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise LayoutError(f"{path}: a link to nothing (broken symbolic link) under a plane's name") from None
+        raise LayoutError(
+            f"{path}: a link to nothing (broken symbolic link) under a plane's name"
+        ) from None
     except OSError as exc:
         raise LayoutError(f"{path}: cannot be examined ({exc.strerror or exc})") from None
     if not stat.S_ISREG(mode):
@@ -271,7 +273,8 @@ def discover(
     folders = find_position_folders(src, positions)
     _warn_undecodable(src, folders)
     if not folders:
-        raise LayoutError(f"{src}: no position folder matches {positions!r}")
+        raise LayoutError(f"{src}: no position folder matches {positions!r}"
+                          + _looks_like_a_position(src, positions, rx))
     layouts = []
     empty: list[PositionLayout] = []
     for folder in folders:
@@ -361,6 +364,17 @@ def unify_numbering(
         }
         lay.t_values, lay.z_values = list(t_values), list(z_values)
     return layouts
+
+
+def _looks_like_a_position(src: Path, positions: str, rx: re.Pattern[str]) -> str:
+    """A hint when SRC is itself a position folder (named like one, or holding plane files):
+    the converter wants the experiment folder above it."""
+    named = re.match(fnmatch.translate(positions), src.name, re.IGNORECASE) is not None
+    has_planes = any(rx.match(p.name) for p in src.iterdir() if p.is_file())
+    if not (named or has_planes):
+        return ""
+    return (f"; {src.name!r} looks like a position folder itself: give the experiment folder "
+            f"that holds it, {src.resolve().parent}")
 
 
 def unify_channels(

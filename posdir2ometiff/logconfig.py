@@ -24,25 +24,43 @@ def cli_logging(
     *,
     quiet_level: int = logging.WARNING,
     fmt: str = "%(levelname)s: %(message)s",
+    log_file: str | None = None,
 ) -> Iterator[None]:
     """Log to stderr while the block runs: INFO (DEBUG with ``verbose``, ``quiet_level`` with
-    ``quiet``) for our packages, WARNING for everyone else (DEBUG for all with ``verbose``)."""
+    ``quiet``) for our packages, WARNING for everyone else (DEBUG for all with ``verbose``).
+
+    ``log_file`` also keeps a DEBUG log of our packages (with times) in that file, while stderr
+    keeps its level: the file is for after the fact, the terminal for now.
+    """
     level = logging.DEBUG if verbose else quiet_level if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else fmt)
     )
+    extra: list[logging.Handler] = []
+    if log_file:
+        handler.setLevel(level if not verbose else logging.DEBUG)
+        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+        )
+        extra.append(to_file)
     root = logging.getLogger()
     ours = [logging.getLogger(name) for name in OUR_PACKAGES]
     saved = (root.level, [lg.level for lg in ours])
     root.addHandler(handler)
+    for h in extra:
+        root.addHandler(h)
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
     for lg in ours:
-        lg.setLevel(level)
+        lg.setLevel(logging.DEBUG if log_file else level)
     try:
         yield
     finally:
         root.removeHandler(handler)
+        for h in extra:
+            root.removeHandler(h)
+            h.close()
         root.setLevel(saved[0])
         for lg, lv in zip(ours, saved[1], strict=True):
             lg.setLevel(lv)

@@ -4,7 +4,8 @@ Two ways a parent can go: killed outright (SIGKILL, or SIGTERM whose default act
 process without running any Python), or interrupted (SIGINT → KeyboardInterrupt, any exception).
 
 * Killed: each worker asks the kernel, as its first act, to be sent SIGKILL when its parent dies
-  (Linux ``prctl(PR_SET_PDEATHSIG)``, what util-linux's ``setpriv --pdeathsig`` sets), then checks the parent is still the one that started it (it may have
+  (Linux ``prctl(PR_SET_PDEATHSIG)``, what util-linux's ``setpriv --pdeathsig`` sets), then
+  checks the parent is still the one that started it (it may have
   died before the request was made).
 * Interrupted: :func:`stop_workers_on_error` terminates the pool's processes before the executor's
   ``shutdown(wait=True)`` would wait for their positions to finish, as Python 3.14's

@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 rm -rf demo-experiment
-.venv/bin/posdir2ometiff demo demo-experiment --positions 3 -z 5 -t 4 --size 1024
+.venv/bin/posdir2ometiff demo demo-experiment --num-positions 3 -z 5 -t 4 --size 1024
 .venv/bin/posdir2ometiff demo-experiment -o demo-out "$@"
 echo "demo done: $(ls demo-out)"

@@ -101,7 +101,7 @@ def test_bad_arguments_exit_2(tmp_path: Path, capsys) -> None:
 
 
 def test_demo_subcommand_and_module_entry_point(tmp_path: Path) -> None:
-    assert main(["demo", str(tmp_path / "d"), "--positions", "1", "-z", "1", "-t", "1",
+    assert main(["demo", str(tmp_path / "d"), "--num-positions", "1", "-z", "1", "-t", "1",
                  "--size", "32", "-q"]) == 0
     assert len(list((tmp_path / "d" / "pos001").glob("*.png"))) == 3
     proc = subprocess.run([sys.executable, "-m", "posdir2ometiff", str(tmp_path / "d"), "-o",

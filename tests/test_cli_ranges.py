@@ -27,6 +27,7 @@ def _usage_error(main, argv: list[str], capsys) -> str:
     [
         (["--workers", "0"], "--workers"),
         (["--workers", "-3"], "--workers"),
+        (["--threads", "0"], "--threads"),
         (["--tile", "7"], "--tile"),
         (["--tile", "0"], "--tile"),
         (["--tile", "1e9"], "--tile"),
@@ -48,7 +49,7 @@ def test_converter_options_out_of_range(tmp_path: Path, capsys, extra, option) -
 @pytest.mark.parametrize(
     "extra, option",
     [(["--size", "0"], "--size"), (["-z", "0"], "-z"), (["-t", "-1"], "-t"),
-     (["--positions", "0"], "--positions"), (["--seed", "-1"], "--seed")],
+     (["--num-positions", "0"], "--num-positions"), (["--seed", "-1"], "--seed")],
 )
 def test_demo_options_out_of_range(tmp_path: Path, capsys, extra, option) -> None:
     line = _usage_error(convert_cli.main, ["demo", str(tmp_path / "d"), *extra], capsys)

@@ -193,7 +193,8 @@ def test_password_precedence_env_then_config_then_prompt(tmp_path: Path, monkeyp
     cfg.write_text("host: h\nuser: bob\npassword: fromfile\n")
     monkeypatch.setenv("OMERO_PASSWORD", "fromenv")
     s = resolve_settings(server=None, port=None, user=None, group=None, config=cfg)
-    assert s.password.reveal() == "fromenv" and s.server == "h" and s.port == 4064
+    # No port given: none (omero-py's default, 4064 or 4063 for tcp://) — issue 9.6.
+    assert s.password.reveal() == "fromenv" and s.server == "h" and s.port is None
     monkeypatch.delenv("OMERO_PASSWORD")
     s = resolve_settings(server=None, port=None, user=None, group=None, config=cfg)
     assert s.password.reveal() == "fromfile"

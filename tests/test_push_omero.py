@@ -967,7 +967,7 @@ def test_dry_run_connects_to_nothing_and_creates_nothing(
                 "--convert-out",
                 str(tmp_path / "conv"),
                 *conn,
-                "-n",
+                "--dry-run",
             ]
         )
     cap = capsys.readouterr()
@@ -1268,7 +1268,9 @@ def test_pixels_mode_pyramid_one_tile_in_flight_in_order(
     pyramid buffer refuses a tile out of order, as BfPyramidPixelBuffer's sequential writer.)"""
     calls = _record_tiles(monkeypatch)
     f = tmp_path / "big.ome.tiff"
-    data = make_ome_tiff(f, name="big", dtype="uint8", shape_tczyx=(1, 1, 2, 3300, 3300), tile=(256, 256))
+    data = make_ome_tiff(
+        f, name="big", dtype="uint8", shape_tczyx=(1, 1, 2, 3300, 3300), tile=(256, 256)
+    )
     push([f], **push_kw(omero_server, dataset="big", mode="pixels"))
     assert calls and max(c[-1] for c in calls) == 1  # never two calls in flight
     expected = [
@@ -1290,3 +1292,90 @@ def test_pixels_mode_pyramid_one_tile_in_flight_in_order(
             rps.close()
         got = np.frombuffer(tile, dtype=np.uint8).reshape(200, 300)
         assert np.array_equal(got, data[0, 0, 1, 3100:3300, 3000:3300])
+
+
+# --- the import runs in the background on OMERO ----------------------------------------------------
+
+
+def test_failed_import_is_cleaned_up_and_redone(omero_server_factory: Any, tmp_path: Path) -> None:
+    """An import that fails after the server saved its images (strict stand-in: a Bio-Formats
+    without zstd fails the pixel-data step, as OMERO before 5.6.9) gets no receipt; the re-run
+    deletes those images and imports the file again, to complete images with statistics."""
+    from omero_push.errors import ServerError
+
+    server = omero_server_factory(bioformats_version="6.10")
+    f = tmp_path / "z.ome.tiff"
+    data = make_ome_tiff(f, name="z", compression="zstd")
+    kw = push_kw(server, dataset="failed-import", mode="import", retries=0)
+    with pytest.raises(ServerError, match="TiffCompress"):
+        push([f], **kw)
+    with reader(server) as sf:
+        (half,) = sf.getQueryService().findAll("Image", None)
+        assert _v(half.getDescription()).startswith(PENDING_PREFIX)
+        assert maps_in(annotations_of(sf, "Image", _v(half.getId())), PROVENANCE_NS) == []
+    server.restart(bioformats_version=None)  # the server's Bio-Formats now reads zstd
+    result = push([f], **kw)
+    assert [r.status for r in result.images] == ["created"]
+    with reader(server) as sf:
+        (found,) = sf.getQueryService().findAll("Image", None)
+        assert _v(found.getId()) != _v(half.getId())
+        assert len(sf.getQueryService().findAll("Fileset", None)) == 1
+        (image,) = sf.getContainerService().getImages("Image", [_v(found.getId())], None)
+        pid = _v(image.getPrimaryPixels().getId())
+        desc = sf.getPixelsService().retrievePixDescription(pid)
+        assert all(ch.getStatsInfo() is not None for ch in desc.copyChannels())
+        assert len(maps_in(annotations_of(sf, "Image", _v(image.getId())), PROVENANCE_NS)) == 1
+        got = read_plane(sf, pid, 1, 1, 1, data.dtype, data.shape[-2:])
+        assert np.array_equal(got, data[1, 1, 1])
+
+
+# --- exact names, never substrings ----------------------------------------------------------------
+
+
+def test_names_are_matched_exactly(omero_server: Any, tmp_path: Path) -> None:
+    """--dataset exp4 does not pick exp42, a tag 'glu' is not 'glucose', and a name with a quote,
+    %, _ and unicode is found again by the next run. (Strict stand-in: findAllByString is LIKE
+    '%value%', as OMERO's QueryImpl.)"""
+    from omero.rtypes import rstring
+
+    with reader(omero_server) as sf:
+        upd = sf.getUpdateService()
+        ds = omero.model.DatasetI()
+        ds.setName(rstring("exp42"))
+        exp42 = _v(upd.saveAndReturnObject(ds).getId())
+        tag = omero.model.TagAnnotationI()
+        tag.setTextValue(rstring("glucose"))
+        glucose = _v(upd.saveAndReturnObject(tag).getId())
+    f = tmp_path / "a.ome.tiff"
+    make_ome_tiff(f, name="a", tags=["glu"])
+    result = push([f], **push_kw(omero_server, dataset="exp4", mode="pixels"))
+    assert result.dataset_id != exp42
+    assert result.tags_created == ["glu"]
+    odd = '50% d\'or_ü "x"'
+    first = push([f], **push_kw(omero_server, dataset=odd, mode="pixels"))
+    again = push([f], **push_kw(omero_server, dataset=odd, mode="pixels"))
+    assert again.dataset_id == first.dataset_id and [r.status for r in again.images] == ["present"]
+    with reader(omero_server) as sf:
+        q = sf.getQueryService()
+        names = sorted(_v(d.getName()) for d in q.findAll("Dataset", None))
+        assert names == sorted(["exp42", "exp4", odd])
+        assert images_of(sf, exp42) == []
+        anns = annotations_of(sf, "Image", result.image_ids[0])
+        assert tag_texts(anns) == ["glu"]
+        assert glucose not in [_v(a.getId()) for a in anns]
+
+
+def test_upper_case_checksum_is_sent_in_lower_case(omero_server: Any, tmp_path: Path) -> None:
+    """A manifest whose SHA-1 is in upper case still imports: verifyUpload gets the lower-case hex
+    OMERO computes. (Strict stand-in: verifyUpload compares with String.equals, as OMERO.)"""
+    import json
+
+    out = tmp_path / "out"
+    make_converter_output(out, positions=1)
+    man = json.loads((out / "manifest.json").read_text())
+    f = out / "pos001.ome.tiff"
+    man["positions"]["pos001"]["mtime_ns"] = f.stat().st_mtime_ns  # trusted as unchanged
+    man["positions"]["pos001"]["sha1"] = man["positions"]["pos001"]["sha1"].upper()
+    (out / "manifest.json").write_text(json.dumps(man))
+    result = push([out], **push_kw(omero_server, dataset="upper", mode="import", retries=0))
+    assert [r.status for r in result.images] == ["created"]

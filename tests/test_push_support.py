@@ -31,6 +31,7 @@ def make_ome_tiff(
     comment: str | None = "imaged after 2 h in glucose",
     channel_names: list[str] | None = None,
     tile: tuple[int, int] | None = (16, 16),
+    compression: str | None = None,
 ) -> np.ndarray:
     """Write an OME-TIFF (DimensionOrder XYZCT) and return its pixels as a (T, C, Z, Y, X) array."""
     t, c, z, y, x = shape_tczyx
@@ -108,6 +109,7 @@ def make_ome_tiff(
                 plane,
                 photometric="minisblack",
                 tile=tile,
+                compression=compression,
                 description=xml if i == 0 else None,
                 metadata=None,
                 contiguous=False,

@@ -28,7 +28,19 @@ def test_cached_zeroc_ice_wheel_is_reused_without_building(tmp_path: Path) -> No
     assert time.perf_counter() - t0 < 30  # generous: a build takes ~10 minutes
 
 
-def test_build_script_applies_both_python311_source_fixes() -> None:
-    script = (REPO / "scripts" / "build_zeroc_ice.sh").read_text()
-    assert "#include <eval.h>" in script and "src/Slice.cpp" in script
-    assert "PyThreadState_GET()->frame" in script and "PyEval_GetFrame()" in script
+def test_build_script_applies_both_python311_source_fixes(tmp_path: Path) -> None:
+    """The script runs the package's ice.py, whose two fixes patch the sdist's sources (and a
+    source they no longer match is refused rather than built unpatched)."""
+    import pytest
+
+    from omero_push import ice
+
+    assert "omero_push/ice.py" in (REPO / "scripts" / "build_zeroc_ice.sh").read_text()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "Slice.cpp").write_text('#include <Python.h>\n#include <eval.h>\nint x;\n')
+    (tmp_path / "src" / "Util.cpp").write_text("f = PyThreadState_GET()->frame;\n")
+    ice.apply_fixes(tmp_path)
+    assert "eval.h" not in (tmp_path / "src" / "Slice.cpp").read_text()
+    assert (tmp_path / "src" / "Util.cpp").read_text() == "f = PyEval_GetFrame();\n"
+    with pytest.raises(ice.IceSetupError, match="not found"):
+        ice.apply_fixes(tmp_path)  # already patched: the text to fix is gone
