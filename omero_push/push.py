@@ -33,7 +33,7 @@ from omero_push.plan import (
     target_from_options,
 )
 from omero_push.progress import NullProgress, Progress
-from omero_push.receipts import find_receipts
+from omero_push.receipts import earlier_pushes, find_receipts
 from omero_push.runstate import (
     ImageResult,
     LockedProgress,
@@ -328,8 +328,12 @@ def _run(
 
     to_import: list[PushItem] = []
     to_write: list[tuple[PushItem, ImageMeta]] = []
+    earlier: dict[tuple[str, int], list[tuple[int, str]]] | None = None
     for item in plan.items:
         missing = [im for im in item.images if (item.sha1, im.index) not in done]
+        if missing:
+            earlier = earlier_pushes(session, dataset_id) if earlier is None else earlier
+            _say_if_changed(item, missing, earlier)
         if not missing:
             for im in item.images:
                 iid, desc = done[(item.sha1, im.index)]
@@ -367,3 +371,21 @@ def _run(
         res.tables_created += [t for t in outcome.tables_created if t not in res.tables_created]
         res.tables_present += [t for t in outcome.tables_present if t not in res.tables_present]
         res.tables_file_fallback = res.tables_file_fallback or outcome.fallback_file
+
+
+def _say_if_changed(
+    item: PushItem, missing: list[ImageMeta], earlier: dict[tuple[str, int], list[tuple[int, str]]]
+) -> None:
+    """A file of the same name was pushed into this dataset before with other bytes (re-converted
+    with other options, edited): say that a new image is made and which one it does not replace,
+    rather than duplicating silently. (Same bytes are recognised by SHA-1 and never pushed again.)
+    """
+    for im in missing:
+        before = [(iid, sha) for iid, sha in earlier.get((item.path.name, im.index), [])
+                  if sha != item.sha1]
+        if before:
+            olds = ", ".join(f"Image:{iid} (sha1 {sha[:12]})" for iid, sha in sorted(before))
+            log.warning(
+                "%s: changed since it was pushed as %s; pushing it as a new image "
+                "(sha1 %s), the old one stays", item.path.name, olds, item.sha1[:12],
+            )

@@ -143,3 +143,40 @@ def test_push_refuses_a_folder_another_run_holds(
     assert f"in use by test holder (pid {proc.pid}" in err and len(err.splitlines()) == 1
     with reader(omero_server) as sf:
         assert not sf.getQueryService().findAllByString("Dataset", "name", "busy", True, None)
+
+
+def test_changed_file_is_pushed_as_a_new_image_and_the_push_says_so(
+    omero_server: Any, tmp_path: Path, caplog
+) -> None:
+    import logging
+
+    f = tmp_path / "pos001.ome.tiff"
+    make_ome_tiff(f, name="pos001", seed=1)
+    first = push([f], **push_kw(omero_server, dataset="changes", mode="pixels"))
+    (old_id,) = first.image_ids
+    again = push([f], **push_kw(omero_server, dataset="changes", mode="pixels"))
+    assert [r.status for r in again.images] == ["present"]  # same bytes: nothing new
+    make_ome_tiff(f, name="pos001", seed=2)  # legitimately changed output, same name
+    with caplog.at_level(logging.WARNING, logger="omero_push"):
+        changed = push([f], **push_kw(omero_server, dataset="changes", mode="pixels"))
+    assert [r.status for r in changed.images] == ["created"]
+    assert f"pos001.ome.tiff: changed since it was pushed as Image:{old_id}" in caplog.text
+    assert "pushing it as a new image" in caplog.text
+
+
+def test_convert_and_push_twice_adds_no_image(omero_server: Any, tmp_path: Path) -> None:
+    """Each --convert run converts into a fresh temporary folder; the files are byte-identical,
+    so the second push finds every image present."""
+    from posdir2ometiff.demo import make_demo
+
+    spec = make_demo(tmp_path / "exp", positions=2, channels=["DIC", "GFP"], z=1, t=2, size=32)
+    kw = push_kw(omero_server, dataset="twice", mode="import", convert=True,
+                 convert_options={"workers": 1})
+    first = push([spec.folder], **kw)
+    assert sorted(r.status for r in first.images) == ["created", "created"]
+    with reader(omero_server) as sf:
+        before = counts(sf)
+    second = push([spec.folder], **kw)
+    assert sorted(r.status for r in second.images) == ["present", "present"]
+    with reader(omero_server) as sf:
+        assert counts(sf) == before

@@ -70,3 +70,19 @@ def test_non_utf8_position_folder_converts(tmp_path: Path, caplog) -> None:
     assert (tmp_path / "out" / os.fsdecode(b"pos\xe9001.ome.tiff")).is_file()
     again = convert(spec.folder, tmp_path / "out", **FAST)  # the manifest reads back
     assert [p.status for p in again.positions] == ["skipped"]
+
+
+def test_experiment_h5_is_byte_identical_across_runs(
+    tmp_path: Path, swainlab_sample: Path
+) -> None:
+    """Two writes of the same tables, seconds apart, give the same bytes (no creation times)."""
+    import time as time_mod
+
+    from posdir2ometiff.metadata.plugins import load_metadata
+    from posdir2ometiff.metadata.tables import write_tables
+
+    meta = load_metadata(swainlab_sample, "auto", None)
+    write_tables(meta, tmp_path / "a.h5")
+    time_mod.sleep(1.1)  # HDF5 stores times in whole seconds
+    write_tables(meta, tmp_path / "b.h5")
+    assert (tmp_path / "a.h5").read_bytes() == (tmp_path / "b.h5").read_bytes()

@@ -100,7 +100,11 @@ def write_tables(meta: ExperimentMetadata, path: Path) -> list[str]:
         try:
             with pd.HDFStore(tmp, mode="w", complevel=5, complib="zlib") as store:
                 for node, df in written.items():
-                    store.put(node, df, format="table", encoding="utf-8", track_times=False)
+                    # No timestamps and no PyTables index (its arrays carry creation times):
+                    # the same tables give a byte-identical file, so a re-conversion's tables
+                    # are recognised by SHA-1 in OMERO instead of attached again (issue #14).
+                    store.put(node, df, format="table", encoding="utf-8", track_times=False,
+                              index=False)
             _check_written(tmp, written)
         except (tables.HDF5ExtError, ValueError, KeyError) as exc:
             raise AtomicWriteError(errno.EIO, f"{path}: cannot be written ({_hdf5_reason(exc)})"
