@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int_in(1, 1024), default=None, metavar="N",
                    help="threads inside one position: planes decoded ahead, tiles compressed in "
                    "parallel (default: cores / workers)")
+    _add_dask_arguments(p)
     p.add_argument("--metadata", default="auto", metavar="auto|none|NAME|module:Class",
                    help="metadata parser(s) (default: %(default)s = first that recognises SRC)")
     p.add_argument("--pixel-size", type=_positive_float, dest="pixel_size_um", metavar="UM",
@@ -81,6 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
                       help="debug logging and tracebacks")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
+
+
+def _add_dask_arguments(p: argparse.ArgumentParser) -> None:
+    """--scheduler / --cluster: positions as tasks on a Dask cluster (the [dask] extra)."""
+    g = p.add_argument_group(
+        "Dask cluster", "run each position as a task on a Dask cluster instead of local "
+        "processes; SRC and OUT must be on a filesystem every worker shares (same paths)")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="a running Dask scheduler, e.g. tcp://host:8786")
+    where.add_argument("--cluster", choices=["slurm"],
+                       help="start Dask workers as Slurm jobs (dask-jobqueue's SLURMCluster)")
+    g.add_argument("--cluster-config", type=Path, metavar="YAML",
+                   help="Dask config file (as ~/.config/dask/jobqueue.yaml: jobqueue: slurm: "
+                   "cores, memory, queue, walltime, ...)")
+    g.add_argument("--slurm-queue", metavar="PARTITION", help="Slurm partition")
+    g.add_argument("--slurm-cores", type=int, metavar="N", help="cores per Slurm job")
+    g.add_argument("--slurm-memory", metavar="SIZE", help="memory per Slurm job, e.g. 8GB")
+    g.add_argument("--slurm-walltime", metavar="HH:MM:SS", help="time limit per Slurm job")
+    g.add_argument("--slurm-jobs", type=int, default=1, metavar="N",
+                   help="Slurm jobs (Dask workers) to start (default: %(default)s)")
 
 
 def build_demo_parser() -> argparse.ArgumentParser:
@@ -155,20 +177,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from posdir2ometiff.cluster import SlurmOptions, dask_client
     from posdir2ometiff.convert import ConversionError, convert
     from posdir2ometiff.lock import LockedError
     from posdir2ometiff.metadata.plugins import MetadataError
 
+    slurm = SlurmOptions(queue=args.slurm_queue, cores=args.slurm_cores,
+                         memory=args.slurm_memory, walltime=args.slurm_walltime,
+                         jobs=args.slurm_jobs)
     try:
-        result = convert(
-            args.src, args.out,
-            positions=args.positions, pattern=args.pattern, tile=args.tile,
-            compression=args.compression, pyramid=args.pyramid, workers=args.workers,
-            threads=args.threads,
-            metadata=args.metadata, pixel_size_um=args.pixel_size_um, z_step_um=args.z_step_um,
-            time_interval_s=args.time_interval_s, overwrite=args.overwrite,
-            fail_fast=args.fail_fast, progress="off" if args.quiet else "auto",
-        )
+        with dask_client(args.scheduler, args.cluster, slurm, args.cluster_config) as client:
+            result = convert(
+                args.src, args.out, client=client,
+                positions=args.positions, pattern=args.pattern, tile=args.tile,
+                compression=args.compression, pyramid=args.pyramid, workers=args.workers,
+                threads=args.threads,
+                metadata=args.metadata, pixel_size_um=args.pixel_size_um, z_step_um=args.z_step_um,
+                time_interval_s=args.time_interval_s, overwrite=args.overwrite,
+                fail_fast=args.fail_fast, progress="off" if args.quiet else "auto",
+            )
     except (LayoutError, ConversionError, MetadataError, WriterError, OSError) as exc:
         if args.verbose:
             logger.exception("conversion failed")

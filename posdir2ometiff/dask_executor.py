@@ -27,10 +27,12 @@ Input and output must be on a filesystem all workers share (:func:`check_shared_
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue as queue_mod
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,8 +53,6 @@ REPORT_INTERVAL = 0.5
 
 def run_position_task(job: PositionJob) -> tuple[dict, str | None]:
     """The task a Dask worker runs for one position (module-level: importable by workers)."""
-    import time
-
     from distributed import get_worker
 
     worker = get_worker()
@@ -117,6 +117,18 @@ class _ProgressEvents:
                 progress.update(done - self._best.get(name, 0))
                 self._best[name] = done
 
+    def settle(self, expected: dict[str, int], progress: Progress, timeout: float = 2.0) -> None:
+        """Wait (briefly) for the last events of finished positions: an event and the task's
+        result travel separately, so the result can arrive first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.drain(progress)
+            if all(self._best.get(n, 0) >= c for n, c in expected.items()):
+                return
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+
 
 def _slots(client: Any) -> int:
     """Task slots of the cluster now (threads of all workers); at least 1."""
@@ -148,8 +160,9 @@ def run_jobs_dask(
         futures[fut] = job
         return fut
 
+    finished: dict[str, int] = {}  # planes of the positions converted, for the last events
     try:
-        pending = {submit(job) for job, _ in zip(todo, range(_slots(client)), strict=False)}
+        pending = {submit(job) for job in itertools.islice(todo, _slots(client))}
         meanwhile()
         stop = False
         while pending:
@@ -161,6 +174,8 @@ def run_jobs_dask(
             for fut in done:
                 job = futures.pop(fut)
                 entry, detail = _outcome(fut, job, KilledWorker)
+                if entry["status"] == "ok":
+                    finished[job.layout.name] = job.layout.plane_count
                 yield job, (entry, detail)
                 if fail_fast and entry["status"] != "ok" and not stop:
                     stop = True
@@ -171,7 +186,7 @@ def run_jobs_dask(
                 if nxt is None:
                     break
                 pending.add(submit(nxt))
-        events.drain(progress)
+        events.settle(finished, progress)
     finally:
         client.unsubscribe_topic(PROGRESS_TOPIC)
 

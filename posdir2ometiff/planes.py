@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +13,11 @@ import imagecodecs
 import numpy as np
 import tifffile
 
+from posdir2ometiff.ahead import AHEAD_PER_THREAD, map_ahead
 from posdir2ometiff.errors import PlaneError
 from posdir2ometiff.layout import PlaneKey, PositionLayout
+
+__all__ = ["AHEAD_PER_THREAD", "Decoded", "Probe", "probe", "read_ahead", "read_plane"]
 
 
 def read_plane(path: Path) -> tuple[np.ndarray, int, str, int]:
@@ -94,9 +95,6 @@ def probe(layout: PositionLayout) -> Probe:
     return Probe(shape=shape, dtype=dtype, samples=samples, cache=cache)
 
 
-#: Planes decoded ahead of the writer per decoding thread (memory: a few planes in flight).
-AHEAD_PER_THREAD = 2
-
 Decoded = tuple[np.ndarray, int, str, int]
 
 
@@ -112,23 +110,4 @@ def read_ahead(
     position. With one thread nothing is decoded ahead. Closing the iterator (the writer failed)
     cancels what has not started.
     """
-    if threads <= 1:
-        for key in keys:
-            yield key, fetch(key)
-        return
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
-    window: deque[tuple[PlaneKey, Future[Decoded | None]]] = deque()
-    todo = iter(keys)
-    try:
-        for key in todo:
-            window.append((key, pool.submit(fetch, key)))
-            if len(window) >= AHEAD_PER_THREAD * threads:
-                break
-        while window:
-            key, fut = window.popleft()
-            nxt = next(todo, None)
-            if nxt is not None:
-                window.append((nxt, pool.submit(fetch, nxt)))
-            yield key, fut.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    return map_ahead(fetch, keys, threads, name="decode")

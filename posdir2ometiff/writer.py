@@ -23,24 +23,31 @@ Why these choices:
   plane never leaves a truncated ``<position>.ome.tiff`` behind. The temporary name is unique per
   attempt (``<name>.<random>.partial``): a position retried on another machine of a cluster while
   a lost worker may still be writing never shares its file.
-* **Threads.** ``threads`` > 1 lets tifffile compress the tiles of a plane in that many threads
-  (imagecodecs releases the GIL); the caller decodes planes ahead in its own threads.
+* **Threads.** With ``threads`` > 1 the pyramid levels and zstd tiles of the next planes are
+  computed and compressed in that many threads (numpy and imagecodecs release the GIL) while
+  this thread writes, in order, a few planes ahead; the bytes are the same as with one thread.
+  For zlib/lzw (with a predictor) tifffile compresses a plane's tiles with that many workers.
+  The caller decodes planes ahead in its own threads.
 * The SHA-1 of the output is computed from the bytes as they are written
   (:class:`~posdir2ometiff.hashfile.HashingFile`), not by reading the finished file back.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import imagecodecs
 import numpy as np
 import tifffile
 
+from posdir2ometiff.ahead import map_ahead
 from posdir2ometiff.atomic import commit_temporary, write_error
 from posdir2ometiff.hashfile import HashingFile
 
@@ -181,43 +188,60 @@ def write_ometiff_file(
         predictor=predictor or None,
         metadata=None,
         software=False,
-        maxworkers=max(1, threads),
+        maxworkers=max(1, threads),  # only used when tifffile compresses (zlib, lzw)
     )
 
     # OME-XML is UTF-8 ("µm"); tifffile accepts bytes for the tag, str only if 7-bit ASCII.
     xml_bytes = ome_xml.encode("utf-8")
     path = Path(path)
+    encode = _tile_encoder(codec, codec_args, predictor)
+
+    def checked() -> Iterator[np.ndarray]:
+        for i, plane in enumerate(planes):
+            if i >= count:
+                raise WriterError(f"{path}: more than the {count} planes announced")
+            if plane.shape != (size_y, size_x) or plane.dtype != dtype:
+                raise WriterError(
+                    f"{path}: plane {i} is {plane.dtype} {plane.shape}, "
+                    f"expected {dtype} {(size_y, size_x)}"
+                )
+            yield plane
+
+    def prepare(plane: np.ndarray) -> list[tuple[tuple[int, int], tuple[int, int], Any]]:
+        """Runs in the threads: the plane's pyramid levels, each as its tiles compressed (or
+        the array itself when tifffile compresses: with a predictor, or no compression)."""
+        out = []
+        level = plane
+        for i in range(levels):
+            if i:
+                level = downsample2(level)
+            level_tile = _tile_for(*level.shape, tile)
+            out.append((level.shape, level_tile, level if encode is None else
+                        _encode_tiles(level, level_tile, encode)))
+        return out
+
     partial = partial_name(path)
     written = 0
+    prepared = map_ahead(prepare, checked(), threads, name="compress")
     try:
         with HashingFile(partial) as fh, tifffile.TiffWriter(fh, bigtiff=bigtiff, ome=False) as tw:
-            for plane in planes:
-                if written >= count:
-                    raise WriterError(f"{path}: more than the {count} planes announced")
-                if plane.shape != (size_y, size_x) or plane.dtype != dtype:
-                    raise WriterError(
-                        f"{path}: plane {written} is {plane.dtype} {plane.shape}, "
-                        f"expected {dtype} {(size_y, size_x)}"
-                    )
-                tw.write(
-                    plane,
-                    tile=_tile_for(size_y, size_x, tile),
-                    subifds=levels - 1 or None,
-                    subfiletype=0,
-                    description=xml_bytes if written == 0 else None,
-                    **common,
-                )
-                level = plane
-                for _ in range(levels - 1):
-                    level = downsample2(level)
+            for plane, pyramid_tiles in prepared:
+                for i, (level_shape, level_tile, data) in enumerate(pyramid_tiles):
+                    shape_kw = {} if encode is None else {"shape": level_shape, "dtype": dtype}
                     tw.write(
-                        level,
-                        tile=_tile_for(*level.shape, tile),
-                        subfiletype=1,
+                        data if encode is None else iter(data),
+                        tile=level_tile,
+                        subifds=(levels - 1 or None) if i == 0 else None,
+                        subfiletype=0 if i == 0 else 1,
+                        description=xml_bytes if i == 0 and written == 0 else None,
+                        **shape_kw,
                         **common,
                     )
-                if on_level is not None:
-                    on_level(written, level)
+                if on_level is not None:  # the smallest level, for report.py's previews
+                    small = plane
+                    for _ in range(levels - 1):
+                        small = downsample2(small)
+                    on_level(written, small)
                 written += 1
                 fh.checkpoint()
                 if on_plane is not None:
@@ -234,4 +258,40 @@ def write_ometiff_file(
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    finally:
+        prepared.close()  # stop the compressing threads
     return result
+
+
+def _tile_encoder(
+    codec: str | None, codec_args: dict, predictor: bool
+) -> Callable[[np.ndarray], bytes] | None:
+    """The tile compressor we run in our threads, or None to let tifffile compress.
+
+    Only for codecs without a predictor (zstd): the bytes are exactly what tifffile would write
+    (``encode_chunks`` in tifffile.py: each tile zero-padded to the full tile, C order, passed
+    to imagecodecs with the same arguments), so the file does not depend on ``threads``. With a
+    predictor (zlib, lzw) tifffile compresses, with its own tile workers.
+    """
+    if codec == "zstd" and not predictor:
+        return functools.partial(imagecodecs.zstd_encode, **codec_args)
+    return None
+
+
+def _encode_tiles(
+    level: np.ndarray, tile: tuple[int, int], encode: Callable[[np.ndarray], bytes]
+) -> list[bytes]:
+    """The level's tiles in TIFF order (rows of tiles, left to right), each compressed."""
+    th, tw = tile
+    h, w = level.shape
+    out = []
+    for y in range(0, h, th):
+        for x in range(0, w, tw):
+            chunk = level[y : y + th, x : x + tw]
+            if chunk.shape != (th, tw):
+                padded = np.zeros((th, tw), level.dtype)
+                padded[: chunk.shape[0], : chunk.shape[1]] = chunk
+                chunk = padded
+            out.append(encode(np.ascontiguousarray(chunk)))
+    return out
+

@@ -10,12 +10,13 @@ import threading
 import time
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pytest
 import tifffile
 
 from posdir2ometiff import convert as convert_mod
-from posdir2ometiff import hashfile, planes, position
+from posdir2ometiff import hashfile, planes, position, writer
 from posdir2ometiff.convert import convert
 from posdir2ometiff.demo import make_demo
 from posdir2ometiff.layout import PlaneKey
@@ -86,26 +87,26 @@ def test_threads_decode_ahead_and_compress_tiles_in_parallel(
         readers.add(threading.current_thread().name)
         return real_read(path)
 
-    workers_seen: set[int] = set()
-    real_write = tifffile.TiffWriter.write
+    compressors: set[str] = set()
+    real_zstd = imagecodecs.zstd_encode
 
-    def recording_write(self, data, *args, **kwargs):
-        workers_seen.add(kwargs.get("maxworkers"))
-        return real_write(self, data, *args, **kwargs)
+    def recording_zstd(data, *args, **kwargs):
+        compressors.add(threading.current_thread().name)
+        return real_zstd(data, *args, **kwargs)
 
     monkeypatch.setattr(position, "read_plane", recording_read)
-    monkeypatch.setattr(tifffile.TiffWriter, "write", recording_write)
+    monkeypatch.setattr(imagecodecs, "zstd_encode", recording_zstd)
     out2 = tmp_path / "t2"
     assert convert(spec.folder, out2, threads=2, tile=32, progress="off").ok
     assert readers and all(n.startswith("decode") for n in readers)
-    assert workers_seen == {2}
+    assert compressors and all(n.startswith("compress") for n in compressors)
     assert_matches_sources(out2, spec.folder, "pos001")
 
     readers.clear()
-    workers_seen.clear()
+    compressors.clear()
     out1 = tmp_path / "t1"
     assert convert(spec.folder, out1, threads=1, tile=32, progress="off").ok
-    assert readers == {"MainThread"} and workers_seen == {1}
+    assert readers == {"MainThread"} and compressors == {"MainThread"}
     with tifffile.TiffFile(out1 / "pos001.ome.tiff") as a, tifffile.TiffFile(
             out2 / "pos001.ome.tiff") as b:
         np.testing.assert_array_equal(a.series[0].asarray(), b.series[0].asarray())
@@ -218,3 +219,25 @@ def test_cli_threads_option(
     assert main([str(spec.folder), "-o", str(tmp_path / "p"), "--threads", "0", "-q"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["posdir2ometiff: error: --threads must be at least 1, not 0"]
+
+
+@pytest.mark.parametrize("compression", ["zstd", "zlib"])
+@pytest.mark.parametrize(("shape", "tile"), [((700, 900), 256), ((64, 64), 512)])
+def test_tiles_compressed_in_threads_are_the_bytes_tifffile_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str,
+    shape: tuple[int, int], tile: int,
+) -> None:
+    """Pyramid levels and zstd tiles made in our threads give the very file tifffile would write
+    compressing them itself, and the same file whatever the number of threads."""
+    rng = np.random.default_rng(7)
+    planes_ = [rng.integers(0, 3000, shape).astype(np.uint16) for _ in range(3)]
+    args = dict(count=3, shape=shape, dtype=np.dtype("uint16"), ome_xml="<OME/>", tile=tile,
+                compression=compression)
+    ours = [write_ometiff_file(tmp_path / f"t{n}.ome.tiff", iter(planes_), threads=n, **args)
+            for n in (1, 3)]
+    with monkeypatch.context() as mp:
+        mp.setattr(writer, "_tile_encoder", lambda *a: None)  # tifffile compresses everything
+        theirs = write_ometiff_file(tmp_path / "tifffile.ome.tiff", iter(planes_), **args)
+    assert ours[0].sha1 == ours[1].sha1 == theirs.sha1
+    with tifffile.TiffFile(tmp_path / "t3.ome.tiff") as tf:
+        np.testing.assert_array_equal(tf.pages[1].asarray(), planes_[1])

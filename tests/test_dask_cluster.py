@@ -1,0 +1,281 @@
+"""Positions on a real Dask cluster: a ``dask scheduler`` and two ``dask worker`` processes on
+loopback, started as separate processes exactly as a user would, one of them killed mid-position."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+distributed = pytest.importorskip("distributed", reason="the [dask] extra is not installed")
+
+from posdir2ometiff import convert as convert_mod  # noqa: E402
+from posdir2ometiff.convert import convert  # noqa: E402
+from posdir2ometiff.dask_executor import PROGRESS_TOPIC, check_shared_filesystem  # noqa: E402
+from posdir2ometiff.demo import make_demo  # noqa: E402
+from posdir2ometiff.errors import ConversionError  # noqa: E402
+from tests.test_convert import assert_matches_sources  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DASK = Path(sys.executable).with_name("dask")
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class LoopbackCluster:
+    """``dask scheduler`` + N ``dask worker --no-nanny`` processes on 127.0.0.1."""
+
+    def __init__(self, folder: Path, workers: int = 2) -> None:
+        self.folder = folder
+        self.scheduler_file = folder / "scheduler.json"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        self.env = env
+        self.logs = [open(folder / "scheduler.log", "wb")]  # noqa: SIM115
+        self.scheduler = subprocess.Popen(
+            [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+             "--scheduler-file", str(self.scheduler_file)],
+            stdout=self.logs[0], stderr=subprocess.STDOUT, env=env)
+        _wait_for(self.scheduler_file.exists, 60, "the scheduler file")
+        self.workers = [self.start_worker(i) for i in range(workers)]
+
+    def start_worker(self, i: int) -> subprocess.Popen:
+        log = open(self.folder / f"worker{i}.log", "wb")  # noqa: SIM115
+        self.logs.append(log)
+        return subprocess.Popen(
+            [str(DASK), "worker", "--scheduler-file", str(self.scheduler_file), "--nthreads",
+             "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}"],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env)
+
+    def close(self) -> None:
+        for proc in [*self.workers, self.scheduler]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.workers, self.scheduler]:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # test processes: no need for a graceful end
+                proc.kill()
+                proc.wait()
+        for log in self.logs:
+            log.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[LoopbackCluster, object]]:
+    folder = tmp_path / "dask"
+    folder.mkdir()
+    lc = LoopbackCluster(folder)
+    client = None
+    try:
+        client = distributed.Client(scheduler_file=str(lc.scheduler_file), timeout=60)
+        client.wait_for_workers(2, timeout=120)
+        yield lc, client
+    finally:
+        if client is not None:
+            client.close()
+        lc.close()
+
+
+def test_positions_run_on_the_cluster_with_progress_manifest_and_reruns(
+    cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lc, client = cluster
+    spec = make_demo(tmp_path / "exp", positions=3, channels=["DIC", "GFP"], z=2, t=3, size=64,
+                     seed=4)
+    totals: list[tuple[int, int]] = []
+
+    class Recording(convert_mod.Progress):
+        def __exit__(self, *exc: object) -> None:
+            totals.append((self.done, self.total))
+            super().__exit__(*exc)
+
+    monkeypatch.setattr(convert_mod, "Progress", Recording)
+    out = tmp_path / "out"
+    result = convert(spec.folder, out, client=client, progress="off")
+    assert result.ok and [p.status for p in result.positions] == ["ok"] * 3
+    assert totals == [(36, 36)]  # every plane reported by the workers, none twice
+    for name in ("pos001", "pos002", "pos003"):
+        assert_matches_sources(out, spec.folder, name)
+    # The tasks ran in the worker processes, not here.
+    pids = {e[1]["attempt"].split(":")[1] for e in client.get_events(PROGRESS_TOPIC)}
+    assert str(os.getpid()) not in pids and pids <= {str(w.pid) for w in lc.workers}
+    assert not list(out.glob("*.partial"))
+
+    again = convert(spec.folder, out, client=client, progress="off")
+    assert [p.status for p in again.positions] == ["skipped"] * 3
+
+
+def test_one_line_error_and_no_partial_on_the_cluster(cluster, tmp_path: Path) -> None:
+    _, client = cluster
+    spec = make_demo(tmp_path / "exp", positions=2, channels=["GFP"], z=1, t=3, size=48,
+                     metadata=False)
+    bad = sorted((spec.folder / "pos002").glob("*.png"))[1]
+    bad.write_bytes(bad.read_bytes()[:60])
+    out = tmp_path / "out"
+    result = convert(spec.folder, out, client=client, progress="off")
+    failed = {p.name: p.error for p in result.positions if p.status == "failed"}
+    assert list(failed) == ["pos002"]
+    assert failed["pos002"].startswith(f"{bad}: truncated or unreadable PNG")
+    assert "\n" not in failed["pos002"]
+    assert not list(out.glob("*.partial"))
+    assert sorted(p.name for p in out.glob("pos001*")) == ["pos001.ome.tiff"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["positions"]["pos002"]["status"] == "failed"
+
+
+def test_fail_fast_on_the_cluster_starts_no_further_position(cluster, tmp_path: Path) -> None:
+    _, client = cluster  # two workers of one thread: two task slots
+    spec = make_demo(tmp_path / "exp", positions=4, channels=["GFP"], z=1, t=2, size=32,
+                     metadata=False)
+    bad = sorted((spec.folder / "pos001").glob("*.png"))[0]
+    bad.write_bytes(b"not a PNG")
+    result = convert(spec.folder, tmp_path / "out", client=client, fail_fast=True, progress="off")
+    by_name = {p.name: p.status for p in result.positions}
+    # pos001 and pos002 filled the two slots; pos001 failed, so pos003/pos004 never started.
+    assert by_name == {"pos001": "failed", "pos002": "ok"}
+    assert not (tmp_path / "out" / "pos003.ome.tiff").exists()
+
+
+def _install_gate(target: str, gate: str, marks: str) -> None:
+    """On a worker: reading ``target`` waits until the file ``gate`` exists (a plane that takes
+    as long as the test wants), after leaving a mark with this process's id."""
+    from posdir2ometiff import position
+
+    real = position.read_plane
+
+    def gated(path):
+        if str(path) == target:
+            Path(marks, f"{os.getpid()}").touch()
+            while not Path(gate).exists():
+                time.sleep(0.02)
+        return real(path)
+
+    position.read_plane = gated
+
+
+def test_worker_killed_mid_position_is_retried_and_its_partial_never_becomes_final(
+    cluster, tmp_path: Path
+) -> None:
+    lc, client = cluster
+    spec = make_demo(tmp_path / "exp", positions=1, channels=["GFP"], z=2, t=5, size=64, seed=6)
+    target = sorted((spec.folder / "pos001").glob("*.png"))[6]  # mid-position (plane 7 of 10)
+    gate, marks = tmp_path / "go", tmp_path / "marks"
+    marks.mkdir()
+    client.run(_install_gate, str(target), str(gate), str(marks))
+    out = tmp_path / "out"
+    box: dict = {}
+    runner = threading.Thread(
+        target=lambda: box.update(result=convert(spec.folder, out, client=client, threads=1,
+                                                 progress="off")))
+    runner.start()
+    try:
+        first = _wait_for(lambda: list(marks.iterdir()), 120, "the first attempt to reach the plane")
+        victim = int(first[0].name)
+        partials = list(out.glob("pos001.ome.tiff.*.partial"))
+        assert len(partials) == 1 and partials[0].stat().st_size > 0  # planes already written
+        os.kill(victim, signal.SIGKILL)
+        # The scheduler hands the position to the surviving worker, which starts it again.
+        second = _wait_for(lambda: [m for m in marks.iterdir() if m.name != str(victim)], 120,
+                           "the retry on the other worker")
+        assert int(second[0].name) in {w.pid for w in lc.workers} - {victim}
+        assert len(list(out.glob("pos001.ome.tiff.*.partial"))) == 2
+        assert not (out / "pos001.ome.tiff").exists()  # the killed attempt's file is not final
+    finally:
+        gate.touch()
+        runner.join(timeout=300)
+    result = box["result"]
+    assert result.ok and result.positions[0].status == "ok"
+    assert_matches_sources(out, spec.folder, "pos001")
+    # The killed attempt's partial file was removed, never renamed.
+    assert not list(out.glob("*.partial"))
+    assert sorted(p.name for p in out.glob("pos001*")) == ["pos001.ome.tiff"]
+
+
+def test_workers_that_cannot_see_the_folders_are_named() -> None:
+    class FakeClient:
+        def run(self, fn, paths):
+            return {"tcp://10.0.0.5:4000": fn(["/no/such/folder", paths[1]]),
+                    "tcp://10.0.0.6:4000": fn(paths)}
+
+    with pytest.raises(ConversionError) as err:
+        check_shared_filesystem(FakeClient(), Path("/"), Path("/"))
+    assert str(err.value).startswith("Dask worker tcp://10.0.0.5:4000 cannot see /no/such/folder")
+    assert "filesystem every worker shares" in str(err.value)
+
+
+def test_cli_scheduler_option_converts_on_the_cluster(
+    cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from posdir2ometiff.cli import main
+
+    lc, client = cluster
+    address = json.loads(lc.scheduler_file.read_text())["address"]
+    spec = make_demo(tmp_path / "exp", positions=2, channels=["GFP"], z=1, t=2, size=32)
+    out = tmp_path / "out"
+    assert main([str(spec.folder), "-o", str(out), "--scheduler", address]) == 0
+    assert "2 converted, 0 up to date, 0 failed" in capsys.readouterr().err
+    pids = {e[1]["attempt"].split(":")[1] for e in client.get_events(PROGRESS_TOPIC)}
+    assert pids and pids <= {str(w.pid) for w in lc.workers}
+    for name in ("pos001", "pos002"):
+        assert_matches_sources(out, spec.folder, name)
+
+    # The README's Python example, pointed at this cluster and these folders.
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**Positions on a cluster: Dask and Slurm**"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = code.replace("tcp://scheduler:8786", address).replace(
+        "/shared/exp_ometiff", str(tmp_path / "readme_out")).replace(
+        '"/shared/exp"', repr(str(spec.folder)))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["result"].ok and len(namespace["result"].positions) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--cluster", "slurm", "--cluster-config", "{missing}"],
+         "posdir2ometiff: error: {missing}: cannot be read (No such file or directory)"),
+        (["--cluster", "slurm", "--cluster-config", "{bad}"],
+         "posdir2ometiff: error: {bad}: not valid YAML"),
+        (["--cluster", "slurm", "--cluster-config", "{listy}"],
+         "posdir2ometiff: error: {listy}: expected a mapping"),
+        (["--cluster", "slurm"],
+         "posdir2ometiff: error: --cluster slurm: You must specify how much cores and memory"),
+    ],
+)
+def test_cli_cluster_configuration_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    extra: list[str], expected: str,
+) -> None:
+    from posdir2ometiff.cli import main
+
+    monkeypatch.setenv("DASK_CONFIG", str(tmp_path / "no-user-config"))
+    files = {"missing": tmp_path / "nope.yaml", "bad": tmp_path / "bad.yaml",
+             "listy": tmp_path / "list.yaml"}
+    files["bad"].write_text("jobqueue: [1")
+    files["listy"].write_text("- 1\n- 2\n")
+    spec = make_demo(tmp_path / "exp", positions=1, channels=["GFP"], z=1, t=1, size=32,
+                     metadata=False)
+    argv = [a.format(**files) for a in extra]
+    assert main([str(spec.folder), "-o", str(tmp_path / "out"), *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(expected.format(**files)), err
