@@ -127,6 +127,18 @@ def build_demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0,
                    help="random seed (same seed, same files)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    real = p.add_argument_group("real acquisitions", "what real files have (issue 10)")
+    real.add_argument("--missed-first", action="append", default=[], metavar="POS",
+                      help="this position has no planes (nothing logged) at timepoint 1")
+    real.add_argument("--failed", action="append", default=[], type=_failed_capture,
+                      metavar="POS:T:CHANNEL", help="this capture failed (the log says "
+                      "NO IMAGE CAPTURED; no files); T counts from 1")
+    real.add_argument("--absent", type=int_in(0, 10000), default=0, metavar="N",
+                      help="N more positions in the points table, with no folder")
+    real.add_argument("--header", choices=["sample", "2020"], default="sample",
+                      help="log header style (2020: software lines, Windows path, empty fields)")
+    real.add_argument("--format", choices=["txt", "log"], default="txt", dest="fmt",
+                      help="txt: Acq + log files; log: the newer single .log")
     return p
 
 
@@ -136,6 +148,15 @@ class _DemoPositions(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_: object, **__: object) -> None:
         parser.error("the demo's number of positions is --num-positions N "
                      "(--positions is the converter's folder glob)")
+
+
+def _failed_capture(text: str) -> tuple[str, int, str]:
+    """``pos001:2:GFP`` → ("pos001", 1, "GFP") (0-based t, as make_demo takes it)."""
+    pos, _, rest = text.partition(":")
+    t, _, channel = rest.partition(":")
+    if not (pos and t.isdigit() and int(t) >= 1 and channel):
+        raise argparse.ArgumentTypeError(f"{text!r} is not POS:T:CHANNEL (T from 1)")
+    return pos, int(t) - 1, channel
 
 
 def _demo(argv: Sequence[str]) -> int:
@@ -150,7 +171,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     channels = [c.strip() for c in args.channels.split(",") if c.strip()]
     try:
         spec = make_demo(args.folder, positions=args.num_positions, channels=channels, z=args.z,
-                         t=args.t, size=args.size, dtype=args.dtype, seed=args.seed)
+                         t=args.t, size=args.size, dtype=args.dtype, seed=args.seed,
+                         missed_first=args.missed_first, failed=args.failed,
+                         absent=args.absent, header=args.header, fmt=args.fmt)
     except (OSError, ValueError) as exc:
         print(f"posdir2ometiff demo: error: {exc}", file=sys.stderr)
         return 1

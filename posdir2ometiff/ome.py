@@ -60,6 +60,7 @@ from ome_types.model import (
 )
 
 from posdir2ometiff import __version__
+from posdir2ometiff.metadata.model import Channel as MetaChannel
 from posdir2ometiff.metadata.model import ExperimentMetadata
 
 logger = logging.getLogger(__name__)
@@ -393,7 +394,7 @@ class _Detectors:
         self.detectors: list[Detector] = []
         self._ids: dict[str, str] = {}
 
-    def settings(self, ch) -> DetectorSettings | None:
+    def settings(self, ch: MetaChannel) -> DetectorSettings | None:
         """DetectorSettings for a metadata channel with camera facts, else None."""
         if ch.camera_mode is None and ch.gain is None and ch.binning is None:
             return None

@@ -73,3 +73,21 @@ def test_float32_demo_is_tiff(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.txt"))
     with pytest.raises(ValueError, match="dtype"):
         make_demo(tmp_path / "x", dtype="int64")
+
+
+def test_cli_writes_the_real_acquisition_cases(tmp_path: Path, capsys) -> None:
+    from posdir2ometiff.cli import main
+
+    assert main(["demo", str(tmp_path / "a"), "--num-positions", "2", "-z", "1", "-t", "2",
+                 "--size", "16", "--missed-first", "pos002", "--failed", "pos001:2:GFP",
+                 "--absent", "1", "--header", "2020", "-q"]) == 0
+    log = (tmp_path / "a" / "demo_log.txt").read_text()
+    assert "NO IMAGE CAPTURED" in log and "Aim:   Strain:   Comments:" in log
+    assert not (tmp_path / "a" / "pos002" / "demo_000001_GFP_001.png").exists()
+    assert not (tmp_path / "a" / "pos001" / "demo_000002_GFP_001.png").exists()
+    assert "pos003" in (tmp_path / "a" / "demo_Acq.txt").read_text()
+    assert main(["demo", str(tmp_path / "b"), "--format", "log", "--size", "16", "-q"]) == 0
+    assert (tmp_path / "b" / "demo.log").exists()
+    with pytest.raises(SystemExit):
+        main(["demo", str(tmp_path / "c"), "--failed", "pos001:0:GFP"])
+    assert "POS:T:CHANNEL" in capsys.readouterr().err

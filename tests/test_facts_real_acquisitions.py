@@ -69,6 +69,9 @@ def test_failed_captures_listed_as_not_captured(tmp_path: Path) -> None:
     assert ("not captured plane", f"t=2 c=GFP z=1: {FAILED_REASON}") in pairs
     assert not any(k == "missing plane" for k, _ in pairs)
     assert _manifest(out)["positions"]["pos002"]["not_captured_planes"] == []
+    # A re-run finds both positions up to date (not-captured planes count as listed).
+    again = convert(src, out, workers=1, progress="off")
+    assert [p.status for p in again.positions] == ["skipped", "skipped"]
 
 
 def test_absent_positions_warned_and_listed(tmp_path: Path, caplog) -> None:

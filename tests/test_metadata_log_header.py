@@ -111,3 +111,20 @@ def test_experiment_details_text_is_kept(tmp_path: Path) -> None:
     )
     res = parse_log(path)
     assert res.details == "Effect of a pH switch on growth"
+
+
+def test_value_on_the_label_line_of_a_list_field(tmp_path: Path) -> None:
+    path = tmp_path / "x_log.txt"
+    path.write_text(
+        "Aim: growth   Strain: BY4741   Comments: \nBY4742\n"
+        "Experiment started at:29-Feb-2020 01:16:51\n"
+    )
+    res = parse_log(path)
+    assert (res.aim, res.strains, res.comments) == ("growth", ["BY4741"], "BY4742")
+
+
+def test_other_spellings_of_known_labels(tmp_path: Path) -> None:
+    path = tmp_path / "x_log.txt"
+    path.write_text("OMERO-project: P1\nStrains\nBY4741\nExperiment started at:29-Feb-2020 01:16:51\n")
+    res = parse_log(path)
+    assert (res.omero_project, res.strains) == ("P1", ["BY4741"])

@@ -314,3 +314,14 @@ def test_overlong_line_is_cut_not_loaded(tmp_path: Path, caplog) -> None:
     assert peak < 8 * MAX_LINE_BYTES + 512 * 1024
     assert f"line longer than {MAX_LINE_BYTES} bytes cut" in caplog.text
     assert res.plane_times[-1].time == datetime(2018, 9, 28, 18, 0)  # parsing went on after it
+
+
+def test_binning_column_and_sectioning_method(tmp_path: Path) -> None:
+    """Issue 10, points 5 and 6: a Binning column (some rigs add it) and the stack geometry."""
+    acq = acq_text(extra_channel_column="Binning").replace(", x0", ", 2").replace(", x1", ", 4x4")
+    (tmp_path / "exp_Acq.txt").write_text(acq.replace(", x2", ", "))
+    meta = SwainLabParser().parse(tmp_path)
+    assert [c.binning for c in meta.channels] == ["2x2", "4x4", None]
+    # "Sections,...,Method" row "3, 0.50, 0, 1, 0, 2": PFS kept on, centred on slice 1.
+    assert (meta.z.method, meta.z.first_slice_steps) == ("2", -1.0)
+    assert ("Z sectioning method", "PIFOC with PFS on") in meta.key_values

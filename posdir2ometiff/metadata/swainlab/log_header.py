@@ -192,6 +192,9 @@ class HeaderReader:
             self.res.provenance += pairs
             return False
         fields = split_fields(line)
+        label, colon, value = line.partition(":")
+        if fields is None and colon and _norm(label) in _LOG_LABELS:
+            fields = [(label, value.strip())]  # another spelling, e.g. "OMERO-project:"
         if fields is None and _norm(line) in _LOG_LABELS:
             fields = [(line, "")]  # e.g. "Strain" without the colon
         if fields is not None:
@@ -224,6 +227,8 @@ class HeaderReader:
             _take_single(res, kind, value)
         else:
             self.block = kind
+            if kind in ("strains", "authors") and value:  # "Strain: BY4741" on the label's line
+                getattr(res, kind).append(value)
         return False
 
     def _text(self, lineno: int, line: str) -> None:
