@@ -143,8 +143,11 @@ def bound_rawfile(port: int, sizes: list[int], chunk: int) -> float:
         c.__del__()
 
 
-def bound_tiles(port: int, n_images: int, size: int, planes: int, tile: tuple[int, int]) -> float:
-    """Seconds to send the same pixels as ready-made big-endian setTile calls."""
+def bound_tiles(
+    port: int, n_images: int, size: int, planes: int, tile: tuple[int, int] | None
+) -> float:
+    """Seconds to send the same pixels as ready-made big-endian setTile calls (``tile`` None:
+    the server's getTileSize, as the push uses)."""
     c = client_session(port)
     try:
         sf = c.getSession()
@@ -152,7 +155,6 @@ def bound_tiles(port: int, n_images: int, size: int, planes: int, tile: tuple[in
         ptype = next(
             p for p in px.getAllEnumerations("PixelsType") if p.getValue().getValue() == "uint16"
         )
-        tw, th = tile
         bufs = {}
         t0 = time.perf_counter()
         for i in range(n_images):
@@ -161,6 +163,7 @@ def bound_tiles(port: int, n_images: int, size: int, planes: int, tile: tuple[in
             pid = img.getPrimaryPixels().getId().getValue()
             rps = sf.createRawPixelsStore()
             rps.setPixelsId(pid, True)
+            tw, th = tile or tuple(rps.getTileSize())
             for z in range(planes):
                 for y in range(0, size, th):
                     for x in range(0, size, tw):
@@ -253,7 +256,9 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=1024, help="plane width and height")
     ap.add_argument("--planes", type=int, default=48)
     ap.add_argument("--chunk-mib", type=float, default=4.0)
-    ap.add_argument("--tile", type=int, default=512)
+    ap.add_argument(
+        "--tile", type=int, default=0, help="square tile (default: the server's getTileSize)"
+    )
     ap.add_argument("--parallel", type=int, default=2, help="files in flight in import mode")
     ap.add_argument("--repeat", type=int, default=7, help="timed rounds (after one warm-up)")
     ap.add_argument(
@@ -275,7 +280,7 @@ def main() -> int:
         file_bytes = [p.stat().st_size for p in files]
         pixel_bytes = args.files * args.planes * args.size * args.size * 2
         chunk = int(args.chunk_mib * 2**20)
-        tile = (args.tile, args.tile)
+        tile = (args.tile, args.tile) if args.tile else None
         proc, port = start_standin(work / "store")
         common = dict(server="tcp://127.0.0.1", port=port, user=USER, password=PASSWORD, retries=0)
         phases = Phases()
@@ -352,7 +357,7 @@ def main() -> int:
         ok = True
         rows = [
             ("import", sum(file_bytes), f"{args.chunk_mib:g} MiB chunks"),
-            ("pixels", pixel_bytes, f"{args.tile}² tiles"),
+            ("pixels", pixel_bytes, f"{args.tile}² tiles" if args.tile else "server's tiles"),
         ]
         for mode, nbytes, what in rows:
             push_s = [t[0] for t in times[mode]["push"]]

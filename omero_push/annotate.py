@@ -54,6 +54,7 @@ def find_exact(
     input.
     """
     import omero.sys
+    import omero_sys_ParametersI  # noqa: F401 - defines omero.sys.ParametersI
 
     params = omero.sys.ParametersI()
     params.addString("value", value)

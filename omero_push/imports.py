@@ -7,8 +7,11 @@ the images are completed (dataset link, annotations, receipt) in plan order.
 from __future__ import annotations
 
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import tifffile
 
 from omero_push import annotate, provenance, receipts, upload
 from omero_push.errors import ServerError
@@ -18,6 +21,48 @@ from omero_push.runstate import RunState, bytes_counted, guarded, record
 from omero_push.session import Session
 
 log = logging.getLogger(__name__)
+
+
+#: The first OMERO whose Bio-Formats (7.0) decodes zstd-compressed TIFFs (TIFF compression 50000).
+ZSTD_SINCE = (5, 6, 9)
+ZSTD_COMPRESSION = 50000
+
+
+def server_version(session: Session) -> tuple[int, ...] | None:
+    """OMERO's version from ``IConfig.getVersion`` ("5.6.9-ice36-b..." → (5, 6, 9)), or None."""
+    if "server_version" not in session.cache:
+        text = str(session.sf.getConfigService().getVersion())
+        m = re.match(r"\s*(\d+)\.(\d+)\.(\d+)", text)
+        session.cache["server_version"] = tuple(int(g) for g in m.groups()) if m else None
+        if m is None:
+            log.warning("the server's version %r is not of the form X.Y.Z", text)
+    return session.cache["server_version"]
+
+
+def uses_zstd(item: PushItem) -> bool:
+    """Whether any image of the file is zstd-compressed (first IFD of the file and of each series)."""
+    with tifffile.TiffFile(item.path) as tif:
+        pages = [tif.pages.first] + [s.pages[0] for s in tif.series if len(s.pages)]
+        return any(p is not None and int(p.compression) == ZSTD_COMPRESSION for p in pages)
+
+
+def check_server_reads(session: Session, items: list[PushItem]) -> None:
+    """Stop before any upload if the server cannot decode a file's compression.
+
+    OMERO before 5.6.9 ships a Bio-Formats without zstd: its import would save the images and
+    then fail reading the pixels.  One line says so and what to do instead.
+    """
+    zstd = [i for i in items if uses_zstd(i)]
+    if not zstd:
+        return
+    version = server_version(session)
+    if version is not None and version < ZSTD_SINCE:
+        names = ", ".join(i.path.name for i in zstd[:3]) + (" ..." if len(zstd) > 3 else "")
+        raise ServerError(
+            f"{names}: zstd-compressed, which OMERO {'.'.join(map(str, version))} cannot read "
+            f"(zstd needs OMERO 5.6.9 or later): convert with 'posdir2ometiff --compression zlib', "
+            "or push with '--mode pixels'"
+        )
 
 
 def import_phase(
@@ -85,7 +130,7 @@ def _earlier_import_finished(session: Session, item: PushItem, ids: list[int]) -
     failed after saving them (no StatsInfo: deleted here, and the file is imported again).
     """
     filesets = upload.filesets_of(session, ids)
-    running = upload.running_imports(session) or {}
+    running = upload.running_imports(session).handles
     for fid in filesets:
         if fid in running:
             log.info(
@@ -117,8 +162,8 @@ def _remove_unfinished_uploads(session: Session, item: PushItem) -> None:
     orphans = upload.unfinished_filesets(session, item)
     if not orphans:
         return
-    running = upload.running_imports(session)
-    if running is None:
+    found = upload.running_imports(session)
+    if found.unknown_upload:
         log.info(
             "%s: an upload is in progress on the server; leaving %d unfinished upload(s) of this "
             "file for a later run",
@@ -126,6 +171,7 @@ def _remove_unfinished_uploads(session: Session, item: PushItem) -> None:
             len(orphans),
         )
         return
+    running = found.handles
     busy = [f for f in orphans if f in running]
     if busy:
         log.info("%s: the server is still importing Fileset %s", item.path.name, busy)
@@ -191,6 +237,7 @@ def push_imports(
     """
     if not items:
         return
+    check_server_reads(session, items)
     if parallel <= 1:  # strictly one file after the other
         for item in items:
             ids, status = import_phase(session, item, dataset_id, chunk_size, progress)

@@ -265,6 +265,21 @@ def _pairs(plan: PushPlan) -> list[tuple[PushItem, ImageMeta]]:
     return [(item, im) for item in plan.items for im in item.images]
 
 
+def _images_by_position(plan: PushPlan, state: RunState) -> dict[str, tuple[int, str]]:
+    """Position and image names (lower case) → (image id, image name) of this push's images,
+    for the ``Image`` column of the tables whose rows are positions."""
+    out: dict[str, tuple[int, str]] = {}
+    for item, im in _pairs(plan):
+        r = state.statuses.get((item.sha1, im.index))
+        if r is None:
+            continue
+        out.setdefault(im.name.lower(), (r.image_id, im.name))
+        position = item.position or (item.conversion or {}).get("position")
+        if position and len(item.images) == 1:
+            out.setdefault(str(position).lower(), (r.image_id, im.name))
+    return out
+
+
 def _sha_of(plan: PushPlan, r: ImageResult) -> str:
     for item in plan.items:
         if item.path == r.source:
@@ -366,8 +381,9 @@ def _run(
         session, to_import, dataset_id, state, provenance_on, chunk_size, progress, done, parallel
     )
 
+    images = _images_by_position(plan, state)
     for source in plan.tables:
-        outcome = tables.ensure_tables(session, dataset_id, source)
+        outcome = tables.ensure_tables(session, dataset_id, source, images)
         res.tables_created += [t for t in outcome.tables_created if t not in res.tables_created]
         res.tables_present += [t for t in outcome.tables_present if t not in res.tables_present]
         res.tables_file_fallback = res.tables_file_fallback or outcome.fallback_file

@@ -3,8 +3,15 @@
 Column types follow the data, never the column name: integer → LongColumn, float → DoubleColumn,
 bool → BoolColumn, string → StringColumn sized to the longest value in UTF-8 bytes, and datetimes
 (which OMERO.tables cannot hold) → ISO-8601 StringColumn.  Each table becomes one OMERO.table
-linked to the dataset as a FileAnnotation in the bulk-annotations namespace, which OMERO.web,
-omero-metadata and OMERO.parade all read.
+linked to the dataset as a FileAnnotation.
+
+Where the rows belong to images (a column naming the positions, as the positions table's
+``name``), the table follows omero-metadata's convention (ome/omero-metadata
+``src/omero_metadata/populate.py``: an ``ImageColumn`` named ``Image`` and a ``StringColumn``
+``Image Name``) and goes in the bulk-annotations namespace, which OMERO.web, omero-metadata and
+OMERO.parade read: OMERO.web shows each image its own rows by querying ``(Image==id)``
+(ome/omero-web ``omeroweb/webgateway/views.py``, ``perform_table_query``).  A table whose rows
+belong to no image would break that query, so it goes under our own namespace :data:`TABLE_NS`.
 
 Re-runs recognise a table by its FileAnnotation's description, which names the table and the
 HDF5 file's SHA-1; a changed HDF5 file (a re-conversion) gets new tables beside the old ones.
@@ -27,13 +34,19 @@ from omero_push.session import Session
 log = logging.getLogger(__name__)
 
 BULK_NS = "openmicroscopy.org/omero/bulk_annotations"
+#: Tables whose rows belong to no image (channels, pumps, ...): not OMERO.web's per-image tables.
+TABLE_NS = "posdir2ometiff/omero_push/table"
+IMAGE_COLUMN = "Image"
+IMAGE_NAME_COLUMN = "Image Name"
+#: Column names (case-insensitive) that may name a table row's position, hence its image.
+POSITION_COLUMNS = ("position", "name", "position name", "pos", "image name")
 HDF5_FILE_NS = "posdir2ometiff/omero_push/hdf5"
 HDF5_MIMETYPE = "application/x-hdf5"
 
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """One OMERO.tables column before it meets omero-py: kind is Long/Double/Bool/String."""
+    """One OMERO.tables column before it meets omero-py: kind is Long/Double/Bool/String/Image."""
 
     name: str
     kind: str
@@ -84,13 +97,15 @@ def _string_spec(name: str, values: list[str]) -> ColumnSpec:
 def to_omero_columns(specs: list[ColumnSpec], with_values: bool = True) -> list[Any]:
     """omero.grid column objects for ``specs`` (empty for ``initialize``, full for ``addData``)."""
     import omero.grid  # noqa: F401 - registers the column classes
-    from omero.grid import BoolColumn, DoubleColumn, LongColumn, StringColumn
+    from omero.grid import BoolColumn, DoubleColumn, ImageColumn, LongColumn, StringColumn
 
     cols: list[Any] = []
     for s in specs:
         vals = s.values if with_values else []
         if s.kind == "Long":
             cols.append(LongColumn(s.name, "", vals))
+        elif s.kind == "Image":
+            cols.append(ImageColumn(s.name, "", vals))
         elif s.kind == "Double":
             cols.append(DoubleColumn(s.name, "", vals))
         elif s.kind == "Bool":
@@ -98,6 +113,30 @@ def to_omero_columns(specs: list[ColumnSpec], with_values: bool = True) -> list[
         else:
             cols.append(StringColumn(s.name, "", s.size, vals))
     return cols
+
+
+def image_columns(df: pd.DataFrame, images: dict[str, tuple[int, str]]) -> list[ColumnSpec] | None:
+    """``Image`` and ``Image Name`` columns when every row names a pushed image, else None.
+
+    ``images`` maps a position or image name (lower case) to (image id, image name).  The first
+    column named like a position (:data:`POSITION_COLUMNS`) whose every value is one of them
+    decides; a table with rows of positions that were not pushed stays an image-less table.
+    """
+    if not images or len(df) == 0:
+        return None
+    existing = {str(c).strip().lower() for c in df.columns}
+    if IMAGE_COLUMN.lower() in existing:
+        return None  # the table has its own "Image" column: not ours to replace
+    for raw in df.columns:
+        if str(raw).strip().lower() not in POSITION_COLUMNS:
+            continue
+        keys = [str(v).strip().lower() for v in df[raw]]
+        if all(k in images for k in keys):
+            out = [ColumnSpec(IMAGE_COLUMN, "Image", [images[k][0] for k in keys])]
+            if IMAGE_NAME_COLUMN.lower() not in existing:
+                out.append(_string_spec(IMAGE_NAME_COLUMN, [images[k][1] for k in keys]))
+            return out
+    return None
 
 
 def read_hdf5_tables(path: Path) -> dict[str, pd.DataFrame]:
@@ -131,8 +170,10 @@ def tables_enabled(session: Session) -> bool:
         return False
 
 
-def create_table(session: Session, name: str, df: pd.DataFrame) -> int:
-    """Create one OMERO.table from ``df``; returns its OriginalFile id.
+def create_table(
+    session: Session, name: str, df: pd.DataFrame, extra: list[ColumnSpec] | None = None
+) -> int:
+    """Create one OMERO.table from ``df`` (plus ``extra`` columns); returns its OriginalFile id.
 
     Rows go in batches so a long table (plane times of a full experiment: ~90,000 rows) stays far
     below Ice's message size limit.
@@ -144,7 +185,7 @@ def create_table(session: Session, name: str, df: pd.DataFrame) -> int:
     if table is None:
         raise RuntimeError("the tables service returned no table")
     try:
-        specs = column_specs(df)
+        specs = column_specs(df) + list(extra or [])
         table.initialize(to_omero_columns(specs, with_values=False))
         n = len(df)
         batch = 10_000
@@ -178,7 +219,7 @@ def upload_file(
     of.setName(rstring(name or path.name))
     of.setPath(rstring("omero_push/"))
     of.setSize(rlong(size))
-    of.setHash(rstring(sha1 or sha1_of(path)))
+    of.setHash(rstring((sha1 or sha1_of(path)).lower()))  # OMERO's hex digests are lower case
     algo = omero.model.ChecksumAlgorithmI()
     algo.setValue(rstring("SHA1-160"))
     of.setHasher(algo)
@@ -211,8 +252,17 @@ class TablesOutcome:
     fallback_file: bool = False
 
 
-def ensure_tables(session: Session, dataset_id: int, source: TablesSource) -> TablesOutcome:
-    """Every table of ``source`` as an OMERO.table on the dataset (once); falls back to the file."""
+def ensure_tables(
+    session: Session,
+    dataset_id: int,
+    source: TablesSource,
+    images: dict[str, tuple[int, str]] | None = None,
+) -> TablesOutcome:
+    """Every table of ``source`` as an OMERO.table on the dataset (once); falls back to the file.
+
+    ``images``: position or image name (lower case) → (image id, image name) of the pushed images,
+    for the ``Image`` column of tables whose rows belong to them (see :func:`image_columns`).
+    """
     from omero_push import annotate
 
     if source.sha1 is None:
@@ -253,8 +303,10 @@ def ensure_tables(session: Session, dataset_id: int, source: TablesSource) -> Ta
             outcome.tables_present.append(name)
             outcome.file_annotation_ids.append(have[marker])
             continue
-        fid = create_table(session, name, frames[name])
-        ann_id = _link_file_annotation(session, dataset_id, fid, BULK_NS, marker)
+        extra = image_columns(frames[name], images or {})
+        fid = create_table(session, name, frames[name], extra)
+        ns = BULK_NS if extra else TABLE_NS
+        ann_id = _link_file_annotation(session, dataset_id, fid, ns, marker)
         outcome.tables_created.append(name)
         outcome.file_annotation_ids.append(ann_id)
         log.info("table %r: %d rows -> OMERO.table (file %d)", name, len(frames[name]), fid)

@@ -16,6 +16,7 @@ import logging
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from omero_push.errors import InputError, ServerError
@@ -188,16 +189,26 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {sec:02d} s"
 
 
-def running_imports(session: Session) -> dict[int, Any] | None:
-    """Fileset id → handle of each import the server is still running for this user.
+@dataclass
+class RunningImports:
+    """What ``listImports`` says: handles of running imports by fileset, and whether an upload
+    whose fileset cannot be told (no handle yet) is also in progress."""
+
+    handles: dict[int, Any] = field(default_factory=dict)
+    unknown_upload: bool = False
+
+
+def running_imports(session: Session) -> RunningImports:
+    """The imports the server is still running for this user, by fileset id.
 
     ``ManagedRepository.listImports()`` lists the import processes still alive (ome/omero-blitz
     ``ManagedRepositoryI.listImports``); a process's handle carries the ``ImportRequest`` whose
-    ``activity`` is the fileset's job link (``ManagedImportProcessI.verifyUpload``).  None when a
-    process has no handle yet (an upload in progress, whose fileset cannot be told): the caller
-    must then leave unfinished filesets alone.  A server that cannot list its imports (every
-    OMERO 5.x can) is taken to run none.
+    ``activity`` is the fileset's job link (``ManagedImportProcessI.verifyUpload``).  A process
+    without a handle is an upload in progress whose fileset cannot be told (``unknown_upload``):
+    the caller must then leave filesets without images alone.  A server that cannot list its
+    imports (every OMERO 5.x can) is taken to run none.
     """
+    out = RunningImports()
     try:
         repo = session.client.getManagedRepository()
         procs = list(repo.listImports() or []) if repo is not None else []
@@ -205,23 +216,22 @@ def running_imports(session: Session) -> dict[int, Any] | None:
         if is_connection_lost(exc):
             raise
         log.warning("the server cannot list its running imports (%s)", exc.__class__.__name__)
-        return {}
-    running: dict[int, Any] = {}
+        return out
     for proc in procs:
         try:
             handle = proc.getHandle()
             if handle is None:
-                return None
-            req = handle.getRequest()
-            fileset_id = req.activity.getParent().getId().getValue()
+                out.unknown_upload = True
+                continue
+            fileset_id = handle.getRequest().activity.getParent().getId().getValue()
+            if handle.getResponse() is None:
+                out.handles[int(fileset_id)] = handle
         except Exception as exc:
             if is_connection_lost(exc):
                 raise
             log.debug("an import process could not be read: %s", exc)
-            return None
-        if handle.getResponse() is None:
-            running[int(fileset_id)] = handle
-    return running
+            out.unknown_upload = True
+    return out
 
 
 def unfinished_filesets(session: Session, item: PushItem) -> list[int]:

@@ -4,8 +4,13 @@ Set ``OMERO_HOST`` (a host for SSL, or ``tcp://host``), ``OMERO_PORT`` (default 
 ``OMERO_USER`` and ``OMERO_PASSWORD``; ``docker/`` has a compose file for a throw-away server.
 The tests are those of ``test_omero_server_core.py`` that hold for any OMERO (not the stand-in's
 restart, fault and seeding tests), run through the same ``server`` fixture name, so a
-difference between the stand-in and OMERO shows up as the same test failing here; and the
-plain omero-py script ``tests/omero_server/example_client.py`` (import, pixels, tables).
+difference between the stand-in and OMERO shows up as the same test failing here; the
+plain omero-py script ``tests/omero_server/example_client.py`` (import, pixels, tables); and
+omero_push's end-to-end tests from ``test_push_omero.py`` (convert and push in both modes,
+a second push creates nothing, read-back of pixels, annotations and tables), through the same
+``omero_server`` fixture name. One command validates everything on a real OMERO::
+
+    OMERO_HOST=omero.example.org OMERO_USER=me OMERO_PASSWORD=... pytest tests/test_omero_real.py
 """
 
 from __future__ import annotations
@@ -33,6 +38,19 @@ from tests.test_omero_server_core import (  # noqa: E402,F401  (collected again,
     test_wrong_password_fails_as_omero_does,
 )
 from tests.test_omero_server_example import converted, run_example  # noqa: E402,F401
+from tests.test_push_omero import (  # noqa: E402,F401  (omero_push end to end, against OMERO)
+    test_multi_image_ome_tiff,
+    test_pixels_mode_keeps_dtype,
+    test_push_roundtrip_annotations_tables,
+    test_sample_convert_and_push_reads_back_equal,
+    test_second_push_creates_nothing,
+    test_upper_case_checksum_is_sent_in_lower_case,
+)
+
+#: omero_push's end-to-end tests this module runs against a real OMERO (the stand-in's test
+#: ``test_omero_server_real_suite.py`` checks they are collected).
+PUSH_TESTS = ("test_sample_convert_and_push_reads_back_equal",
+              "test_push_roundtrip_annotations_tables", "test_second_push_creates_nothing")
 
 
 @dataclass
@@ -43,9 +61,12 @@ class RealOmero:
     port: int
     user: str
     password: str
+    #: Tells the push tests' helpers to use ``url`` as given (a bare host is SSL on 4064).
+    real: bool = True
 
     @property
     def host(self) -> str:
+        """omero_push's tests read ``host`` (a ``tcp://`` URL or a bare host for SSL)."""
         return self.url
 
     def client(self) -> Any:
@@ -69,6 +90,12 @@ def server() -> RealOmero:
     return RealOmero(url=os.environ["OMERO_HOST"], port=int(os.environ.get("OMERO_PORT", "4064")),
                      user=os.environ.get("OMERO_USER", "root"),
                      password=os.environ.get("OMERO_PASSWORD", ""))
+
+
+@pytest.fixture
+def omero_server(server: RealOmero) -> RealOmero:
+    """Overrides the stand-in fixture of omero_push's tests: the same real OMERO."""
+    return server
 
 
 def test_example_script_against_real_omero(server: RealOmero, converted: Any) -> None:  # noqa: F811

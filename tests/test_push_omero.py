@@ -36,6 +36,7 @@ from tests.test_push_support import (  # noqa: E402
 )
 
 BULK_NS = "openmicroscopy.org/omero/bulk_annotations"
+TABLE_NS = "posdir2ometiff/omero_push/table"
 SENTINEL = "Sentinel-Pw-4d1f9c"
 
 pytestmark = pytest.mark.timeout(300)
@@ -46,7 +47,12 @@ _clean_logging = pytest.fixture(autouse=True)(isolate_root_logging)
 
 
 def host_url(server: Any) -> str:
-    """The stand-in speaks plain TCP (OMERO's port-4063 transport): ``tcp://host`` for omero-py."""
+    """The stand-in speaks plain TCP (OMERO's port-4063 transport): ``tcp://host`` for omero-py.
+
+    A real server (tests/test_omero_real.py) is reached as the environment names it.
+    """
+    if getattr(server, "real", False):
+        return server.host
     return server.host if "://" in server.host else f"tcp://{server.host}"
 
 
@@ -129,6 +135,20 @@ def counts(sf: Any) -> dict[str, int]:
     return {k: len(q.findAll(k, None)) for k in kinds}
 
 
+def reads_zstd(monkeypatch: pytest.MonkeyPatch, server: Any) -> None:
+    """Make the push see OMERO 5.6.9, the version that goes with the stand-in's Bio-Formats.
+
+    The stand-in answers ``IConfig.getVersion`` with "5.6.0-standin" whatever Bio-Formats it
+    plays (its README), and by default it plays one that decodes zstd; the push's own check
+    (``imports.check_server_reads``) would otherwise refuse every zstd import.  A real server
+    (tests/test_omero_real.py) is asked as it is.
+    """
+    from omero_push import imports
+
+    if not getattr(server, "real", False):
+        monkeypatch.setattr(imports, "server_version", lambda session: (5, 6, 9))
+
+
 def push_kw(server: Any, **kw: Any) -> dict[str, Any]:
     base = dict(
         server=host_url(server),
@@ -165,6 +185,7 @@ def test_sample_convert_and_push_reads_back_equal(
     pytest.importorskip("posdir2ometiff.convert")
     ds = f"sample-{mode}"
     monkeypatch.setenv("OMERO_PASSWORD", omero_server.password)
+    reads_zstd(monkeypatch, omero_server)  # the converter's default compression is zstd
     rc = cli.main(
         [
             str(swainlab_sample),
@@ -212,7 +233,7 @@ def test_sample_convert_and_push_reads_back_equal(
         tables = [
             a
             for a in dsanns
-            if isinstance(a, omero.model.FileAnnotation) and _v(a.getNs()) == BULK_NS
+            if isinstance(a, omero.model.FileAnnotation) and _v(a.getNs()) in (BULK_NS, TABLE_NS)
         ]
         assert tables, "the experiment's tables should be attached as OMERO.tables"
         from posdir2ometiff.metadata.tables import read_tables
@@ -226,13 +247,17 @@ def test_sample_convert_and_push_reads_back_equal(
                 seen[_v(fa.getFile().getName())] = (
                     t.getNumberOfRows(),
                     [c.name for c in t.getHeaders()],
+                    _v(fa.getNs()),
                 )
             finally:
                 t.close()
         assert set(seen) == set(frames)
         for name, df in frames.items():
-            assert seen[name][0] == len(df), name
-            assert len(seen[name][1]) == len(df.columns), name
+            n_rows, headers, ns = seen[name]
+            assert n_rows == len(df), name
+            # OMERO.web's per-image query needs an Image column in every bulk-annotations table
+            image_cols = ["Image", "Image Name"] if ns == BULK_NS else []
+            assert headers == [str(c) for c in df.columns] + image_cols, name
 
 
 # --- our own OME-TIFFs: every annotation checked ---------------------------------------------------
@@ -304,15 +329,14 @@ def test_push_roundtrip_annotations_tables(omero_server: Any, tmp_path: Path, mo
         assert maps_in(dsanns, KV_NS) == [
             [("Strain", "BY4741"), ("Strain", "Hxt4-GFP"), ("Z spacing (µm)", "0.6")]
         ]
-        bulk = [
-            a
-            for a in dsanns
-            if isinstance(a, omero.model.FileAnnotation) and _v(a.getNs()) == BULK_NS
+        files = [a for a in dsanns if isinstance(a, omero.model.FileAnnotation)]
+        assert sorted((_v(a.getFile().getName()), _v(a.getNs())) for a in files) == [
+            ("channels", TABLE_NS),  # rows of no image: not an OMERO.web per-image table
+            ("positions", BULK_NS),  # rows of images: omero-metadata's Image/Image Name columns
         ]
-        assert len(bulk) == 2
         rows = {}
         res = sf.sharedResources()
-        for fa in bulk:
+        for fa in files:
             table = res.openTable(omero.model.OriginalFileI(_v(fa.getFile().getId()), False))
             try:
                 cols = table.getHeaders()
@@ -329,6 +353,9 @@ def test_push_roundtrip_annotations_tables(omero_server: Any, tmp_path: Path, mo
         assert ch["skip"] == ("BoolColumn", [False, True])
         assert ch["channel"] == ("StringColumn", ["Brightfield", "GFP"])
         assert rows["positions"]["x"] == ("DoubleColumn", [10846.5, 1200.0])
+        assert rows["positions"]["Image"] == ("ImageColumn", result.image_ids)
+        assert rows["positions"]["Image Name"] == ("StringColumn", ["pos001", "pos002"])
+        assert "Image" not in rows["channels"]
 
 
 @pytest.mark.parametrize("mode", ["import", "pixels"])
@@ -788,9 +815,10 @@ def test_pixels_mode_keeps_dtype(omero_server: Any, tmp_path: Path, dtype: str) 
         assert _v(stats.getGlobalMax()) == pytest.approx(float(data[0, 0].max()))
 
 
-def test_two_half_made_copies_are_merged_into_one(omero_server: Any, tmp_path: Path) -> None:
-    """Two half-made images of the same source (two interrupted pushes racing): the re-run keeps
-    one, deletes the other with Delete2, and completes the kept one."""
+def test_half_made_copies_are_replaced_by_one(omero_server: Any, tmp_path: Path) -> None:
+    """Two half-made images of the same source (two interrupted pushes racing): OMERO writes a
+    Pixels' data once, so the re-run deletes both with Delete2 and makes the image again, once.
+    (Strict stand-in: a ROMIO buffer whose file exists is read-only, as omero-romio's.)"""
     from omero_push.plan import build_plan
     from omero_push.provenance import pending_description
 
@@ -804,13 +832,22 @@ def test_two_half_made_copies_are_merged_into_one(omero_server: Any, tmp_path: P
             _v(px.createImage(30, 20, 1, 1, [0], ptype, "dup", pending_description(sha1, 0)))
             for _ in range(2)
         ]
+        (half,) = sf.getContainerService().getImages("Image", [made[0]], None)
+        rps = sf.createRawPixelsStore()  # an interrupted push wrote part of the first copy
+        try:
+            rps.setPixelsId(_v(half.getPrimaryPixels().getId()), True)
+            rps.setTile(b"\0" * 30 * 2 * 5, 0, 0, 0, 0, 0, 30, 5)
+            rps.save()
+        finally:
+            rps.close()
     result = push([f], **push_kw(omero_server, dataset="dups", mode="pixels"))
     assert [r.status for r in result.images] == ["resumed"]
-    assert result.image_ids == [min(made)]
+    (iid,) = result.image_ids
+    assert iid not in made
     with reader(omero_server) as sf:
         images = sf.getQueryService().findAll("Image", None)
-        assert [_v(i.getId()) for i in images] == [min(made)]
-        (loaded,) = sf.getContainerService().getImages("Image", [min(made)], None)
+        assert [_v(i.getId()) for i in images] == [iid]
+        (loaded,) = sf.getContainerService().getImages("Image", [iid], None)
         pid = _v(loaded.getPrimaryPixels().getId())
         assert np.array_equal(read_plane(sf, pid, 0, 0, 0, data.dtype, (20, 30)), data[0, 0, 0])
 
@@ -1117,6 +1154,7 @@ def test_password_absent_from_manifest_logs_and_server(
     (annotations, descriptions, upload job — the stand-in's whole store is searched)."""
     server = omero_server_factory(password=SENTINEL)
     monkeypatch.setenv("OMERO_PASSWORD", SENTINEL)
+    reads_zstd(monkeypatch, server)  # the converter's default compression is zstd
     caplog.set_level("DEBUG")
     rc = cli.main(
         [
@@ -1297,13 +1335,17 @@ def test_pixels_mode_pyramid_one_tile_in_flight_in_order(
 # --- the import runs in the background on OMERO ----------------------------------------------------
 
 
-def test_failed_import_is_cleaned_up_and_redone(omero_server_factory: Any, tmp_path: Path) -> None:
+def test_failed_import_is_cleaned_up_and_redone(
+    omero_server_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An import that fails after the server saved its images (strict stand-in: a Bio-Formats
-    without zstd fails the pixel-data step, as OMERO before 5.6.9) gets no receipt; the re-run
-    deletes those images and imports the file again, to complete images with statistics."""
+    without zstd fails the pixel-data step, here on a server that claims 5.6.9) gets no receipt;
+    the re-run deletes those images and imports the file again, to complete images with
+    statistics."""
     from omero_push.errors import ServerError
 
     server = omero_server_factory(bioformats_version="6.10")
+    reads_zstd(monkeypatch, server)
     f = tmp_path / "z.ome.tiff"
     data = make_ome_tiff(f, name="z", compression="zstd")
     kw = push_kw(server, dataset="failed-import", mode="import", retries=0)
@@ -1378,4 +1420,28 @@ def test_upper_case_checksum_is_sent_in_lower_case(omero_server: Any, tmp_path: 
     man["positions"]["pos001"]["sha1"] = man["positions"]["pos001"]["sha1"].upper()
     (out / "manifest.json").write_text(json.dumps(man))
     result = push([out], **push_kw(omero_server, dataset="upper", mode="import", retries=0))
+    assert [r.status for r in result.images] == ["created"]
+
+
+def test_zstd_import_on_an_old_server_stops_before_uploading(
+    omero_server: Any, tmp_path: Path
+) -> None:
+    """Before importing a zstd-compressed file the push reads the server's version
+    (IConfig.getVersion): the stand-in says 5.6.0, older than 5.6.9, so the push stops with one
+    line naming the fix, and nothing reaches the server; pixels mode (which decodes locally)
+    pushes the same file."""
+    from omero_push.errors import ServerError
+
+    f = tmp_path / "z.ome.tiff"
+    make_ome_tiff(f, name="z", compression="zstd")
+    kw = push_kw(omero_server, dataset="zstd", retries=0)
+    with pytest.raises(ServerError) as err:
+        push([f], mode="import", **kw)
+    msg = str(err.value)
+    assert "\n" not in msg and "z.ome.tiff: zstd-compressed, which OMERO 5.6.0 cannot read" in msg
+    assert "posdir2ometiff --compression zlib" in msg and "--mode pixels" in msg
+    with reader(omero_server) as sf:
+        assert sf.getQueryService().findAll("Fileset", None) == []
+        assert sf.getQueryService().findAll("OriginalFile", None) == []
+    result = push([f], mode="pixels", **kw)
     assert [r.status for r in result.images] == ["created"]

@@ -26,6 +26,7 @@ import argparse
 import os
 import platform
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -173,11 +174,47 @@ def import_ome_tiff(client: Any, path: Path, dataset_id: int) -> Any:
         handle = proc.verifyUpload([client.sha1(str(path))])
         callback = CmdCallbackI(client, handle)
         try:
-            return callback.loop(60, 1000)  # up to a minute, polling each second
+            return wait_for_import(callback, handle, path.name)
         finally:
             callback.close(True)
     finally:
         proc.close()
+
+
+#: OMERO imports in the background after verifyUpload (ome/omero-blitz ManagedImportRequestI:
+#: metadata, pixel data, thumbnails, ...); a big file on a busy server takes hours, not a minute.
+IMPORT_WAIT_CAP_S = 12 * 3600.0
+
+
+def wait_for_import(
+    callback: Any,
+    handle: Any,
+    name: str,
+    cap_s: float = IMPORT_WAIT_CAP_S,
+    poll_ms: int = 1000,
+    report_every_s: float = 30.0,
+) -> Any:
+    """Wait until the server has finished importing, printing where it is every half minute.
+
+    Like ``CmdCallbackI.loop(loops, ms)`` but with no fixed number of loops: block a second at a
+    time (polling the handle too, in case a notification was lost) until the response is there,
+    or raise ``omero.LockTimeout`` after ``cap_s``.
+    """
+    started = last = time.monotonic()
+    while not callback.block(poll_ms):
+        callback.poll()
+        if callback.block(0):
+            break
+        now = time.monotonic()
+        if now - started >= cap_s:
+            raise omero.LockTimeout(None, None, f"import of {name} still running after "
+                                    f"{now - started:.0f} s", 5000, 0)
+        if now - last >= report_every_s:
+            last = now
+            status = handle.getStatus()
+            where = f"step {status.currentStep + 1} of {status.steps}" if status else "running"
+            print(f"importing {name}: {where} ({now - started:.0f} s)", flush=True)
+    return callback.getResponse()
 
 
 def local_planes(path: Path) -> np.ndarray:
