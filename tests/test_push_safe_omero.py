@@ -171,7 +171,7 @@ def test_convert_and_push_twice_adds_no_image(omero_server: Any, tmp_path: Path)
 
     spec = make_demo(tmp_path / "exp", positions=2, channels=["DIC", "GFP"], z=1, t=2, size=32)
     kw = push_kw(omero_server, dataset="twice", mode="import", convert=True,
-                 convert_options={"workers": 1})
+                 convert_options={"workers": 1, "compression": "zlib"})
     first = push([spec.folder], **kw)
     assert sorted(r.status for r in first.images) == ["created", "created"]
     with reader(omero_server) as sf:
