@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-interval", type=_positive_float, dest="time_interval_s", metavar="S",
                    help="time between timepoints in s (overrides metadata files)")
     p.add_argument("--overwrite", action="store_true", help="convert even up-to-date positions")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not write OUT/report.html (previews, missing planes, warnings, "
+                   "metadata: one self-contained page to look at)")
     p.add_argument("--fail-fast", action="store_true",
                    help="stop at the first failed position (running ones finish)")
     loud = p.add_mutually_exclusive_group()
@@ -218,6 +221,7 @@ def _convert(args: argparse.Namespace) -> int:
                 metadata=args.metadata, pixel_size_um=args.pixel_size_um, z_step_um=args.z_step_um,
                 time_interval_s=args.time_interval_s, overwrite=args.overwrite,
                 fail_fast=args.fail_fast, progress="off" if args.quiet else "auto",
+                report=args.report,
             )
     except (LayoutError, ConversionError, MetadataError, WriterError, OSError) as exc:
         if args.verbose:
@@ -237,6 +241,8 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"{counts['ok']} converted, {counts['skipped']} up to date, {counts['failed']} "
               f"failed in {result.seconds:.1f} s → {result.out} (manifest: {result.manifest.name})",
               file=sys.stderr)
+        if result.report is not None:
+            print(f"look at it: {result.report.as_uri()}", file=sys.stderr)
     return 1 if counts["failed"] else 0
 
 

@@ -107,6 +107,8 @@ class ConversionOptions:
     fail_fast: bool = False
     #: auto (bar on a terminal, log lines otherwise), bar, log or off.
     progress: str = "auto"
+    #: Write OUT/report.html (previews, plane grid, warnings, metadata); --no-report turns it off.
+    report: bool = True
 
     def manifest_dict(self) -> dict[str, Any]:
         """The options that determine the output (workers/progress/overwrite do not)."""
@@ -146,6 +148,8 @@ class ConversionResult:
     positions: list[PositionResult] = field(default_factory=list)
     tables: Path | None = None
     seconds: float = 0.0
+    #: OUT/report.html, or None with report=False (or when it could not be written).
+    report: Path | None = None
 
     @property
     def failed(self) -> list[PositionResult]:
@@ -307,7 +311,8 @@ def _convert_locked(
             logger.info("%s: up to date, skipped", layout.name)
             continue
         jobs.append(PositionJob(layout, _job_metadata(meta, layout.name, times), src, out,
-                                opts.tile, opts.compression, str(opts.pyramid)))
+                                opts.tile, opts.compression, str(opts.pyramid),
+                                report=opts.report))
 
     tables_box: dict[str, Any] = {}
 
@@ -389,6 +394,19 @@ def _convert_locked(
         "positions": dict(sorted(positions.items())),
     }
     manifest_path = write_manifest(out, manifest)
+    report_path = _write_report(out, manifest) if opts.report else None
     ordered = [results[lay.name] for lay in layouts if lay.name in results]
     return ConversionResult(out=out, manifest=manifest_path, positions=ordered,
-                            tables=tables_path, seconds=time.monotonic() - started)
+                            tables=tables_path, seconds=time.monotonic() - started,
+                            report=report_path)
+
+
+def _write_report(out: Path, manifest: dict[str, Any]) -> Path | None:
+    """OUT/report.html; a report that cannot be written costs a warning, not the conversion."""
+    from posdir2ometiff.report import write_report
+
+    try:
+        return write_report(out, manifest)
+    except OSError as exc:
+        logger.warning("%s: report not written (%s)", out, exc.strerror or exc)
+        return None

@@ -19,6 +19,7 @@ from posdir2ometiff.metadata.model import ExperimentMetadata
 from posdir2ometiff.ome import ImageSpec, build_ome, channel_specs, ome_xml
 from posdir2ometiff.planes import Decoded, read_ahead, read_plane
 from posdir2ometiff.planes import probe as probe_position
+from posdir2ometiff.report import PreviewCollector
 from posdir2ometiff.writer import write_ometiff_file
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class PositionJob:
     pyramid: str
     #: Threads inside the position: planes decoded ahead and tiles compressed in parallel.
     threads: int = 1
+    #: Collect previews for OUT/report.html while writing (report.py).
+    report: bool = True
 
 
 def relative(path: Path, root: Path) -> str:
@@ -163,6 +166,8 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
 
     count = layout.size_t * len(specs) * layout.size_z
     last = [0]
+    previews = (PreviewCollector(layout.size_t, len(specs), layout.size_z,
+                                 [s.name for s in specs]) if job.report else None)
 
     def progress(n: int) -> None:
         # Progress counts source planes (what the caller's total is made of); an RGB source
@@ -186,9 +191,12 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
             pyramid=job.pyramid,
             on_plane=progress,
             threads=job.threads,
+            on_level=previews.add if previews is not None else None,
         )
     finally:
         decoded.close()  # a failed write: stop the decoding threads
+    if previews is not None:
+        previews.save(job.out, layout.name)
     stat = output.stat()
     return {
         "status": "ok",

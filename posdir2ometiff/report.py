@@ -208,7 +208,8 @@ def plane_grid(entry: dict[str, Any]) -> str:
     cell = max(2, min(12, 720 // size_t))
     names = entry.get("channels") or [f"C{c}" for c in range(size_c)]
     label_w = 8 * max(len(str(n)) for n in names) + 6
-    parts = [f'<svg class="grid" width="{label_w + cell * size_t}" height="{cell * size_c + 14}" '
+    width = label_w + max(cell * size_t, 90)  # room for the "t = 0 … N" caption
+    parts = [f'<svg class="grid" width="{width}" height="{cell * size_c + 14}" '
              f'xmlns="http://www.w3.org/2000/svg" role="img" aria-label="planes t by c">']
     for c in range(size_c):
         y = c * cell
@@ -307,6 +308,7 @@ table{border-collapse:collapse}
 .grid .ok{fill:#ccc}.grid .miss{fill:#f80}.grid .lost{fill:#83c}
 .legend span{display:inline-block;width:10px;height:10px;margin:0 3px 0 10px}
 .none{color:#888}
+details{margin:.5em 0}summary{cursor:pointer;color:#246}
 """
 
 
@@ -325,7 +327,7 @@ def render_report(manifest: dict[str, Any], previews: dict[str, dict[str, Any] |
             exp_rows.append((label, meta[key]))
     if meta.get("tags"):
         exp_rows.append(("tags", ", ".join(meta["tags"])))
-    exp_rows += [(k, v) for k, v in meta.get("key_values") or []]
+    pairs = [(k, v) for k, v in meta.get("key_values") or []]
     absent = manifest.get("absent_positions") or []
     warnings = []
     if not meta.get("parsers"):
@@ -341,8 +343,13 @@ def render_report(manifest: dict[str, Any], previews: dict[str, dict[str, Any] |
         f"<h1>{_esc(Path(str(manifest.get('source', ''))).name)}: {counts['ok']} position(s) "
         f"converted, {counts['failed']} failed</h1>",
         "".join(f'<p class="warn">⚠ {_esc(w)}</p>' for w in warnings),
-        f"<pre>{_esc(meta['description'])}</pre>" if meta.get("description") else "",
         _kv_table(exp_rows),
+        # the experiment's description and key-value pairs can run to a hundred lines: folded,
+        # so the pictures come first (<details> needs no script)
+        f"<details><summary>experiment metadata: description and {len(pairs)} key-value "
+        f"pair(s), as in every image's OME-XML</summary>"
+        + (f"<pre>{_esc(meta['description'])}</pre>" if meta.get("description") else "")
+        + _kv_table(pairs) + "</details>",
         '<p class="legend">planes:<span style="background:#ccc"></span>complete'
         '<span style="background:#f80"></span>missing (zeros)'
         '<span style="background:#83c"></span>not captured</p>',

@@ -70,16 +70,25 @@ fi
 
 # ---- the zeroc-ice wheel scripts/setup.sh built, so the image does not compile Ice again
 wheels=${POSDIR2OMETIFF_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/posdir2ometiff/wheels}
-find docker/wheels -name '*.whl' -delete
-# Debian bookworm's python3 is 3.11: only a cp311 linux wheel fits.
-for w in "$wheels"/zeroc_ice-3.6.5-cp311-*linux*x86_64.whl; do
-  [ -f "$w" ] && [ "$(uname -m)" = x86_64 ] && cp "$w" docker/wheels/ && log "using cached $(basename "$w")" && break
-done
+# Debian bookworm's python3 is 3.11: only a cp311 linux wheel fits. A wheel someone put into
+# docker/wheels/ by hand is used as it is; the one copied here is removed after the build.
+copied=
+if ! ls docker/wheels/zeroc_ice-3.6.5-*.whl >/dev/null 2>&1; then
+  for w in "$wheels"/zeroc_ice-3.6.5-cp311-*linux*x86_64.whl; do
+    if [ -f "$w" ] && [ "$(uname -m)" = x86_64 ]; then
+      # -p: the same mtime every time, so the build cache keeps every layer after this COPY
+      cp -p "$w" docker/wheels/ && copied=docker/wheels/$(basename "$w")
+      log "using cached $(basename "$w")"; break
+    fi
+  done
+fi
+[ -n "$copied" ] || ls docker/wheels/zeroc_ice-3.6.5-*.whl >/dev/null 2>&1 \
+  || log "no zeroc-ice wheel: the image build compiles it (about 10 minutes)"
 
 # ---- the host's pip settings: proxy CA as a secret, index settings as build arguments
 args=(--network host)
 secret_file=$(mktemp)
-trap 'rm -f "$secret_file"' EXIT
+trap 'rm -f "$secret_file" ${copied:+"$copied"}' EXIT
 if [ -n "${PIP_CERT:-}" ] && [ -s "$PIP_CERT" ]; then cp "$PIP_CERT" "$secret_file"; log "pip CA: $PIP_CERT"; fi
 args+=(--secret "id=pipcert,src=$secret_file")
 pip_setting() {  # env var first, then `pip config` (global/user/site files)
@@ -116,5 +125,4 @@ build() {  # target, tag
 }
 build runtime "$TAG:latest"
 [ "$JUPYTER" = 1 ] && build jupyter "$TAG:jupyter"
-find docker/wheels -name '*.whl' -delete
 echo "$TAG:latest"

@@ -40,7 +40,8 @@ def test_convert_ok_exit_0_and_summary(demo, tmp_path: Path, capsys) -> None:
     assert "2 converted, 0 up to date, 0 failed" in err
     assert "planes (100%)" in err and "planes/s" in err  # plain progress lines: not a terminal
     assert sorted(p.name for p in out.iterdir()) == [
-        "experiment.h5", "manifest.json", "pos001.ome.tiff", "pos002.ome.tiff"]
+        ".previews", "experiment.h5", "manifest.json", "pos001.ome.tiff", "pos002.ome.tiff",
+        "report.html"]
     assert main([str(demo.folder), "-o", str(out), "--workers", "1"]) == 0
     assert "0 converted, 2 up to date" in capsys.readouterr().err
 

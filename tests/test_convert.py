@@ -85,7 +85,8 @@ def test_demo_converts_bit_exact_with_valid_manifest_and_tables(demo, tmp_path: 
     tables = manifest["tables"]
     assert tables["path"] == "experiment.h5" and tables["sha1"] == sha1_file(out / "experiment.h5")
     assert set(tables["names"]) <= set(read_tables(out / "experiment.h5"))
-    assert not list(out.glob("*.partial")) and not list(out.glob(".*"))
+    assert not list(out.glob("*.partial")) and not list(out.glob(".*.partial"))
+    assert not list(out.glob(".previews/.*"))  # the report's previews: no temporary left
 
 
 def test_rerun_skips_up_to_date_and_redoes_changed(demo, tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import imagecodecs
 import numpy as np
 import pytest
 
-import posdir2ometiff.convert as convert_mod
+import posdir2ometiff.planes as planes_mod
+import posdir2ometiff.position as position_mod
 from posdir2ometiff.cli import main
 from posdir2ometiff.convert import convert
 from posdir2ometiff.demo import make_demo
@@ -93,8 +94,14 @@ def converted(tmp_path: Path):
 def test_every_conversion_writes_a_self_contained_report(converted, monkeypatch) -> None:
     spec, out = converted
     reads: list[Path] = []
-    real_read = convert_mod.read_plane
-    monkeypatch.setattr(convert_mod, "read_plane", lambda p: reads.append(p) or real_read(p))
+    real_read = planes_mod.read_plane
+
+    def counting(path: Path):
+        reads.append(path)
+        return real_read(path)
+
+    monkeypatch.setattr(planes_mod, "read_plane", counting)
+    monkeypatch.setattr(position_mod, "read_plane", counting)
     result = convert(spec.folder, out, workers=1, progress="off", tile=32)
     assert result.ok
     # previews cost no second read: every source file was decoded exactly once
@@ -114,7 +121,8 @@ def test_every_conversion_writes_a_self_contained_report(converted, monkeypatch)
     assert "64 × 64 × 3 × 3 × 4" in page
     assert page.count('class="miss"') == 1 and "t=1 c=2: 1/3 z missing" in page
     assert "1 missing plane(s) written as zeros (first: t=2 c=GFP z=2)" in page
-    assert "Pixel size X" in page and "Time increment" in page and "Channel 2</th><td>GFP" in page
+    assert "Z step</th><td>0.6 µm" in page and "Time increment</th><td>300.0 s" in page
+    assert "Channel 2</th><td>GFP, colour #00FF00" in page
     assert "Demo project" in page  # experiment metadata (the log's OMERO project)
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["positions"]) == {p.stem for p in (out / PREVIEW_DIR).glob("*.json")}
@@ -158,6 +166,17 @@ def test_not_captured_planes_failed_positions_and_absent_positions_are_shown() -
     assert "pos009" in page and "no metadata file was recognised" in page
     assert "p/notes.txt" in page
     assert "<script" not in page
+
+
+def test_a_conversion_with_failed_captures_and_absent_positions_reports_them(tmp_path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_demo(src, positions=2, z=2, t=3, size=32, failed=[("pos001", 1, "GFP")], absent=1)
+    assert convert(src, out, workers=1, progress="off").ok
+    page = (out / REPORT_NAME).read_text(encoding="utf-8")
+    pos001 = page[page.index('id="pos001"'):page.index('id="pos002"')]
+    assert pos001.count('class="lost"') == 1 and 't=1 c=2: 2/2 z not captured' in pos001
+    assert "2 plane(s) not captured by the microscope" in pos001
+    assert "1 position(s) in the acquisition table have no folder: pos003" in page
 
 
 # --------------------------------------------------------------------------- Chromium
