@@ -101,10 +101,10 @@ def _add_dask_arguments(p: argparse.ArgumentParser) -> None:
                    help="Dask config file (as ~/.config/dask/jobqueue.yaml: jobqueue: slurm: "
                    "cores, memory, queue, walltime, ...)")
     g.add_argument("--slurm-queue", metavar="PARTITION", help="Slurm partition")
-    g.add_argument("--slurm-cores", type=int, metavar="N", help="cores per Slurm job")
+    g.add_argument("--slurm-cores", type=int_in(1, 1024), metavar="N", help="cores per Slurm job")
     g.add_argument("--slurm-memory", metavar="SIZE", help="memory per Slurm job, e.g. 8GB")
     g.add_argument("--slurm-walltime", metavar="HH:MM:SS", help="time limit per Slurm job")
-    g.add_argument("--slurm-jobs", type=int, default=1, metavar="N",
+    g.add_argument("--slurm-jobs", type=int_in(1, 10000), default=1, metavar="N",
                    help="Slurm jobs (Dask workers) to start (default: %(default)s)")
 
 

@@ -28,6 +28,8 @@ def _usage_error(main, argv: list[str], capsys) -> str:
         (["--workers", "0"], "--workers"),
         (["--workers", "-3"], "--workers"),
         (["--threads", "0"], "--threads"),
+        (["--slurm-jobs", "0"], "--slurm-jobs"),
+        (["--slurm-cores", "-4"], "--slurm-cores"),
         (["--tile", "7"], "--tile"),
         (["--tile", "0"], "--tile"),
         (["--tile", "1e9"], "--tile"),
