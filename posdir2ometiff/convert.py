@@ -56,6 +56,7 @@ from posdir2ometiff.position import (
     remove_stale_partials,
 )
 from posdir2ometiff.progress import Progress
+from posdir2ometiff.report import PREVIEW_DIR
 from posdir2ometiff.rerun import is_up_to_date, metadata_fingerprint
 from posdir2ometiff.writer import (
     COMPRESSIONS,
@@ -269,7 +270,8 @@ def convert(
     out.mkdir(parents=True, exist_ok=True)
     # One run per OUT (lock.py): a second converter or a push on it refuses, naming this one.
     with FolderLock(out, "posdir2ometiff convert"):
-        remove_stale_temporaries(out)  # what a killed run left; no live writer can own them
+        for folder in (out, out / PREVIEW_DIR):  # what a killed run left; no live writer can
+            remove_stale_temporaries(folder)      # own them while we hold the lock
         return _convert_locked(src, out, opts, meta, layouts, started, client, absent)
 
 

@@ -39,7 +39,7 @@ def test_second_converter_on_one_out_refuses_and_keeps_the_first_ones_files(
     the moment run B starts); B must neither write nor clean up anything of A's."""
     out = tmp_path / "out"
     convert(demo.folder, out, **FAST)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     a_partial = temp_path_for(out / "pos001.ome.tiff")  # A's file mid-write
     proc = _holder(out)
     try:
@@ -53,7 +53,7 @@ def test_second_converter_on_one_out_refuses_and_keeps_the_first_ones_files(
     assert rc == EXIT_LOCKED
     assert len(err.splitlines()) == 1 and f"in use by test holder (pid {proc.pid}" in err
     assert a_partial.read_bytes() == b"A is writing"
-    after = {p.name: p.read_bytes() for p in out.iterdir() if p != a_partial}
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p != a_partial}
     assert after == before  # outputs and manifest untouched; the holder removed its lock file
 
 
@@ -67,10 +67,14 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next(demo, tmp_path: Pat
     left.write_bytes(b"half a file")
     old_style = out / "pos002.ome.tiff.3f2a9c1b7d0e.partial"
     old_style.write_bytes(b"half")
+    (out / ".previews").mkdir()
+    preview = out / ".previews" / left.name.replace("pos001.ome.tiff", "pos001.json")
+    preview.write_bytes(b"{")
     convert(demo.folder, out, **FAST)
-    assert not left.exists() and not old_style.exists()
-    assert sorted(p.name for p in out.iterdir()) == [
-        "experiment.h5", "manifest.json", "pos001.ome.tiff", "pos002.ome.tiff"]
+    assert not left.exists() and not old_style.exists() and not preview.exists()
+    names = {p.name for p in out.iterdir()}
+    assert {"manifest.json", "pos001.ome.tiff", "pos002.ome.tiff"} <= names
+    assert not [n for n in names if n.endswith(".partial")]
 
 
 def test_output_inside_a_position_folder_exits_non_zero(demo, capsys) -> None:
