@@ -206,6 +206,41 @@ def linked_image_ids(session: Session, dataset_id: int, image_ids: Sequence[int]
     return {_val(link.getChild().getId()) for link in links}
 
 
+def datasets_of_images(session: Session, image_ids: Sequence[int]) -> dict[int, set[int]]:
+    """Image id → ids of the datasets it is linked to (no entry: in no dataset). One query."""
+    import omero.sys
+
+    if not image_ids:
+        return {}
+    params = omero.sys.ParametersI()
+    params.addIds(list(image_ids))
+    links = session.query().findAllByQuery(
+        "select l from DatasetImageLink l where l.child.id in (:ids)", params
+    )
+    out: dict[int, set[int]] = {}
+    for link in links:
+        out.setdefault(_val(link.getChild().getId()), set()).add(_val(link.getParent().getId()))
+    return out
+
+
+def leftovers_of(
+    session: Session, image_ids: Sequence[int], dataset_id: int
+) -> tuple[list[int], list[int], dict[int, set[int]]]:
+    """Split half-made images an interrupted push left into (in this dataset, in no dataset,
+    elsewhere: image → its datasets).
+
+    A half-made image belongs to the dataset its push was aimed at: a later push into another
+    dataset must neither complete it there (it would link it into the wrong dataset) nor delete
+    it (its own push may still be running or be re-run). Images in no dataset say nothing about
+    their target; callers remove them rather than adopt them.
+    """
+    where = datasets_of_images(session, image_ids)
+    here = sorted(i for i in image_ids if dataset_id in where.get(i, ()))
+    nowhere = sorted(i for i in image_ids if not where.get(i))
+    elsewhere = {i: where[i] for i in image_ids if where.get(i) and dataset_id not in where[i]}
+    return here, nowhere, elsewhere
+
+
 def link_images_to_dataset(
     session: Session, dataset_id: int, image_ids: Sequence[int], *, check: bool = True
 ) -> int:

@@ -22,6 +22,7 @@ from omero_push.progress import make_progress
 from omero_push.push import MODES, push
 from omero_push.upload import DEFAULT_CHUNK
 from posdir2ometiff import __version__
+from posdir2ometiff.argtypes import float_in, int_in, port, tile_wxh
 from posdir2ometiff.logconfig import cli_logging
 
 log = logging.getLogger("omero_push.cli")
@@ -58,7 +59,7 @@ def add_connection_arguments(p: argparse.ArgumentParser) -> None:
     conn.add_argument(
         "--port",
         "-p",
-        type=int,
+        type=port,
         help=f"OMERO port (default: omero-py's, {DEFAULT_PORT} for a host, 4063 for tcp://host)",
     )
     conn.add_argument("--user", "-u", help="OMERO user name")
@@ -154,24 +155,28 @@ def add_push_arguments(p: argparse.ArgumentParser, *, quiet: bool = True) -> Non
     tune = p.add_argument_group("tuning")
     tune.add_argument(
         "--chunk-size",
-        type=float,
+        type=float_in(0.0, 1024.0),
         default=DEFAULT_CHUNK / 2**20,
         help="upload chunk in MiB (import mode; default %(default)s)",
     )
     tune.add_argument(
         "--tile",
+        type=tile_wxh(),
         metavar="PX",
         help="tile size for pixels mode: one number as the converter's --tile, or WxH "
         "(default: the server's tile size)",
     )
     tune.add_argument(
         "--parallel",
-        type=int,
+        type=int_in(1, 64),
         default=2,
         help="files (import) or images (pixels) in flight at once (default %(default)s)",
     )
     tune.add_argument(
-        "--retries", type=int, default=5, help="reconnects on connection loss (default %(default)s)"
+        "--retries",
+        type=int_in(0, 1000),
+        default=5,
+        help="reconnects on connection loss (default %(default)s)",
     )
     out = p.add_argument_group("output")
     out.add_argument(
@@ -191,16 +196,6 @@ def add_push_arguments(p: argparse.ArgumentParser, *, quiet: bool = True) -> Non
     out.add_argument("--verbose", "-v", action="store_true", help="debug log and tracebacks")
     if quiet:
         out.add_argument("--quiet", "-q", action="store_true", help="errors and the summary only")
-
-
-def _parse_tile(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        w, _, h = text.lower().partition("x")
-        return int(w), int(h or w)
-    except ValueError:
-        raise PushError(f"--tile {text!r}: expected a number or WxH, e.g. 512 or 1024x512") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -284,7 +279,7 @@ def _main(args: argparse.Namespace, conn: Any = None) -> int:
             convert=args.convert,
             convert_out=args.convert_out,
             chunk_size=max(1, int(args.chunk_size * 2**20)),
-            tile=_parse_tile(args.tile),
+            tile=args.tile,
             retries=args.retries,
             parallel=max(1, args.parallel),
             progress=make_progress(quiet=args.quiet or as_json),

@@ -56,6 +56,12 @@ class ServerError(PushError):
     exit_code = 7
 
 
+class FolderInUseError(PushError):
+    """Another push, or a converter, is working on the output folder (its lock is taken)."""
+
+    exit_code = 75  # sysexits.h EX_TEMPFAIL, as posdir2ometiff's lock.EXIT_LOCKED
+
+
 class ClientMissingError(PushError):
     """omero-py or zeroc-ice is not installed here (exit 1 means "some files were not pushed")."""
 

@@ -78,15 +78,19 @@ def import_phase(
     Returns (image ids in series order, "created" or "resumed").
     """
     pending = provenance.pending_description(item.sha1)
-    leftovers = annotate.find_images_by_description(session, pending)
-    if leftovers:
-        ids = sorted(annotate._val(i.getId()) for i in leftovers)
-        if _earlier_import_finished(session, item, ids):
-            # An earlier run imported the file but stopped before finishing: complete those images.
-            log.info(
-                "%s: completing %d image(s) left by an interrupted push", item.path.name, len(ids)
-            )
-            return ids, "resumed"
+    found = [
+        annotate._val(i.getId()) for i in annotate.find_images_by_description(session, pending)
+    ]
+    # Only a push into the same dataset completes what an interrupted push left (issue #14).
+    here, _nowhere, elsewhere = annotate.leftovers_of(session, found, dataset_id)
+    for iid, dids in sorted(elsewhere.items()):
+        log.info("%s: half-made image %d belongs to Dataset:%s; left for a push there",
+                 item.path.name, iid, ",".join(map(str, sorted(dids))))
+    if here and _earlier_import_finished(session, item, here):
+        # An earlier run imported the file but stopped before finishing: complete those images.
+        log.info("%s: completing %d image(s) left by an interrupted push", item.path.name,
+                 len(here))
+        return here, "resumed"
     _remove_unfinished_uploads(session, item)
     with bytes_counted(progress) as on_bytes:
         ids = guarded(

@@ -78,12 +78,16 @@ class PlaneReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def plane(self, z: int, c: int, t: int) -> np.ndarray:
-        """The 2-D plane (Y, X); RGB samples count as channels (c = page channel × S + sample)."""
+    def page_of(self, z: int, c: int, t: int) -> Any:
+        """The IFD holding plane (z, c, t), or None when the file lacks it."""
         pos = {"Z": z, "C": c // self.samples, "T": t}
         idx = [pos.get(a, 0) for a in self._outer]
         flat = int(np.ravel_multi_index(idx, self._outer_shape)) if idx else 0
-        page = self._pages[flat]
+        return self._pages[flat]
+
+    def plane(self, z: int, c: int, t: int) -> np.ndarray:
+        """The 2-D plane (Y, X); RGB samples count as channels (c = page channel × S + sample)."""
+        page = self.page_of(z, c, t)
         if page is None:
             raise InputError(f"{self.path}: plane z={z} c={c} t={t} is missing from the file")
         arr = page.asarray()
@@ -235,11 +239,9 @@ def write_pixels(
                     f"OME-XML says {(s['Y'], s['X'])}"
                 )
             if plane.size:
-                floats = plane.dtype.kind == "f"  # NaN-aware only where NaN can occur
-                lo = np.nanmin(plane) if floats else plane.min()
-                hi = np.nanmax(plane) if floats else plane.max()
-                mins[c] = min(mins[c], float(lo))
-                maxs[c] = max(maxs[c], float(hi))
+                lo, hi = _finite_range(plane)
+                mins[c] = min(mins[c], lo)
+                maxs[c] = max(maxs[c], hi)
             for x, y, w, h in tiles(s["X"], s["Y"], tw, th):
                 # One copy per tile: gather and byte-swap together; Ice reads the array's buffer
                 # (and marshals it before begin_setTile returns), so no bytes object is made.
@@ -258,6 +260,49 @@ def write_pixels(
         (lo if np.isfinite(lo) else 0.0, hi if np.isfinite(hi) else 0.0)
         for lo, hi in zip(mins, maxs, strict=True)
     ]
+
+
+def _finite_range(plane: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the plane's finite values; (inf, -inf) when it has none.
+
+    A float plane may hold NaN or ±inf (a division by zero in the acquisition's processing);
+    OMERO's rendering settings need a finite window, and one infinite pixel must not make the
+    whole channel render black. Integer planes are finite by construction.
+    """
+    if plane.dtype.kind != "f":
+        return float(plane.min()), float(plane.max())
+    finite = plane[np.isfinite(plane)]
+    if not finite.size:
+        return np.inf, -np.inf
+    return float(finite.min()), float(finite.max())
+
+
+def check_planes(path: Path, image: ImageMeta) -> np.dtype[Any]:
+    """The file's dtype, after checking it holds every plane its OME-XML promises.
+
+    Run before anything is created on the server: a file whose OME-XML lists more planes (or
+    other sizes) than its IFDs hold would otherwise leave a half-written image behind. Reads
+    IFD headers only, no pixels.
+    """
+    s = image.sizes
+    with PlaneReader(path, image.index) as r:
+        for z, c, t in ((z, c, t) for t in range(s["T"]) for c in range(s["C"])
+                        for z in range(s["Z"])):
+            try:
+                page = r.page_of(z, c, t)
+            except (ValueError, IndexError):
+                page = None
+            if page is None:
+                raise InputError(
+                    f"{path}: the OME-XML promises plane z={z} c={c} t={t} of image "
+                    f"{image.name!r}, but the file does not hold it"
+                )
+            if tuple(page.shape[:2]) != (s["Y"], s["X"]):
+                raise InputError(
+                    f"{path}: plane z={z} c={c} t={t} is {page.shape[1]}x{page.shape[0]}, "
+                    f"the OME-XML says {s['X']}x{s['Y']}"
+                )
+        return r.dtype
 
 
 def _prefetched(

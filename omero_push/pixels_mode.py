@@ -31,9 +31,18 @@ def push_pixels_image(
     it is deleted and made again ("resumed").
     """
     pending = provenance.pending_description(item.sha1, im.index)
-    leftovers = sorted(
+    found = [
         annotate._val(i.getId()) for i in annotate.find_images_by_description(session, pending)
-    )
+    ]
+    # A half-made image of a push into another dataset is left to that push (issue #14).
+    here, nowhere, elsewhere = annotate.leftovers_of(session, found, dataset_id)
+    for iid, dids in sorted(elsewhere.items()):
+        log.info("%s: half-made image %d belongs to Dataset:%s; left for a push there",
+                 im.name, iid, ",".join(map(str, sorted(dids))))
+    leftovers = sorted(here + nowhere)
+    # Checked before anything is created: a file lacking planes its OME-XML promises would
+    # otherwise leave a half-written image behind.
+    dtype = pixels.check_planes(item.path, im)
     status = "created"
     if leftovers:
         status = "resumed"
@@ -48,7 +57,6 @@ def push_pixels_image(
             lambda: annotate.delete_objects(session, "Image", leftovers),
             "deleting a half-made image",
         )
-    dtype = pixels.reader_dtype(item.path, im.index)
     iid = guarded(
         session, lambda: pixels.create_image(session, im, dtype, pending), "creating an image"
     )

@@ -387,7 +387,102 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(data, dict) or not isinstance(data.get("positions"), dict):
         raise InputError(f"{path}: no 'positions' mapping; not a posdir2ometiff manifest")
+    check_manifest_shape(data, path)
     return data
+
+
+#: Keys the push reads from a manifest and the JSON types it accepts for each (None = null).
+_POSITION_TYPES: dict[str, tuple[type, ...]] = {
+    "output": (str, type(None)),
+    "status": (str, type(None)),
+    "error": (str, type(None)),
+    "sha1": (str, type(None)),
+    "size": (int, type(None)),
+    "mtime_ns": (int, type(None)),
+    "sources": (list, type(None)),
+    "missing_planes": (list, type(None)),
+}
+_TOP_TYPES: dict[str, tuple[type, ...]] = {
+    "metadata": (dict, type(None)),
+    "tables": (dict, type(None)),
+}
+_METADATA_TYPES: dict[str, tuple[type, ...]] = {
+    "description": (str, type(None)),
+    "tags": (list, type(None)),
+    "key_values": (list, type(None)),
+    "omero_project": (str, type(None)),
+    "omero_dataset": (str, type(None)),
+}
+_TABLES_TYPES: dict[str, tuple[type, ...]] = {
+    "path": (str, type(None)),
+    "sha1": (str, type(None)),
+    "names": (list, type(None)),
+}
+
+
+def check_manifest_shape(data: dict[str, Any], path: Path) -> None:
+    """Refuse, with the file and key named, a manifest whose values have the wrong JSON type.
+
+    A manifest may come from someone else's output folder, so every key the push reads is checked
+    here once: later code can then rely on the types instead of failing with a traceback deep in
+    the push (``int(entry["size"])`` on a list, ``.get`` on a string).  ``bool`` is refused where
+    a number is expected, because JSON ``true`` is not a size.
+    """
+
+    def check(obj: dict[str, Any], types: dict[str, tuple[type, ...]], where: str) -> None:
+        for key, allowed in types.items():
+            value = obj.get(key)
+            if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+                names = "/".join("null" if t is type(None) else _JSON_NAMES[t] for t in allowed)
+                raise InputError(
+                    f"{path}: {where}{key} is {_json_type(value)}, expected {names}"
+                )
+
+    check(data, _TOP_TYPES, "")
+    check(data.get("metadata") or {}, _METADATA_TYPES, "metadata.")
+    check(data.get("tables") or {}, _TABLES_TYPES, "tables.")
+    for name, entry in data["positions"].items():
+        if not isinstance(entry, dict):
+            raise InputError(
+                f"{path}: positions.{name} is {_json_type(entry)}, expected an object"
+            )
+        check(entry, _POSITION_TYPES, f"positions.{name}.")
+        for key in ("size", "mtime_ns"):
+            if isinstance(entry.get(key), int) and entry[key] < 0:
+                raise InputError(f"{path}: positions.{name}.{key} is negative ({entry[key]})")
+
+
+_JSON_NAMES = {str: "a string", int: "an integer", list: "an array", dict: "an object"}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float):
+        return "a number"
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def contained_path(folder: Path, relative: str, manifest: Path, key: str) -> Path:
+    """``folder / relative`` resolved, refused unless it stays inside ``folder``.
+
+    A manifest can come from someone else's output folder; without this check a crafted
+    ``"output": "../../elsewhere.ome.tiff"`` or ``"tables": {"path": "/etc/passwd"}`` would make
+    the push upload any local file.  ``..`` and symbolic links are resolved first (a link inside
+    the folder that points out of it is refused too): the check CPython's ``tarfile.data_filter``
+    makes (``Lib/tarfile.py``, ``_get_filtered_attrs``: realpath of the member, then refuse it
+    when it is not under the realpath of the destination).
+    """
+    root = folder.resolve()
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root):
+        raise InputError(
+            f"{manifest}: {key} {relative!r} points outside the manifest's folder ({target}); "
+            "refused"
+        )
+    return target
 
 
 def items_from_manifest(
@@ -405,7 +500,7 @@ def items_from_manifest(
     }
     for name, entry in sorted(manifest["positions"].items()):
         out = entry.get("output") or f"{name}.ome.tiff"
-        path = (folder / out).resolve()
+        path = contained_path(folder, out, folder / MANIFEST_NAME, f"positions.{name}.output")
         if entry.get("status", "ok") != "ok":
             skipped.append((path, f"conversion {entry.get('status')}: {entry.get('error') or '?'}"))
             continue
@@ -441,6 +536,17 @@ def items_from_manifest(
             )
         )
     return items, skipped
+
+
+def _check_tables_readable(path: Path) -> None:
+    """Open the HDF5 tables now (a few KB, no network): an unreadable file is one line before
+    anything is pushed, not an HDF5 back trace after every image is."""
+    from posdir2ometiff.metadata.tables import TablesReadError, read_tables
+
+    try:
+        read_tables(path)
+    except TablesReadError as exc:
+        raise InputError(str(exc)) from None
 
 
 def item_from_file(path: Path) -> PushItem:
@@ -503,8 +609,9 @@ def build_plan(
             hint_dataset = hint_dataset or meta.get("omero_dataset")
             tinfo = manifest.get("tables") or {}
             if tinfo.get("path"):
-                tpath = (p / tinfo["path"]).resolve()
+                tpath = contained_path(p, tinfo["path"], p / MANIFEST_NAME, "tables.path")
                 if tpath.is_file():
+                    _check_tables_readable(tpath)
                     tables.append(
                         TablesSource(
                             path=tpath,

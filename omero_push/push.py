@@ -10,6 +10,7 @@ again; the same holds for a user re-running the command after a crash.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -18,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omero_push import annotate, provenance, tables, upload
+from omero_push import annotate, pixels, provenance, tables, upload
 from omero_push.config import ConnectionSettings, Secret, resolve_settings
-from omero_push.errors import InputError, PushError
+from omero_push.errors import FolderInUseError, InputError, PushError
 from omero_push.imports import push_imports
 from omero_push.pixels_mode import push_pixels_image
 from omero_push.plan import (
@@ -32,7 +33,7 @@ from omero_push.plan import (
     target_from_options,
 )
 from omero_push.progress import NullProgress, Progress
-from omero_push.receipts import find_receipts
+from omero_push.receipts import earlier_pushes, find_receipts
 from omero_push.runstate import (
     ImageResult,
     LockedProgress,
@@ -54,6 +55,7 @@ from omero_push.session import (
     with_backoff,
 )
 from omero_push.target import ensure_target
+from posdir2ometiff.lock import FolderLock, LockedError
 
 log = logging.getLogger(__name__)
 
@@ -133,29 +135,46 @@ def push(
             paths = _convert_all(
                 paths, Path(convert_out) if convert_out else tmp_out, convert_options
             )
-        plan = build_plan(
-            paths, dataset=dataset, project=project, target=target, overrides=overrides
-        )
         if dry_run:
+            plan = build_plan(
+                paths, dataset=dataset, project=project, target=target, overrides=overrides
+            )
             return PushResult(plan=plan, mode=mode, dry_run=True)
         borrowed = None if conn is None else borrow(conn, group)
         if borrowed is not None:  # a reconnect joins the caller's session again, by its key
             settings = rejoin_settings(borrowed)
         assert settings is not None
-        return _execute(
-            plan,
-            settings,
-            borrowed=borrowed,
-            mode=mode,
-            provenance_on=provenance_on,
-            chunk_size=chunk_size,
-            tile=tile,
-            retries=retries,
-            backoff_s=backoff_s,
-            keepalive_s=keepalive_s,
-            progress=progress,
-            parallel=parallel,
-        )
+        # One run per output folder (posdir2ometiff/lock.py): a converter still writing it, or a
+        # second push of it, makes this push refuse instead of racing it.
+        with contextlib.ExitStack() as locks:
+            for p in dict.fromkeys(Path(p) for p in paths if Path(p).is_dir()):
+                try:
+                    locks.enter_context(FolderLock(p, "omero-push"))
+                except LockedError as exc:
+                    raise FolderInUseError(str(exc)) from None
+                except OSError as exc:  # someone else's read-only folder: nobody converts into it
+                    log.info("%s: not locked (%s)", p, exc.strerror or exc)
+            plan = build_plan(
+                paths, dataset=dataset, project=project, target=target, overrides=overrides
+            )
+            if mode == "pixels":  # before anything is created on the server
+                for item in plan.items:
+                    for im in item.images:
+                        pixels.check_planes(item.path, im)
+            return _execute(
+                plan,
+                settings,
+                borrowed=borrowed,
+                mode=mode,
+                provenance_on=provenance_on,
+                chunk_size=chunk_size,
+                tile=tile,
+                retries=retries,
+                backoff_s=backoff_s,
+                keepalive_s=keepalive_s,
+                progress=progress,
+                parallel=parallel,
+            )
     finally:
         if tmp_out is not None:
             shutil.rmtree(tmp_out, ignore_errors=True)
@@ -324,8 +343,12 @@ def _run(
 
     to_import: list[PushItem] = []
     to_write: list[tuple[PushItem, ImageMeta]] = []
+    earlier: dict[tuple[str, int], list[tuple[int, str]]] | None = None
     for item in plan.items:
         missing = [im for im in item.images if (item.sha1, im.index) not in done]
+        if missing:
+            earlier = earlier_pushes(session, dataset_id) if earlier is None else earlier
+            _say_if_changed(item, missing, earlier)
         if not missing:
             for im in item.images:
                 iid, desc = done[(item.sha1, im.index)]
@@ -364,3 +387,21 @@ def _run(
         res.tables_created += [t for t in outcome.tables_created if t not in res.tables_created]
         res.tables_present += [t for t in outcome.tables_present if t not in res.tables_present]
         res.tables_file_fallback = res.tables_file_fallback or outcome.fallback_file
+
+
+def _say_if_changed(
+    item: PushItem, missing: list[ImageMeta], earlier: dict[tuple[str, int], list[tuple[int, str]]]
+) -> None:
+    """A file of the same name was pushed into this dataset before with other bytes (re-converted
+    with other options, edited): say that a new image is made and which one it does not replace,
+    rather than duplicating silently. (Same bytes are recognised by SHA-1 and never pushed again.)
+    """
+    for im in missing:
+        before = [(iid, sha) for iid, sha in earlier.get((item.path.name, im.index), [])
+                  if sha != item.sha1]
+        if before:
+            olds = ", ".join(f"Image:{iid} (sha1 {sha[:12]})" for iid, sha in sorted(before))
+            log.warning(
+                "%s: changed since it was pushed as %s; pushing it as a new image "
+                "(sha1 %s), the old one stays", item.path.name, olds, item.sha1[:12],
+            )

@@ -39,6 +39,32 @@ def find_receipts(
     return found
 
 
+def earlier_pushes(
+    session: Session, dataset_id: int
+) -> dict[tuple[str, int], list[tuple[int, str]]]:
+    """(source file name, series) → [(image id, SHA-1)] of the images pushed into the dataset
+    with full provenance: what a changed file with the same name was pushed as before."""
+    images = annotate.images_in_dataset(session, dataset_id)
+    if not images:
+        return {}
+    ids = [annotate._val(i.getId()) for i in images]
+    anns = annotate.linked_annotations_many(session, "Image", ids)
+    out: dict[tuple[str, int], list[tuple[int, str]]] = {}
+    for iid, lst in anns.items():
+        for a in lst:
+            if not annotate.is_kind(a, "MapAnnotation"):
+                continue
+            if annotate._val(a.getNs()) != provenance.PROVENANCE_NS:
+                continue
+            pairs = dict(annotate.map_pairs(a))
+            try:
+                key = (pairs["source_file"], int(pairs["series"]))
+            except (KeyError, ValueError):
+                continue
+            out.setdefault(key, []).append((iid, pairs.get("source_sha1", "?")))
+    return out
+
+
 def complete_image(
     session: Session,
     item: PushItem,

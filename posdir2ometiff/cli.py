@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from posdir2ometiff import __version__
+from posdir2ometiff.argtypes import float_in, int_in
 from posdir2ometiff.layout import DEFAULT_PATTERN, DEFAULT_POSITIONS, LayoutError
 from posdir2ometiff.logconfig import cli_logging
 from posdir2ometiff.writer import COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_TILE, WriterError
@@ -22,20 +23,13 @@ from posdir2ometiff.writer import COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_TIL
 logger = logging.getLogger("posdir2ometiff.cli")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
-    return value
+_positive_float = float_in(0.0)
 
 
 def _pyramid(text: str) -> str:
-    if text in ("auto", "none") or (text.isdigit() and int(text) >= 1):
+    if text in ("auto", "none") or (text.isdigit() and 1 <= int(text) <= 32):
         return text
-    raise argparse.ArgumentTypeError("must be auto, none or a number of levels ≥ 1")
+    raise argparse.ArgumentTypeError("must be auto, none or a number of levels from 1 to 32")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default=DEFAULT_PATTERN, metavar="REGEX",
                    help="plane file regex with named groups t, c, z; the default matches "
                    "{prefix}_{t}_{c}_{z}.png|tif|tiff (default: %(default)s)")
-    p.add_argument("--tile", type=int, default=DEFAULT_TILE, metavar="PX",
+    p.add_argument("--tile", type=int_in(16, 65536, multiple=16), default=DEFAULT_TILE,
+                   metavar="PX",
                    help="tile size, a multiple of 16 (default: %(default)s)")
     p.add_argument("--compression", choices=list(COMPRESSIONS), default=DEFAULT_COMPRESSION,
                    help="tile compression (default: %(default)s — fastest, and read "
@@ -64,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pyramid", type=_pyramid, default="auto", metavar="auto|none|N",
                    help="resolution levels: auto halves until one tile holds the plane; N levels "
                    "in total (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=int_in(1, 1024), default=None, metavar="N",
                    help=f"parallel processes, one position each (default: cores = {os.cpu_count()})")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--threads", type=int_in(1, 1024), default=None, metavar="N",
                    help="threads inside one position: planes decoded ahead, tiles compressed in "
                    "parallel (default: cores / workers)")
     _add_dask_arguments(p)
@@ -106,10 +101,10 @@ def _add_dask_arguments(p: argparse.ArgumentParser) -> None:
                    help="Dask config file (as ~/.config/dask/jobqueue.yaml: jobqueue: slurm: "
                    "cores, memory, queue, walltime, ...)")
     g.add_argument("--slurm-queue", metavar="PARTITION", help="Slurm partition")
-    g.add_argument("--slurm-cores", type=int, metavar="N", help="cores per Slurm job")
+    g.add_argument("--slurm-cores", type=int_in(1, 1024), metavar="N", help="cores per Slurm job")
     g.add_argument("--slurm-memory", metavar="SIZE", help="memory per Slurm job, e.g. 8GB")
     g.add_argument("--slurm-walltime", metavar="HH:MM:SS", help="time limit per Slurm job")
-    g.add_argument("--slurm-jobs", type=int, default=1, metavar="N",
+    g.add_argument("--slurm-jobs", type=int_in(1, 10000), default=1, metavar="N",
                    help="Slurm jobs (Dask workers) to start (default: %(default)s)")
 
 
@@ -122,16 +117,18 @@ def build_demo_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("folder", type=Path, metavar="OUT_DIR", help="folder to write (created)")
     # A count, so not "--positions": the converter's --positions is a folder glob.
-    p.add_argument("--num-positions", type=int, default=2, metavar="N",
+    p.add_argument("--num-positions", type=int_in(1, 10000), default=2, metavar="N",
                    help="number of position folders (pos001, pos002, ...)")
     p.add_argument("--positions", action=_DemoPositions, help=argparse.SUPPRESS)
     p.add_argument("--channels", default="Brightfield,DIC,GFP", help="comma-separated names")
-    p.add_argument("-z", type=int, default=5, metavar="N", help="z-sections per stack")
-    p.add_argument("-t", type=int, default=3, metavar="N", help="timepoints")
-    p.add_argument("--size", type=int, default=512, metavar="PX", help="plane width and height")
+    p.add_argument("-z", type=int_in(1, 10000), default=5, metavar="N", help="z-sections per stack")
+    p.add_argument("-t", type=int_in(1, 100000), default=3, metavar="N", help="timepoints")
+    p.add_argument("--size", type=int_in(1, 65536), default=512, metavar="PX",
+                   help="plane width and height")
     p.add_argument("--dtype", choices=["uint8", "uint16", "float32"], default="uint16",
                    help="pixel type (float32 planes are written as TIFF: PNG has no floats)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0,
+                   help="random seed (same seed, same files)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     real = p.add_argument_group("real acquisitions", "cases real acquisition files have")
     real.add_argument("--missed-first", action="append", default=[], metavar="POS",
@@ -139,7 +136,7 @@ def build_demo_parser() -> argparse.ArgumentParser:
     real.add_argument("--failed", action="append", default=[], type=_failed_capture,
                       metavar="POS:T:CHANNEL", help="this capture failed (the log says "
                       "NO IMAGE CAPTURED; no files); T counts from 1")
-    real.add_argument("--absent", type=int, default=0, metavar="N",
+    real.add_argument("--absent", type=int_in(0, 10000), default=0, metavar="N",
                       help="N more positions in the points table, with no folder")
     real.add_argument("--header", choices=["sample", "2020"], default="sample",
                       help="log header style (2020: software lines, Windows path, empty fields)")
@@ -189,10 +186,16 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names_an_output(argv: Sequence[str]) -> bool:
+    """``posdir2ometiff demo -o out`` converts a folder named ``demo``: the demo sub-command has
+    no ``-o``, so an output option says the user means the converter."""
+    return any(a in ("-o", "--out") or a.startswith(("--out=", "-o")) for a in argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``posdir2ometiff`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "demo":
+    if argv and argv[0] == "demo" and not _names_an_output(argv[1:]):
         return _demo(argv[1:])
     args = build_parser().parse_args(argv)
     with cli_logging(args.verbose, args.quiet, quiet_level=logging.ERROR):
@@ -202,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from posdir2ometiff.cluster import SlurmOptions, dask_client
     from posdir2ometiff.convert import ConversionError, convert
+    from posdir2ometiff.lock import LockedError
     from posdir2ometiff.metadata.plugins import MetadataError
 
     slurm = SlurmOptions(queue=args.slurm_queue, cores=args.slurm_cores,
@@ -224,6 +228,9 @@ def _convert(args: argparse.Namespace) -> int:
             logger.exception("conversion failed")
         print(f"posdir2ometiff: error: {exc}", file=sys.stderr)
         return 1
+    except LockedError as exc:  # another run on OUT: try again later (lock.py)
+        print(f"posdir2ometiff: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("posdir2ometiff: interrupted; re-run to finish (done positions are kept)",
               file=sys.stderr)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from posdir2ometiff import __version__
+from posdir2ometiff.atomic import remove_stale_temporaries
 from posdir2ometiff.dask_executor import check_shared_filesystem, run_jobs_dask
 from posdir2ometiff.errors import ConversionError, PlaneError
 from posdir2ometiff.executors import default_threads
@@ -33,9 +34,11 @@ from posdir2ometiff.layout import (
     DEFAULT_POSITIONS,
     LayoutError,
     absent_positions,
+    check_output_folder,
     discover,
     warn_not_captured,
 )
+from posdir2ometiff.lock import FolderLock
 from posdir2ometiff.manifest import (
     MANIFEST_VERSION,
     load_manifest,
@@ -53,6 +56,7 @@ from posdir2ometiff.position import (
     remove_stale_partials,
 )
 from posdir2ometiff.progress import Progress
+from posdir2ometiff.report import PREVIEW_DIR
 from posdir2ometiff.rerun import is_up_to_date, metadata_fingerprint
 from posdir2ometiff.writer import (
     COMPRESSIONS,
@@ -228,7 +232,6 @@ def convert(
     one position are reported in the result (status ``failed``) and in the manifest.
     """
     from posdir2ometiff.metadata.plugins import load_metadata
-    from posdir2ometiff.metadata.tables import write_tables
 
     started = time.monotonic()
     try:
@@ -249,6 +252,7 @@ def convert(
             "(no exposures, stage positions or times in the OME-XML)",
             src,
         )
+    check_output_folder(src, out, opts.positions, opts.pattern)
     report_unknowns(meta, src)
     layouts = discover(src, opts.positions, opts.pattern,
                        [c.name for c in meta.channels] if meta else (),
@@ -264,6 +268,19 @@ def convert(
     # OUT inside SRC with a name like "pos_out" would otherwise be taken for a position.
     layouts = [lay for lay in layouts if lay.folder.resolve() != out]
     out.mkdir(parents=True, exist_ok=True)
+    # One run per OUT (lock.py): a second converter or a push on it refuses, naming this one.
+    with FolderLock(out, "posdir2ometiff convert"):
+        for folder in (out, out / PREVIEW_DIR):  # what a killed run left; no live writer can
+            remove_stale_temporaries(folder)      # own them while we hold the lock
+        return _convert_locked(src, out, opts, meta, layouts, started, client, absent)
+
+
+def _convert_locked(
+    src: Path, out: Path, opts: ConversionOptions, meta: ExperimentMetadata | None,
+    layouts: list, started: float, client: Any, absent: list[str],
+) -> ConversionResult:
+    """The run proper, while this process holds OUT's lock."""
+    from posdir2ometiff.metadata.tables import write_tables
 
     previous = None if opts.overwrite else load_manifest(out)
     fingerprint = metadata_fingerprint(meta)

@@ -18,6 +18,7 @@ from typing import Any
 
 from posdir2ometiff.errors import ConversionError
 from posdir2ometiff.layout import LayoutError
+from posdir2ometiff.orphans import die_with_parent, stop_workers_on_error
 from posdir2ometiff.position import PositionJob, convert_position, failed_entry
 from posdir2ometiff.progress import Progress
 from posdir2ometiff.writer import WriterError
@@ -36,9 +37,11 @@ def default_threads(workers: int) -> int:
 _worker_queue: Any = None  # set in each worker process by _init_worker (per process, not shared)
 
 
-def _init_worker(q: Any) -> None:
+def _init_worker(q: Any, parent_pid: int | None = None) -> None:
     global _worker_queue
     _worker_queue = q
+    if parent_pid is not None:
+        die_with_parent(parent_pid)  # a killed converter takes its workers along (orphans.py)
 
 
 def convert_guarded(
@@ -95,7 +98,8 @@ def run_jobs(
 
     q = mp.get_context().Queue()
     todo = iter(jobs)
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(q,)) as ex:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                             initargs=(q, os.getpid())) as ex, stop_workers_on_error(ex):
         # Submit only as many positions as there are workers, the next when one finishes:
         # the pool would otherwise pre-queue work that --fail-fast could no longer cancel.
         futures: dict[Future, PositionJob] = {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,42 @@ def _number(value: str, what: str, path: Path) -> int:
         raise LayoutError(f"{path}: {what} {value!r} is not an integer") from None
 
 
+def _require_regular_file(path: Path) -> None:
+    """A name that matches the plane pattern must be a regular file (or a link to one): reading a
+    FIFO would block forever, a folder or device is no image, and skipping it silently would
+    drop a plane without a word."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise LayoutError(
+            f"{path}: a link to nothing (broken symbolic link) under a plane's name"
+        ) from None
+    except OSError as exc:
+        raise LayoutError(f"{path}: cannot be examined ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode)
+                or stat.S_ISBLK(mode) else "not a regular file")
+        raise LayoutError(f"{path}: {kind} under a plane's name, not an image file")
+
+
+def printable(text: str) -> str:
+    """A file name for messages: bytes that are not UTF-8 (surrogate escapes) shown as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _warn_undecodable(folder: Path, entries: Sequence[Path]) -> None:
+    """Names that are not valid UTF-8 are kept byte-exact (``os.fsdecode``'s surrogate escapes;
+    the manifest writes them as ``\\udcXX`` escapes), but the user should know: such a name shows
+    differently in every tool."""
+    bad = [p.name for p in entries if printable(p.name) != p.name]
+    if bad:
+        logger.warning(
+            "%s: %d file name(s) are not valid UTF-8, e.g. %s; kept byte-exact in the manifest",
+            printable(str(folder)), len(bad), printable(bad[0]),
+        )
+
+
 def scan_position(
     folder: Path,
     pattern: str | re.Pattern[str] = DEFAULT_PATTERN,
@@ -140,20 +177,36 @@ def scan_position(
     rx = compile_pattern(pattern) if isinstance(pattern, str) else pattern
     raw: dict[tuple[int, str, int], Path] = {}
     unmatched: list[Path] = []
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith("."):
+    # Channel names are matched case-insensitively everywhere (metadata tables, other
+    # positions), so "GFP" and "gfp" are one channel: the first spelling is kept, and two files
+    # for one plane that differ only in case are duplicates, never one silently dropped.
+    spelling: dict[str, str] = {}
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise LayoutError(f"{folder}: cannot be read ({exc.strerror or exc})") from None
+    _warn_undecodable(folder, entries)
+    for path in entries:
+        if path.name.startswith("."):
             continue
         m = rx.match(path.name)
         if m is None:
-            unmatched.append(path)
+            if path.is_file():
+                unmatched.append(path)
             continue
+        _require_regular_file(path)
         t = _number(m.group("t"), "timepoint", path)
         z = _number(m.group("z"), "z-section", path)
-        c = m.group("c")
+        c = spelling.setdefault(m.group("c").lower(), m.group("c"))
+        if c != m.group("c"):
+            logger.warning("%s: channel %r taken as %r (channel names ignore case)",
+                           path, m.group("c"), c)
         key = (t, c, z)
         if key in raw:
             raise DuplicatePlaneError(
                 f"{raw[key]} and {path}: two files for plane t={t} c={c} z={z}"
+                + (" (channel names ignore case)" if raw[key].name != path.name
+                   and raw[key].name.lower() == path.name.lower() else "")
             )
         raw[key] = path
     if unmatched:
@@ -218,10 +271,12 @@ def discover(
     src = Path(src)
     rx = compile_pattern(pattern)
     folders = find_position_folders(src, positions)
+    _warn_undecodable(src, folders)
     if not folders:
         raise LayoutError(f"{src}: no position folder matches {positions!r}"
                           + _looks_like_a_position(src, positions, rx))
     layouts = []
+    empty: list[PositionLayout] = []
     for folder in folders:
         try:
             layout = scan_position(folder, rx, channel_order)
@@ -232,10 +287,39 @@ def discover(
             continue
         if not layout.files:
             logger.warning("%s: no plane file matches the pattern; position skipped", folder)
+            empty.append(layout)
             continue
         layouts.append(layout)
+    if not layouts:
+        # Converting nothing "successfully" would hide a wrong --pattern.
+        example = next((p.name for lay in empty for p in lay.unmatched), None)
+        raise LayoutError(
+            f"{src}: the plane pattern matches no file in {len(folders)} position folder(s)"
+            + (f" (e.g. {printable(example)!r} does not match {pattern!r})" if example else
+               " (they hold no files)")
+        )
     unify_numbering(layouts, log_timepoints, z_count)
     return unify_channels(layouts, channel_order)
+
+
+def check_output_folder(
+    src: Path, out: Path, positions: str = DEFAULT_POSITIONS, pattern: str = DEFAULT_PATTERN
+) -> None:
+    """Refuse an output folder inside a position folder, or one that is a position with planes.
+
+    The OME-TIFFs would land among the planes, and the position would be taken out of the run.
+    (OUT may match the positions glob, e.g. ``SRC/pos_converted``, as long as it holds no plane.)
+    """
+    src, out = Path(src).resolve(), Path(out).resolve()
+    rx = compile_pattern(pattern)
+    for folder in find_position_folders(src, positions):
+        folder = folder.resolve()
+        has_planes = out == folder and any(rx.match(p.name) for p in folder.iterdir())
+        if has_planes or (out != folder and out.is_relative_to(folder)):
+            raise LayoutError(
+                f"{out}: the output folder is inside position folder {folder}; "
+                "choose a folder outside the positions (e.g. next to SRC)"
+            )
 
 
 def unify_numbering(

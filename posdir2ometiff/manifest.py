@@ -4,7 +4,8 @@ The manifest is the converter's contract with omero_push (which reads exactly th
 JSON Schema in ``schemas/manifest.schema.json`` documents them) and with the next run of the
 converter (which skips positions whose output and sources still match it). Checksums are SHA-1
 because OMERO's managed-repository upload verifies with SHA-1, so the pusher can reuse ours.
-The file is written under a temporary name and renamed, so a reader never sees half a manifest.
+The file is written under a unique temporary name, fsync-ed and renamed (``atomic.py``), so a
+reader never sees half a manifest.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
+import re
 from pathlib import Path
 from typing import Any
+
+from posdir2ometiff.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -60,17 +63,34 @@ def load_manifest(out: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict) or data.get("manifest_version") != MANIFEST_VERSION:
         logger.warning("%s: unknown manifest version; every position will be converted", path)
         return None
+    import jsonschema
+
+    try:
+        validate_manifest(data)
+    except jsonschema.ValidationError as exc:
+        # Someone else's (or a hand-edited) manifest: its entries cannot be trusted for skipping.
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        logger.warning("%s: %s: %s; every position will be converted", path, where,
+                       exc.message.splitlines()[0][:200])
+        return None
     return data
 
 
 def write_manifest(out: Path, data: dict[str, Any]) -> Path:
     """Write ``data`` as ``out/manifest.json`` atomically (temporary name, then rename)."""
-    path = Path(out) / MANIFEST_NAME
-    tmp = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.partial")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(Path(out) / MANIFEST_NAME, manifest_json(data))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def manifest_json(data: dict[str, Any]) -> str:
+    """The manifest as JSON text that is valid UTF-8 whatever the file names were.
+
+    A file name that is not UTF-8 reaches Python as lone surrogates (``os.fsdecode``'s
+    surrogateescape); encoding them as UTF-8 would fail and ``ensure_ascii`` would turn every
+    "µm" into ``\\u00b5m``. So only the surrogates are written as ``\\udcXX`` escapes: the JSON
+    stays readable, and ``json.loads`` + ``os.fsencode`` give back the exact original bytes.
+    """
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

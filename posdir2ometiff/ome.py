@@ -28,6 +28,7 @@ Conventions (documented because readers must know them):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -166,6 +167,11 @@ def _seconds(delta) -> float:
     return round(delta.total_seconds(), 6)
 
 
+def _xml_text(text: str) -> str:
+    """``text`` without lone surrogates (``os.fsdecode``'s escapes of non-UTF-8 bytes)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def build_ome(
     spec: ImageSpec,
     meta: ExperimentMetadata | None = None,
@@ -181,6 +187,10 @@ def build_ome(
     """
     meta = meta or ExperimentMetadata()
     position = meta.position(spec.name)
+    # A folder name that is not UTF-8 (kept byte-exact on disk and in the manifest) cannot go
+    # into XML; there it is shown with U+FFFD for the undecodable bytes.
+    spec = dataclasses.replace(spec, name=_xml_text(spec.name))
+    file_name = _xml_text(file_name)
     spacing = meta.z.spacing_um if meta.z else None
     interval = meta.time.interval_s if meta.time else None
 

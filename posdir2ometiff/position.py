@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import uuid as uuid_mod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +51,39 @@ def relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
+#: Namespace of the UUIDs derived below (uuid5 of a fixed, random-once namespace).
+_UUID_NS = uuid_mod.UUID("0b6b2f4e-5a43-4c1e-9a57-3f1f2d0c9e21")
+
+
+def _derived_uuid(job: PositionJob, spec: ImageSpec, file_name: str, probe: Any) -> str:
+    """The file's OME UUID from its inputs, not from the clock or a random draw.
+
+    Converting the same sources with the same options then gives a byte-identical file, so a
+    re-conversion (``--overwrite``, ``omero-push --convert`` twice) has the same SHA-1 and the push
+    recognises it instead of importing a duplicate. The inputs: the OME-XML with a nil UUID (it
+    holds sizes, channels, missing planes and all metadata), the writer's options, the tool
+    version, and each source file's relative path and size plus the SHA-1s the probe already
+    computed. (uuid5, RFC 4122 §4.3: a name-based UUID.)
+    """
+    from posdir2ometiff import __version__
+
+    nil = ome_xml(build_ome(spec, job.meta, file_name=file_name,
+                            uuid=f"urn:uuid:{uuid_mod.UUID(int=0)}"))
+    h = hashlib.sha1()
+    for part in (__version__, nil, job.tile, job.compression, job.pyramid):
+        h.update(f"{part}\0".encode("utf-8", "surrogateescape"))
+    for key in sorted(job.layout.files, key=lambda k: (k.t, k.c, k.z)):
+        path = job.layout.files[key]
+        cached = probe.cache.get(key)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = -1  # read_plane reports the unreadable file when its turn comes
+        h.update(f"{key.t},{key.c},{key.z},{relative(path, job.src)},{size},"
+                 f"{cached[2] if cached else ''}\0".encode("utf-8", "surrogateescape"))
+    return f"urn:uuid:{uuid_mod.uuid5(_UUID_NS, h.hexdigest())}"
+
+
 def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None = None) -> dict:
     """Convert one position; return its manifest entry. Raises ConversionError/WriterError."""
     layout = job.layout
@@ -72,7 +107,7 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
         t_numbers=list(layout.t_values),
     )
     output = job.out / f"{layout.name}{OUTPUT_SUFFIX}"
-    file_uuid = f"urn:uuid:{uuid_mod.uuid4()}"
+    file_uuid = _derived_uuid(job, spec, output.name, probe)
     xml = ome_xml(build_ome(spec, job.meta, file_name=output.name, uuid=file_uuid))
 
     sources: list[dict] = []

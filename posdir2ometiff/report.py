@@ -20,7 +20,6 @@ import html
 import json
 import logging
 import math
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Any
 
 import imagecodecs
 import numpy as np
+
+from posdir2ometiff.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +106,8 @@ class PreviewCollector:
         folder = Path(out) / PREVIEW_DIR
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{position}.json"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        tmp.write_text(json.dumps(self.result()), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        # Unique temporary, fsync, rename; a full disk names the file (atomic.py).
+        return write_text_atomic(path, json.dumps(self.result()))
 
 
 def load_previews(out: Path, position: str) -> dict[str, Any] | None:
@@ -380,12 +379,6 @@ def write_report(out: Path, manifest: dict[str, Any]) -> Path:
         if entry.get("status") == "ok" and entry.get("output") and (out / entry["output"]).is_file()
     }
     path = out / REPORT_NAME
-    tmp = path.with_name(f".{REPORT_NAME}.{os.getpid()}.partial")
-    try:
-        tmp.write_text(render_report(manifest, previews, ome), encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, render_report(manifest, previews, ome))  # atomic.py
     logger.info("report: %s", path)
     return path

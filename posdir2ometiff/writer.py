@@ -37,7 +37,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ import numpy as np
 import tifffile
 
 from posdir2ometiff.ahead import map_ahead
+from posdir2ometiff.atomic import commit_temporary, write_error
 from posdir2ometiff.hashfile import HashingFile
 
 logger = logging.getLogger(__name__)
@@ -162,10 +162,11 @@ def write_ometiff_file(
 
     ``planes`` is consumed lazily, in the IFD order the OME-XML describes. The file appears at
     ``path`` only when complete (written to :func:`partial_name` and renamed); on any error the
-    partial file is removed and the error re-raised. ``on_plane(i)`` is called after each plane
-    (progress). ``threads``: tiles of a plane compressed in parallel. ``on_level(i, level)``
-    gets plane i's smallest pyramid level (the plane itself without a pyramid) as it is written,
-    so previews cost no second read (report.py).
+    partial file is removed and the error re-raised (an ``OSError`` such as a full disk as
+    ``AtomicWriteError`` naming ``path``). ``on_plane(i)`` is called after each plane
+    (progress). ``threads``: tiles of a plane compressed in parallel. ``on_level(i, level)`` gets
+    plane i's smallest pyramid level (the plane itself without a pyramid) as it is written, so
+    previews cost no second read (report.py).
     """
     if tile % 16 or tile <= 0:
         raise WriterError(f"--tile must be a positive multiple of 16, not {tile}")
@@ -250,7 +251,10 @@ def write_ometiff_file(
         if fh.stale:
             logger.debug("%s: hashed by reading it back", path)
         result = Written(levels=levels, sha1=fh.sha1(), size=fh.size)
-        os.replace(partial, path)
+        commit_temporary(partial, path)  # fsync, rename, fsync the folder (atomic.py)
+    except OSError as exc:  # a full disk (ENOSPC at a write or at the final flush), EIO
+        partial.unlink(missing_ok=True)
+        raise write_error(exc, path) from exc
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

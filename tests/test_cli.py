@@ -96,8 +96,9 @@ def test_bad_arguments_exit_2(tmp_path: Path, capsys) -> None:
             main(argv)
         assert exc.value.code == 2
     capsys.readouterr()
-    assert main([str(tmp_path), "-o", str(tmp_path / "o"), "--tile", "100"]) == 1
-    assert "multiple of 16" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a range error is a usage error (issue #14)
+        main([str(tmp_path), "-o", str(tmp_path / "o"), "--tile", "100"])
+    assert exc.value.code == 2 and "multiple of 16" in capsys.readouterr().err
 
 
 def test_demo_subcommand_and_module_entry_point(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import datetime as dt
 import difflib
 import json
 import logging
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,77 @@ def _as_text(item: dict[str, Any], key: str) -> dict[str, Any]:
     return {**item, key: _text(item[key])} if key in item else item
 
 
+#: A sidecar is a few KB of hand-written text; anything this big is not one.
+MAX_SIDECAR_BYTES = 4 * 1024 * 1024
+#: Nodes of the document with every alias expanded. A real sidecar has a few hundred; the
+#: "billion laughs" alias bomb (nine levels of nine aliases) has 10**9.
+MAX_EXPANDED_NODES = 100_000
+
+
+class _TooLarge(Exception):
+    """The YAML document would expand beyond :data:`MAX_EXPANDED_NODES` (an alias bomb)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that counts the document's nodes *with aliases expanded* before
+    constructing it, and refuses an alias bomb in time linear in the file's size.
+
+    PyYAML itself shares an aliased node (``*a`` is the same object as ``&a``), so loading is
+    cheap; the blow-up comes when the data is walked (schema validation, copying), which is why
+    the count is taken on the composed node graph (PyYAML ``composer.py``: ``compose_node``
+    returns ``self.anchors[anchor]`` for an alias) before anything walks it.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _expanded_size(node, {}, set())
+        return super().construct_document(node)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], active: set[int]) -> int:
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise _TooLarge("an alias refers to itself (a recursive structure); refused")
+    active.add(key)
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    else:
+        children = []
+    size = 1 + sum(_expanded_size(child, memo, active) for child in children)
+    active.discard(key)
+    if size > MAX_EXPANDED_NODES:
+        raise _TooLarge(
+            f"expands to more than {MAX_EXPANDED_NODES} values through its aliases "
+            "(an alias bomb?); refused"
+        )
+    memo[key] = size
+    return size
+
+
+def _refuse_non_finite(data: Any, path: Path, where: tuple = ()) -> None:
+    """YAML has ``.inf`` and ``.nan``; no size, interval or wavelength can be either."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise MetadataError(f"{path}: {_json_path(where)}: {data} is not a finite number")
+    if isinstance(data, dict):
+        for k, v in data.items():
+            _refuse_non_finite(v, path, (*where, k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            _refuse_non_finite(v, path, (*where, i))
+
+
+def _iso_datetime(text: str, path: Path) -> dt.datetime:
+    """``acquisition_start`` passes the schema's pattern but may still be impossible
+    (2018-02-30, hour 25)."""
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise MetadataError(f"{path}: acquisition_start: {text!r} is not a date ({exc})") from None
+
+
 def parse_sidecar(path: Path) -> ExperimentMetadata:
     """Read and validate one sidecar file into the model."""
     path = Path(path)
@@ -134,8 +206,12 @@ def parse_sidecar(path: Path) -> ExperimentMetadata:
         raw = path.read_bytes()
     except OSError as exc:
         raise MetadataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_SIDECAR_BYTES:
+        raise MetadataError(
+            f"{path}: {len(raw)} bytes; a sidecar is at most {MAX_SIDECAR_BYTES} bytes"
+        )
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
+        data = yaml.load(raw.decode("utf-8"), Loader=_BoundedLoader)  # a SafeLoader subclass
     except UnicodeDecodeError as exc:
         raise MetadataError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     except yaml.YAMLError as exc:
@@ -143,9 +219,16 @@ def parse_sidecar(path: Path) -> ExperimentMetadata:
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise MetadataError(f"{path}{where}: invalid YAML: {problem}") from exc
+    except _TooLarge as exc:
+        raise MetadataError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise MetadataError(f"{path}: nested too deeply to be an experiment description") from None
+    except ValueError as exc:  # an impossible date such as 2018-02-30 (YAML's timestamp type)
+        raise MetadataError(f"{path}: invalid value: {exc}") from None
     if data is None:
         data = {}
     data = _plain(data)
+    _refuse_non_finite(data, path)
     validate(data, path)
 
     obj = data.get("objective", {})
@@ -173,7 +256,7 @@ def parse_sidecar(path: Path) -> ExperimentMetadata:
         if time
         else None,
         positions=[StagePosition(**_as_text(p, "group")) for p in data.get("positions", [])],
-        acquisition_start=dt.datetime.fromisoformat(start) if start else None,
+        acquisition_start=_iso_datetime(start, path) if start else None,
         microscope=data.get("microscope"),
         objective=obj.get("name"),
         objective_magnification=obj.get("magnification"),

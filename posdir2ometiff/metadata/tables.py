@@ -9,6 +9,7 @@ name and renamed when complete, so a crash never leaves a half-written file unde
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -16,7 +17,9 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
+import tables
 
+from posdir2ometiff.atomic import AtomicWriteError, atomic_path
 from posdir2ometiff.metadata.model import ExperimentMetadata
 
 log = logging.getLogger(__name__)
@@ -87,28 +90,81 @@ def write_tables(meta: ExperimentMetadata, path: Path) -> list[str]:
     if not frames:
         return []
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with warnings.catch_warnings():
-            # Column names such as "Z sect." are kept as the lab wrote them; PyTables only warns
-            # that they cannot be used as Python attributes, which we never do.
-            warnings.filterwarnings("ignore", category=Warning, module="tables")
+    # Unique temporary, fsync, rename (atomic.py). HDF5 reports a full disk as HDF5ExtError, or
+    # not at all (see _check_written), never as OSError: either becomes one line naming the file.
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # Column names such as "Z sect." are kept as the lab wrote them; PyTables only warns
+        # that they cannot be used as Python attributes, which we never do.
+        warnings.filterwarnings("ignore", category=Warning, module="tables")
+        written = {node: _for_hdf(df) for node, df in frames.items()}
+        try:
             with pd.HDFStore(tmp, mode="w", complevel=5, complib="zlib") as store:
-                for node, df in frames.items():
-                    store.put(
-                        node, _for_hdf(df), format="table", encoding="utf-8", track_times=False
-                    )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+                for node, df in written.items():
+                    # No timestamps and no PyTables index (its arrays carry creation times):
+                    # the same tables give a byte-identical file, so a re-conversion's tables
+                    # are recognised by SHA-1 in OMERO instead of attached again (issue #14).
+                    store.put(node, df, format="table", encoding="utf-8", track_times=False,
+                              index=False)
+            _check_written(tmp, written)
+        except (tables.HDF5ExtError, ValueError, KeyError) as exc:
+            raise AtomicWriteError(errno.EIO, f"{path}: cannot be written ({_hdf5_reason(exc)})"
+                                   ) from None
     return list(frames)
 
 
+def _check_written(tmp: Path, written: dict[str, pd.DataFrame]) -> None:
+    """Read the closed file back and compare it with what was put.
+
+    Measured on a full tmpfs: HDF5's metadata-cache flush at close can fail without any error
+    reaching Python, leaving a sparse file of the right size whose blocks were never written.
+    Only reading it back shows that; the tables are small (kilobytes), so this is cheap.
+    """
+    if os.stat(tmp).st_size == 0:
+        raise ValueError("the file is empty after writing")
+    with pd.HDFStore(tmp, mode="r") as store:
+        for node, df in written.items():
+            back = store.get(node).reset_index(drop=True)
+            if back.shape != df.shape or list(back.columns) != list(df.columns):
+                raise ValueError(f"table {node!r} reads back with another shape")
+            # Numbers must come back exactly (never-written blocks read as zeros). Strings are
+            # not compared: HDF5's fixed-width strings legitimately drop NUL bytes.
+            numeric = [c for c in df.columns if df[c].dtype.kind in "biufM"]
+            if numeric and not back[numeric].equals(df[numeric]):
+                raise ValueError(f"table {node!r} reads back different from what was written")
+
+
+def _hdf5_reason(exc: BaseException) -> str:
+    """One line for an HDF5 error: PyTables puts HDF5's whole back trace into the message
+    ("HDF5 error back trace / File "H5F.c", line 827 ... / End of HDF5 error back trace"); the
+    innermost cause (e.g. "file signature not found") is the last line before its end."""
+    text = str(exc)
+    if "No space left" in text or "ENOSPC" in text:
+        return "No space left on device"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "End of HDF5 error back trace" in lines:
+        trace = lines[: lines.index("End of HDF5 error back trace")]
+        causes = [ln for ln in trace if not ln.startswith("File ") and "back trace" not in ln]
+        if causes:
+            return causes[-1]
+    return lines[0] if lines else type(exc).__name__
+
+
+class TablesReadError(ValueError):
+    """An HDF5 file that cannot be read as our tables; the message is one line naming it."""
+
+
 def read_tables(path: Path) -> dict[str, pd.DataFrame]:
-    """Read back every table written by :func:`write_tables`, by node name."""
-    with pd.HDFStore(Path(path), mode="r") as store:
-        return {key.lstrip("/"): store.get(key) for key in store}
+    """Read back every table written by :func:`write_tables`, by node name.
+
+    A file that is not HDF5, truncated, or holds nodes pandas cannot read raises
+    :class:`TablesReadError` with one line, not HDF5's multi-line back trace.
+    """
+    try:
+        with pd.HDFStore(Path(path), mode="r") as store:
+            return {key.lstrip("/"): store.get(key) for key in store}
+    except (tables.HDF5ExtError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TablesReadError(f"{path}: not readable as HDF5 tables ({_hdf5_reason(exc)})"
+                              ) from None
 
 
-__all__ = ["PLANE_TIMES", "plane_times_frame", "read_tables", "write_tables"]
+__all__ = ["PLANE_TIMES", "TablesReadError", "plane_times_frame", "read_tables", "write_tables"]

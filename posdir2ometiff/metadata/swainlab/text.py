@@ -189,16 +189,50 @@ def _read_text_lines(path: Path) -> list[str]:
 
 
 def _iter_lines(fh: BinaryIO, warn: _Warner) -> Iterator[tuple[int, str]]:
-    """Decoded, stripped lines; reads at most MAX_LINE_BYTES at a time so memory stays bounded."""
+    """Decoded, stripped lines; reads at most MAX_LINE_BYTES at a time so memory stays bounded.
+
+    Lines end with LF (or CRLF, CR-CR-LF); a file with no LF at all in its first block but CRs
+    (old Mac line ends) is split on CR instead, so it is read like any other, not as one line.
+    """
+    head = fh.read(MAX_LINE_BYTES)
+    fh.seek(0)
+    cr_only = b"\r" in head and b"\n" not in head
+    read_line = _cr_reader(fh) if cr_only else fh.readline
+    end = b"\r" if cr_only else b"\n"
     lineno = 0
     while True:
-        raw = fh.readline(MAX_LINE_BYTES)
+        raw = read_line(MAX_LINE_BYTES)
         if not raw:
             return
         lineno += 1
-        if len(raw) == MAX_LINE_BYTES and not raw.endswith(b"\n"):
-            while (more := fh.readline(MAX_LINE_BYTES)) and not more.endswith(b"\n"):
+        if len(raw) == MAX_LINE_BYTES and not raw.endswith(end):
+            while (more := read_line(MAX_LINE_BYTES)) and not more.endswith(end):
                 pass
             warn(lineno, f"line longer than {MAX_LINE_BYTES} bytes cut")
         # A lone CR inside a line (CR-CR-LF ends) is line-end noise, not content.
         yield lineno, _decode(raw).replace("\r", " ").strip()
+
+
+def _cr_reader(fh: BinaryIO, chunk: int = 1 << 20):
+    """``readline(limit)`` for CR-terminated lines over a binary file, in bounded memory."""
+    buf = bytearray()
+
+    def read_line(limit: int) -> bytes:
+        while True:
+            cut = buf.find(b"\r", 0, limit)
+            if cut >= 0:
+                line = bytes(buf[: cut + 1])
+                del buf[: cut + 1]
+                return line
+            if len(buf) >= limit:
+                line = bytes(buf[:limit])
+                del buf[:limit]
+                return line
+            more = fh.read(chunk)
+            if not more:
+                line = bytes(buf)
+                buf.clear()
+                return line
+            buf.extend(more)
+
+    return read_line
