@@ -191,6 +191,17 @@ def test_user_specified_pixels_do_not_override_the_file(server: Any, tmp_path: P
         assert desc.getPhysicalSizeZ().getValue() == pytest.approx(3.0)
 
 
+def test_version_is_the_release_that_shipped_its_bioformats(server: Any) -> None:
+    """By default the stand-in plays a Bio-Formats that reads zstd (7.0 or later), so it says
+    OMERO 5.6.9, the first release that shipped one, in ``getVersion`` and ``omero.version``
+    alike; a client deciding from the version (omero_push's zstd check) then imports."""
+    with session(server) as (client, sf):
+        config = sf.getConfigService()
+        version = config.getVersion()
+        assert version.startswith("5.6.9-") and version.endswith("-standin")
+        assert config.getConfigValue("omero.version") == version
+
+
 def test_old_bioformats_fails_zstd_pixel_data_leaving_the_images(
     omero_server_factory: Any, tmp_path: Path
 ) -> None:
@@ -208,6 +219,8 @@ def test_old_bioformats_fails_zstd_pixel_data_leaving_the_images(
     write_ome_tiff(zstd, data, ["c0"], [], compression="zstd")
     write_ome_tiff(zlib, data, ["c0"], [], compression="zlib")
     with session(old) as (client, sf):
+        # It says the release that shipped such a Bio-Formats, so clients can tell beforehand.
+        assert sf.getConfigService().getVersion().startswith("5.6.8-")
         rsp, status, steps = _import_with_steps(client, zstd)
         assert isinstance(rsp, omero.cmd.ERR), rsp
         assert rsp.category == "::omero::grid::ImportRequest"

@@ -135,20 +135,6 @@ def counts(sf: Any) -> dict[str, int]:
     return {k: len(q.findAll(k, None)) for k in kinds}
 
 
-def reads_zstd(monkeypatch: pytest.MonkeyPatch, server: Any) -> None:
-    """Make the push see OMERO 5.6.9, the version that goes with the stand-in's Bio-Formats.
-
-    The stand-in answers ``IConfig.getVersion`` with "5.6.0-standin" whatever Bio-Formats it
-    plays (its README), and by default it plays one that decodes zstd; the push's own check
-    (``imports.check_server_reads``) would otherwise refuse every zstd import.  A real server
-    (tests/test_omero_real.py) is asked as it is.
-    """
-    from omero_push import imports
-
-    if not getattr(server, "real", False):
-        monkeypatch.setattr(imports, "server_version", lambda session: (5, 6, 9))
-
-
 def push_kw(server: Any, **kw: Any) -> dict[str, Any]:
     base = dict(
         server=host_url(server),
@@ -185,7 +171,6 @@ def test_sample_convert_and_push_reads_back_equal(
     pytest.importorskip("posdir2ometiff.convert")
     ds = f"sample-{mode}"
     monkeypatch.setenv("OMERO_PASSWORD", omero_server.password)
-    reads_zstd(monkeypatch, omero_server)  # the converter's default compression is zstd
     rc = cli.main(
         [
             str(swainlab_sample),
@@ -1154,7 +1139,6 @@ def test_password_absent_from_manifest_logs_and_server(
     (annotations, descriptions, upload job — the stand-in's whole store is searched)."""
     server = omero_server_factory(password=SENTINEL)
     monkeypatch.setenv("OMERO_PASSWORD", SENTINEL)
-    reads_zstd(monkeypatch, server)  # the converter's default compression is zstd
     caplog.set_level("DEBUG")
     rc = cli.main(
         [
@@ -1342,10 +1326,13 @@ def test_failed_import_is_cleaned_up_and_redone(
     without zstd fails the pixel-data step, here on a server that claims 5.6.9) gets no receipt;
     the re-run deletes those images and imports the file again, to complete images with
     statistics."""
+    from omero_push import imports
     from omero_push.errors import ServerError
 
     server = omero_server_factory(bioformats_version="6.10")
-    reads_zstd(monkeypatch, server)
+    # The stand-in says 5.6.8 with this Bio-Formats; this test needs the server that claims
+    # 5.6.9 and still fails the pixel-data step, so the push's version check is told 5.6.9.
+    monkeypatch.setattr(imports, "server_version", lambda session: (5, 6, 9))
     f = tmp_path / "z.ome.tiff"
     data = make_ome_tiff(f, name="z", compression="zstd")
     kw = push_kw(server, dataset="failed-import", mode="import", retries=0)
@@ -1424,13 +1411,15 @@ def test_push_sends_upper_case_checksum_in_lower_case(omero_server: Any, tmp_pat
 
 
 def test_zstd_import_on_an_old_server_stops_before_uploading(
-    omero_server: Any, tmp_path: Path
+    omero_server_factory: Any, tmp_path: Path
 ) -> None:
     """Before importing a zstd-compressed file the push reads the server's version
-    (IConfig.getVersion): the stand-in says 5.6.0, older than 5.6.9, so the push stops with one
-    line naming the fix, and nothing reaches the server; pixels mode (which decodes locally)
-    pushes the same file."""
+    (IConfig.getVersion): a stand-in playing Bio-Formats 6.10 says 5.6.8, older than 5.6.9, so
+    the push stops with one line naming the fix, and nothing reaches the server; pixels mode
+    (which decodes locally) pushes the same file."""
     from omero_push.errors import ServerError
+
+    omero_server = omero_server_factory(bioformats_version="6.10")
 
     f = tmp_path / "z.ome.tiff"
     make_ome_tiff(f, name="z", compression="zstd")
@@ -1438,7 +1427,7 @@ def test_zstd_import_on_an_old_server_stops_before_uploading(
     with pytest.raises(ServerError) as err:
         push([f], mode="import", **kw)
     msg = str(err.value)
-    assert "\n" not in msg and "z.ome.tiff: zstd-compressed, which OMERO 5.6.0 cannot read" in msg
+    assert "\n" not in msg and "z.ome.tiff: zstd-compressed, which OMERO 5.6.8 cannot read" in msg
     assert "posdir2ometiff --compression zlib" in msg and "--mode pixels" in msg
     with reader(omero_server) as sf:
         assert sf.getQueryService().findAll("Fileset", None) == []

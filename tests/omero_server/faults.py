@@ -20,6 +20,9 @@ import Ice
 
 log = logging.getLogger(__name__)
 
+#: The first Bio-Formats that decodes zstd-compressed TIFF (compression 50000).
+ZSTD_BIOFORMATS = (7, 0)
+
 
 @dataclass
 class Faults:
@@ -44,6 +47,18 @@ class Faults:
     pixel_writes: int = 0
     dropped: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def omero_version(self) -> str:
+        """The OMERO.server release that shipped this Bio-Formats, as ``IConfig.getVersion`` says it.
+
+        Why: clients (omero_push's ``imports.check_server_reads``) decide from the server's
+        version whether it reads zstd TIFFs, so the version must agree with what the import
+        then does. OMERO.server 5.6.9 (September 2023) is the first to ship Bio-Formats 7.0,
+        the first to decode TIFF compression 50000 (zstd); 5.6.8 shipped Bio-Formats 6.x.
+        """
+        if self.bioformats_version is not None and self.bioformats_version < ZSTD_BIOFORMATS:
+            return "5.6.8-ice36-standin"
+        return "5.6.9-ice36-standin"
 
     def delay(self) -> None:
         """Sleep ``delay_ms`` (called by servants before they answer)."""
