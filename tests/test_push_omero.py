@@ -1358,6 +1358,56 @@ def test_failed_import_is_cleaned_up_and_redone(
         assert np.array_equal(got, data[1, 1, 1])
 
 
+def test_rerun_waits_for_an_import_still_running_on_the_server(
+    omero_server_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push that stopped waiting while the server still imports (each step held 2 s) leaves
+    images the import saved but has not finished; the re-run, in a new session, finds that
+    import with ``ManagedRepository.listImports`` (strict stand-in, as ome/omero-blitz
+    ``ManagedRepositoryI.listImports``), waits for it and completes those images: it never
+    deletes them or their fileset under the running import, and never imports twice."""
+    import functools
+
+    from omero_push import upload
+    from omero_push.errors import ServerError
+
+    server = omero_server_factory(import_step_ms=2000)
+    f = tmp_path / "slow.ome.tiff"
+    data = make_ome_tiff(f, name="slow")
+    kw = push_kw(server, dataset="slow-import", mode="import", retries=0)
+    wait_for = upload.wait_for
+    # The first push gives up waiting at once, as one killed or capped after verifyUpload.
+    monkeypatch.setattr(upload, "wait_for", functools.partial(wait_for, cap_s=0.0, poll_s=0.1))
+    with pytest.raises(ServerError, match="still importing"):
+        push([f], **kw)
+    monkeypatch.setattr(upload, "wait_for", wait_for)
+    with reader(server) as sf:
+        q = sf.getQueryService()
+        for _ in range(100):  # the metadata step (held 2 s) saves the images
+            half = q.findAll("Image", None)
+            if half:
+                break
+            time.sleep(0.1)
+        (half,) = half
+        (fileset,) = q.findAll("Fileset", None)
+        assert _v(half.getDescription()).startswith(PENDING_PREFIX)
+        (loaded,) = sf.getContainerService().getImages("Image", [_v(half.getId())], None)
+        desc = sf.getPixelsService().retrievePixDescription(_v(loaded.getPrimaryPixels().getId()))
+        assert desc.copyChannels()[0].getStatsInfo() is None  # the pixel-data step is to come
+    result = push([f], **kw)  # four more steps of 2 s are still to run on the server
+    assert [r.status for r in result.images] == ["resumed"]
+    assert result.image_ids == [_v(half.getId())]
+    with reader(server) as sf:
+        q = sf.getQueryService()
+        assert [_v(x.getId()) for x in q.findAll("Fileset", None)] == [_v(fileset.getId())]
+        (image,) = sf.getContainerService().getImages("Image", [_v(half.getId())], None)
+        pid = _v(image.getPrimaryPixels().getId())
+        desc = sf.getPixelsService().retrievePixDescription(pid)
+        assert all(ch.getStatsInfo() is not None for ch in desc.copyChannels())
+        got = read_plane(sf, pid, 0, 0, 0, data.dtype, data.shape[-2:])
+        assert np.array_equal(got, data[0, 0, 0])
+
+
 # --- exact names, never substrings ----------------------------------------------------------------
 
 

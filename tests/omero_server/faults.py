@@ -38,12 +38,15 @@ class Faults:
     bioformats_version: the Bio-Formats the server pretends to run, e.g. (6, 10); below 7.0
         an import's pixel-data step fails on zstd-compressed TIFFs, as on OMERO before 5.6.9.
         None: a current one.
+    import_step_ms: every step of a background import waits this long before it runs, so a
+        test can catch an import still running (``ManagedRepository.listImports``).
     """
 
     drop_after_pixel_writes: int | None = None
     delay_ms: int = 0
     tables_enabled: bool = True
     bioformats_version: tuple[int, ...] | None = None
+    import_step_ms: int = 0
     pixel_writes: int = 0
     dropped: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -59,6 +62,11 @@ class Faults:
         if self.bioformats_version is not None and self.bioformats_version < ZSTD_BIOFORMATS:
             return "5.6.8-ice36-standin"
         return "5.6.9-ice36-standin"
+
+    def import_step(self) -> None:
+        """Sleep ``import_step_ms`` (called by the import worker before each step)."""
+        if self.import_step_ms > 0:
+            time.sleep(self.import_step_ms / 1000.0)
 
     def delay(self) -> None:
         """Sleep ``delay_ms`` (called by servants before they answer)."""
