@@ -1408,6 +1408,66 @@ def test_rerun_waits_for_an_import_still_running_on_the_server(
         assert np.array_equal(got, data[0, 0, 0])
 
 
+# --- another user's tag: reused where the group lets us annotate, else our own ----------------
+
+
+def _glucose_tags(server: Any) -> dict[int, int]:
+    """Every "glucose" tag on the server (all groups, as the admin): id -> owner id."""
+    import omero.sys
+
+    with reader(server) as sf:
+        params = omero.sys.ParametersI()
+        params.addString("t", "glucose")
+        found = sf.getQueryService().findAllByQuery(
+            "select t from TagAnnotation t where t.textValue = :t", params, {"omero.group": "-1"}
+        )
+        return {_v(t.getId()): _v(t.getDetails().getOwner().getId()) for t in found}
+
+
+@pytest.mark.parametrize("mode", ["pixels", "import"])
+@pytest.mark.parametrize(
+    ("perms", "shared"), [("rwra--", True), ("rwr---", False)], ids=["read-annotate", "read-only"]
+)
+def test_another_users_tag_is_reused_only_where_the_group_lets_us_annotate(
+    omero_server_factory: Any, tmp_path: Path, perms: str, shared: bool, mode: str
+) -> None:
+    """User A pushes with tag "glucose", then user B of the same group pushes with it too. In a
+    read-annotate group B's images link A's tag (no second "glucose"); in a read-only group B
+    may not link A's tag (OMERO: SecurityViolation, strict stand-in as ome/omero-server
+    ``OmeroInterceptor``), so B's push makes and links B's own tag, and succeeds."""
+    server = omero_server_factory()
+    gid = server.new_group(perms)
+    uid = {name: server.new_user(name, [gid]) for name in ("ann", "bob")}
+    results = {}
+    for name in ("ann", "bob"):
+        f = tmp_path / name / "p.ome.tiff"
+        f.parent.mkdir()
+        make_ome_tiff(f, name=f"{name}-image", tags=["glucose"])
+        kw = push_kw(server, user=name, password=name, dataset=f"{name}-ds", mode=mode)
+        results[name] = push([f], **kw)
+    # tags_created counts tags the push saved; an import's tag is made by the server instead
+    created = {n: r.tags_created for n, r in results.items()} if mode == "pixels" else None
+    assert created is None or created["ann"] == ["glucose"]
+    tags = _glucose_tags(server)
+    (ann_tag,) = [t for t, owner in tags.items() if owner == uid["ann"]]
+    bob = server.client_as("bob")
+    try:
+        (iid,) = results["bob"].image_ids
+        anns = annotations_of(bob.getSession(), "Image", iid)
+        linked = [_v(a.getId()) for a in anns if isinstance(a, omero.model.TagAnnotation)]
+    finally:
+        bob.closeSession()
+    if shared:
+        assert created is None or created["bob"] == []
+        assert tags == {ann_tag: uid["ann"]}
+        assert linked == [ann_tag]
+    else:
+        assert created is None or created["bob"] == ["glucose"]
+        (bob_tag,) = [t for t, owner in tags.items() if owner == uid["bob"]]
+        assert sorted(tags) == sorted([ann_tag, bob_tag])
+        assert linked == [bob_tag]
+
+
 # --- exact names, never substrings ----------------------------------------------------------------
 
 
