@@ -57,7 +57,10 @@ class Faults:
         Why: clients (omero_push's ``imports.check_server_reads``) decide from the server's
         version whether it reads zstd TIFFs, so the version must agree with what the import
         then does. OMERO.server 5.6.9 (September 2023) is the first to ship Bio-Formats 7.0,
-        the first to decode TIFF compression 50000 (zstd); 5.6.8 shipped Bio-Formats 6.x.
+        taken as the first to decode TIFF compression 50000 (zstd); 5.6.8 shipped 6.14.0.
+        Source: ome/omero-server ``build.gradle`` at v5.6.9 takes omero-common(-test) 5.6.3,
+        which takes omero-model 5.6.12, whose ``build.gradle`` has ``ome:formats-gpl:7.0.0``
+        (v5.6.8 → 5.6.2 → omero-model 5.6.11 → ``formats-gpl:6.14.0``).
         """
         if self.bioformats_version is not None and self.bioformats_version < ZSTD_BIOFORMATS:
             return "5.6.8-ice36-standin"
