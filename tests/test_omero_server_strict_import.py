@@ -191,6 +191,70 @@ def test_user_specified_pixels_do_not_override_the_file(server: Any, tmp_path: P
         assert desc.getPhysicalSizeZ().getValue() == pytest.approx(3.0)
 
 
+def _listed_filesets(client: Any) -> dict[int, Any]:
+    """fileset id -> handle (None before verifyUpload) of what listImports shows *client*."""
+    out: dict[int, Any] = {}
+    for proc in client.getManagedRepository().listImports():
+        handle = proc.getHandle()
+        fid = handle.getRequest().activity.getParent().getId().getValue() if handle else -1
+        out[fid] = handle
+    return out
+
+
+def test_list_imports_shows_running_imports_to_their_user_only(
+    omero_server_factory: Any, tmp_path: Path
+) -> None:
+    """``ManagedRepository.listImports`` (ome/omero-blitz ``ManagedRepositoryI.listImports``):
+    an upload not yet verified is listed without a handle; an import still running is listed,
+    with a handle whose request names its fileset, to a new session of the same user after
+    the importing client left; not to another user of a private group (the fileset is not
+    theirs to edit); no longer once it finished."""
+    srv = omero_server_factory(import_step_ms=1000)
+    gid = srv.new_group("rw----")
+    srv.new_user("ann", [gid])
+    srv.new_user("bob", [gid])
+    f = tmp_path / "held.ome.tiff"
+    write_ome_tiff(f, random_stack((1, 1, 1, 8, 8), "uint8", seed=5), ["c0"], [])
+    ann = srv.client_as("ann")
+    fileset = omero.model.FilesetI()
+    entry = omero.model.FilesetEntryI()
+    entry.setClientPath(rstring(str(f.resolve())))
+    fileset.addFilesetEntry(entry)
+    opts = omero.grid.ImportSettings()
+    opts.checksumAlgorithm = omero.model.ChecksumAlgorithmI()
+    opts.checksumAlgorithm.value = rstring("SHA1-160")
+    proc = ann.getManagedRepository().importFileset(fileset, opts)
+    assert _listed_filesets(ann) == {-1: None}  # uploading: no handle yet
+    rfs = proc.getUploader(0)
+    rfs.write(f.read_bytes(), 0, f.stat().st_size)
+    rfs.close()
+    handle = proc.verifyUpload([ann.sha1(str(f))])
+    fid = handle.getRequest().activity.getParent().getId().getValue()
+    ann.closeSession()  # the client leaves; the server goes on importing (5 steps of 1 s)
+    ann2, bob = srv.client_as("ann"), srv.client_as("bob")
+    try:
+        listed = _listed_filesets(ann2)
+        assert list(listed) == [fid] and listed[fid].getResponse() is None
+        assert _listed_filesets(bob) == {}
+        _wait_for(lambda: listed[fid].getResponse() is not None, 30)
+        assert isinstance(listed[fid].getResponse(), omero.grid.ImportResponse)
+        assert _listed_filesets(ann2) == {}
+    finally:
+        ann2.closeSession()
+        bob.closeSession()
+
+
+def test_version_is_the_release_that_shipped_its_bioformats(server: Any) -> None:
+    """By default the stand-in plays a Bio-Formats that reads zstd (7.0 or later), so it says
+    OMERO 5.6.9, the first release that shipped one, in ``getVersion`` and ``omero.version``
+    alike; a client deciding from the version (omero_push's zstd check) then imports."""
+    with session(server) as (client, sf):
+        config = sf.getConfigService()
+        version = config.getVersion()
+        assert version.startswith("5.6.9-") and version.endswith("-standin")
+        assert config.getConfigValue("omero.version") == version
+
+
 def test_old_bioformats_fails_zstd_pixel_data_leaving_the_images(
     omero_server_factory: Any, tmp_path: Path
 ) -> None:
@@ -208,6 +272,8 @@ def test_old_bioformats_fails_zstd_pixel_data_leaving_the_images(
     write_ome_tiff(zstd, data, ["c0"], [], compression="zstd")
     write_ome_tiff(zlib, data, ["c0"], [], compression="zlib")
     with session(old) as (client, sf):
+        # It says the release that shipped such a Bio-Formats, so clients can tell beforehand.
+        assert sf.getConfigService().getVersion().startswith("5.6.8-")
         rsp, status, steps = _import_with_steps(client, zstd)
         assert isinstance(rsp, omero.cmd.ERR), rsp
         assert rsp.category == "::omero::grid::ImportRequest"

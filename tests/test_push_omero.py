@@ -135,20 +135,6 @@ def counts(sf: Any) -> dict[str, int]:
     return {k: len(q.findAll(k, None)) for k in kinds}
 
 
-def reads_zstd(monkeypatch: pytest.MonkeyPatch, server: Any) -> None:
-    """Make the push see OMERO 5.6.9, the version that goes with the stand-in's Bio-Formats.
-
-    The stand-in answers ``IConfig.getVersion`` with "5.6.0-standin" whatever Bio-Formats it
-    plays (its README), and by default it plays one that decodes zstd; the push's own check
-    (``imports.check_server_reads``) would otherwise refuse every zstd import.  A real server
-    (tests/test_omero_real.py) is asked as it is.
-    """
-    from omero_push import imports
-
-    if not getattr(server, "real", False):
-        monkeypatch.setattr(imports, "server_version", lambda session: (5, 6, 9))
-
-
 def push_kw(server: Any, **kw: Any) -> dict[str, Any]:
     base = dict(
         server=host_url(server),
@@ -185,7 +171,6 @@ def test_sample_convert_and_push_reads_back_equal(
     pytest.importorskip("posdir2ometiff.convert")
     ds = f"sample-{mode}"
     monkeypatch.setenv("OMERO_PASSWORD", omero_server.password)
-    reads_zstd(monkeypatch, omero_server)  # the converter's default compression is zstd
     rc = cli.main(
         [
             str(swainlab_sample),
@@ -1154,7 +1139,6 @@ def test_password_absent_from_manifest_logs_and_server(
     (annotations, descriptions, upload job — the stand-in's whole store is searched)."""
     server = omero_server_factory(password=SENTINEL)
     monkeypatch.setenv("OMERO_PASSWORD", SENTINEL)
-    reads_zstd(monkeypatch, server)  # the converter's default compression is zstd
     caplog.set_level("DEBUG")
     rc = cli.main(
         [
@@ -1342,10 +1326,13 @@ def test_failed_import_is_cleaned_up_and_redone(
     without zstd fails the pixel-data step, here on a server that claims 5.6.9) gets no receipt;
     the re-run deletes those images and imports the file again, to complete images with
     statistics."""
+    from omero_push import imports
     from omero_push.errors import ServerError
 
     server = omero_server_factory(bioformats_version="6.10")
-    reads_zstd(monkeypatch, server)
+    # The stand-in says 5.6.8 with this Bio-Formats; this test needs the server that claims
+    # 5.6.9 and still fails the pixel-data step, so the push's version check is told 5.6.9.
+    monkeypatch.setattr(imports, "server_version", lambda session: (5, 6, 9))
     f = tmp_path / "z.ome.tiff"
     data = make_ome_tiff(f, name="z", compression="zstd")
     kw = push_kw(server, dataset="failed-import", mode="import", retries=0)
@@ -1369,6 +1356,116 @@ def test_failed_import_is_cleaned_up_and_redone(
         assert len(maps_in(annotations_of(sf, "Image", _v(image.getId())), PROVENANCE_NS)) == 1
         got = read_plane(sf, pid, 1, 1, 1, data.dtype, data.shape[-2:])
         assert np.array_equal(got, data[1, 1, 1])
+
+
+def test_rerun_waits_for_an_import_still_running_on_the_server(
+    omero_server_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push that stopped waiting while the server still imports (each step held 2 s) leaves
+    images the import saved but has not finished; the re-run, in a new session, finds that
+    import with ``ManagedRepository.listImports`` (strict stand-in, as ome/omero-blitz
+    ``ManagedRepositoryI.listImports``), waits for it and completes those images: it never
+    deletes them or their fileset under the running import, and never imports twice."""
+    import functools
+
+    from omero_push import upload
+    from omero_push.errors import ServerError
+
+    server = omero_server_factory(import_step_ms=2000)
+    f = tmp_path / "slow.ome.tiff"
+    data = make_ome_tiff(f, name="slow")
+    kw = push_kw(server, dataset="slow-import", mode="import", retries=0)
+    wait_for = upload.wait_for
+    # The first push gives up waiting at once, as one killed or capped after verifyUpload.
+    monkeypatch.setattr(upload, "wait_for", functools.partial(wait_for, cap_s=0.0, poll_s=0.1))
+    with pytest.raises(ServerError, match="still importing"):
+        push([f], **kw)
+    monkeypatch.setattr(upload, "wait_for", wait_for)
+    with reader(server) as sf:
+        q = sf.getQueryService()
+        for _ in range(100):  # the metadata step (held 2 s) saves the images
+            half = q.findAll("Image", None)
+            if half:
+                break
+            time.sleep(0.1)
+        (half,) = half
+        (fileset,) = q.findAll("Fileset", None)
+        assert _v(half.getDescription()).startswith(PENDING_PREFIX)
+        (loaded,) = sf.getContainerService().getImages("Image", [_v(half.getId())], None)
+        desc = sf.getPixelsService().retrievePixDescription(_v(loaded.getPrimaryPixels().getId()))
+        assert desc.copyChannels()[0].getStatsInfo() is None  # the pixel-data step is to come
+    result = push([f], **kw)  # four more steps of 2 s are still to run on the server
+    assert [r.status for r in result.images] == ["resumed"]
+    assert result.image_ids == [_v(half.getId())]
+    with reader(server) as sf:
+        q = sf.getQueryService()
+        assert [_v(x.getId()) for x in q.findAll("Fileset", None)] == [_v(fileset.getId())]
+        (image,) = sf.getContainerService().getImages("Image", [_v(half.getId())], None)
+        pid = _v(image.getPrimaryPixels().getId())
+        desc = sf.getPixelsService().retrievePixDescription(pid)
+        assert all(ch.getStatsInfo() is not None for ch in desc.copyChannels())
+        got = read_plane(sf, pid, 0, 0, 0, data.dtype, data.shape[-2:])
+        assert np.array_equal(got, data[0, 0, 0])
+
+
+# --- another user's tag: reused where the group lets us annotate, else our own ----------------
+
+
+def _glucose_tags(server: Any) -> dict[int, int]:
+    """Every "glucose" tag on the server (all groups, as the admin): id -> owner id."""
+    import omero.sys
+
+    with reader(server) as sf:
+        params = omero.sys.ParametersI()
+        params.addString("t", "glucose")
+        found = sf.getQueryService().findAllByQuery(
+            "select t from TagAnnotation t where t.textValue = :t", params, {"omero.group": "-1"}
+        )
+        return {_v(t.getId()): _v(t.getDetails().getOwner().getId()) for t in found}
+
+
+@pytest.mark.parametrize("mode", ["pixels", "import"])
+@pytest.mark.parametrize(
+    ("perms", "shared"), [("rwra--", True), ("rwr---", False)], ids=["read-annotate", "read-only"]
+)
+def test_another_users_tag_is_reused_only_where_the_group_lets_us_annotate(
+    omero_server_factory: Any, tmp_path: Path, perms: str, shared: bool, mode: str
+) -> None:
+    """User A pushes with tag "glucose", then user B of the same group pushes with it too. In a
+    read-annotate group B's images link A's tag (no second "glucose"); in a read-only group B
+    may not link A's tag (OMERO: SecurityViolation, strict stand-in as ome/omero-server
+    ``OmeroInterceptor``), so B's push makes and links B's own tag, and succeeds."""
+    server = omero_server_factory()
+    gid = server.new_group(perms)
+    uid = {name: server.new_user(name, [gid]) for name in ("ann", "bob")}
+    results = {}
+    for name in ("ann", "bob"):
+        f = tmp_path / name / "p.ome.tiff"
+        f.parent.mkdir()
+        make_ome_tiff(f, name=f"{name}-image", tags=["glucose"])
+        kw = push_kw(server, user=name, password=name, dataset=f"{name}-ds", mode=mode)
+        results[name] = push([f], **kw)
+    # tags_created counts tags the push saved; an import's tag is made by the server instead
+    created = {n: r.tags_created for n, r in results.items()} if mode == "pixels" else None
+    assert created is None or created["ann"] == ["glucose"]
+    tags = _glucose_tags(server)
+    (ann_tag,) = [t for t, owner in tags.items() if owner == uid["ann"]]
+    bob = server.client_as("bob")
+    try:
+        (iid,) = results["bob"].image_ids
+        anns = annotations_of(bob.getSession(), "Image", iid)
+        linked = [_v(a.getId()) for a in anns if isinstance(a, omero.model.TagAnnotation)]
+    finally:
+        bob.closeSession()
+    if shared:
+        assert created is None or created["bob"] == []
+        assert tags == {ann_tag: uid["ann"]}
+        assert linked == [ann_tag]
+    else:
+        assert created is None or created["bob"] == ["glucose"]
+        (bob_tag,) = [t for t, owner in tags.items() if owner == uid["bob"]]
+        assert sorted(tags) == sorted([ann_tag, bob_tag])
+        assert linked == [bob_tag]
 
 
 # --- exact names, never substrings ----------------------------------------------------------------
@@ -1424,13 +1521,15 @@ def test_push_sends_upper_case_checksum_in_lower_case(omero_server: Any, tmp_pat
 
 
 def test_zstd_import_on_an_old_server_stops_before_uploading(
-    omero_server: Any, tmp_path: Path
+    omero_server_factory: Any, tmp_path: Path
 ) -> None:
     """Before importing a zstd-compressed file the push reads the server's version
-    (IConfig.getVersion): the stand-in says 5.6.0, older than 5.6.9, so the push stops with one
-    line naming the fix, and nothing reaches the server; pixels mode (which decodes locally)
-    pushes the same file."""
+    (IConfig.getVersion): a stand-in playing Bio-Formats 6.10 says 5.6.8, older than 5.6.9, so
+    the push stops with one line naming the fix, and nothing reaches the server; pixels mode
+    (which decodes locally) pushes the same file."""
     from omero_push.errors import ServerError
+
+    omero_server = omero_server_factory(bioformats_version="6.10")
 
     f = tmp_path / "z.ome.tiff"
     make_ome_tiff(f, name="z", compression="zstd")
@@ -1438,7 +1537,7 @@ def test_zstd_import_on_an_old_server_stops_before_uploading(
     with pytest.raises(ServerError) as err:
         push([f], mode="import", **kw)
     msg = str(err.value)
-    assert "\n" not in msg and "z.ome.tiff: zstd-compressed, which OMERO 5.6.0 cannot read" in msg
+    assert "\n" not in msg and "z.ome.tiff: zstd-compressed, which OMERO 5.6.8 cannot read" in msg
     assert "posdir2ometiff --compression zlib" in msg and "--mode pixels" in msg
     with reader(omero_server) as sf:
         assert sf.getQueryService().findAll("Fileset", None) == []

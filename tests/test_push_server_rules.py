@@ -1,9 +1,10 @@
 """omero_push against what a real OMERO 5.6 does, checked on the client side (no server).
 
-Where the stand-in (tests/omero_server) does not imitate a behaviour — one user only, so no
-permission restrictions; no ``listImports``; no slow background import — these tests give the
-pusher omero-py model objects and small fakes for the services, and check precisely what it
-sends and decides.  Each cites the OMERO source it follows.
+These tests give the pusher omero-py model objects and small fakes for the services, and check
+precisely what it sends and decides, where a situation is hard to bring about on the stand-in
+(tests/omero_server), which now has users, ``listImports`` and a background import that can
+be held (tests/test_push_omero.py covers those against it).  Each cites the OMERO source it
+follows.
 """
 
 from __future__ import annotations

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-tables", action="store_true", help="OMERO.tables disabled")
     p.add_argument("--bioformats-version", type=_version, default=None, metavar="X.Y",
                    help="pretend this Bio-Formats (below 7.0: imports of zstd TIFFs fail)")
+    p.add_argument("--import-step-ms", type=int, default=0, metavar="N",
+                   help="each step of a background import waits N ms first")
     p.add_argument("--glacier2", action="store_true",
                    help="serve the ports through a real glacier2router (zeroc-glacier2), as OMERO")
     p.add_argument("--session-timeout", type=int, default=None, metavar="S",
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="omero-standin %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     faults = Faults(drop_after_pixel_writes=args.drop_after_pixel_writes, delay_ms=args.delay_ms,
                     tables_enabled=not args.no_tables,
-                    bioformats_version=args.bioformats_version)
+                    bioformats_version=args.bioformats_version,
+                    import_step_ms=args.import_step_ms)
     import Ice  # imported here: argument errors are reported without loading Ice and omero
 
     from .server import serve

@@ -20,6 +20,9 @@ import Ice
 
 log = logging.getLogger(__name__)
 
+#: The first Bio-Formats that decodes zstd-compressed TIFF (compression 50000).
+ZSTD_BIOFORMATS = (7, 0)
+
 
 @dataclass
 class Faults:
@@ -35,15 +38,38 @@ class Faults:
     bioformats_version: the Bio-Formats the server pretends to run, e.g. (6, 10); below 7.0
         an import's pixel-data step fails on zstd-compressed TIFFs, as on OMERO before 5.6.9.
         None: a current one.
+    import_step_ms: every step of a background import waits this long before it runs, so a
+        test can catch an import still running (``ManagedRepository.listImports``).
     """
 
     drop_after_pixel_writes: int | None = None
     delay_ms: int = 0
     tables_enabled: bool = True
     bioformats_version: tuple[int, ...] | None = None
+    import_step_ms: int = 0
     pixel_writes: int = 0
     dropped: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def omero_version(self) -> str:
+        """The OMERO.server release that shipped this Bio-Formats, as ``IConfig.getVersion`` says it.
+
+        Why: clients (omero_push's ``imports.check_server_reads``) decide from the server's
+        version whether it reads zstd TIFFs, so the version must agree with what the import
+        then does. OMERO.server 5.6.9 (September 2023) is the first to ship Bio-Formats 7.0,
+        taken as the first to decode TIFF compression 50000 (zstd); 5.6.8 shipped 6.14.0.
+        Source: ome/omero-server ``build.gradle`` at v5.6.9 takes omero-common(-test) 5.6.3,
+        which takes omero-model 5.6.12, whose ``build.gradle`` has ``ome:formats-gpl:7.0.0``
+        (v5.6.8 → 5.6.2 → omero-model 5.6.11 → ``formats-gpl:6.14.0``).
+        """
+        if self.bioformats_version is not None and self.bioformats_version < ZSTD_BIOFORMATS:
+            return "5.6.8-ice36-standin"
+        return "5.6.9-ice36-standin"
+
+    def import_step(self) -> None:
+        """Sleep ``import_step_ms`` (called by the import worker before each step)."""
+        if self.import_step_ms > 0:
+            time.sleep(self.import_step_ms / 1000.0)
 
     def delay(self) -> None:
         """Sleep ``delay_ms`` (called by servants before they answer)."""

@@ -65,6 +65,7 @@ class StandIn:
     ssl: bool = False
     ssl_port: int | None = None
     bioformats_version: str | None = None
+    import_step_ms: int = 0
     #: None: behind a real glacier2router when it is installed (as OMERO), else direct
     glacier2: bool | None = None
     session_timeout: int | None = None
@@ -90,6 +91,8 @@ class StandIn:
             argv += ["--ssl-port", str(self.ssl_port or 0)]
         if self.bioformats_version:
             argv += ["--bioformats-version", self.bioformats_version]
+        if self.import_step_ms:
+            argv += ["--import-step-ms", str(self.import_step_ms)]
         if self.behind_glacier2:
             argv.append("--glacier2")
         if self.session_timeout:

@@ -246,6 +246,32 @@ class ManagedRepositoryI(omero.grid.ManagedRepository):
         return algo
 
     @remote
+    def listImports(self, current: Ice.Current | None = None) -> list[Any]:
+        """The import processes still alive whose fileset the caller may edit.
+
+        As ome/omero-blitz ``repo/ManagedRepositoryI.listImports``: the processes of the
+        caller's groups (``processes.listProcesses(ec.memberOfGroups)``), keeping those whose
+        Fileset the caller ``canEdit``. A process is listed until its client closes it or its
+        session ends, and while its import still runs (a re-run of the push, in a new
+        session, must see it). A process of another session is returned as a
+        proxy in the caller's session (behind Glacier2 the caller reaches only those).
+        """
+        from .permissions import can_update
+
+        out = []
+        for proc in live_import_processes(self.ctx):
+            flat = self.ctx.store.flat("Fileset", proc.fileset_id)
+            if flat is None:
+                continue
+            gid = flat.getDetails().getGroup().getId().getValue()
+            if gid not in self.session.member_of and not self.session.is_admin:
+                continue
+            if not can_update(self.session, flat):
+                continue
+            out.append(proc.proxy_for(self.session.uuid))
+        return out
+
+    @remote
     def importPaths(self, filePaths: list[str], current: Ice.Current | None = None) -> Any:
         """``importFileset`` with a Fileset built from the paths and default settings."""
         fileset = omero.model.FilesetI()
@@ -308,8 +334,30 @@ class ManagedRepositoryI(omero.grid.ManagedRepository):
         )
         prx = self.ctx.add_servant(proc, self.session.uuid)
         proc.proxy = omero.grid.ImportProcessPrx.uncheckedCast(prx)
+        with self.ctx.lock:
+            self.ctx.import_processes[fileset_id] = proc
         log.info("import of fileset %d started: %s", fileset_id, used)
         return proc.proxy
+
+
+def live_import_processes(ctx: ServerContext) -> list[ImportProcessI]:
+    """The import processes ``listImports`` may show; forgets those that are over.
+
+    Over: their import is not running (never started, or finished) and their client has
+    closed them or its session has ended. A running import is listed until it finishes: its
+    client may close the process or leave (as a push that stops waiting does) while the
+    server goes on importing.
+    """
+    with ctx.lock:
+        procs = list(ctx.import_processes.items())
+    live = []
+    for fileset_id, proc in procs:
+        if not proc.running() and (proc.closed or proc.session.uuid not in ctx.sessions):
+            with ctx.lock:
+                ctx.import_processes.pop(fileset_id, None)
+            continue
+        live.append(proc)
+    return live
 
 
 @servant
@@ -337,7 +385,10 @@ class ImportProcessI(StatefulService, omero.grid.ImportProcess):
         self.repo_uuid = repo_uuid
         self.proxy: Any = None
         self.handle: Any = None
+        self.handle_servant: HandleI | None = None
         self.uploaders: list[Any] = []
+        #: closed by a client (``close``); a session's end alone does not set it
+        self.closed = False
 
     def _file_id(self, i: int) -> int:
         if not 0 <= i < len(self.file_ids):
@@ -364,9 +415,31 @@ class ImportProcessI(StatefulService, omero.grid.ImportProcess):
     def getImportSettings(self, current: Ice.Current | None = None) -> Any:
         return self.settings
 
+    def running(self) -> bool:
+        """Whether the import was started (``verifyUpload``) and has not finished."""
+        return self.handle_servant is not None and self.handle_servant.response is None
+
+    def proxy_for(self, category: str) -> Any:
+        """This process as a proxy in the session *category* (its own proxy in its session).
+
+        Not tracked by that session: the process's own client may still be using it.
+        """
+        if self.proxy is None or self.proxy.ice_getIdentity().category == category:
+            return self.proxy
+        prx = self.ctx.adapter.add(self, Ice.Identity(str(uuid.uuid4()), category))
+        return omero.grid.ImportProcessPrx.uncheckedCast(prx)
+
     @remote
     def getHandle(self, current: Ice.Current | None = None) -> Any:
-        return self.handle
+        """The import's handle (None before ``verifyUpload``), reachable from the caller's
+        session: a process listed to another session gives that session its own proxy."""
+        category = getattr(getattr(current, "id", None), "category", None)
+        if self.handle is None or category is None:
+            return self.handle
+        if self.handle.ice_getIdentity().category == category:
+            return self.handle
+        prx = self.ctx.adapter.add(self.handle_servant, Ice.Identity(str(uuid.uuid4()), category))
+        return omero.cmd.HandlePrx.uncheckedCast(prx)
 
     @remote
     def verifyUpload(self, hashes: list[str], current: Ice.Current | None = None) -> Any:
@@ -414,6 +487,7 @@ class ImportProcessI(StatefulService, omero.grid.ImportProcess):
         )
         handle = HandleI(self.ctx, request, len(IMPORT_STEPS))
         prx = self.ctx.add_servant(handle, self.session.uuid)
+        self.handle_servant = handle
         self.handle = omero.cmd.HandlePrx.uncheckedCast(prx)
         job = _ImportJob(self.ctx, self.session, self.fileset_id, self.settings, None, [])
         threading.Thread(target=run_import, args=(job, handle), daemon=True,
@@ -426,7 +500,8 @@ class ImportProcessI(StatefulService, omero.grid.ImportProcess):
         for ident in self.uploaders:
             self.ctx.remove_servant(ident)
         self.uploaders = []
-        if current is not None:
+        if current is not None:  # a client's close; None: its session ended (listImports)
+            self.closed = True
             self.ctx.remove_servant(current)
 
 
@@ -615,6 +690,7 @@ def run_import(job: _ImportJob, handle: HandleI) -> None:
     step = 0
     try:
         for step, _name in enumerate(IMPORT_STEPS):
+            job.ctx.faults.import_step()
             handle.step_started(step)
             if step == 0:
                 made = import_metadata(job)

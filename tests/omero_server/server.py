@@ -80,6 +80,8 @@ class ServerContext:
     lock: threading.RLock = field(default_factory=threading.RLock)
     services: dict[str, ServiceFactoryFn] = field(default_factory=dict)
     sessions: dict[str, Session] = field(default_factory=dict)
+    #: import processes by fileset id, for ``ManagedRepository.listImports`` (see .repository)
+    import_processes: dict[int, Any] = field(default_factory=dict)
     #: True when clients come through a real Glacier2 router (callbacks go to its proxies)
     behind_glacier2: bool = False
 

@@ -639,19 +639,25 @@ class TypesI(_Service, omero.api.ITypes):
 
 @servant
 class ConfigI(_Service, omero.api.IConfig):
-    """Server configuration: a version that says what this is, and empty client settings."""
+    """Server configuration: a version that says what this is, and empty client settings.
 
-    VERSION = "5.6.0-standin"
+    The version is the OMERO.server release that shipped the Bio-Formats the stand-in plays
+    (``--bioformats-version``, :meth:`Faults.omero_version`), so a client that checks it
+    (omero_push's zstd check) sees the same server the import then behaves as.
+    """
 
     def getVersion(self, current: Any = None) -> str:
-        return self.VERSION
+        return self.ctx.faults.omero_version()
+
+    def _config(self) -> dict[str, str]:
+        return {**_CONFIG, "omero.version": self.getVersion()}
 
     def getConfigValue(self, key: str, current: Any = None) -> str:
-        return _CONFIG.get(key, "")
+        return self._config().get(key, "")
 
     def getConfigValues(self, keyRegex: str, current: Any = None) -> dict[str, str]:
         import re
-        return {k: v for k, v in _CONFIG.items() if re.search(keyRegex, k)}
+        return {k: v for k, v in self._config().items() if re.search(keyRegex, k)}
 
     def getClientConfigValues(self, current: Any = None) -> dict[str, str]:
         return {}
@@ -660,7 +666,7 @@ class ConfigI(_Service, omero.api.IConfig):
         return {}
 
     def getConfigDefaults(self, current: Any = None) -> dict[str, str]:
-        return dict(_CONFIG)
+        return self._config()
 
     def getDatabaseUuid(self, current: Any = None) -> str:
         return self.store.database_uuid
@@ -674,7 +680,6 @@ class ConfigI(_Service, omero.api.IConfig):
 
 _CONFIG = {
     "omero.db.name": "omero-standin",
-    "omero.version": ConfigI.VERSION,
     "omero.pixeldata.max_plane_width": "3192",
     "omero.pixeldata.max_plane_height": "3192",
     "omero.pixeldata.tile_width": "256",
