@@ -4,6 +4,7 @@ loopback, started as separate processes exactly as a user would, one of them kil
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -147,7 +148,26 @@ def test_fail_fast_on_the_cluster_starts_no_further_position(cluster, tmp_path: 
                      metadata=False)
     bad = sorted((spec.folder / "pos001").glob("*.png"))[0]
     bad.write_bytes(b"not a PNG")
-    result = convert(spec.folder, tmp_path / "out", client=client, fail_fast=True, progress="off")
+    # pos002 (in the other slot) may not finish before pos001's failure is seen, or its slot
+    # would be refilled before the stop: its first plane waits until the driver says it stopped.
+    gate, marks = tmp_path / "gate", tmp_path / "marks"
+    marks.mkdir()
+    client.run(_install_gate, str(sorted((spec.folder / "pos002").glob("*.png"))[0]),
+               str(gate), str(marks))
+
+    class OpenGateOnStop(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "--fail-fast" in record.getMessage():
+                gate.touch()
+
+    handler = OpenGateOnStop()
+    logging.getLogger("posdir2ometiff").addHandler(handler)
+    try:
+        result = convert(spec.folder, tmp_path / "out", client=client, fail_fast=True,
+                         progress="off")
+    finally:
+        logging.getLogger("posdir2ometiff").removeHandler(handler)
+        gate.touch()
     by_name = {p.name: p.status for p in result.positions}
     # pos001 and pos002 filled the two slots; pos001 failed, so pos003/pos004 never started.
     assert by_name == {"pos001": "failed", "pos002": "ok"}

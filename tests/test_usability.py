@@ -36,7 +36,7 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 def test_demo_count_and_converter_glob_have_different_names(tmp_path: Path, capsys) -> None:
     demo = _options(cli.build_demo_parser())
-    assert demo["--num-positions"].type is int
+    assert demo["--num-positions"].type("3") == 3  # a count (range-checked), not a glob
     assert cli.build_parser()._option_string_actions["--positions"].metavar == "GLOB"
     assert cli.main(["demo", str(tmp_path / "d"), "--num-positions", "3", "-z", "1", "-t", "1",
                      "--size", "16", "-q"]) == 0
@@ -84,8 +84,8 @@ def test_a_position_folder_as_src_suggests_its_parent(tmp_path: Path, capsys) ->
 def test_omero_push_tile_is_a_number_like_the_converter_and_port_project_differ() -> None:
     opts = _options(push_cli.build_parser())
     assert opts["--tile"].metavar == cli.build_parser()._option_string_actions["--tile"].metavar
-    assert push_cli._parse_tile("512") == (512, 512)
-    assert push_cli._parse_tile("1024x512") == (1024, 512)
+    assert opts["--tile"].type("512") == (512, 512)
+    assert opts["--tile"].type("1024x512") == (1024, 512)
     assert "-p" in opts and opts["-p"].dest == "port"
     assert "-P" not in opts and opts["--project"].dest == "project"
     assert "metadata" in opts["--project"].help and "created" in opts["--project"].help
