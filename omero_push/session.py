@@ -401,7 +401,6 @@ def wait_for_command(session: Session, handle: Any, what: str, poll_every_s: flo
     """
     _omero()
     import omero.callbacks
-    import omero.cmd
 
     cb = omero.callbacks.CmdCallbackI(session.client, handle)
     try:
@@ -413,6 +412,13 @@ def wait_for_command(session: Session, handle: Any, what: str, poll_every_s: flo
             cb.close(True)
         except Exception as exc:
             log.debug("closing the callback failed: %s", exc)
+    return command_response(rsp, what)
+
+
+def command_response(rsp: Any, what: str) -> Any:
+    """``rsp`` itself, or the :class:`ServerError` naming ``what`` that an ``omero.cmd.ERR`` is."""
+    import omero.cmd
+
     if isinstance(rsp, omero.cmd.ERR):
         params = dict(rsp.parameters or {})
         detail = params.get("message") or (params.get("stacktrace") or "").strip().splitlines()[:1]

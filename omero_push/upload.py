@@ -21,7 +21,7 @@ from typing import Any
 
 from omero_push.errors import InputError, ServerError
 from omero_push.plan import PushItem
-from omero_push.session import AsyncWindow, Session, is_connection_lost
+from omero_push.session import AsyncWindow, Session, command_response, is_connection_lost
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,6 @@ def wait_for(
     becomes a :class:`ServerError` naming ``what``.
     """
     import omero.callbacks
-    import omero.cmd
 
     cb = omero.callbacks.CmdCallbackI(session.client, handle)
     started = last_report = time.monotonic()
@@ -165,11 +164,7 @@ def wait_for(
             cb.close(done)
         except Exception as exc:
             log.debug("closing the callback failed: %s", exc)
-    if isinstance(rsp, omero.cmd.ERR):
-        params = dict(rsp.parameters or {})
-        detail = params.get("message") or (params.get("stacktrace") or "").strip().splitlines()[:1]
-        raise ServerError(f"{what}: the server reports {rsp.name}: {detail}")
-    return rsp
+    return command_response(rsp, what)
 
 
 def _step_text(handle: Any) -> str:
