@@ -55,7 +55,28 @@ def relative(path: Path, root: Path) -> str:
 _UUID_NS = uuid_mod.UUID("0b6b2f4e-5a43-4c1e-9a57-3f1f2d0c9e21")
 
 
-def _derived_uuid(job: PositionJob, spec: ImageSpec, file_name: str, probe: Any) -> str:
+_NIL_UUID = f"urn:uuid:{uuid_mod.UUID(int=0)}"
+
+
+def _ome_xml_with_derived_uuid(
+    job: PositionJob, spec: ImageSpec, file_name: str, probe: Any
+) -> tuple[str, str]:
+    """(OME-XML, its UUID): the XML rendered once, with a nil UUID, then given the derived one.
+
+    Rendering the OME-XML costs about a millisecond per plane; the UUID derived from it goes
+    into the OME element and every TiffData block, which is all the nil UUID stands for. Should
+    the metadata itself hold the nil UUID's text (the count differs), the XML is rendered again.
+    """
+    ome = build_ome(spec, job.meta, file_name=file_name, uuid=_NIL_UUID)
+    nil_xml = ome_xml(ome)
+    file_uuid = _derived_uuid(job, nil_xml, probe)
+    places = 1 + sum(1 for im in ome.images for td in im.pixels.tiff_data_blocks if td.uuid)
+    if nil_xml.count(_NIL_UUID) == places:
+        return nil_xml.replace(_NIL_UUID, file_uuid), file_uuid
+    return ome_xml(build_ome(spec, job.meta, file_name=file_name, uuid=file_uuid)), file_uuid
+
+
+def _derived_uuid(job: PositionJob, nil: str, probe: Any) -> str:
     """The file's OME UUID from its inputs, not from the clock or a random draw.
 
     Converting the same sources with the same options then gives a byte-identical file, so a
@@ -67,8 +88,6 @@ def _derived_uuid(job: PositionJob, spec: ImageSpec, file_name: str, probe: Any)
     """
     from posdir2ometiff import __version__
 
-    nil = ome_xml(build_ome(spec, job.meta, file_name=file_name,
-                            uuid=f"urn:uuid:{uuid_mod.UUID(int=0)}"))
     h = hashlib.sha1()
     for part in (__version__, nil, job.tile, job.compression, job.pyramid):
         h.update(f"{part}\0".encode("utf-8", "surrogateescape"))
@@ -107,8 +126,7 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
         t_numbers=list(layout.t_values),
     )
     output = job.out / f"{layout.name}{OUTPUT_SUFFIX}"
-    file_uuid = _derived_uuid(job, spec, output.name, probe)
-    xml = ome_xml(build_ome(spec, job.meta, file_name=output.name, uuid=file_uuid))
+    xml, file_uuid = _ome_xml_with_derived_uuid(job, spec, output.name, probe)
 
     sources: list[dict] = []
     # Output channel of each source channel's first sample (RGB sources span several channels).

@@ -48,6 +48,18 @@ def test_changed_source_or_option_changes_the_uuid(tmp_path: Path) -> None:
     assert _uuid(tmp_path / "a" / "pos001.ome.tiff") == _uuid(tmp_path / "c" / "pos001.ome.tiff")
 
 
+def test_metadata_holding_the_nil_uuid_text_keeps_it(tmp_path: Path) -> None:
+    """The XML is rendered once with a nil UUID that is then replaced: metadata that holds the
+    nil UUID's own text must keep it (the XML is rendered again with the real UUID)."""
+    nil = "urn:uuid:00000000-0000-0000-0000-000000000000"
+    spec = make_demo(tmp_path / "exp", positions=1, channels=["GFP"], z=1, t=1, size=32)
+    (spec.folder / "experiment.yml").write_text(f"description: '{nil}'\n", encoding="utf-8")
+    assert convert(spec.folder, tmp_path / "out", **FAST).ok
+    with tifffile.TiffFile(tmp_path / "out" / "pos001.ome.tiff") as tif:
+        xml = tif.ome_metadata
+    assert nil in xml and _uuid(tmp_path / "out" / "pos001.ome.tiff") != nil
+
+
 def test_non_utf8_names_convert_and_are_kept_in_the_manifest(tmp_path: Path) -> None:
     spec = make_demo(tmp_path / "exp", positions=1, channels=["GFP"], z=1, t=1, size=32)
     (plane,) = (spec.folder / "pos001").glob("*.png")
