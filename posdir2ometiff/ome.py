@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
-from ome_types import OME, to_xml
+from ome_types import OME, validate_xml
 from ome_types.model import (
     AnnotationRef,
     Channel,
@@ -62,6 +62,7 @@ from ome_types.model import (
 from posdir2ometiff import __version__
 from posdir2ometiff.metadata.model import Channel as MetaChannel
 from posdir2ometiff.metadata.model import ExperimentMetadata
+from posdir2ometiff.omexml import render
 
 logger = logging.getLogger(__name__)
 
@@ -419,8 +420,13 @@ class _Detectors:
 
 
 def ome_xml(ome: OME, *, validate: bool = False) -> str:
-    """Serialise ``ome`` to OME-XML (optionally validating it against the 2016-06 schema)."""
-    return to_xml(ome, validate=validate)
+    """Serialise ``ome`` to OME-XML (optionally validating it against the 2016-06 schema).
+
+    The text is ome-types' own; its per-plane elements are rendered in one pass (omexml.py)."""
+    xml = render(ome)
+    if validate:
+        validate_xml(xml)
+    return xml
 
 
 def channel_specs(names: Sequence[str], samples: Sequence[int]) -> list[ChannelSpec]:
