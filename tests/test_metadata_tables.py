@@ -117,3 +117,42 @@ def test_empty_table_is_not_listed(tmp_path: Path) -> None:
     )
     assert write_tables(meta, tmp_path / "t.h5") == ["z"]
     assert set(read_tables(tmp_path / "t.h5")) == {"z"}
+
+
+def test_unwritten_blocks_are_caught_and_a_whole_file_not_read_back(
+        swainlab_sample: Path, tmp_path: Path, monkeypatch) -> None:
+    """A full tmpfs leaves HDF5's file sparse with no error (see ``_check_written``): a file
+    with a hole is read back and refused; a complete one is not read back (the read-back is a
+    third of the tables' cost)."""
+    from posdir2ometiff.atomic import AtomicWriteError
+    from posdir2ometiff.metadata import tables as tables_mod
+
+    meta = SwainLabParser().parse(swainlab_sample)
+    reads: list[Path] = []
+    real_check = tables_mod._check_written
+    monkeypatch.setattr(tables_mod, "_check_written",
+                        lambda tmp, written: (reads.append(tmp), real_check(tmp, written)))
+    good = tmp_path / "good.h5"
+    write_tables(meta, good)
+    assert not tables_mod._has_hole(good)
+    assert reads == []
+
+    # What the full tmpfs left: the right size, the blocks after the first 4 KiB never written.
+    real_put = pd.HDFStore.close
+
+    def close_then_drop_blocks(store, *a, **k):  # type: ignore[no-untyped-def]
+        real_put(store, *a, **k)
+        path = Path(store.filename)
+        if path.exists():
+            size = path.stat().st_size
+            head = path.read_bytes()[:4096]
+            with open(path, "r+b") as fh:
+                fh.truncate(0)
+                fh.write(head)
+                fh.truncate(size)  # a sparse tail, as HDF5 left it on the full tmpfs
+
+    monkeypatch.setattr(pd.HDFStore, "close", close_then_drop_blocks)
+    bad = tmp_path / "bad.h5"
+    with pytest.raises(AtomicWriteError, match="bad.h5: cannot be written"):
+        write_tables(meta, bad)
+    assert len(reads) == 1 and not bad.exists()
