@@ -25,7 +25,7 @@ from typing import Any
 
 from posdir2ometiff import __version__
 from posdir2ometiff.atomic import remove_stale_temporaries
-from posdir2ometiff.dask_executor import check_shared_filesystem, run_jobs_dask
+from posdir2ometiff.dask_executor import check_shared_filesystem, preload_workers, run_jobs_dask
 from posdir2ometiff.errors import ConversionError, PlaneError
 from posdir2ometiff.executors import default_threads
 from posdir2ometiff.executors import run_jobs as _run_jobs
@@ -244,6 +244,8 @@ def convert(
     out = Path(out).resolve()
     if not src.is_dir():
         raise LayoutError(f"{src}: not a folder")
+    if client is not None:
+        preload_workers(client)  # their imports overlap the metadata parsing below
 
     meta = load_metadata(src, opts.metadata, _overrides(opts))
     if (meta is None or not meta.sources) and opts.metadata != "none":
