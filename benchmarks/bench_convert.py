@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 r_pool, r_dask = [], []
                 # Warmed with two positions, so that both Dask workers have imported the
                 # converter before the timed run (the pool's workers fork a warmed parent).
-                warm2 = relinked(two, work / "exp_warm2", args.t, 1, positions=2)
+                warm2 = relinked(two, work / "exp_warm2", args.t, min(3, args.t), positions=2)
                 for _ in range(args.repeat):
                     r_pool.append(run_converter(two, work / "o_pool", "--workers", "2",
                                                 warm=warm2))

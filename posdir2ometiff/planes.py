@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +13,12 @@ import imagecodecs
 import numpy as np
 import tifffile
 
-from posdir2ometiff.ahead import AHEAD_PER_THREAD, map_ahead
+from posdir2ometiff.ahead import AHEAD_PER_THREAD, Ahead, map_ahead
 from posdir2ometiff.errors import PlaneError
 from posdir2ometiff.layout import PlaneKey, PositionLayout
 
-__all__ = ["AHEAD_PER_THREAD", "Decoded", "Probe", "probe", "read_ahead", "read_plane"]
+__all__ = ["AHEAD_PER_THREAD", "Decoded", "Probe", "planes_ahead", "probe", "read_ahead",
+           "read_plane"]
 
 
 def read_plane(path: Path) -> tuple[np.ndarray, int, str, int]:
@@ -98,16 +99,34 @@ def probe(layout: PositionLayout) -> Probe:
 Decoded = tuple[np.ndarray, int, str, int]
 
 
+#: Decoded bytes allowed in flight ahead of the writer, and a cap in planes.
+AHEAD_BYTES = 32 << 20
+AHEAD_MAX_PLANES = 32
+
+
+def planes_ahead(threads: int, plane_bytes: int) -> int:
+    """How many planes to decode ahead: ``AHEAD_PER_THREAD × threads`` at least, more while
+    they fit in :data:`AHEAD_BYTES` (at most :data:`AHEAD_MAX_PLANES`). Small planes then keep
+    the decoding threads busy through the writer's pauses (its OME-XML, a slow write) for a few
+    MB; a 2048² plane keeps the minimum. Never a whole position."""
+    if threads <= 1:
+        return 1
+    fits = AHEAD_BYTES // max(1, plane_bytes)
+    return max(AHEAD_PER_THREAD * threads, min(AHEAD_MAX_PLANES, fits))
+
+
 def read_ahead(
     keys: Iterable[PlaneKey],
     fetch: Callable[[PlaneKey], Decoded | None],
     threads: int = 1,
-) -> Iterator[tuple[PlaneKey, Decoded | None]]:
+    ahead: int | None = None,
+) -> Ahead[PlaneKey, Decoded | None]:
     """``(key, fetch(key))`` for every key, in order, ``fetch`` running ahead in ``threads`` threads.
 
     Decoding (imagecodecs) releases the GIL, so a few threads decode while the caller compresses
-    and writes. At most ``AHEAD_PER_THREAD × threads`` planes are in flight, never a whole
-    position. With one thread nothing is decoded ahead. Closing the iterator (the writer failed)
-    cancels what has not started.
+    and writes. Decoding starts at once; at most ``ahead`` planes (default ``AHEAD_PER_THREAD ×
+    threads``, see :func:`planes_ahead`) are in flight, never a whole position. With one thread
+    nothing is decoded ahead. Closing the iterator (the writer failed) cancels what has not
+    started.
     """
-    return map_ahead(fetch, keys, threads, name="decode")
+    return map_ahead(fetch, keys, threads, name="decode", ahead=ahead)

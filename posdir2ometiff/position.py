@@ -9,7 +9,6 @@ import uuid as uuid_mod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -17,7 +16,7 @@ from posdir2ometiff.errors import ConversionError, PlaneError
 from posdir2ometiff.layout import PlaneKey, PositionLayout, split_missing
 from posdir2ometiff.metadata.model import ExperimentMetadata
 from posdir2ometiff.ome import ImageSpec, build_ome, channel_specs, ome_xml
-from posdir2ometiff.planes import Decoded, read_ahead, read_plane
+from posdir2ometiff.planes import Decoded, planes_ahead, read_ahead, read_plane
 from posdir2ometiff.planes import probe as probe_position
 from posdir2ometiff.report import PreviewCollector
 from posdir2ometiff.writer import write_ometiff_file
@@ -59,7 +58,7 @@ _NIL_UUID = f"urn:uuid:{uuid_mod.UUID(int=0)}"
 
 
 def _ome_xml_with_derived_uuid(
-    job: PositionJob, spec: ImageSpec, file_name: str, probe: Any
+    job: PositionJob, spec: ImageSpec, file_name: str, probed_sha1: dict[PlaneKey, str]
 ) -> tuple[str, str]:
     """(OME-XML, its UUID): the XML rendered once, with a nil UUID, then given the derived one.
 
@@ -69,14 +68,14 @@ def _ome_xml_with_derived_uuid(
     """
     ome = build_ome(spec, job.meta, file_name=file_name, uuid=_NIL_UUID)
     nil_xml = ome_xml(ome)
-    file_uuid = _derived_uuid(job, nil_xml, probe)
+    file_uuid = _derived_uuid(job, nil_xml, probed_sha1)
     places = 1 + sum(1 for im in ome.images for td in im.pixels.tiff_data_blocks if td.uuid)
     if nil_xml.count(_NIL_UUID) == places:
         return nil_xml.replace(_NIL_UUID, file_uuid), file_uuid
     return ome_xml(build_ome(spec, job.meta, file_name=file_name, uuid=file_uuid)), file_uuid
 
 
-def _derived_uuid(job: PositionJob, nil: str, probe: Any) -> str:
+def _derived_uuid(job: PositionJob, nil: str, probed_sha1: dict[PlaneKey, str]) -> str:
     """The file's OME UUID from its inputs, not from the clock or a random draw.
 
     Converting the same sources with the same options then gives a byte-identical file, so a
@@ -93,13 +92,12 @@ def _derived_uuid(job: PositionJob, nil: str, probe: Any) -> str:
         h.update(f"{part}\0".encode("utf-8", "surrogateescape"))
     for key in sorted(job.layout.files, key=lambda k: (k.t, k.c, k.z)):
         path = job.layout.files[key]
-        cached = probe.cache.get(key)
         try:
             size = path.stat().st_size
         except OSError:
             size = -1  # read_plane reports the unreadable file when its turn comes
         h.update(f"{key.t},{key.c},{key.z},{relative(path, job.src)},{size},"
-                 f"{cached[2] if cached else ''}\0".encode("utf-8", "surrogateescape"))
+                 f"{probed_sha1.get(key, '')}\0".encode("utf-8", "surrogateescape"))
     return f"urn:uuid:{uuid_mod.uuid5(_UUID_NS, h.hexdigest())}"
 
 
@@ -126,7 +124,7 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
         t_numbers=list(layout.t_values),
     )
     output = job.out / f"{layout.name}{OUTPUT_SUFFIX}"
-    xml, file_uuid = _ome_xml_with_derived_uuid(job, spec, output.name, probe)
+    probed_sha1 = {key: item[2] for key, item in probe.cache.items()}
 
     sources: list[dict] = []
     # Output channel of each source channel's first sample (RGB sources span several channels).
@@ -140,12 +138,19 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
         cached = probe.cache.pop(key, None)
         return cached if cached is not None else read_plane(path)
 
-    # Planes are read in file order (TCZ, the order load() asks for them), decoded ahead.
+    # Planes are read in file order (TCZ, the order load() asks for them), decoded ahead, from
+    # now on: the threads decode the first planes while this one builds the OME-XML.
+    plane_bytes = probe.shape[0] * probe.shape[1] * probe.dtype.itemsize * max(probe.samples)
     decoded = read_ahead(
         (PlaneKey(t, c, z) for t in range(layout.size_t) for c in range(layout.size_c)
          for z in range(layout.size_z)),
-        fetch, job.threads,
+        fetch, job.threads, planes_ahead(job.threads, plane_bytes),
     )
+    try:
+        xml, file_uuid = _ome_xml_with_derived_uuid(job, spec, output.name, probed_sha1)
+    except BaseException:
+        decoded.close()
+        raise
 
     def load(key: PlaneKey) -> np.ndarray:
         path = layout.files.get(key)

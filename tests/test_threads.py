@@ -75,6 +75,40 @@ def test_read_ahead_stops_when_closed() -> None:
     assert len(calls) <= 2 * planes.AHEAD_PER_THREAD + 2
 
 
+def test_read_ahead_starts_decoding_before_the_first_plane_is_asked_for() -> None:
+    """The position builds its OME-XML while its first planes decode: the threads start when
+    the read-ahead is created, up to the given number of planes."""
+    started = threading.Event()
+    calls: list[PlaneKey] = []
+    lock = threading.Lock()
+
+    def fetch(key: PlaneKey):
+        with lock:
+            calls.append(key)
+            if len(calls) == 6:
+                started.set()
+        return None
+
+    it = planes.read_ahead([PlaneKey(t, 0, 0) for t in range(100)], fetch, threads=2, ahead=6)
+    try:
+        assert started.wait(10), "nothing decoded before the first next()"
+        time.sleep(0.05)
+        assert len(calls) == 6  # bounded: not a plane more than asked for
+        assert [k for k, _ in it][:3] == [PlaneKey(t, 0, 0) for t in range(3)]
+    finally:
+        it.close()
+
+
+def test_planes_ahead_is_a_byte_budget_with_a_floor() -> None:
+    small = 512 * 512 * 2
+    assert planes.planes_ahead(2, small) == planes.AHEAD_MAX_PLANES  # 16 MB of 512² planes
+    big = 2048 * 2048 * 2
+    assert planes.planes_ahead(2, big) == planes.AHEAD_BYTES // big  # 4 planes = 32 MB
+    assert planes.planes_ahead(8, big) == planes.AHEAD_PER_THREAD * 8  # the floor
+    assert planes.planes_ahead(1, small) == 1  # one thread: nothing ahead
+    assert planes.planes_ahead(4, 10**9) == planes.AHEAD_PER_THREAD * 4
+
+
 def test_threads_decode_ahead_and_compress_tiles_in_parallel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
