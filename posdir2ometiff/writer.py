@@ -150,7 +150,7 @@ def write_ometiff_file(
     count: int,
     shape: tuple[int, int],
     dtype: np.dtype,
-    ome_xml: str,
+    ome_xml: str | bytes,
     tile: int = DEFAULT_TILE,
     compression: str = DEFAULT_COMPRESSION,
     pyramid: str | int = "auto",
@@ -192,7 +192,8 @@ def write_ometiff_file(
     )
 
     # OME-XML is UTF-8 ("µm"); tifffile accepts bytes for the tag, str only if 7-bit ASCII.
-    xml_bytes = ome_xml.encode("utf-8")
+    xml_bytes: bytes | None = ome_xml.encode("utf-8") if isinstance(ome_xml, str) else ome_xml
+    del ome_xml
     path = Path(path)
     encode = _tile_encoder(codec, codec_args, predictor)
 
@@ -243,6 +244,7 @@ def write_ometiff_file(
                 if on_level is not None:
                     on_level(written, smallest)
                 written += 1
+                xml_bytes = None  # written with the first plane (MBs at large T)
                 fh.checkpoint()
                 if on_plane is not None:
                     on_plane(written)
