@@ -6,8 +6,8 @@ planes are pyramided and tile-compressed ahead of the TIFF writer (writer.py). B
 C work (imagecodecs, numpy), so a small thread pool scales them over the cores while one thread
 keeps the file in order.
 
-The work starts when :func:`map_ahead` is called, not when the first result is asked for: the
-position starts decoding its planes while its OME-XML is still being built.
+The work starts when :func:`map_ahead` is called, not when the first result is asked for, so the
+threads are busy by the time the writer wants its first plane.
 """
 
 from __future__ import annotations

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from posdir2ometiff import __version__
 from posdir2ometiff.argtypes import float_in, int_in
+from posdir2ometiff.cores import usable_cores
 from posdir2ometiff.layout import DEFAULT_PATTERN, DEFAULT_POSITIONS, LayoutError
 from posdir2ometiff.logconfig import cli_logging
 from posdir2ometiff.writer import COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_TILE, WriterError
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resolution levels: auto halves until one tile holds the plane; N levels "
                    "in total (default: %(default)s)")
     p.add_argument("--workers", type=int_in(1, 1024), default=None, metavar="N",
-                   help=f"parallel processes, one position each (default: cores = {os.cpu_count()})")
+                   help=f"parallel processes, one position each (default: usable cores = {usable_cores()})")
     p.add_argument("--threads", type=int_in(1, 1024), default=None, metavar="N",
                    help="threads inside one position: planes decoded ahead, tiles compressed in "
                    "parallel (default: cores / workers)")

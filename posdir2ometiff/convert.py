@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,7 +24,13 @@ from typing import Any
 
 from posdir2ometiff import __version__
 from posdir2ometiff.atomic import remove_stale_temporaries
-from posdir2ometiff.dask_executor import check_shared_filesystem, preload_workers, run_jobs_dask
+from posdir2ometiff.cores import usable_cores
+from posdir2ometiff.dask_executor import (
+    check_shared_filesystem,
+    preload_workers,
+    run_jobs_dask,
+    threads_per_worker,
+)
 from posdir2ometiff.errors import ConversionError, PlaneError
 from posdir2ometiff.executors import default_threads
 from posdir2ometiff.executors import run_jobs as _run_jobs
@@ -330,13 +335,16 @@ def _convert_locked(
                                        "size": path.stat().st_size, "names": names}
 
     total = sum(j.layout.plane_count for j in jobs if not j.layout.error)
-    workers = min(opts.workers or os.cpu_count() or 1, max(len(jobs), 1))
+    workers = min(opts.workers or usable_cores(), max(len(jobs), 1))
     for job in jobs:
         # On a cluster, 0 lets each worker choose (its cores / its task slots).
         job.threads = opts.threads or (0 if client is not None else default_threads(workers))
     progress_mode = opts.progress
     if client is not None:
         check_shared_filesystem(client, src, out)
+        shares = threads_per_worker(client)
+        for job in jobs:
+            job.worker_threads = shares
     with Progress(total, mode=progress_mode) as progress:
         runs = (
             run_jobs_dask(jobs, client, opts.fail_fast, progress, write_experiment_tables)

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from posdir2ometiff.cores import usable_cores
 from posdir2ometiff.errors import ConversionError
 from posdir2ometiff.executors import convert_guarded
 from posdir2ometiff.position import PositionJob, failed_entry
@@ -91,8 +92,9 @@ def run_position_task(job: PositionJob) -> tuple[dict, str | None]:
 
     _heap_for_plane_buffers()
     worker = get_worker()
-    if job.threads < 1:  # the caller left it to the worker: its cores over its task slots
-        job.threads = max(1, (os.cpu_count() or 1) // max(1, worker.state.nthreads))
+    if job.threads < 1:  # the caller left it to the cluster: this worker's share of its host
+        share = (job.worker_threads or {}).get(worker.address)
+        job.threads = share or max(1, usable_cores() // max(1, worker.state.nthreads))
     attempt = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     state = {"done": 0, "sent": 0.0}
 
@@ -127,6 +129,29 @@ def preload_workers(client: Any) -> None:
         client.run(_import_converter, wait=False)
     except Exception as exc:  # noqa: BLE001 - an optimisation; the positions report real errors
         logger.debug("could not preload the Dask workers: %s", exc)
+
+
+def threads_per_worker(client: Any) -> dict[str, int]:
+    """Threads per position for each connected worker: its host's usable cores over the task
+    slots of *all* workers on that host.
+
+    Two one-thread workers on a 2-core machine each get 1, not 2: a worker alone cannot see its
+    neighbours, and giving each position every core oversubscribed them (measured: 25 % more
+    CPU per position than the local pool, with its one thread per position). Workers that join
+    later fall back to their own cores over their own slots.
+    """
+    try:
+        cores = client.run(usable_cores)
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    except Exception as exc:  # noqa: BLE001 - an optimisation; the task has a fallback
+        logger.debug("could not ask the Dask workers for their cores: %s", exc)
+        return {}
+    slots: dict[str, int] = {}
+    for info in workers.values():
+        host = str(info.get("host"))
+        slots[host] = slots.get(host, 0) + max(1, int(info.get("nthreads", 1)))
+    return {address: max(1, int(cores.get(address) or 1) // slots[str(info.get("host"))])
+            for address, info in workers.items()}
 
 
 def check_shared_filesystem(client: Any, src: Path, out: Path) -> None:

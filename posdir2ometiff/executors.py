@@ -22,6 +22,7 @@ from concurrent.futures import (
 )
 from typing import Any
 
+from posdir2ometiff.cores import usable_cores
 from posdir2ometiff.errors import ConversionError
 from posdir2ometiff.layout import LayoutError
 from posdir2ometiff.orphans import die_with_parent, stop_workers_on_error
@@ -37,7 +38,7 @@ def default_threads(workers: int) -> int:
 
     One position on a 32-core machine gets 32 threads; 16 positions in 16 processes get 2 each.
     """
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    return max(1, usable_cores() // max(1, workers))
 
 
 _worker_queue: Any = None  # set in each worker process by _init_worker (per process, not shared)

@@ -41,6 +41,9 @@ class PositionJob:
     threads: int = 1
     #: Collect previews for OUT/report.html while writing (report.py).
     report: bool = True
+    #: On a Dask cluster with ``threads`` 0: threads by worker address, the cores of the
+    #: worker's host shared among the task slots of every worker on it (dask_executor.py).
+    worker_threads: dict[str, int] | None = None
 
 
 def relative(path: Path, root: Path) -> str:

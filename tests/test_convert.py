@@ -326,10 +326,10 @@ def test_workers_default_to_the_number_of_cores(
         return real(jobs, 1, *args)  # run inline: only the choice is under test
 
     monkeypatch.setattr(convert_mod, "_run_jobs", recording)
-    monkeypatch.setattr(convert_mod.os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(convert_mod, "usable_cores", lambda: 3)
     assert convert(spec.folder, tmp_path / "a", progress="off").ok
     assert convert(spec.folder, tmp_path / "b", workers=2, progress="off").ok
-    monkeypatch.setattr(convert_mod.os, "cpu_count", lambda: 16)  # never more than positions
+    monkeypatch.setattr(convert_mod, "usable_cores", lambda: 16)  # never more than positions
     assert convert(spec.folder, tmp_path / "c", progress="off").ok
     assert seen == [3, 2, 4]
 

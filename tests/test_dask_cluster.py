@@ -299,3 +299,56 @@ def test_cli_cluster_configuration_errors_are_one_line(
     assert main([str(spec.folder), "-o", str(tmp_path / "out"), *argv]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(expected.format(**files)), err
+
+
+def _converter_imported() -> bool:
+    return "posdir2ometiff.position" in sys.modules
+
+
+def test_workers_share_their_hosts_cores_and_preload_the_converter(cluster) -> None:
+    """Two one-thread workers on one host split its cores (not each all of them), and
+    ``preload_workers`` has every worker import the converter without being waited for."""
+    from posdir2ometiff.cores import usable_cores
+    from posdir2ometiff.dask_executor import preload_workers, threads_per_worker
+
+    _lc, client = cluster
+    cores = client.run(usable_cores)
+    assert len(cores) == 2
+    assert threads_per_worker(client) == {a: max(1, n // 2) for a, n in cores.items()}
+    import cloudpickle
+
+    # By value: shipped by reference, the check would import this test module (and with it
+    # the converter) on the workers.
+    this = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(this)
+    try:
+        assert not any(client.run(_converter_imported).values())
+        preload_workers(client)
+        _wait_for(lambda: all(client.run(_converter_imported).values()), 60,
+                  "the workers to import the converter")
+    finally:
+        cloudpickle.unregister_pickle_by_value(this)
+
+
+def test_the_task_takes_its_workers_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``threads`` 0 on a cluster: the share the driver computed for the worker the task landed
+    on; a worker it did not know (joined later) divides its own cores by its own slots."""
+    from types import SimpleNamespace
+
+    from posdir2ometiff import dask_executor
+
+    seen: list[int] = []
+    monkeypatch.setattr(dask_executor, "convert_guarded",
+                        lambda job, report: (seen.append(job.threads), ({}, None))[1])
+    monkeypatch.setattr(dask_executor, "usable_cores", lambda: 12)
+    worker = SimpleNamespace(address="tcp://10.0.0.5:4000", state=SimpleNamespace(nthreads=4),
+                             log_event=lambda *a: None)
+    monkeypatch.setattr(distributed, "get_worker", lambda: worker)
+    job = SimpleNamespace(threads=0, worker_threads={"tcp://10.0.0.5:4000": 2},
+                          layout=SimpleNamespace(name="pos001"))
+    dask_executor.run_position_task(job)
+    job = SimpleNamespace(threads=0, worker_threads={}, layout=SimpleNamespace(name="pos001"))
+    dask_executor.run_position_task(job)
+    job = SimpleNamespace(threads=5, worker_threads={}, layout=SimpleNamespace(name="pos001"))
+    dask_executor.run_position_task(job)
+    assert seen == [2, 3, 5]

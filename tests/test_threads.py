@@ -76,8 +76,8 @@ def test_read_ahead_stops_when_closed() -> None:
 
 
 def test_read_ahead_starts_decoding_before_the_first_plane_is_asked_for() -> None:
-    """The position builds its OME-XML while its first planes decode: the threads start when
-    the read-ahead is created, up to the given number of planes."""
+    """The threads start when the read-ahead is created (busy by the time the writer asks),
+    up to the given number of planes."""
     started = threading.Event()
     calls: list[PlaneKey] = []
     lock = threading.Lock()
@@ -159,8 +159,8 @@ def test_default_threads_share_the_cores_between_workers(
         return real(jobs, 1, *args)
 
     monkeypatch.setattr(convert_mod, "_run_jobs", recording)
-    monkeypatch.setattr("posdir2ometiff.executors.os.cpu_count", lambda: 8)
-    monkeypatch.setattr(convert_mod.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr("posdir2ometiff.executors.usable_cores", lambda: 8)
+    monkeypatch.setattr(convert_mod, "usable_cores", lambda: 8)
     assert convert(spec.folder, tmp_path / "a", progress="off").ok  # 2 workers → 4 threads each
     assert convert(spec.folder, tmp_path / "b", workers=1, progress="off").ok  # 1 → 8
     assert convert(spec.folder, tmp_path / "c", threads=3, progress="off").ok  # as asked
@@ -279,3 +279,14 @@ def test_tiles_compressed_in_threads_are_the_bytes_tifffile_writes(
     assert ours[0].sha1 == ours[1].sha1 == theirs.sha1
     with tifffile.TiffFile(tmp_path / "t3.ome.tiff") as tf:
         np.testing.assert_array_equal(tf.pages[1].asarray(), planes_[1])
+
+
+def test_usable_cores_follow_the_cpu_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``srun -c 4`` on a 64-core node the converter uses 4 cores, not 64."""
+    from posdir2ometiff import cores
+
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: {3, 5, 7, 9}, raising=False)
+    monkeypatch.setattr(cores.os, "cpu_count", lambda: 64)
+    assert cores.usable_cores() == 4
+    monkeypatch.delattr(cores.os, "sched_getaffinity", raising=False)
+    assert cores.usable_cores() == 64
