@@ -1,6 +1,6 @@
 """Converter benchmark: threads, the decode+write bound, Bio-Formats, Dask, and cost at long T.
 
-Run: ``python benchmarks/bench_convert.py [--t 20] [--t-long 200] [--repeat 2] [--keep DIR]``.
+Run: ``python benchmarks/bench_convert.py [--t 20] [--t-long 200] [--repeat 3] [--keep DIR]``.
 Not a test: it prints figures (and ``--json``) and exits 1 if a target is missed. A few minutes.
 
 Data: the demo generator's 512² uint16 PNGs, 3 channels × 5 z × T timepoints per position
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--t", type=int, default=20, help="timepoints of the main runs")
     ap.add_argument("--t-long", type=int, default=200, help="timepoints of the long run")
-    ap.add_argument("--repeat", type=int, default=2, help="interleaved repeats (best is kept)")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats (best is kept)")
     ap.add_argument("--keep", type=Path, help="work in this folder and keep it")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
