@@ -31,7 +31,6 @@ class Ahead(Generic[T, R]):
                  name: str) -> None:
         self._fn = fn
         self._todo = iter(items)
-        self._threads = threads
         self._ahead = max(ahead, threads)
         self._window: deque[tuple[T, Future[R]]] = deque()
         self._pool = (ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
