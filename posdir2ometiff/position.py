@@ -19,7 +19,7 @@ from posdir2ometiff.ome import ImageSpec, build_ome, channel_specs, ome_xml
 from posdir2ometiff.planes import Decoded, planes_ahead, read_ahead, read_plane
 from posdir2ometiff.planes import probe as probe_position
 from posdir2ometiff.report import PreviewCollector
-from posdir2ometiff.writer import write_ometiff_file
+from posdir2ometiff.writer import compress_threads, write_ometiff_file
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
             compression=job.compression,
             pyramid=job.pyramid,
             on_plane=progress,
-            threads=job.threads,
+            threads=compress_threads(job.threads, probe.shape, job.tile, job.pyramid),
             on_level=previews.add if previews is not None else None,
         )
     finally:

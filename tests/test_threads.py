@@ -146,6 +146,30 @@ def test_threads_decode_ahead_and_compress_tiles_in_parallel(
         np.testing.assert_array_equal(a.series[0].asarray(), b.series[0].asarray())
 
 
+def test_single_tile_planes_are_compressed_by_the_writing_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One tile, one level, two decoders: the writer compresses inline (a hand-off costs more
+    than the 1 ms of zstd); several tiles or more decoders: in threads."""
+    assert writer.compress_threads(2, (512, 512), 512) == 1
+    assert writer.compress_threads(3, (512, 512), 512) == 1
+    assert writer.compress_threads(4, (512, 512), 512) == 4
+    assert writer.compress_threads(2, (1024, 1024), 512) == 2  # 4 tiles and a pyramid
+    assert writer.compress_threads(2, (512, 512), 512, pyramid=2) == 2
+    spec = make_demo(tmp_path / "exp", positions=1, channels=["GFP"], z=2, t=2, size=64, seed=3)
+    compressors: set[str] = set()
+    real_zstd = imagecodecs.zstd_encode
+
+    def recording_zstd(data, *args, **kwargs):
+        compressors.add(threading.current_thread().name)
+        return real_zstd(data, *args, **kwargs)
+
+    monkeypatch.setattr(imagecodecs, "zstd_encode", recording_zstd)
+    assert convert(spec.folder, tmp_path / "out", threads=2, tile=64, progress="off").ok
+    assert compressors == {"MainThread"}
+    assert_matches_sources(tmp_path / "out", spec.folder, "pos001")
+
+
 def test_default_threads_share_the_cores_between_workers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
