@@ -314,3 +314,24 @@ def test_usable_cores_follow_the_cpu_affinity(monkeypatch: pytest.MonkeyPatch) -
     assert cores.usable_cores() == 4
     monkeypatch.delattr(cores.os, "sched_getaffinity", raising=False)
     assert cores.usable_cores() == 64
+
+
+def test_plane_files_are_read_whole_in_few_system_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decoding threads read each file with open/fstat/read/close (each call gives the GIL
+    away); a file that is larger or smaller than fstat said is still read to its end."""
+    path = tmp_path / "p.png"
+    data = bytes(range(256)) * 1000
+    path.write_bytes(data)
+    mtime, got = planes._read_file(path)
+    assert got == data and mtime == path.stat().st_mtime_ns
+
+    real_fstat = planes.os.fstat
+    for lie in (-1000, +1000):  # grown since fstat; shrunk since fstat
+        class Stat:
+            def __init__(self, st):  # type: ignore[no-untyped-def]
+                self.st_size, self.st_mtime_ns = st.st_size + lie, st.st_mtime_ns
+
+        monkeypatch.setattr(planes.os, "fstat", lambda fd: Stat(real_fstat(fd)))
+        assert planes._read_file(path)[1] == data
