@@ -328,10 +328,10 @@ def test_plane_files_are_read_whole_in_few_system_calls(
     assert got == data and mtime == path.stat().st_mtime_ns
 
     real_fstat = planes.os.fstat
-    for lie in (-1000, +1000):  # grown since fstat; shrunk since fstat
-        class Stat:
-            def __init__(self, st):  # type: ignore[no-untyped-def]
-                self.st_size, self.st_mtime_ns = st.st_size + lie, st.st_mtime_ns
+    class Stat:
+        def __init__(self, st, lie: int) -> None:  # type: ignore[no-untyped-def]
+            self.st_size, self.st_mtime_ns = st.st_size + lie, st.st_mtime_ns
 
-        monkeypatch.setattr(planes.os, "fstat", lambda fd: Stat(real_fstat(fd)))
+    for lie in (-1000, +1000):  # grown since fstat; shrunk since fstat
+        monkeypatch.setattr(planes.os, "fstat", lambda fd, lie=lie: Stat(real_fstat(fd), lie))
         assert planes._read_file(path)[1] == data
