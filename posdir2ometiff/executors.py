@@ -13,13 +13,7 @@ import queue as queue_mod
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import (
-    FIRST_COMPLETED,
-    Future,
-    ProcessPoolExecutor,
-    ThreadPoolExecutor,
-    wait,
-)
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 from posdir2ometiff.cores import usable_cores
@@ -91,30 +85,18 @@ def run_jobs(
 ) -> Iterator[tuple[PositionJob, tuple[dict, str | None]]]:
     """Run jobs in this process (one worker) or a process pool, yielding results as they come.
 
-    ``meanwhile`` runs exactly once, while the positions convert: here in this process while the
-    pool works; beside the inline positions, in a thread started once the first planes are
-    written (the position's own decoding and compressing threads leave the GIL free most of the
-    time then; before, its OME-XML is built in this thread). Its error is raised after them.
+    ``meanwhile`` runs exactly once: while the pool works, or after the jobs when run inline
+    (beside them, experiment.h5 competed with the position for a full disk, and its error
+    replaced the position's one-line failure).
     """
     if workers <= 1 or not jobs:
-        side = ThreadPoolExecutor(1, thread_name_prefix="meanwhile")
-        started: list[Future] = []
-
-        def start_meanwhile() -> None:
-            if not started:
-                started.append(side.submit(meanwhile))
-
-        try:
-            for job in jobs:
-                entry, detail = _run_job_inline(job, progress, start_meanwhile)
-                yield job, (entry, detail)
-                if fail_fast and entry["status"] != "ok":
-                    logger.warning("--fail-fast: no further position is started")
-                    break
-            start_meanwhile()  # no position got as far as writing planes
-            started[0].result()
-        finally:
-            side.shutdown(wait=True)
+        for job in jobs:
+            entry, detail = _run_job_inline(job, progress)
+            yield job, (entry, detail)
+            if fail_fast and entry["status"] != "ok":
+                logger.warning("--fail-fast: no further position is started")
+                break
+        meanwhile()
         return
 
     q = mp.get_context().Queue()
@@ -149,17 +131,12 @@ def run_jobs(
         _drain(q, progress)
 
 
-def _run_job_inline(
-    job: PositionJob, progress: Progress, on_progress: Callable[[], None] | None = None
-) -> tuple[dict, str | None]:
-    """One-worker path: same error handling as the pool, progress updated directly (and
-    ``on_progress()`` called with each update)."""
+def _run_job_inline(job: PositionJob, progress: Progress) -> tuple[dict, str | None]:
+    """One-worker path: same error handling as the pool, progress updated directly."""
 
     class _Direct:
         def put(self, n: int) -> None:
             progress.update(n)
-            if on_progress is not None:
-                on_progress()
 
     _init_worker(_Direct())
     try:
