@@ -32,7 +32,7 @@ from posdir2ometiff.dask_executor import (
     threads_per_worker,
 )
 from posdir2ometiff.errors import ConversionError, PlaneError
-from posdir2ometiff.executors import default_threads
+from posdir2ometiff.executors import SideWork, default_threads
 from posdir2ometiff.executors import run_jobs as _run_jobs
 from posdir2ometiff.layout import (
     DEFAULT_PATTERN,
@@ -326,7 +326,7 @@ def _convert_locked(
     tables_box: dict[str, Any] = {}
 
     def write_experiment_tables() -> None:
-        """HDF5 tables; run while the workers convert (this process is idle then)."""
+        """HDF5 tables, written beside the positions (executors.SideWork)."""
         if meta is not None and (meta.tables or meta.plane_times):
             path = out / TABLES_NAME
             names = write_tables(meta, path)
@@ -334,6 +334,7 @@ def _convert_locked(
                 tables_box["entry"] = {"path": TABLES_NAME, "sha1": sha1_file(path),
                                        "size": path.stat().st_size, "names": names}
 
+    tables = SideWork(write_experiment_tables)
     total = sum(j.layout.plane_count for j in jobs if not j.layout.error)
     workers = min(opts.workers or usable_cores(), max(len(jobs), 1))
     for job in jobs:
@@ -347,9 +348,9 @@ def _convert_locked(
             job.worker_threads = shares
     with Progress(total, mode=progress_mode) as progress:
         runs = (
-            run_jobs_dask(jobs, client, opts.fail_fast, progress, write_experiment_tables)
+            run_jobs_dask(jobs, client, opts.fail_fast, progress, tables)
             if client is not None
-            else _run_jobs(jobs, workers, opts.fail_fast, progress, write_experiment_tables)
+            else _run_jobs(jobs, workers, opts.fail_fast, progress, tables)
         )
         for job, (entry, detail) in runs:
             name = job.layout.name

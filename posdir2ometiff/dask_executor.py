@@ -34,13 +34,13 @@ import queue as queue_mod
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from posdir2ometiff.cores import usable_cores
 from posdir2ometiff.errors import ConversionError
-from posdir2ometiff.executors import convert_guarded
+from posdir2ometiff.executors import SideWork, convert_guarded
 from posdir2ometiff.position import PositionJob, failed_entry
 from posdir2ometiff.progress import Progress
 
@@ -215,11 +215,11 @@ def _slots(client: Any) -> int:
 
 def run_jobs_dask(
     jobs: list[PositionJob], client: Any, fail_fast: bool, progress: Progress,
-    meanwhile: Callable[[], None],
+    beside: SideWork,
 ) -> Iterator[tuple[PositionJob, tuple[dict, str | None]]]:
     """Run each job as a task on ``client``'s cluster, yielding results as they come.
 
-    ``meanwhile`` runs exactly once, while the first tasks run.
+    ``beside`` is attempted while the first tasks run, and finished after the last.
     """
     from distributed import TimeoutError as DaskTimeout
     from distributed import wait
@@ -240,7 +240,7 @@ def run_jobs_dask(
     finished: dict[str, int] = {}  # planes of the positions converted, for the last events
     try:
         pending = {submit(job) for job in itertools.islice(todo, _slots(client))}
-        meanwhile()
+        beside.attempt()
         stop = False
         while pending:
             try:
@@ -266,6 +266,7 @@ def run_jobs_dask(
         events.settle(finished, progress)
     finally:
         client.unsubscribe_topic(PROGRESS_TOPIC)
+    beside.finish()
 
 
 def _outcome(fut: Any, job: PositionJob, killed: type[Exception]) -> tuple[dict, str | None]:

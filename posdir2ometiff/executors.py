@@ -10,10 +10,17 @@ import logging
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from typing import Any
 
 from posdir2ometiff.cores import usable_cores
@@ -63,8 +70,9 @@ def convert_guarded(
 
 
 def _run_job(job: PositionJob) -> tuple[dict, str | None]:
-    """Worker entry point of the process pool; progress goes back through the queue in batches."""
-    pending = [0, time.monotonic()]
+    """Worker entry point of the process pool; progress goes back through the queue in batches
+    (the first plane at once: the progress bar moves, and an inline run starts its side work)."""
+    pending = [0, float("-inf")]
 
     def report(n: int) -> None:
         pending[0] += n
@@ -79,24 +87,74 @@ def _run_job(job: PositionJob) -> tuple[dict, str | None]:
     return result
 
 
+class SideWork:
+    """Work a run does beside its positions (the experiment's HDF5 tables): attempted once
+    while they convert, and once more after them if that attempt failed.
+
+    Beside the positions it competes with them for the disk: on a nearly full one it can fail
+    only because a position's partial file held the space (removed when that position failed).
+    Tried again after the positions, its error is the one a run doing it last would give, so
+    which of the two reached the disk first never decides what the user is told.
+    """
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn = fn
+        self._lock = threading.Lock()
+        self._state = "new"  # → "running" → "ok" | "failed"
+
+    def attempt(self) -> None:
+        """Run it once, never raising: a failure is left for :meth:`finish` to try again."""
+        with self._lock:
+            if self._state != "new":
+                return
+            self._state = "running"
+        try:
+            self._fn()
+        except Exception as exc:  # tried again after the positions; that error is the one raised
+            logger.debug("beside the positions: %s (tried again after them)", exc)
+            self._state = "failed"
+        else:
+            self._state = "ok"
+
+    def finish(self) -> None:
+        """After the positions (and after a running :meth:`attempt`): run it again unless the
+        attempt succeeded; this error propagates."""
+        if self._state != "ok":
+            self._fn()
+            self._state = "ok"
+
+
 def run_jobs(
     jobs: list[PositionJob], workers: int, fail_fast: bool, progress: Progress,
-    meanwhile: Callable[[], None],
+    beside: SideWork,
 ) -> Iterator[tuple[PositionJob, tuple[dict, str | None]]]:
     """Run jobs in this process (one worker) or a process pool, yielding results as they come.
 
-    ``meanwhile`` runs exactly once: while the pool works, or after the jobs when run inline
-    (beside them, experiment.h5 competed with the position for a full disk, and its error
-    replaced the position's one-line failure).
+    ``beside`` is attempted while the positions convert: here in this process while the pool
+    works; beside the inline positions, in a thread started once the first planes are written
+    (the position's decoding and compressing threads leave the GIL free most of the time then;
+    before, its OME-XML is built in this thread). It is finished after the positions.
     """
     if workers <= 1 or not jobs:
-        for job in jobs:
-            entry, detail = _run_job_inline(job, progress)
-            yield job, (entry, detail)
-            if fail_fast and entry["status"] != "ok":
-                logger.warning("--fail-fast: no further position is started")
-                break
-        meanwhile()
+        side = ThreadPoolExecutor(1, thread_name_prefix="beside")
+        started: list[Future] = []
+
+        def start_beside() -> None:
+            if not started:
+                started.append(side.submit(beside.attempt))
+
+        try:
+            for job in jobs:
+                entry, detail = _run_job_inline(job, progress, start_beside)
+                yield job, (entry, detail)
+                if fail_fast and entry["status"] != "ok":
+                    logger.warning("--fail-fast: no further position is started")
+                    break
+            if started:
+                started[0].result()
+        finally:
+            side.shutdown(wait=True)
+        beside.finish()
         return
 
     q = mp.get_context().Queue()
@@ -110,7 +168,7 @@ def run_jobs(
             futures[ex.submit(_run_job, job)] = job
             if len(futures) >= workers:
                 break
-        meanwhile()
+        beside.attempt()
         pending = set(futures)
         stop = False
         while pending:
@@ -129,14 +187,19 @@ def run_jobs(
                         futures[new] = nxt
                         pending.add(new)
         _drain(q, progress)
+    beside.finish()
 
 
-def _run_job_inline(job: PositionJob, progress: Progress) -> tuple[dict, str | None]:
-    """One-worker path: same error handling as the pool, progress updated directly."""
+def _run_job_inline(
+    job: PositionJob, progress: Progress, on_progress: Callable[[], None]
+) -> tuple[dict, str | None]:
+    """One-worker path: same error handling as the pool, progress updated directly (and
+    ``on_progress()`` called with each update)."""
 
     class _Direct:
         def put(self, n: int) -> None:
             progress.update(n)
+            on_progress()
 
     _init_worker(_Direct())
     try:

@@ -128,6 +128,65 @@ def test_disk_full_for_experiment_h5_names_it(
     assert sorted(p.name for p in small_disk.iterdir()) == ["keep"]
 
 
+def _flaky_tables(monkeypatch: pytest.MonkeyPatch, out: Path, failures: int) -> list[dict]:
+    """write_tables failing its first ``failures`` calls with a full disk; each call records
+    whether a position's partial file was in OUT at that moment (the position still writing)."""
+    from posdir2ometiff.atomic import AtomicWriteError
+    from posdir2ometiff.metadata import tables as tables_mod
+
+    real = tables_mod.write_tables
+    calls: list[dict] = []
+
+    def flaky(meta, path):
+        calls.append({"beside": any(p.name.endswith(".partial") for p in out.iterdir())})
+        if len(calls) <= failures:
+            raise AtomicWriteError(f"{path}: cannot be written (No space left on device, "
+                                   f"call {len(calls)})")
+        return real(meta, path)
+
+    monkeypatch.setattr(tables_mod, "write_tables", flaky)
+    return calls
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tables_failing_beside_the_positions_are_written_again_after_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """experiment.h5 is written while the positions convert; on a nearly full disk it can fail
+    only because a position's partial held the space. It is then tried again after them, so
+    which of the two got to the disk first never decides the outcome."""
+    spec = make_demo(tmp_path / "exp", positions=2, channels=["GFP"], z=2, t=30, size=256,
+                     seed=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    calls = _flaky_tables(monkeypatch, out, failures=1)
+    result = convert(spec.folder, out, workers=workers, threads=2, progress="off")
+    assert [p.status for p in result.positions] == ["ok", "ok"]
+    assert len(calls) == 2
+    assert calls[1]["beside"] is False  # the second attempt: after the positions
+    if workers == 1:  # inline: the first attempt ran beside the position, in a thread
+        assert calls[0]["beside"] is True
+    assert result.tables is not None and result.tables.is_file()
+    import json
+
+    assert json.loads(result.manifest.read_text())["tables"]["path"] == "experiment.h5"
+
+
+def test_tables_failing_again_after_the_positions_raise_that_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from posdir2ometiff.atomic import AtomicWriteError
+
+    spec = make_demo(tmp_path / "exp", positions=1, channels=["GFP"], z=2, t=4, size=64, seed=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    calls = _flaky_tables(monkeypatch, out, failures=2)
+    with pytest.raises(AtomicWriteError, match=r"experiment\.h5: cannot be written .*call 2"):
+        convert(spec.folder, out, **FAST)
+    assert len(calls) == 2
+    assert not (out / "experiment.h5").exists()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_killing_the_converter_stops_its_workers(tmp_path: Path, sig: signal.Signals) -> None:
     spec = make_demo(tmp_path / "exp", positions=2, channels=["DIC", "GFP"], z=4, t=40,
