@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ import imagecodecs
 import numpy as np
 import pytest
 import tifffile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from posdir2ometiff import convert as convert_mod
 from posdir2ometiff import hashfile, planes, position, writer
@@ -255,6 +258,75 @@ def test_hashing_file_falls_back_when_hashed_bytes_change(tmp_path: Path) -> Non
         fh.write(b"c")
     assert fh.stale
     assert fh.sha1() == hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+_ops = st.lists(st.one_of(
+    st.tuples(st.just("write"), st.integers(0, 3), st.binary(min_size=0, max_size=300)),
+    st.tuples(st.just("seek"), st.integers(0, 2000), st.just(b"")),
+    st.tuples(st.just("end"), st.just(0), st.just(b"")),
+    st.tuples(st.just("checkpoint"), st.just(0), st.just(b"")),
+), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=_ops)
+def test_hashing_file_is_a_file(tmp_path_factory: pytest.TempPathFactory, ops: list) -> None:
+    """Any writes, seeks (past the end too) and checkpoints, with bytes, bytearrays and NumPy
+    buffers, leave the bytes an ordinary file would hold, and a SHA-1 of exactly them."""
+    path = tmp_path_factory.mktemp("hf") / "f.bin"
+    model = bytearray()
+    pos = 0
+    with hashfile.HashingFile(path, sync_every=512) as fh:
+        for op, kind, data in ops:
+            if op == "seek":
+                pos = fh.seek(min(pos, len(model)) if kind == 0 else kind)
+            elif op == "end":
+                pos = fh.seek(0, 2)
+            elif op == "checkpoint":
+                fh.checkpoint()
+            else:
+                buf = [data, bytearray(data), np.frombuffer(data, np.uint8).copy(),
+                       memoryview(data)][kind]
+                assert fh.write(buf) == len(data)
+                if isinstance(buf, (bytearray, np.ndarray)) and len(data):
+                    # The caller reuses its buffer: what was written must not change.
+                    buf[:] = 0 if isinstance(buf, np.ndarray) else bytes(len(data))
+                if pos > len(model) and data:  # an empty write does not extend a file
+                    model.extend(bytes(pos - len(model)))
+                model[pos : pos + len(data)] = data
+                pos += len(data)
+            assert fh.tell() == pos
+    assert path.read_bytes() == bytes(model)
+    assert fh.size == len(model)
+    assert fh.sha1() == hashlib.sha1(bytes(model)).hexdigest()
+
+
+def test_hashing_file_keeps_bytes_without_copying_them(tmp_path: Path) -> None:
+    """The compressed tiles (``bytes``) are held by reference until written, not copied."""
+    import tracemalloc
+
+    tiles = [bytes([i]) * (1 << 20) for i in range(8)]
+    with hashfile.HashingFile(tmp_path / "f.bin") as fh:
+        tracemalloc.start()
+        try:
+            for tile in tiles:
+                fh.write(tile)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < (1 << 20), peak  # one copy of one tile would already be 1 MiB
+    assert fh.sha1() == hashlib.sha1(b"".join(tiles)).hexdigest()
+
+
+def test_write_all_continues_short_writes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    real = os.pwritev
+    monkeypatch.setattr(os, "pwritev", lambda fd, bufs, off: real(fd, [bytes(bufs[0])[:3]], off))
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        hashfile.write_all(fd, [b"abcdefg", b"", bytearray(b"hij"), memoryview(b"klmno")], 2)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"\0\0abcdefghijklmno"
 
 
 def test_cli_threads_option(
