@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import logging
+import os
 import uuid as uuid_mod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,6 +48,16 @@ class PositionJob:
 
 
 def relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` in POSIX form (``path`` itself when outside ``root``).
+
+    The layout builds every plane path as ``root / folder / name``, so its text starts with
+    ``root``'s: a string prefix answers what ``Path.relative_to`` (about 50 µs, twice per
+    plane, in the writing thread) would."""
+    text, base = str(path), str(root)
+    prefix = base if base.endswith(os.sep) else base + os.sep
+    if text.startswith(prefix) and len(text) > len(prefix):
+        rest = text[len(prefix):]
+        return rest.replace(os.sep, "/") if os.sep != "/" else rest
     try:
         return path.relative_to(root).as_posix()
     except ValueError:

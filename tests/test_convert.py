@@ -348,3 +348,22 @@ def test_unmatched_files_are_listed_in_the_manifest(
     validate_manifest(manifest)
     assert manifest["positions"]["pos001"]["unmatched_files"] == [f"pos001/{n}" for n in strays]
     assert manifest["positions"]["pos002"]["unmatched_files"] == []
+
+
+@pytest.mark.parametrize("root, path", [
+    ("/data/exp", "/data/exp/pos001/a_1_GFP_1.png"),
+    ("/data/exp/", "/data/exp/pos001/a.png"),
+    ("/", "/data/exp/a.png"),
+    ("/data/exp", "/data/exp2/pos001/a.png"),  # a sibling sharing the prefix: not inside
+    ("/data/exp", "/data/exp"),
+    ("/data/exp", "/other/a.png"),
+    ("rel/exp", "rel/exp/pos001/a.png"),
+])
+def test_relative_source_paths_as_path_relative_to(root: str, path: str) -> None:
+    from posdir2ometiff.position import relative
+
+    try:
+        expected = Path(path).relative_to(Path(root)).as_posix()
+    except ValueError:
+        expected = Path(path).as_posix()
+    assert relative(Path(path), Path(root)) == expected
