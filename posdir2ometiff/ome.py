@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -62,7 +62,7 @@ from ome_types.model import (
 from posdir2ometiff import __version__
 from posdir2ometiff.metadata.model import Channel as MetaChannel
 from posdir2ometiff.metadata.model import ExperimentMetadata
-from posdir2ometiff.omexml import render
+from posdir2ometiff.omexml import render, render_streamed
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,48 @@ def build_ome(
     the planes (and a renamed copy still matches by UUID). ``meta`` may be None (no metadata files
     found): the result then has only what the pixels themselves tell.
     """
+    ome, elements = _build(spec, meta, file_name=file_name, uuid=uuid)
+    planes: list[Plane] = []
+    tiff_data: list[TiffData] = []
+    for plane, td in elements:
+        planes.append(plane)
+        tiff_data.append(td)
+    # The per-plane lists join after OME's construction: it walks every object to link IDs and
+    # references (ome-types' _link_refs), 60 % of building a 3,000-plane model, and Plane and
+    # TiffData carry neither. Assignment still validates them (validate_assignment).
+    pixels = ome.images[0].pixels
+    pixels.tiff_data_blocks = tiff_data
+    pixels.planes = planes
+    return ome
+
+
+def position_ome_xml(
+    spec: ImageSpec,
+    meta: ExperimentMetadata | None = None,
+    *,
+    file_name: str,
+    uuid: str,
+) -> str:
+    """``ome_xml(build_ome(...))``, the same text, without holding every Plane and TiffData.
+
+    A position's model is mostly one Plane and one TiffData (with its UUID) per plane, about
+    3 kB of objects per plane: 10 MB at 3,000 planes, alive at once only to be rendered, whose
+    freed memory the process kept (peak RSS grew with T). Here each plane's pair is made,
+    rendered to its two lines and dropped (omexml.render_streamed)."""
+    ome, elements = _build(spec, meta, file_name=file_name, uuid=uuid)
+    return render_streamed(
+        ome, elements, lambda: build_ome(spec, meta, file_name=file_name, uuid=uuid))
+
+
+def _build(
+    spec: ImageSpec,
+    meta: ExperimentMetadata | None,
+    *,
+    file_name: str,
+    uuid: str,
+) -> tuple[OME, Iterator[tuple[Plane, TiffData]]]:
+    """The model without its per-plane lists, and those lists' (Plane, TiffData) pairs in IFD
+    order, made as they are iterated."""
     meta = meta or ExperimentMetadata()
     position = meta.position(spec.name)
     # A folder name that is not UTF-8 (kept byte-exact on disk and in the manifest) cannot go
@@ -239,51 +281,43 @@ def build_ome(
             exposure = mch.exposure_ms
         exposures.append(exposure)
 
-    # --- planes and TiffData, in XYZCT order ---------------------------------------------------
-    planes: list[Plane] = []
-    tiff_data: list[TiffData] = []
+    # --- planes and TiffData, in XYZCT order (made as the caller iterates) --------------------
     stage_x = position.x_um if position else None
     stage_y = position.y_um if position else None
     stage_z = position.z_um if position else None
-    ifd = 0
-    for t in range(spec.size_t):
-        log_t = (spec.t_numbers[t] if spec.t_numbers else t + 1) - 1  # PlaneTime.t of TheT
-        for c, ch in enumerate(spec.channels):
-            src = ch.source.lower()
-            stack_z = drive_z.get((log_t, src), stage_z)
-            for z in range(spec.size_z):
-                kw = {}
-                when = times.get((log_t, src, z)) or times.get((log_t, src, None))
-                if when is not None and start is not None:
-                    kw["delta_t"] = _seconds(when - start)
-                elif interval is not None:
-                    kw["delta_t"] = round(t * interval, 6)
-                if "delta_t" in kw:
-                    kw["delta_t_unit"] = UnitsTime.SECOND
-                if exposures[c] is not None:
-                    kw["exposure_time"] = exposures[c]
-                    kw["exposure_time_unit"] = UnitsTime.MILLISECOND
-                if stage_x is not None:
-                    kw["position_x"] = stage_x
-                    kw["position_x_unit"] = UnitsLength.MICROMETER
-                if stage_y is not None:
-                    kw["position_y"] = stage_y
-                    kw["position_y_unit"] = UnitsLength.MICROMETER
-                if stack_z is not None:
-                    kw["position_z"] = round(stack_z + (first_slice + z) * (spacing or 0.0), 6)
-                    kw["position_z_unit"] = UnitsLength.MICROMETER
-                planes.append(Plane(the_z=z, the_c=c, the_t=t, **kw))
-                tiff_data.append(
-                    TiffData(
-                        ifd=ifd,
-                        first_z=z,
-                        first_c=c,
-                        first_t=t,
-                        plane_count=1,
-                        uuid=TiffData.UUID(value=uuid, file_name=file_name),
-                    )
-                )
-                ifd += 1
+
+    def elements() -> Iterator[tuple[Plane, TiffData]]:
+        ifd = 0
+        for t in range(spec.size_t):
+            log_t = (spec.t_numbers[t] if spec.t_numbers else t + 1) - 1  # PlaneTime.t of TheT
+            for c, ch in enumerate(spec.channels):
+                src = ch.source.lower()
+                stack_z = drive_z.get((log_t, src), stage_z)
+                for z in range(spec.size_z):
+                    kw = {}
+                    when = times.get((log_t, src, z)) or times.get((log_t, src, None))
+                    if when is not None and start is not None:
+                        kw["delta_t"] = _seconds(when - start)
+                    elif interval is not None:
+                        kw["delta_t"] = round(t * interval, 6)
+                    if "delta_t" in kw:
+                        kw["delta_t_unit"] = UnitsTime.SECOND
+                    if exposures[c] is not None:
+                        kw["exposure_time"] = exposures[c]
+                        kw["exposure_time_unit"] = UnitsTime.MILLISECOND
+                    if stage_x is not None:
+                        kw["position_x"] = stage_x
+                        kw["position_x_unit"] = UnitsLength.MICROMETER
+                    if stage_y is not None:
+                        kw["position_y"] = stage_y
+                        kw["position_y_unit"] = UnitsLength.MICROMETER
+                    if stack_z is not None:
+                        kw["position_z"] = round(stack_z + (first_slice + z) * (spacing or 0.0), 6)
+                        kw["position_z_unit"] = UnitsLength.MICROMETER
+                    yield (Plane(the_z=z, the_c=c, the_t=t, **kw),
+                           TiffData(ifd=ifd, first_z=z, first_c=c, first_t=t, plane_count=1,
+                                    uuid=TiffData.UUID(value=uuid, file_name=file_name)))
+                    ifd += 1
 
     pixels_kw: dict = {}
     if meta.pixel_size_um:
@@ -380,12 +414,7 @@ def build_ome(
         uuid=uuid,
         creator=f"posdir2ometiff {__version__}",
     )
-    # The per-plane lists join after OME's construction: it walks every object to link IDs and
-    # references (ome-types' _link_refs), 60 % of building a 3,000-plane model, and Plane and
-    # TiffData carry neither. Assignment still validates them (validate_assignment).
-    image.pixels.tiff_data_blocks = tiff_data
-    image.pixels.planes = planes
-    return ome
+    return ome, elements()
 
 
 #: The Acq file's camera modes (pswain/Acquisition multiDGUI2.m: "1 if EM with gain+exposure

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from functools import cache
 from typing import Any
@@ -177,20 +177,11 @@ def _splice(xml: str, cursor: int, tag: str, items: Sequence[Any],
 
     Returns the new text and a cursor after the inserted elements, or None when the rendered
     element is not exactly what ``one`` makes of ``items[0]`` (then ome-types renders all)."""
-    start = xml.find(f"<{tag} ", cursor)
-    if start < 0:
+    found = _element_at(xml, cursor, tag, items[0], one)
+    if found is None:
         return None
-    line = xml.rfind("\n", 0, start) + 1
-    pad = xml[line:start]
-    if pad.strip(" "):
-        return None
-    first = one(items[0], pad)
-    if first is None or not xml.startswith(first, line):
-        return None
-    end = line + len(first)
-    if xml[end:end + 1] != "\n":
-        return None
-    rendered = [first]
+    line, end, pad = found
+    rendered = [xml[line:end]]
     for item in items[1:]:
         text = one(item, pad)
         if text is None:
@@ -239,3 +230,72 @@ def _render(ome: OME) -> str:
                 return to_xml(ome)
             xml, cursor = done
     return xml
+
+
+def render_streamed(
+    ome: OME, elements: Iterator[tuple[Plane, TiffData]], rebuild: Callable[[], OME]
+) -> str:
+    """The OME-XML of ``ome`` (one image, its Plane and TiffData lists empty) with the pairs of
+    ``elements`` as those lists, each pair made, rendered and dropped in turn: the text
+    :func:`render` gives for the whole model, without the whole model in memory.
+
+    The first pair joins the model and is rendered by ome-types, as in :func:`render`; anything
+    the one-pass renderer does not reproduce makes ``rebuild()`` (the whole model) render through
+    ome-types instead."""
+    try:
+        return _render_streamed(ome, elements, rebuild)
+    finally:
+        _TEXTS.clear()
+
+
+def _render_streamed(
+    ome: OME, elements: Iterator[tuple[Plane, TiffData]], rebuild: Callable[[], OME]
+) -> str:
+    (image,) = ome.images
+    first = next(elements, None)
+    if first is None:
+        return _to_xml(ome)
+    pixels = image.pixels
+    pixels.planes, pixels.tiff_data_blocks = [first[0]], [first[1]]
+    xml = _to_xml(ome)
+    # Where each list's single rendered element sits, and its indentation.
+    places = []
+    cursor = 0
+    for tag, item, one in (("TiffData", first[1], tiff_data_xml), ("Plane", first[0], plane_xml)):
+        found = _element_at(xml, cursor, tag, item, one)
+        if found is None:
+            logger.debug("OME-XML: %s elements rendered by ome-types", tag)
+            return to_xml(rebuild())
+        places.append(found)
+        cursor = found[1]
+    (td_start, td_end, td_pad), (pl_start, pl_end, pl_pad) = places
+    tiff_data, planes = [xml[td_start:td_end]], [xml[pl_start:pl_end]]
+    for plane, td in elements:
+        td_text, plane_text = tiff_data_xml(td, td_pad), plane_xml(plane, pl_pad)
+        if td_text is None or plane_text is None:
+            logger.debug("OME-XML: a Plane or TiffData rendered by ome-types")
+            return to_xml(rebuild())
+        tiff_data.append(td_text)
+        planes.append(plane_text)
+    return "".join((xml[:td_start], "\n".join(tiff_data), xml[td_end:pl_start],
+                    "\n".join(planes), xml[pl_end:]))
+
+
+def _element_at(xml: str, cursor: int, tag: str, item: Any,
+                one: Callable[[Any, str], str | None]) -> tuple[int, int, str] | None:
+    """(start of line, end, indentation) of the single rendered ``<tag`` element at or after
+    ``cursor``, when it is exactly what ``one`` makes of ``item``; else None."""
+    start = xml.find(f"<{tag} ", cursor)
+    if start < 0:
+        return None
+    line = xml.rfind("\n", 0, start) + 1
+    pad = xml[line:start]
+    if pad.strip(" "):
+        return None
+    text = one(item, pad)
+    if text is None or not xml.startswith(text, line):
+        return None
+    end = line + len(text)
+    if xml[end:end + 1] != "\n":
+        return None
+    return line, end, pad

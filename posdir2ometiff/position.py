@@ -16,7 +16,7 @@ import numpy as np
 from posdir2ometiff.errors import ConversionError, PlaneError
 from posdir2ometiff.layout import PlaneKey, PositionLayout, split_missing
 from posdir2ometiff.metadata.model import ExperimentMetadata
-from posdir2ometiff.ome import ImageSpec, build_ome, channel_specs, ome_xml
+from posdir2ometiff.ome import ImageSpec, channel_specs, position_ome_xml
 from posdir2ometiff.planes import Decoded, planes_ahead, read_ahead, read_plane
 from posdir2ometiff.planes import probe as probe_position
 from posdir2ometiff.report import PreviewCollector
@@ -80,13 +80,12 @@ def _ome_xml_with_derived_uuid(
     into the OME element and every TiffData block, which is all the nil UUID stands for. Should
     the metadata itself hold the nil UUID's text (the count differs), the XML is rendered again.
     """
-    ome = build_ome(spec, job.meta, file_name=file_name, uuid=_NIL_UUID)
-    nil_xml = ome_xml(ome)
+    nil_xml = position_ome_xml(spec, job.meta, file_name=file_name, uuid=_NIL_UUID)
     file_uuid = _derived_uuid(job, nil_xml, probed_sha1)
-    places = 1 + sum(1 for im in ome.images for td in im.pixels.tiff_data_blocks if td.uuid)
+    places = 1 + spec.size_t * spec.size_c * spec.size_z  # OME's UUID, and every TiffData's
     if nil_xml.count(_NIL_UUID) == places:
         return nil_xml.replace(_NIL_UUID, file_uuid), file_uuid
-    return ome_xml(build_ome(spec, job.meta, file_name=file_name, uuid=file_uuid)), file_uuid
+    return position_ome_xml(spec, job.meta, file_name=file_name, uuid=file_uuid), file_uuid
 
 
 def _derived_uuid(job: PositionJob, nil: str, probed_sha1: dict[PlaneKey, str]) -> str:

@@ -131,3 +131,74 @@ def test_special_floats() -> None:
                   enumerate([0.0, -0.0, 1e16, 1e-7, math.pi, 2.5e-300, 123456789.125])]
     ome = model(plane_list, "a.ome.tiff")
     assert omexml.render(ome) == to_xml(ome)
+
+
+def _position_spec(size_t: int = 20, names: tuple[str, ...] = ("Brightfield", "GFP", "mCherry"),
+                   samples: tuple[int, ...] = (1, 1, 1)) -> ImageSpec:
+    return ImageSpec(name="pos001", size_x=64, size_y=48, size_z=3, size_t=size_t,
+                     channels=channel_specs(list(names), list(samples)),
+                     dtype=np.dtype("uint16"), missing=["t=2 c=GFP z=3"],
+                     t_numbers=list(range(1, size_t + 1)))
+
+
+@pytest.mark.parametrize("meta", ["rich", "none"])
+@pytest.mark.parametrize("size_t", [1, 20])
+def test_streamed_position_xml_is_the_whole_models_text(
+    meta: str, size_t: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the converter writes (made plane by plane) is ome-types' text of build_ome's model,
+    and the per-plane elements came from the one-pass renderer."""
+    from posdir2ometiff.ome import position_ome_xml
+
+    spec = _position_spec(size_t)
+    m = rich_meta() if meta == "rich" else None
+    name = "pos&001 \"µ\".ome.tiff"
+    expected = to_xml(build_ome(spec, m, file_name=name, uuid=UUID))
+    calls = spy(monkeypatch)
+    assert position_ome_xml(spec, m, file_name=name, uuid=UUID) == expected
+    n = spec.size_t * spec.size_c * spec.size_z
+    assert calls == {"plane": n, "tiff_data": n}  # each once (the first: checked against xsdata)
+    assert not omexml._TEXTS
+
+
+def test_streamed_position_xml_falls_back_to_the_whole_model(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pair the one-pass renderer cannot write (here: it declines the 7th Plane) sends the
+    whole model, rebuilt, through ome-types: the same text."""
+    from posdir2ometiff.ome import position_ome_xml
+
+    spec = _position_spec(4, ("DIC", "RGB"), (1, 3))
+    expected = to_xml(build_ome(spec, rich_meta(), file_name="p.ome.tiff", uuid=UUID))
+    real = omexml.plane_xml
+    seen = []
+
+    def picky(p, pad):  # type: ignore[no-untyped-def]
+        seen.append(p)
+        return None if len(seen) == 7 else real(p, pad)
+
+    monkeypatch.setattr(omexml, "plane_xml", picky)
+    assert position_ome_xml(spec, rich_meta(), file_name="p.ome.tiff", uuid=UUID) == expected
+
+
+def test_streamed_position_xml_never_holds_the_whole_model() -> None:
+    """Peak memory of the streamed rendering is a fraction of the whole model's (which held
+    three objects per plane at once: 10 MB at 3,000 planes)."""
+    import tracemalloc
+
+    from posdir2ometiff.ome import position_ome_xml
+
+    spec = _position_spec(200)  # 1,800 planes
+    meta = rich_meta()
+    peaks = []
+    for make in (lambda: ome_xml(build_ome(spec, meta, file_name="p.ome.tiff", uuid=UUID)),
+                 lambda: position_ome_xml(spec, meta, file_name="p.ome.tiff", uuid=UUID)):
+        tracemalloc.start()
+        try:
+            xml = make()
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        del xml
+    whole, streamed = peaks
+    assert streamed < 0.5 * whole, (streamed, whole)
