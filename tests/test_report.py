@@ -219,3 +219,31 @@ def test_report_renders_with_its_images_in_headless_chromium(converted, tmp_path
     pixels = imagecodecs.png_decode(shot.read_bytes())[..., :3]
     dark = (pixels.max(axis=-1) < 64).mean()
     assert pixels.std() > 20 and dark > 0.02, (pixels.std(), dark)
+
+
+def test_previews_are_encoded_as_the_last_plane_arrives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoding starts with the last plane, in its own thread (the writer is flushing the
+    file then); result() hands over that thread's answer, and its error."""
+    import threading
+
+    col = PreviewCollector(2, 1, 2, ["A"])
+    threads: list[str] = []
+    real = PreviewCollector._result
+
+    def spy(self):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread().name)
+        return real(self)
+
+    monkeypatch.setattr(PreviewCollector, "_result", spy)
+    for i in range(3):
+        col.add(i, np.full((8, 8), i, np.uint16))
+    assert threads == []  # not before the last plane
+    col.add(3, np.full((8, 8), 3, np.uint16))
+    res = col.result()
+    assert threads == ["previews"] and set(res["images"]["0"]) == {"0", "1"}
+
+    broken = PreviewCollector(1, 1, 1)
+    monkeypatch.setattr(PreviewCollector, "_result", lambda self: 1 / 0)
+    broken.add(0, np.zeros((8, 8), np.uint16))
+    with pytest.raises(ZeroDivisionError):
+        broken.result()
