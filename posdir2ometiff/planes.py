@@ -82,8 +82,9 @@ class Probe:
     cache: dict[PlaneKey, tuple[np.ndarray, int, str, int]]
 
 
-def probe(layout: PositionLayout) -> Probe:
-    """Size, dtype and samples per channel, from the first file of each channel."""
+def probe(layout: PositionLayout, threads: int = 1) -> Probe:
+    """Size, dtype and samples per channel, from the first file of each channel (decoded in up
+    to ``threads`` threads: this is the position's serial start, before any plane is written)."""
     shape: tuple[int, int] | None = None
     dtype: np.dtype | None = None
     samples: list[int] = []
@@ -92,24 +93,30 @@ def probe(layout: PositionLayout) -> Probe:
     for key in layout.plane_keys():
         if key in layout.files and key.c not in first:
             first[key.c] = key
-    for c in range(layout.size_c):
-        key = first.get(c)
-        if key is None:
-            # A channel other positions have but this one lacks entirely (layout.unify_channels):
-            # all its planes are missing, written as grey zeros.
-            samples.append(1)
-            continue
-        path = layout.files[key]
-        cache[key] = read_plane(path)
-        arr = cache[key][0]
-        samples.append(1 if arr.ndim == 2 else arr.shape[2])
-        if shape is None:
-            shape, dtype = arr.shape[:2], arr.dtype
-        elif arr.shape[:2] != shape or arr.dtype != dtype:
-            raise PlaneError(
-                f"{path}: {arr.dtype} {arr.shape[1]}x{arr.shape[0]}, but other planes of "
-                f"{layout.name} are {dtype} {shape[1]}x{shape[0]}"
-            )
+    todo = [first[c] for c in range(layout.size_c) if c in first]
+    decoded = map_ahead(lambda key: read_plane(layout.files[key]), todo,
+                        max(1, min(threads, len(todo))), name="probe", ahead=len(todo))
+    try:
+        for c in range(layout.size_c):
+            key = first.get(c)
+            if key is None:
+                # A channel other positions have but this one lacks entirely
+                # (layout.unify_channels): all its planes are missing, written as grey zeros.
+                samples.append(1)
+                continue
+            got, cache[key] = next(decoded)  # in channel order: errors come as a loop gives them
+            assert got == key
+            arr = cache[key][0]
+            samples.append(1 if arr.ndim == 2 else arr.shape[2])
+            if shape is None:
+                shape, dtype = arr.shape[:2], arr.dtype
+            elif arr.shape[:2] != shape or arr.dtype != dtype:
+                raise PlaneError(
+                    f"{layout.files[key]}: {arr.dtype} {arr.shape[1]}x{arr.shape[0]}, but other "
+                    f"planes of {layout.name} are {dtype} {shape[1]}x{shape[0]}"
+                )
+    finally:
+        decoded.close()
     assert shape is not None and dtype is not None
     return Probe(shape=shape, dtype=dtype, samples=samples, cache=cache)
 

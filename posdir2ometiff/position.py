@@ -119,7 +119,7 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
     layout = job.layout
     if layout.error:
         raise ConversionError(layout.error)
-    probe = probe_position(layout)
+    probe = probe_position(layout, job.threads)
     specs = channel_specs(layout.channels, probe.samples)
     # Planes the log says were not captured are listed apart from those missing for no reason.
     missing, not_captured = split_missing(layout, job.meta.plane_times if job.meta else ())

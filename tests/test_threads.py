@@ -407,3 +407,35 @@ def test_plane_files_are_read_whole_in_few_system_calls(
     for lie in (-1000, +1000):  # grown since fstat; shrunk since fstat
         monkeypatch.setattr(planes.os, "fstat", lambda fd, lie=lie: Stat(real_fstat(fd), lie))
         assert planes._read_file(path)[1] == data
+
+
+def test_probe_decodes_the_first_planes_in_threads_with_a_loops_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe decodes each channel's first plane in the position's threads: the same Probe
+    as one thread, and with bad files the error a loop over the channels meets first."""
+    from posdir2ometiff.layout import discover
+
+    spec = make_demo(tmp_path / "exp", positions=1, channels=["DIC", "GFP", "RFP"], z=2, t=2,
+                     size=32, seed=4)
+    (layout,) = discover(spec.folder)
+    names: set[str] = set()
+    real = planes.read_plane
+
+    def spy(path):  # type: ignore[no-untyped-def]
+        names.add(threading.current_thread().name)
+        return real(path)
+
+    monkeypatch.setattr(planes, "read_plane", spy)
+    one, two = planes.probe(layout, 1), planes.probe(layout, 2)
+    assert any(n.startswith("probe") for n in names)
+    assert (one.shape, one.dtype, one.samples) == (two.shape, two.dtype, two.samples)
+    assert {k: v[2] for k, v in one.cache.items()} == {k: v[2] for k, v in two.cache.items()}
+
+    firsts = [layout.files[k] for k in sorted(two.cache, key=lambda k: k.c)]
+    firsts[2].write_bytes(b"not a png")  # RFP unreadable, and GFP of another size:
+    imagecodecs_png = imagecodecs.png_encode(np.zeros((8, 8), np.uint16))
+    firsts[1].write_bytes(imagecodecs_png)  # the loop stops at GFP's size first
+    for threads in (1, 2, 3):
+        with pytest.raises(planes.PlaneError, match=r"GFP.*uint16 8x8, but other planes"):
+            planes.probe(layout, threads)
