@@ -18,6 +18,9 @@ own converter, and escape as lxml does. The result is the same text, not an appr
 
 Anything the one-pass renderer does not handle (a Plane with a HashSHA1 or annotation links, a
 TiffData without a UUID child of the usual shape) also sends the document to ome-types.
+
+:func:`render_streamed` does the same for a position's model whose Plane and TiffData pairs come
+from an iterator, so the converter never holds them all at once (ome.position_ome_xml).
 """
 
 from __future__ import annotations
