@@ -367,6 +367,13 @@ class AsyncWindow:
     round-trip latency is paid once per window instead of once per call.  Writes carry their own
     offset or tile position, so the order the server applies them in does not matter.  Errors
     (including connection loss) surface from :meth:`drain` or the next :meth:`call`.
+
+    When a call fails, the rest of the window is waited for, and a lost connection among its
+    failures is the error raised: it is the cause, and the others its echoes. When the server
+    drops a session, the writes it had already taken in are answered by a service closed under
+    them ("pixel buffer ... is closed"), and such an answer can arrive before the lost
+    connection does; raised first, it read as a server error, so the push neither retried nor
+    told the user to re-run (seen as a flaky test in CI).
     """
 
     def __init__(self, size: int = 3) -> None:
@@ -377,17 +384,24 @@ class AsyncWindow:
         self._pending.append((end, begin(*args)))
         if len(self._pending) >= self.size:
             end_fn, result = self._pending.pop(0)
-            end_fn(result)
+            try:
+                end_fn(result)
+            except Exception as exc:
+                self._raise_cause(exc)
 
     def drain(self) -> None:
-        """Wait for every call still in flight (raises the first error)."""
+        """Wait for every call still in flight (raises the first error, a lost connection
+        before any other)."""
+        self._raise_cause(None)
+
+    def _raise_cause(self, first: Exception | None) -> None:
         pending, self._pending = self._pending, []
-        first: BaseException | None = None
         for end_fn, result in pending:
             try:
                 end_fn(result)
-            except BaseException as exc:  # wait for all, report the first
-                first = first or exc
+            except Exception as exc:  # wait for all; keep the first, or the first lost connection
+                if first is None or (is_connection_lost(exc) and not is_connection_lost(first)):
+                    first = exc
         if first is not None:
             raise first
 

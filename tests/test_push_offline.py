@@ -355,3 +355,51 @@ def test_progress_rewinds_the_bytes_of_a_failed_upload() -> None:
         assert bar.done == 17
         raise ConnectionError("dropped")
     assert bar.done == 10
+
+
+class _Call:
+    """An AMI call's stand-in: ``end`` answers, or raises what the server (or Ice) said."""
+
+    def __init__(self, outcome: Exception | None) -> None:
+        self.outcome = outcome
+
+    @staticmethod
+    def end(call: _Call) -> None:
+        if call.outcome is not None:
+            raise call.outcome
+
+
+def test_a_lost_connection_is_the_error_a_window_of_writes_raises() -> None:
+    """When the server drops a session, writes it already took in are answered by a service
+    closed under them; that answer can come first. The window raises the lost connection (the
+    cause: the push retries it and tells the user to re-run), not the server's answer."""
+    pytest.importorskip("omero")
+    import Ice
+    import omero
+    import omero.clients  # noqa: F401 - defines omero's exception classes
+
+    from omero_push.session import AsyncWindow, is_connection_lost
+
+    closed = omero.ApiUsageException(None, None, "pixel buffer /x is closed")
+    lost = Ice.ConnectionLostException()
+    window = AsyncWindow(3)
+    for outcome in (None, closed, lost):
+        window.call(_Call, _Call.end, outcome)  # the third call waits for the first: fine
+    with pytest.raises(Exception) as got:
+        window.call(_Call, _Call.end, None)  # waits for the second: the closed service
+    assert got.value is lost and is_connection_lost(got.value)
+
+    window = AsyncWindow(4)  # the same at the end, in drain()
+    for outcome in (closed, None, lost):
+        window.call(_Call, _Call.end, outcome)
+    with pytest.raises(Exception) as got:
+        window.drain()
+    assert got.value is lost
+
+    window = AsyncWindow(4)  # no lost connection: the first error, as before
+    other = omero.ApiUsageException(None, None, "another")
+    for outcome in (closed, other):
+        window.call(_Call, _Call.end, outcome)
+    with pytest.raises(Exception) as got:
+        window.drain()
+    assert got.value is closed
