@@ -112,27 +112,26 @@ def test_planes_ahead_is_a_byte_budget_with_a_floor() -> None:
     assert planes.planes_ahead(4, 10**9) == planes.AHEAD_PER_THREAD * 4
 
 
+def _threads_calling(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> set[str]:
+    """Names of the threads that call ``module.name`` from now on (the call still happens)."""
+    names: set[str] = set()
+    real = getattr(module, name)
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        names.add(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, recording)
+    return names
+
+
 def test_threads_decode_ahead_and_compress_tiles_in_parallel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = make_demo(tmp_path / "exp", positions=1, channels=["DIC", "GFP"], z=2, t=3, size=96,
                      seed=3)
-    readers: set[str] = set()
-    real_read = position.read_plane
-
-    def recording_read(path: Path):
-        readers.add(threading.current_thread().name)
-        return real_read(path)
-
-    compressors: set[str] = set()
-    real_zstd = imagecodecs.zstd_encode
-
-    def recording_zstd(data, *args, **kwargs):
-        compressors.add(threading.current_thread().name)
-        return real_zstd(data, *args, **kwargs)
-
-    monkeypatch.setattr(position, "read_plane", recording_read)
-    monkeypatch.setattr(imagecodecs, "zstd_encode", recording_zstd)
+    readers = _threads_calling(monkeypatch, position, "read_plane")
+    compressors = _threads_calling(monkeypatch, imagecodecs, "zstd_encode")
     out2 = tmp_path / "t2"
     assert convert(spec.folder, out2, threads=2, tile=32, progress="off").ok
     assert readers and all(n.startswith("decode") for n in readers)
@@ -160,14 +159,7 @@ def test_single_tile_planes_are_compressed_by_the_writing_thread(
     assert writer.compress_threads(2, (1024, 1024), 512) == 2  # 4 tiles and a pyramid
     assert writer.compress_threads(2, (512, 512), 512, pyramid=2) == 2
     spec = make_demo(tmp_path / "exp", positions=1, channels=["GFP"], z=2, t=2, size=64, seed=3)
-    compressors: set[str] = set()
-    real_zstd = imagecodecs.zstd_encode
-
-    def recording_zstd(data, *args, **kwargs):
-        compressors.add(threading.current_thread().name)
-        return real_zstd(data, *args, **kwargs)
-
-    monkeypatch.setattr(imagecodecs, "zstd_encode", recording_zstd)
+    compressors = _threads_calling(monkeypatch, imagecodecs, "zstd_encode")
     assert convert(spec.folder, tmp_path / "out", threads=2, tile=64, progress="off").ok
     assert compressors == {"MainThread"}
     assert_matches_sources(tmp_path / "out", spec.folder, "pos001")
@@ -419,14 +411,7 @@ def test_probe_decodes_the_first_planes_in_threads_with_a_loops_outcome(
     spec = make_demo(tmp_path / "exp", positions=1, channels=["DIC", "GFP", "RFP"], z=2, t=2,
                      size=32, seed=4)
     (layout,) = discover(spec.folder)
-    names: set[str] = set()
-    real = planes.read_plane
-
-    def spy(path):  # type: ignore[no-untyped-def]
-        names.add(threading.current_thread().name)
-        return real(path)
-
-    monkeypatch.setattr(planes, "read_plane", spy)
+    names = _threads_calling(monkeypatch, planes, "read_plane")
     one, two = planes.probe(layout, 1), planes.probe(layout, 2)
     assert any(n.startswith("probe") for n in names)
     assert (one.shape, one.dtype, one.samples) == (two.shape, two.dtype, two.samples)
