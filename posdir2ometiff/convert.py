@@ -32,7 +32,7 @@ from posdir2ometiff.dask_executor import (
     threads_per_worker,
 )
 from posdir2ometiff.errors import ConversionError, PlaneError
-from posdir2ometiff.executors import SideWork, default_threads
+from posdir2ometiff.executors import SideWork, default_threads, wants_io_helper
 from posdir2ometiff.executors import run_jobs as _run_jobs
 from posdir2ometiff.layout import (
     DEFAULT_PATTERN,
@@ -340,6 +340,8 @@ def _convert_locked(
     for job in jobs:
         # On a cluster, 0 lets each worker choose (its cores / its task slots).
         job.threads = opts.threads or (0 if client is not None else default_threads(workers))
+        if client is None:
+            job.io_helper = wants_io_helper(job.threads, usable_cores(), workers)
     progress_mode = opts.progress
     if client is not None:
         check_shared_filesystem(client, src, out)

@@ -40,7 +40,7 @@ from typing import Any
 
 from posdir2ometiff.cores import usable_cores
 from posdir2ometiff.errors import ConversionError
-from posdir2ometiff.executors import SideWork, convert_guarded
+from posdir2ometiff.executors import SideWork, convert_guarded, wants_io_helper
 from posdir2ometiff.position import PositionJob, failed_entry
 from posdir2ometiff.progress import Progress
 
@@ -94,7 +94,12 @@ def run_position_task(job: PositionJob) -> tuple[dict, str | None]:
     worker = get_worker()
     if job.threads < 1:  # the caller left it to the cluster: this worker's share of its host
         share = (job.worker_threads or {}).get(worker.address)
-        job.threads = share or max(1, usable_cores() // max(1, worker.state.nthreads))
+        slots = max(1, worker.state.nthreads)
+        if share:  # the host's cores divided among all its workers' slots: none is spare
+            job.threads, job.io_helper = share, share > 1
+        else:
+            job.threads = max(1, usable_cores() // slots)
+            job.io_helper = wants_io_helper(job.threads, usable_cores(), slots)
     attempt = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     state = {"done": 0, "sent": 0.0}
 

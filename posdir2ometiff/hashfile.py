@@ -9,12 +9,14 @@ a *checkpoint* the caller sets once a region can no longer change (the writer: t
 plane before the last one) becomes final. Memory is therefore about two planes' compressed bytes
 (plus a few planes queued for the disk), whatever the file size.
 
-Final bytes go to one helper thread that feeds them to the hash and writes them to the file, in
-order, in one ``pwritev`` per plane, with an ``fdatasync`` every :data:`SYNC_EVERY` bytes (the
-final ``fsync`` before the rename, atomic.py, then waits for the last few megabytes instead of the
-whole file). The converting thread therefore makes no system call per write: measured with two
-decoding threads, its seeks and small writes each gave the GIL away and cost 0.5 ms to get it
-back, a quarter of a 300-plane position's time.
+Final bytes are fed to the hash and written to the file, in order, in one ``pwritev`` per plane,
+with an ``fdatasync`` every :data:`SYNC_EVERY` bytes (the final ``fsync`` before the rename,
+atomic.py, then waits for the last few megabytes instead of the whole file). With ``background``
+(a position converted in several threads) one helper thread does this, so the converting thread
+makes no system call per write: measured with two decoding threads, its seeks and small writes
+each gave the GIL away and cost 0.5 ms to get it back, a quarter of a 300-plane position's time.
+Without it the converting thread does it itself: that is the choice for a position converted in
+one thread where no core is spare for a helper (executors.wants_io_helper).
 
 Nor does it copy: the tail is a list of the written buffers themselves. A ``bytes`` object (what
 the tile compressor returns, and most of a file) is immutable, so it is kept as it is; anything
@@ -81,7 +83,8 @@ def write_all(fd: int, buffers: Sequence[bytes | bytearray | memoryview], offset
 class HashingFile(io.RawIOBase):
     """Binary write-only file whose SHA-1 is computed from the writes themselves."""
 
-    def __init__(self, path: Path, sync_every: int = SYNC_EVERY) -> None:
+    def __init__(self, path: Path, sync_every: int = SYNC_EVERY, *, background: bool = True
+                 ) -> None:
         super().__init__()
         self._sync_every = sync_every
         self.path = Path(path)
@@ -96,7 +99,8 @@ class HashingFile(io.RawIOBase):
         self._end = 0  # size of the file
         self._checkpoint = 0
         self._unsynced = 0  # bytes written by the helper since its last fdatasync
-        self._helper = ThreadPoolExecutor(1, thread_name_prefix="hashwrite")
+        self._helper = (ThreadPoolExecutor(1, thread_name_prefix="hashwrite") if background
+                        else None)
         self._queued: deque[Future[None]] = deque()
         #: True when a write touched final bytes; sha1() then reads the file back.
         self.stale = False
@@ -193,6 +197,9 @@ class HashingFile(io.RawIOBase):
             self._chunks[k], self._starts[k] = last[cut:], upto
         del self._chunks[:k], self._starts[:k]
         offset, self._base = self._base, upto
+        if self._helper is None:  # in this thread; a disk error surfaces here
+            self._commit(final, offset)
+            return
         while self._queued and self._queued[0].done():
             self._queued.popleft().result()  # a disk error surfaces here
         if len(self._queued) >= MAX_QUEUED:  # the disk is behind: wait, bounding memory
@@ -200,7 +207,7 @@ class HashingFile(io.RawIOBase):
         self._queued.append(self._helper.submit(self._commit, final, offset))
 
     def _commit(self, chunks: list[bytes | bytearray | memoryview], offset: int) -> None:
-        """In the helper thread: hash and write final chunks (they come in file order)."""
+        """Hash and write final chunks (they come in file order), in the helper thread if any."""
         size = 0
         for chunk in chunks:
             if not self.stale:
@@ -223,7 +230,8 @@ class HashingFile(io.RawIOBase):
                 self._settle(self._end)  # the rest is final now
                 self._drain()
             finally:
-                self._helper.shutdown(wait=True)
+                if self._helper is not None:
+                    self._helper.shutdown(wait=True)
                 os.close(self._fd)
         super().close()
 

@@ -45,6 +45,9 @@ class PositionJob:
     #: On a Dask cluster with ``threads`` 0: threads by worker address, the cores of the
     #: worker's host shared among the task slots of every worker on it (dask_executor.py).
     worker_threads: dict[str, int] | None = None
+    #: The output hashed and written by a helper thread beside the position's threads
+    #: (executors.wants_io_helper: not when every core already converts a position).
+    io_helper: bool = True
 
 
 def relative(path: Path, root: Path) -> str:
@@ -228,6 +231,7 @@ def convert_position(job: PositionJob, on_planes: Callable[[int], None] | None =
             on_plane=progress,
             threads=compress_threads(job.threads, probe.shape, job.tile, job.pyramid),
             on_level=previews.add if previews is not None else None,
+            background=job.io_helper,
         )
     finally:
         decoded.close()  # a failed write: stop the decoding threads

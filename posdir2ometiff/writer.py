@@ -29,7 +29,8 @@ Why these choices:
   For zlib/lzw (with a predictor) tifffile compresses a plane's tiles with that many workers.
   The caller decodes planes ahead in its own threads.
 * The SHA-1 of the output is computed from the bytes as they are written
-  (:class:`~posdir2ometiff.hashfile.HashingFile`), not by reading the finished file back.
+  (:class:`~posdir2ometiff.hashfile.HashingFile`), not by reading the finished file back: by a
+  helper thread, or by this one when the position is converted in one thread.
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ def write_ometiff_file(
     on_plane: Callable[[int], None] | None = None,
     threads: int = 1,
     on_level: Callable[[int, np.ndarray], None] | None = None,
+    background: bool = True,
 ) -> Written:
     """Write ``count`` planes of ``shape`` and ``dtype`` to ``path`` as one OME-TIFF.
 
@@ -180,7 +182,9 @@ def write_ometiff_file(
     ``AtomicWriteError`` naming ``path``). ``on_plane(i)`` is called after each plane
     (progress). ``threads``: tiles of a plane compressed in parallel. ``on_level(i, level)`` gets
     plane i's smallest pyramid level (the plane itself without a pyramid) as it is written, so
-    previews cost no second read (report.py).
+    previews cost no second read (report.py). ``background``: the output is hashed and written
+    by a helper thread (:class:`~posdir2ometiff.hashfile.HashingFile`); False for a position
+    converted in one thread.
     """
     if tile % 16 or tile <= 0:
         raise WriterError(f"--tile must be a positive multiple of 16, not {tile}")
@@ -242,7 +246,7 @@ def write_ometiff_file(
     written = 0
     prepared = map_ahead(prepare, checked(), threads, name="compress")
     try:
-        with HashingFile(partial) as fh, tifffile.TiffWriter(fh, bigtiff=bigtiff, ome=False) as tw:
+        with HashingFile(partial, background=background) as fh, tifffile.TiffWriter(fh, bigtiff=bigtiff, ome=False) as tw:
             for _plane, (pyramid_tiles, smallest) in prepared:
                 for i, (level_shape, level_tile, data) in enumerate(pyramid_tiles):
                     shape_kw = {} if encode is None else {"shape": level_shape, "dtype": dtype}

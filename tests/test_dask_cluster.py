@@ -337,18 +337,24 @@ def test_the_task_takes_its_workers_share(monkeypatch: pytest.MonkeyPatch) -> No
 
     from posdir2ometiff import dask_executor
 
-    seen: list[int] = []
-    monkeypatch.setattr(dask_executor, "convert_guarded",
-                        lambda job, report: (seen.append(job.threads), ({}, None))[1])
-    monkeypatch.setattr(dask_executor, "usable_cores", lambda: 12)
+    seen: list[tuple[int, bool]] = []
+    monkeypatch.setattr(dask_executor, "convert_guarded", lambda job, report: (
+        seen.append((job.threads, job.io_helper)), ({}, None))[1])
+    cores = [12]
+    monkeypatch.setattr(dask_executor, "usable_cores", lambda: cores[0])
     worker = SimpleNamespace(address="tcp://10.0.0.5:4000", state=SimpleNamespace(nthreads=4),
                              log_event=lambda *a: None)
     monkeypatch.setattr(distributed, "get_worker", lambda: worker)
-    job = SimpleNamespace(threads=0, worker_threads={"tcp://10.0.0.5:4000": 2},
-                          layout=SimpleNamespace(name="pos001"))
-    dask_executor.run_position_task(job)
-    job = SimpleNamespace(threads=0, worker_threads={}, layout=SimpleNamespace(name="pos001"))
-    dask_executor.run_position_task(job)
-    job = SimpleNamespace(threads=5, worker_threads={}, layout=SimpleNamespace(name="pos001"))
-    dask_executor.run_position_task(job)
-    assert seen == [2, 3, 5]
+
+    def task(threads: int, shares: dict[str, int]) -> None:
+        dask_executor.run_position_task(SimpleNamespace(
+            threads=threads, worker_threads=shares, io_helper=True,
+            layout=SimpleNamespace(name="pos001")))
+
+    task(0, {"tcp://10.0.0.5:4000": 2})
+    task(0, {"tcp://10.0.0.5:4000": 1})  # the host's cores all taken: no helper thread
+    task(0, {})
+    task(5, {})
+    cores[0] = 4  # 4 cores, 4 slots: 1 thread each, no core spare for a helper
+    task(0, {})
+    assert seen == [(2, True), (1, False), (3, True), (5, True), (1, False)]

@@ -99,12 +99,13 @@ def small_disk(tmp_path: Path):
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+@pytest.mark.parametrize("threads", [1, 2])  # written by the converting thread / a helper
 def test_disk_full_fails_the_position_naming_the_file_and_leaves_nothing(
-    tmp_path: Path, small_disk: Path
+    tmp_path: Path, small_disk: Path, threads: int
 ) -> None:
     spec = make_demo(tmp_path / "exp", positions=1, channels=["GFP"], z=2, t=2, size=256, seed=1)
     out = small_disk / "out"
-    result = convert(spec.folder, out, compression="none", **FAST)
+    result = convert(spec.folder, out, compression="none", threads=threads, **FAST)
     (pos,) = result.positions
     assert pos.status == "failed"
     assert f"{out / 'pos001.ome.tiff'}: cannot be written (No space left on device)" in pos.error

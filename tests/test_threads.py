@@ -132,17 +132,21 @@ def test_threads_decode_ahead_and_compress_tiles_in_parallel(
                      seed=3)
     readers = _threads_calling(monkeypatch, position, "read_plane")
     compressors = _threads_calling(monkeypatch, imagecodecs, "zstd_encode")
+    writes = _threads_calling(monkeypatch, hashfile, "write_all")  # the output's bytes
     out2 = tmp_path / "t2"
     assert convert(spec.folder, out2, threads=2, tile=32, progress="off").ok
     assert readers and all(n.startswith("decode") for n in readers)
     assert compressors and all(n.startswith("compress") for n in compressors)
+    assert writes and all(n.startswith("hashwrite") for n in writes)
     assert_matches_sources(out2, spec.folder, "pos001")
 
     readers.clear()
     compressors.clear()
+    writes.clear()
     out1 = tmp_path / "t1"
+    monkeypatch.setattr(convert_mod, "usable_cores", lambda: 1)  # no core spare for a helper
     assert convert(spec.folder, out1, threads=1, tile=32, progress="off").ok
-    assert readers == {"MainThread"} and compressors == {"MainThread"}
+    assert readers == compressors == writes == {"MainThread"}
     with tifffile.TiffFile(out1 / "pos001.ome.tiff") as a, tifffile.TiffFile(
             out2 / "pos001.ome.tiff") as b:
         np.testing.assert_array_equal(a.series[0].asarray(), b.series[0].asarray())
@@ -188,6 +192,38 @@ def test_default_threads_share_the_cores_between_workers(
         convert(spec.folder, tmp_path / "d", threads=0)
 
 
+@pytest.mark.parametrize(("cores", "workers", "threads", "helper"), [
+    (8, 2, 4, True),  # several threads: the helper keeps system calls off the GIL
+    (2, 1, 2, True),
+    (2, 1, 1, True),  # one thread, a core spare beside it
+    (3, 2, 1, True),
+    (2, 2, 1, False),  # every core converts a position
+    (1, 1, 1, False),  # a one-core Slurm task
+    (8, 8, 1, False),
+])
+def test_the_output_helper_thread_only_where_a_core_is_spare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int, workers: int, threads: int,
+    helper: bool,
+) -> None:
+    spec = make_demo(tmp_path / "exp", positions=workers, channels=["GFP"], z=1, t=1, size=32,
+                     metadata=False)
+    seen: list[bool] = []
+    real = convert_mod._run_jobs
+
+    def recording(jobs, workers_, *args):
+        seen.extend(j.io_helper for j in jobs)
+        return real(jobs, 1, *args)
+
+    monkeypatch.setattr(convert_mod, "_run_jobs", recording)
+    monkeypatch.setattr("posdir2ometiff.executors.usable_cores", lambda: cores)
+    monkeypatch.setattr(convert_mod, "usable_cores", lambda: cores)
+    writes = _threads_calling(monkeypatch, hashfile, "write_all")
+    assert convert(spec.folder, tmp_path / "out", workers=workers, threads=threads,
+                   progress="off").ok
+    assert seen == [helper] * workers
+    assert writes == ({"hashwrite_0"} if helper else {"MainThread"})
+
+
 def test_output_is_hashed_while_written_never_read_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -211,8 +247,9 @@ def test_output_is_hashed_while_written_never_read_back(
 
 
 @pytest.mark.parametrize("compression", ["zstd", "none"])
+@pytest.mark.parametrize("background", [True, False])
 def test_hashing_file_matches_the_bytes_on_disk_without_falling_back(
-    tmp_path: Path, compression: str
+    tmp_path: Path, compression: str, background: bool
 ) -> None:
     rng = np.random.default_rng(5)
     shape = (300, 500)
@@ -229,7 +266,8 @@ def test_hashing_file_matches_the_bytes_on_disk_without_falling_back(
         mp.setattr(hashfile.HashingFile, "close", spy_close)
         written = write_ometiff_file(path, iter(planes_), count=6, shape=shape,
                                      dtype=np.dtype("uint16"), ome_xml="<OME/>", tile=128,
-                                     compression=compression, threads=2)
+                                     compression=compression, threads=2,
+                                     background=background)
     assert stale and not any(stale)  # hashed from the writes, no read-back fallback
     assert written.sha1 == hashlib.sha1(path.read_bytes()).hexdigest()
     assert written.size == path.stat().st_size
@@ -237,9 +275,11 @@ def test_hashing_file_matches_the_bytes_on_disk_without_falling_back(
         np.testing.assert_array_equal(tf.pages[4].asarray(), planes_[4])
 
 
-def test_hashing_file_falls_back_when_hashed_bytes_change(tmp_path: Path) -> None:
+@pytest.mark.parametrize("background", [True, False])
+def test_hashing_file_falls_back_when_hashed_bytes_change(tmp_path: Path, background: bool
+                                                         ) -> None:
     path = tmp_path / "f.bin"
-    with hashfile.HashingFile(path) as fh:
+    with hashfile.HashingFile(path, background=background) as fh:
         fh.write(b"a" * 100)
         fh.checkpoint()
         fh.write(b"b" * 100)
@@ -261,14 +301,16 @@ _ops = st.lists(st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(ops=_ops)
-def test_hashing_file_is_a_file(tmp_path_factory: pytest.TempPathFactory, ops: list) -> None:
+@given(ops=_ops, background=st.booleans())
+def test_hashing_file_is_a_file(tmp_path_factory: pytest.TempPathFactory, ops: list,
+                                background: bool) -> None:
     """Any writes, seeks (past the end too) and checkpoints, with bytes, bytearrays and NumPy
-    buffers, leave the bytes an ordinary file would hold, and a SHA-1 of exactly them."""
+    buffers, leave the bytes an ordinary file would hold, and a SHA-1 of exactly them (hashed
+    and written by a helper thread or by the writing thread)."""
     path = tmp_path_factory.mktemp("hf") / "f.bin"
     model = bytearray()
     pos = 0
-    with hashfile.HashingFile(path, sync_every=512) as fh:
+    with hashfile.HashingFile(path, sync_every=512, background=background) as fh:
         for op, kind, data in ops:
             if op == "seek":
                 pos = fh.seek(min(pos, len(model)) if kind == 0 else kind)
@@ -293,12 +335,13 @@ def test_hashing_file_is_a_file(tmp_path_factory: pytest.TempPathFactory, ops: l
     assert fh.sha1() == hashlib.sha1(bytes(model)).hexdigest()
 
 
-def test_hashing_file_keeps_bytes_without_copying_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("background", [True, False])
+def test_hashing_file_keeps_bytes_without_copying_them(tmp_path: Path, background: bool) -> None:
     """The compressed tiles (``bytes``) are held by reference until written, not copied."""
     import tracemalloc
 
     tiles = [bytes([i]) * (1 << 20) for i in range(8)]
-    with hashfile.HashingFile(tmp_path / "f.bin") as fh:
+    with hashfile.HashingFile(tmp_path / "f.bin", background=background) as fh:
         tracemalloc.start()
         try:
             for tile in tiles:
