@@ -129,6 +129,25 @@ def test_disk_full_for_experiment_h5_names_it(
     assert sorted(p.name for p in small_disk.iterdir()) == ["keep"]
 
 
+@pytest.mark.parametrize("free_kib", [2, 8, 20, 32, 44, 50])
+def test_tables_on_a_full_disk_say_the_disk_is_full(
+    small_disk: Path, swainlab_sample: Path, free_kib: int
+) -> None:
+    """However far HDF5 got (an error, or writes lost without one and found on reading back:
+    "No object named ..."), the user is told the disk is full."""
+    from posdir2ometiff.atomic import AtomicWriteError
+    from posdir2ometiff.metadata import tables as tables_mod
+    from posdir2ometiff.metadata.plugins import load_metadata
+
+    meta = load_metadata(swainlab_sample, "auto", None)
+    (small_disk / "keep").write_bytes(b"\0" * ((160 - free_kib) * 1024))
+    with pytest.raises(AtomicWriteError) as info:
+        tables_mod.write_tables(meta, small_disk / "experiment.h5")
+    assert info.value.strerror == (f"{small_disk / 'experiment.h5'}: cannot be written "
+                               "(No space left on device)")
+    assert sorted(p.name for p in small_disk.iterdir()) == ["keep"]
+
+
 def _flaky_tables(monkeypatch: pytest.MonkeyPatch, out: Path, failures: int) -> list[dict]:
     """write_tables failing its first ``failures`` calls with a full disk; each call records
     whether a position's partial file was in OUT at that moment (the position still writing)."""

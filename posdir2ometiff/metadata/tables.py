@@ -108,9 +108,25 @@ def write_tables(meta: ExperimentMetadata, path: Path) -> list[str]:
             if _has_hole(tmp):
                 _check_written(tmp, written)
         except (tables.HDF5ExtError, ValueError, KeyError) as exc:
-            raise AtomicWriteError(errno.EIO, f"{path}: cannot be written ({_hdf5_reason(exc)})"
+            # A write HDF5 lost shows only as a table missing on reading back ("No object
+            # named ..."): on a full disk, say so.
+            reason = NO_SPACE if _nearly_full(tmp.parent) else _hdf5_reason(exc)
+            raise AtomicWriteError(errno.EIO, f"{path}: cannot be written ({reason})"
                                    ) from None
     return list(frames)
+
+
+NO_SPACE = os.strerror(errno.ENOSPC)
+#: Free bytes below which a failed HDF5 write is put down to a full disk.
+NEARLY_FULL = 1 << 20
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # gone, or not POSIX
+        return False
+    return st.f_bavail * st.f_frsize < NEARLY_FULL
 
 
 def _has_hole(path: Path) -> bool:
@@ -159,7 +175,7 @@ def _hdf5_reason(exc: BaseException) -> str:
     innermost cause (e.g. "file signature not found") is the last line before its end."""
     text = str(exc)
     if "No space left" in text or "ENOSPC" in text:
-        return "No space left on device"
+        return NO_SPACE
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if "End of HDF5 error back trace" in lines:
         trace = lines[: lines.index("End of HDF5 error back trace")]
