@@ -50,8 +50,8 @@ def wants_io_helper(threads: int, cores: int, slots: int) -> bool:
     away. Beside one, only when a core is spare for it: where every core already converts a
     position (``--workers`` = cores, an experiment of many positions; a one-core Slurm task) it
     would only take turns with them. Measured, two positions in two one-thread workers on 2 cores:
-    3.6 % less time and 6.7 % less CPU without it; one position alone with ``--threads 1`` on
-    2 cores: 10-14 % more time without it."""
+    3.6 % less time and 6.7 % less CPU without it (8 pairs); one position alone with
+    ``--threads 1`` on 2 cores: 20-25 % more time without it (6 pairs)."""
     return threads > 1 or cores > slots * threads
 
 

@@ -12,11 +12,11 @@ plane before the last one) becomes final. Memory is therefore about two planes' 
 Final bytes are fed to the hash and written to the file, in order, in one ``pwritev`` per plane,
 with an ``fdatasync`` every :data:`SYNC_EVERY` bytes (the final ``fsync`` before the rename,
 atomic.py, then waits for the last few megabytes instead of the whole file). With ``background``
-(a position converted in several threads) one helper thread does this, so the converting thread
-makes no system call per write: measured with two decoding threads, its seeks and small writes
-each gave the GIL away and cost 0.5 ms to get it back, a quarter of a 300-plane position's time.
-Without it the converting thread does it itself: that is the choice for a position converted in
-one thread where no core is spare for a helper (executors.wants_io_helper).
+one helper thread does this, so the converting thread makes no system call per write: measured
+with two decoding threads, its seeks and small writes each gave the GIL away and cost 0.5 ms to
+get it back, a quarter of a 300-plane position's time. Without it the converting thread does it
+itself: the choice for a one-thread position where every core already converts a position
+(executors.wants_io_helper).
 
 Nor does it copy: the tail is a list of the written buffers themselves. A ``bytes`` object (what
 the tile compressor returns, and most of a file) is immutable, so it is kept as it is; anything
@@ -98,7 +98,7 @@ class HashingFile(io.RawIOBase):
         self._pos = 0
         self._end = 0  # size of the file
         self._checkpoint = 0
-        self._unsynced = 0  # bytes written by the helper since its last fdatasync
+        self._unsynced = 0  # bytes written since the last fdatasync
         self._helper = (ThreadPoolExecutor(1, thread_name_prefix="hashwrite") if background
                         else None)
         self._queued: deque[Future[None]] = deque()
