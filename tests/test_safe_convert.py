@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -146,6 +147,12 @@ def test_tables_on_a_full_disk_say_the_disk_is_full(
     assert info.value.strerror == (f"{small_disk / 'experiment.h5'}: cannot be written "
                                "(No space left on device)")
     assert sorted(p.name for p in small_disk.iterdir()) == ["keep"]
+    # Nothing left open: a removed temporary held open would keep its blocks on the full disk.
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+    assert not [f for f in held if f.startswith(str(small_disk))]
 
 
 def _flaky_tables(monkeypatch: pytest.MonkeyPatch, out: Path, failures: int) -> list[dict]:

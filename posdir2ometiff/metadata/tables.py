@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import re
 import warnings
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import tables
 
-from posdir2ometiff.atomic import AtomicWriteError, atomic_path
+from posdir2ometiff.atomic import AtomicWriteError, write_bytes_atomic
 from posdir2ometiff.metadata.model import ExperimentMetadata
 
 log = logging.getLogger(__name__)
@@ -90,83 +89,42 @@ def write_tables(meta: ExperimentMetadata, path: Path) -> list[str]:
     if not frames:
         return []
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Unique temporary, fsync, rename (atomic.py). HDF5 reports a full disk as HDF5ExtError, or
-    # not at all (see _check_written), never as OSError: either becomes one line naming the file.
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        # Column names such as "Z sect." are kept as the lab wrote them; PyTables only warns
-        # that they cannot be used as Python attributes, which we never do.
-        warnings.filterwarnings("ignore", category=Warning, module="tables")
-        written = {node: _for_hdf(df) for node, df in frames.items()}
-        try:
-            with pd.HDFStore(tmp, mode="w", complevel=5, complib="zlib") as store:
-                for node, df in written.items():
-                    # No timestamps and no PyTables index (its arrays carry creation times):
-                    # the same tables give a byte-identical file, so a re-conversion's tables
-                    # are recognised by SHA-1 in OMERO instead of attached again (issue #14).
-                    store.put(node, df, format="table", encoding="utf-8", track_times=False,
-                              index=False)
-            if _has_hole(tmp):
-                _check_written(tmp, written)
-        except (tables.HDF5ExtError, ValueError, KeyError) as exc:
-            # A write HDF5 lost shows only as a table missing on reading back ("No object
-            # named ..."): on a full disk, say so.
-            reason = NO_SPACE if _nearly_full(tmp.parent) else _hdf5_reason(exc)
-            raise AtomicWriteError(errno.EIO, f"{path}: cannot be written ({reason})"
-                                   ) from None
+    write_bytes_atomic(path, _hdf5_image(path, frames))  # fsync, rename (atomic.py)
     return list(frames)
 
 
-NO_SPACE = os.strerror(errno.ENOSPC)
-#: Free bytes below which a failed HDF5 write is put down to a full disk.
-NEARLY_FULL = 1 << 20
+def _hdf5_image(path: Path, frames: dict[str, pd.DataFrame]) -> bytes:
+    """The HDF5 file of ``frames`` (one node each), built in memory: HDF5 never touches the disk.
 
-
-def _nearly_full(folder: Path) -> bool:
-    try:
-        st = os.statvfs(folder)
-    except (OSError, AttributeError):  # gone, or not POSIX
-        return False
-    return st.f_bavail * st.f_frsize < NEARLY_FULL
-
-
-def _has_hole(path: Path) -> bool:
-    """True when ``path`` has a hole before its end (or its holes cannot be asked about).
-
-    The failure :func:`_check_written` catches leaves exactly that: blocks never written. A
-    file HDF5 wrote completely has none, so the read-back (a third of the tables' cost) is
-    only paid when the filesystem shows a hole, or cannot say (``SEEK_HOLE`` unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return True
-    try:
-        size = os.fstat(fd).st_size
-        return size == 0 or os.lseek(fd, 0, os.SEEK_HOLE) < size
-    except (OSError, AttributeError):
-        return True
-    finally:
-        os.close(fd)
-
-
-def _check_written(tmp: Path, written: dict[str, pd.DataFrame]) -> None:
-    """Read the closed file back and compare it with what was put.
-
-    Measured on a full tmpfs: HDF5's metadata-cache flush at close can fail without any error
-    reaching Python, leaving a sparse file of the right size whose blocks were never written.
-    Only reading it back shows that; the tables are small (kilobytes), so this is cheap.
+    Written to disk by HDF5 itself, a full disk was reported as an HDF5 error, or not at all:
+    measured on a full tmpfs, HDF5's flush at close could fail silently, leaving a sparse file
+    of the right size, or fail in PyTables' ``File.close`` (tables/file.py) before it closed
+    the HDF5 file, which then stayed open, its removed temporary holding its blocks, until
+    the interpreter exited. Built in memory (HDF5's core driver, no backing store; the tables
+    are kilobytes to a few megabytes) the bytes reach the disk in our own write, where a full
+    disk is an ``OSError`` naming the file. The image is the same bytes HDF5 writes to a file.
     """
-    if os.stat(tmp).st_size == 0:
-        raise ValueError("the file is empty after writing")
-    with pd.HDFStore(tmp, mode="r") as store:
-        for node, df in written.items():
-            back = store.get(node).reset_index(drop=True)
-            if back.shape != df.shape or list(back.columns) != list(df.columns):
-                raise ValueError(f"table {node!r} reads back with another shape")
-            # Numbers must come back exactly (never-written blocks read as zeros). Strings are
-            # not compared: HDF5's fixed-width strings legitimately drop NUL bytes.
-            numeric = [c for c in df.columns if df[c].dtype.kind in "biufM"]
-            if numeric and not back[numeric].equals(df[numeric]):
-                raise ValueError(f"table {node!r} reads back different from what was written")
+    with warnings.catch_warnings():
+        # Column names such as "Z sect." are kept as the lab wrote them; PyTables only warns
+        # that they cannot be used as Python attributes, which we never do.
+        warnings.filterwarnings("ignore", category=Warning, module="tables")
+        try:
+            store = pd.HDFStore(path, mode="w", complevel=5, complib="zlib",
+                                driver="H5FD_CORE", driver_core_backing_store=0)
+            try:
+                for node, df in frames.items():
+                    # No timestamps and no PyTables index (its arrays carry creation times):
+                    # the same tables give a byte-identical file, so a re-conversion's tables
+                    # are recognised by SHA-1 in OMERO instead of attached again (issue #14).
+                    store.put(node, _for_hdf(df), format="table", encoding="utf-8",
+                              track_times=False, index=False)
+                store.flush()
+                return store._handle.get_file_image()  # pandas exposes no public accessor
+            finally:
+                store.close()
+        except (tables.HDF5ExtError, ValueError, KeyError, TypeError) as exc:
+            raise AtomicWriteError(errno.EIO, f"{path}: cannot be written ({_hdf5_reason(exc)})"
+                                   ) from None
 
 
 def _hdf5_reason(exc: BaseException) -> str:
@@ -174,8 +132,6 @@ def _hdf5_reason(exc: BaseException) -> str:
     ("HDF5 error back trace / File "H5F.c", line 827 ... / End of HDF5 error back trace"); the
     innermost cause (e.g. "file signature not found") is the last line before its end."""
     text = str(exc)
-    if "No space left" in text or "ENOSPC" in text:
-        return NO_SPACE
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if "End of HDF5 error back trace" in lines:
         trace = lines[: lines.index("End of HDF5 error back trace")]
