@@ -340,6 +340,8 @@ def test_the_task_takes_its_workers_share(monkeypatch: pytest.MonkeyPatch) -> No
     seen: list[tuple[int, bool]] = []
     monkeypatch.setattr(dask_executor, "convert_guarded", lambda job, report: (
         seen.append((job.threads, job.io_helper)), ({}, None))[1])
+    trims: list[int] = []  # the free heap returned after each position
+    monkeypatch.setattr(dask_executor, "_return_free_heap", lambda: trims.append(len(seen)))
     cores = [12]
     monkeypatch.setattr(dask_executor, "usable_cores", lambda: cores[0])
     worker = SimpleNamespace(address="tcp://10.0.0.5:4000", state=SimpleNamespace(nthreads=4),
@@ -358,3 +360,42 @@ def test_the_task_takes_its_workers_share(monkeypatch: pytest.MonkeyPatch) -> No
     cores[0] = 4  # 4 cores, 4 slots: 1 thread each, no core spare for a helper
     task(0, {})
     assert seen == [(2, True), (1, False), (3, True), (5, True), (1, False)]
+    assert trims == [1, 2, 3, 4, 5]
+
+
+_HEAP_PROBE = r'''
+import json, resource
+import numpy as np, psutil
+from posdir2ometiff import dask_executor
+
+dask_executor._heap_for_plane_buffers()
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    plane = np.ones(1 << 20, np.uint8)  # a plane-sized buffer, freed at once
+    del plane
+before = faults()
+for _ in range(100):
+    plane = np.ones(1 << 20, np.uint8)
+    del plane
+reused = faults() - before
+rss = lambda: psutil.Process().memory_info().rss
+planes = [np.ones(1 << 20, np.uint8) for _ in range(48)]
+del planes  # 48 MiB free in the heap, under the trim threshold: kept
+kept = rss()
+dask_executor._return_free_heap()
+print(json.dumps({"faults": reused, "returned": kept - rss()}))
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_workers_reuse_plane_buffers_and_return_them_after_a_position() -> None:
+    """Under the nanny's ``MALLOC_TRIM_THRESHOLD_=65536`` a freed 1 MiB buffer went back to
+    the OS and the next one faulted in 256 fresh pages; after the position, the free heap is
+    given back."""
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE], env=env, capture_output=True,
+                         text=True, check=True, timeout=120)
+    got = json.loads(out.stdout)
+    assert got["faults"] < 100 * 256 // 10, got  # fresh pages for every buffer: 25,600
+    assert got["returned"] > 32 << 20, got
