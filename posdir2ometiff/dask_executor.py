@@ -27,6 +27,7 @@ Input and output must be on a filesystem all workers share (:func:`check_shared_
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -63,6 +64,7 @@ TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 _heap_set = False
 
 
+@functools.cache
 def _glibc() -> Any:
     """The C library when it is glibc (``mallopt``, ``malloc_trim``), else None."""
     try:
