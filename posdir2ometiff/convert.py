@@ -336,12 +336,13 @@ def _convert_locked(
 
     tables = SideWork(write_experiment_tables)
     total = sum(j.layout.plane_count for j in jobs if not j.layout.error)
-    workers = min(opts.workers or usable_cores(), max(len(jobs), 1))
+    cores = usable_cores()
+    workers = min(opts.workers or cores, max(len(jobs), 1))
     for job in jobs:
         # On a cluster, 0 lets each worker choose (its cores / its task slots).
         job.threads = opts.threads or (0 if client is not None else default_threads(workers))
         if client is None:
-            job.io_helper = wants_io_helper(job.threads, usable_cores(), workers)
+            job.io_helper = wants_io_helper(job.threads, cores, workers)
     progress_mode = opts.progress
     if client is not None:
         check_shared_filesystem(client, src, out)

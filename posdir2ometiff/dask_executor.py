@@ -124,8 +124,9 @@ def run_position_task(job: PositionJob) -> tuple[dict, str | None]:
         if share:  # the host's cores divided among all its workers' slots: none is spare
             job.threads, job.io_helper = share, share > 1
         else:
-            job.threads = max(1, usable_cores() // slots)
-            job.io_helper = wants_io_helper(job.threads, usable_cores(), slots)
+            cores = usable_cores()
+            job.threads = max(1, cores // slots)
+            job.io_helper = wants_io_helper(job.threads, cores, slots)
     attempt = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     state = {"done": 0, "sent": 0.0}
 
