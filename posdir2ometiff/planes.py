@@ -10,13 +10,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import imagecodecs
 import numpy as np
 import tifffile
 
 from posdir2ometiff.ahead import AHEAD_PER_THREAD, Ahead, map_ahead
 from posdir2ometiff.errors import PlaneError
 from posdir2ometiff.layout import PlaneKey, PositionLayout
+from posdir2ometiff.png import decode_png
 
 __all__ = ["AHEAD_PER_THREAD", "Decoded", "Probe", "planes_ahead", "probe", "read_ahead",
            "read_plane"]
@@ -43,8 +43,9 @@ def _read_file(path: Path) -> tuple[int, bytes]:
 def read_plane(path: Path) -> tuple[np.ndarray, int, str, int]:
     """Decode one plane file; return (pixels, size in bytes, SHA-1, mtime_ns).
 
-    The file is read once: the same bytes are hashed (for the manifest) and decoded (PNG with
-    imagecodecs, several times faster than Pillow on 16-bit images; TIFF with tifffile).
+    The file is read once: the same bytes are hashed (for the manifest) and decoded (PNG by
+    :func:`~posdir2ometiff.png.decode_png`, libdeflate and a C unfilter, else imagecodecs'
+    libpng; TIFF with tifffile).
     """
     try:
         mtime_ns, data = _read_file(path)
@@ -54,7 +55,7 @@ def read_plane(path: Path) -> tuple[np.ndarray, int, str, int]:
     ext = path.suffix.lower()
     try:
         if ext == ".png":
-            arr = imagecodecs.png_decode(data)
+            arr = decode_png(data)
         else:
             with tifffile.TiffFile(io.BytesIO(data)) as tf:
                 if len(tf.pages) != 1:
@@ -148,8 +149,8 @@ def read_ahead(
 ) -> Ahead[PlaneKey, Decoded | None]:
     """``(key, fetch(key))`` for every key, in order, ``fetch`` running ahead in ``threads`` threads.
 
-    Decoding (imagecodecs) releases the GIL, so a few threads decode while the caller compresses
-    and writes. Decoding starts at once; at most ``ahead`` planes (default ``AHEAD_PER_THREAD ×
+    Decoding (libdeflate and the C unfilter, or libpng) releases the GIL, so a few threads
+    decode while the caller compresses and writes. Decoding starts at once; at most ``ahead`` planes (default ``AHEAD_PER_THREAD ×
     threads``, see :func:`planes_ahead`) are in flight, never a whole position. With one thread
     nothing is decoded ahead. Closing the iterator (the writer failed) cancels what has not
     started.

@@ -55,6 +55,8 @@ def test_wheel_has_what_the_tools_need_and_metadata_as_users_expect(wheel: Path)
     assert "omero/plugins/push.py" in names
     assert "omero/__init__.py" not in names and "omero/plugins/__init__.py" not in names
     assert {"omero_push/api.py", "omero_push/ice.py", "omero_push/omero_cli.py"} <= names
+    # The PNG unfilter, compiled (a C compiler is there wherever the set-up built zeroc-ice).
+    assert any(n.startswith("posdir2ometiff/_pngfilter.") and n.endswith(".so") for n in names)
     assert not any(n.startswith("tests/") for n in names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert meta["License-Expression"] == "MIT"
