@@ -20,8 +20,9 @@
 #include <Python.h>
 #include <string.h>
 
-/* Paeth predictor (spec 9.4) without branches on the data: stb_image's formulation, exact for
- * bytes (it compares with the threshold 3c - (a + b) instead of the three distances). */
+/* Paeth predictor (spec 9.4) in stb_image's formulation: exact for bytes, it compares with the
+ * threshold 3c - (a + b) instead of the three distances, and compiles to conditional moves (no
+ * branch for noisy data to mispredict). */
 static inline int paeth(int a, int b, int c)
 {
     int thresh = c * 3 - (a + b);
