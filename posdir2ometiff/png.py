@@ -44,6 +44,8 @@ _MAX_RATIO = 1032
 _LENGTH_TYPE = struct.Struct(">I4s")
 _IHDR = struct.Struct(">IIBBBBB")
 _CRC = struct.Struct(">I")
+#: CRC-32 of the chunk type b"IDAT", where each IDAT chunk's CRC starts (it covers type + data).
+_IDAT_CRC = imagecodecs.deflate_crc32(b"IDAT")
 
 
 def fast_path_available() -> bool:
@@ -129,5 +131,3 @@ def _decode_plain(data: bytes) -> np.ndarray | None:
         return None  # a bad filter type: damaged
     return out
 
-
-_IDAT_CRC = imagecodecs.deflate_crc32(b"IDAT")

@@ -51,7 +51,7 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
 
 
 def encode(image: np.ndarray, filters: list[int], *, idat_size: int = 8192,
-           extra: list[tuple[bytes, bytes]] = (), interlace: int = 0,
+           extra: tuple[tuple[bytes, bytes], ...] = (), interlace: int = 0,
            colour: int | None = None, data: bytes | None = None) -> bytes:
     """A PNG of ``image`` whose row ``r`` uses filter ``filters[r]`` (libpng chooses its own,
     so every filter on every row needs an encoder of our own). ``extra`` chunks go before the
@@ -125,8 +125,8 @@ def test_the_lab_sample_and_libpngs_own_files() -> None:
 
 def test_ancillary_chunks_are_skipped() -> None:
     image = np.arange(12, dtype=np.uint16).reshape(3, 4)
-    data = encode(image, [0, 1, 4], extra=[(b"tIME", b"\x07\xea\x0c\x01\x0c\x00\x00"),
-                                           (b"tEXt", b"Software\x00MATLAB")])
+    data = encode(image, [0, 1, 4], extra=((b"tIME", b"\x07\xea\x0c\x01\x0c\x00\x00"),
+                                           (b"tEXt", b"Software\x00MATLAB")))
     np.testing.assert_array_equal(_same(data), image)
 
 
@@ -136,7 +136,7 @@ def test_what_libpng_must_decide_goes_to_libpng(case) -> None:
     image = np.arange(64, dtype=np.uint8).reshape(8, 8)
     if case == "palette":
         data = encode(image, [0] * 8, colour=3,
-                      extra=[(b"PLTE", bytes(range(256)) * 3)])
+                      extra=((b"PLTE", bytes(range(256)) * 3),))
     elif case == "grey 4-bit":
         packed = np.zeros((8, 4), np.uint8)
         data = encode(image, [0] * 8, data=b"".join(b"\x00" + r.tobytes() for r in packed))
@@ -144,11 +144,11 @@ def test_what_libpng_must_decide_goes_to_libpng(case) -> None:
                             struct.pack(">IIBBBBB", 8, 8, 4, 0, 0, 0, 0))
         data = _recrc_ihdr(data)
     elif case == "tRNS":
-        data = encode(image, [0] * 8, extra=[(b"tRNS", b"\x00\x05")])
+        data = encode(image, [0] * 8, extra=((b"tRNS", b"\x00\x05"),))
     elif case == "interlaced":
         data = encode(image, [0] * 8, interlace=1)
     elif case == "unknown critical chunk":
-        data = encode(image, [0] * 8, extra=[(b"ABCD", b"x")])
+        data = encode(image, [0] * 8, extra=((b"ABCD", b"x"),))
     else:
         whole = encode(image, [0] * 8, idat_size=20)
         first_idat = whole.index(b"IDAT") - 4
