@@ -134,7 +134,10 @@ static PyObject *unfilter(PyObject *self, PyObject *args)
     (void)self;
     if (!PyArg_ParseTuple(args, "y*w*nnn|p", &src, &dst, &height, &stride, &bpp, &swap))
         return NULL;
-    if (height < 1 || stride < 1 || (bpp != 1 && bpp != 2 && bpp != 3 && bpp != 4 && bpp != 6 && bpp != 8) || height > PY_SSIZE_T_MAX / (stride + 1)) {
+    /* A row that is not a whole number of pixels is refused: the row loops step a pixel at a
+     * time and would write past its end. */
+    if (height < 1 || stride < 1 || (bpp != 1 && bpp != 2 && bpp != 3 && bpp != 4 && bpp != 6 &&
+        bpp != 8) || stride % bpp || height > PY_SSIZE_T_MAX / (stride + 1)) {
         PyErr_SetString(PyExc_ValueError, "unfilter: height, stride and bpp out of range");
         goto fail;
     }

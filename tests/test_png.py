@@ -229,6 +229,8 @@ def test_without_the_c_extension_libpng_decodes(monkeypatch) -> None:
     (b"\x00" * 10, bytearray(8), 1, 8, 1),      # in too large
     (b"\x00" * 9, bytearray(8), 1, 8, 5),       # no such pixel size
     (b"\x00" * 9, bytearray(8), 0, 8, 1),       # no rows
+    (b"\x00" * 9, bytearray(8), 1, 8, 3),       # a row that is not a whole number of pixels
+    (b"\x00" * 3, bytearray(2), 1, 2, 4),       # a row shorter than one pixel
     (b"\x00" * 9, bytes(8), 1, 8, 1),           # out not writable
     (b"\x00" * 9, np.zeros((4, 4), np.uint8)[:, :2], 1, 8, 1),  # out not contiguous
 ])
