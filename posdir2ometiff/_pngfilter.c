@@ -1,11 +1,19 @@
-/* PNG row unfiltering: the one part of PNG decoding that needs a loop per byte.
+/* The two parts of PNG decoding that need a loop per byte: walking the chunks (with their
+ * CRCs) and undoing the row filters.
  *
- * posdir2ometiff/png.py parses the chunks and inflates the image data with libdeflate (about
- * three times faster than the system zlib that imagecodecs' libpng inflates with); what is left
- * is undoing the five PNG filters row by row (PNG specification, 3rd edition, section 9.2-9.4:
- * https://www.w3.org/TR/png-3/#9Filter-types), which numpy cannot do (Sub, Average and Paeth
- * depend on the byte just decoded). Nothing else of PNG is here: a file this does not fit is
- * decoded by libpng.
+ * posdir2ometiff/png.py inflates the image data with libdeflate (two to three times faster than
+ * the system zlib that imagecodecs' libpng inflates with). What is left is here, each in one call
+ * that releases the GIL: the converter decodes planes in several threads while another runs
+ * Python, and a decoder that gave the GIL away once per chunk (45 times per plane) waited up to
+ * the 5 ms switch interval each time to get it back. Nothing else of PNG is here: a file this
+ * does not fit is decoded by libpng.
+ *
+ * idat(data) -> (width, height, bit depth, colour type, interlace, image data) or None
+ *   The PNG's header fields and its IDAT chunks' data joined, the CRC of IHDR and of every IDAT
+ *   checked (as libpng does); None for anything libpng must decide: no signature, a bad CRC or
+ *   length, truncated data, chunks out of order, a palette (PLTE), transparency (tRNS), an
+ *   unknown critical chunk, a compression or filter method other than 0. Ancillary chunks
+ *   (tIME, tEXt, pHYs, ...) are skipped unchecked, as libpng does by default.
  *
  * unfilter(src, dst, height, stride, bpp, swap16=False) -> None
  *   src: height rows of (filter type byte + stride bytes), the inflated IDAT stream;
@@ -13,12 +21,151 @@
  *   bpp: bytes per pixel, 1, 2, 3, 4, 6 or 8 (the filters' left neighbour distance);
  *   swap16: then swap the bytes of each 16-bit sample (big-endian PNG to little-endian).
  * Raises ValueError (sizes that do not match) or returns the index of the first row with a
- * filter type above 4 (the data is damaged) as an int, None when every row is good. The GIL is
- * released while rows are unfiltered: the converter decodes planes in several threads.
+ * filter type above 4 (the data is damaged) as an int, None when every row is good. The
+ * filters: PNG specification, 3rd edition, section 9.2-9.4,
+ * https://www.w3.org/TR/png-3/#9Filter-types (numpy cannot undo them: Sub, Average and Paeth
+ * depend on the byte just decoded).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
+
+/* ------------------------------------------------------------------ chunks and their CRC-32 */
+
+/* CRC-32 of PNG (ISO 3309, reflected polynomial 0xEDB88320: spec section 5.5), eight bytes at a
+ * time with eight tables ("slicing-by-8"), filled when the module is imported. */
+static uint32_t crc_tables[8][256];
+
+static void crc_init(void)
+{
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_tables[0][n] = c;
+    }
+    for (uint32_t n = 0; n < 256; n++)
+        for (int t = 1; t < 8; t++)
+            crc_tables[t][n] = (crc_tables[t - 1][n] >> 8) ^ crc_tables[0][crc_tables[t - 1][n] & 0xff];
+}
+
+static uint32_t crc_update(uint32_t crc, const unsigned char *p, size_t n)
+{
+    crc = ~crc;
+    for (; n >= 8; n -= 8, p += 8) {
+        uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                             (uint32_t)p[3] << 24);
+        uint32_t hi = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 |
+                      (uint32_t)p[7] << 24;
+        crc = crc_tables[7][lo & 0xff] ^ crc_tables[6][(lo >> 8) & 0xff] ^
+              crc_tables[5][(lo >> 16) & 0xff] ^ crc_tables[4][lo >> 24] ^
+              crc_tables[3][hi & 0xff] ^ crc_tables[2][(hi >> 8) & 0xff] ^
+              crc_tables[1][(hi >> 16) & 0xff] ^ crc_tables[0][hi >> 24];
+    }
+    while (n--)
+        crc = crc_tables[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+static uint32_t be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+typedef struct {
+    uint32_t width, height;
+    int depth, colour, interlace;
+    Py_ssize_t idat_bytes; /* the IDAT chunks' data, all of them */
+} png_header;
+
+/* Walks the chunks of data[0:size], checking what idat() promises, and copies the IDAT data to
+ * out (which holds size bytes: the data are part of the file); 0 when the file is plain and
+ * intact, -1 when libpng must decide. */
+static int walk_chunks(const unsigned char *data, Py_ssize_t size, png_header *h,
+                       unsigned char *out)
+{
+    static const unsigned char signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    Py_ssize_t pos = 8;
+    int have_header = 0, in_idat = 0, idat_ended = 0;
+    if (size < 8 || memcmp(data, signature, 8) != 0)
+        return -1;
+    h->idat_bytes = 0;
+    for (;;) {
+        if (size - pos < 12)
+            return -1; /* truncated: no IEND */
+        uint32_t length = be32(data + pos);
+        const unsigned char *type = data + pos + 4, *body = data + pos + 8;
+        if (length > 0x7fffffffu || (Py_ssize_t)length > size - pos - 12)
+            return -1; /* spec 5.3: at most 2^31 - 1; or past the end */
+        uint32_t crc = be32(body + length);
+        if (memcmp(type, "IDAT", 4) == 0) {
+            if (!have_header || idat_ended)
+                return -1; /* out of order */
+            if (crc_update(0, type, 4 + (size_t)length) != crc)
+                return -1;
+            memcpy(out + h->idat_bytes, body, length);
+            h->idat_bytes += length;
+            in_idat = 1;
+        } else {
+            if (in_idat)
+                idat_ended = 1;
+            if (memcmp(type, "IHDR", 4) == 0) {
+                if (have_header || length != 13 || pos != 8)
+                    return -1;
+                if (crc_update(0, type, 17) != crc)
+                    return -1;
+                h->width = be32(body);
+                h->height = be32(body + 4);
+                h->depth = body[8];
+                h->colour = body[9];
+                h->interlace = body[12];
+                if (body[10] != 0 || body[11] != 0)
+                    return -1; /* compression and filter method: only 0 is defined */
+                have_header = 1;
+            } else if (memcmp(type, "IEND", 4) == 0) {
+                break;
+            } else if (memcmp(type, "PLTE", 4) == 0 || memcmp(type, "tRNS", 4) == 0 ||
+                       !(type[0] & 0x20)) {
+                return -1; /* a palette, transparency or an unknown critical chunk: libpng's */
+            }
+            /* other ancillary chunks (tIME, tEXt, pHYs, gAMA, ...) do not change the pixels */
+        }
+        pos += 12 + (Py_ssize_t)length;
+    }
+    return have_header && in_idat ? 0 : -1;
+}
+
+static PyObject *idat(PyObject *self, PyObject *arg)
+{
+    Py_buffer buf;
+    png_header h;
+    int ok;
+    PyObject *stream;
+    (void)self;
+    if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0)
+        return NULL;
+    /* The IDAT data are at most the file: one walk checks and copies, the GIL released once. */
+    stream = PyBytes_FromStringAndSize(NULL, buf.len);
+    if (stream == NULL) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    ok = walk_chunks(buf.buf, buf.len, &h, (unsigned char *)PyBytes_AS_STRING(stream));
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    if (ok < 0) {
+        Py_DECREF(stream);
+        Py_RETURN_NONE;
+    }
+    if (_PyBytes_Resize(&stream, h.idat_bytes) < 0)
+        return NULL;
+    return Py_BuildValue("(kkiiiN)", (unsigned long)h.width, (unsigned long)h.height, h.depth,
+                         h.colour, h.interlace, stream);
+}
+
+/* ------------------------------------------------------------------ row filters */
 
 /* Paeth predictor (spec 9.4) in stb_image's formulation: exact for bytes, it compares with the
  * threshold 3c - (a + b) instead of the three distances, and compiles to conditional moves (no
@@ -175,6 +322,9 @@ fail:
 }
 
 static PyMethodDef methods[] = {
+    {"idat", idat, METH_O,
+     "idat(data): (width, height, bit depth, colour type, interlace, the IDAT data joined) of a "
+     "plain, intact PNG, its CRCs checked; None for libpng to decide."},
     {"unfilter", unfilter, METH_VARARGS,
      "unfilter(src, dst, height, stride, bpp, swap16=False): undo PNG row filters from src into "
      "dst (and swap 16-bit samples); the first row with an unknown filter type, or None."},
@@ -183,10 +333,11 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_pngfilter",
-    "PNG row unfiltering in C (see posdir2ometiff/png.py).", -1, methods,
+    "PNG chunks and row unfiltering in C (see posdir2ometiff/png.py).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__pngfilter(void)
 {
+    crc_init();
     return PyModule_Create(&module);
 }

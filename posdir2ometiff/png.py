@@ -6,8 +6,9 @@ CPU. A profile shows why: imagecodecs' libpng inflates with the system zlib (the
 CPU, undoing the PNG filters and the byte swap another 14 %. libdeflate (bundled with
 imagecodecs) inflates the same data two to three times faster, so for the images a microscope
 writes (grey, RGB or RGBA, with or without alpha, 8 or 16 bits, not interlaced) this module
-parses the chunks itself, checks their CRCs as libpng does, inflates all IDAT data with
-libdeflate in one call, and undoes the row filters in a few lines of C (``_pngfilter.c``).
+walks the chunks and checks their CRCs as libpng does, inflates all IDAT data with libdeflate in
+one call, and undoes the row filters; the walk and the filters are a few lines of C
+(``_pngfilter.c``), each one call that releases the GIL.
 
 Everything else goes to :func:`imagecodecs.png_decode` unchanged: palettes, bit depths below 8,
 ``tRNS`` transparency (libpng turns it into an alpha channel), interlacing, and every file that
@@ -20,20 +21,18 @@ extension is not built and every file goes to libpng.
 
 from __future__ import annotations
 
-import struct
 import sys
 
 import imagecodecs
 import numpy as np
 
 try:
-    from posdir2ometiff._pngfilter import unfilter
+    from posdir2ometiff._pngfilter import idat, unfilter
 except ImportError:  # built without a C compiler: libpng decodes everything
-    unfilter = None
+    idat = unfilter = None
 
 __all__ = ["decode_png", "fast_path_available"]
 
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Colour type → samples per pixel (PNG spec, table 11.1), for the types decoded here.
 _SAMPLES = {0: 1, 2: 3, 4: 2, 6: 4}
 #: Largest output (bytes) the fast path allocates from an untrusted header: 2 GiB. Larger
@@ -41,15 +40,10 @@ _SAMPLES = {0: 1, 2: 3, 4: 2, 6: 4}
 _MAX_BYTES = 1 << 31
 #: DEFLATE expands at most 1032:1; a header claiming more than that is damaged (libpng says so).
 _MAX_RATIO = 1032
-_LENGTH_TYPE = struct.Struct(">I4s")
-_IHDR = struct.Struct(">IIBBBBB")
-_CRC = struct.Struct(">I")
-#: CRC-32 of the chunk type b"IDAT", where each IDAT chunk's CRC starts (it covers type + data).
-_IDAT_CRC = imagecodecs.deflate_crc32(b"IDAT")
 
 
 def fast_path_available() -> bool:
-    """True when the C unfilter was built (``pip install`` with a C compiler)."""
+    """True when the C extension was built (``pip install`` with a C compiler)."""
     return unfilter is not None
 
 
@@ -66,54 +60,17 @@ def decode_png(data: bytes) -> np.ndarray:
 
 def _decode_plain(data: bytes) -> np.ndarray | None:
     """The image of a plain, intact PNG; None for libpng to decode (or to reject)."""
-    view = memoryview(data)
-    size = len(view)
-    if size < 8 or view[:8] != _SIGNATURE:
+    walked = idat(data)  # the chunks and their CRCs, in C (one GIL release, not one per chunk)
+    if walked is None:
         return None
-    pos = 8
-    header: tuple[int, int, int, int, int, int, int] | None = None
-    idat: list[memoryview] = []
-    idat_ended = False
-    while True:
-        if pos + 12 > size:
-            return None  # truncated: no IEND
-        length, kind = _LENGTH_TYPE.unpack_from(view, pos)
-        end = pos + 8 + length
-        if end + 4 > size:
-            return None
-        if kind == b"IDAT":
-            if header is None or idat_ended:
-                return None  # out of order
-            crc = imagecodecs.deflate_crc32(view[pos + 8:end], _IDAT_CRC)
-            if crc != _CRC.unpack_from(view, end)[0]:
-                return None
-            idat.append(view[pos + 8:end])
-        else:
-            if idat:
-                idat_ended = True
-            if kind == b"IHDR":
-                if header is not None or length != 13 or pos != 8:
-                    return None
-                if imagecodecs.deflate_crc32(view[pos + 4:end]) != _CRC.unpack_from(view, end)[0]:
-                    return None
-                header = _IHDR.unpack_from(view, pos + 8)
-            elif kind == b"IEND":
-                break
-            elif kind in (b"PLTE", b"tRNS") or not kind[0] & 0x20:
-                return None  # a palette, transparency or an unknown critical chunk: libpng's
-            # other ancillary chunks (tIME, tEXt, pHYs, gAMA, ...) do not change the pixels
-        pos = end + 4
-    if header is None or not idat:
-        return None
-    width, height, depth, colour, compression, filtering, interlace = header
+    width, height, depth, colour, interlace, stream = walked
     samples = _SAMPLES.get(colour)
-    if (samples is None or depth not in (8, 16) or compression or filtering or interlace
+    if (samples is None or depth not in (8, 16) or interlace
             or not 0 < width < 2**31 or not 0 < height < 2**31):
         return None
     itemsize = depth // 8
     stride = width * samples * itemsize
     raw_size = height * (stride + 1)
-    stream = idat[0] if len(idat) == 1 else b"".join(idat)
     if raw_size > _MAX_BYTES or raw_size > _MAX_RATIO * len(stream) + 64:
         return None
     try:

@@ -247,18 +247,29 @@ def test_the_c_function_names_the_first_bad_row() -> None:
     assert png.unfilter(b"\x07" + b"\x00" * 4, bytearray(4), 1, 4, 2) == 0
 
 
-def test_unfiltering_runs_without_the_gil() -> None:
-    """The converter decodes planes in several threads: while one thread unfilters, others run.
-    This thread keeps time while another unfilters a large image; holding the GIL for the call
-    would stop the clock for the whole call."""
-    height, stride = 4096, 8192
-    raw = (b"\x04" + b"\x01" * stride) * height  # Paeth everywhere, the slowest filter
-    out = bytearray(height * stride)
+def _big_work(which: str):
+    """A call of the C extension on a large input (about 0.1 s), and its arguments."""
+    if which == "unfilter":
+        height, stride = 4096, 8192
+        raw = (b"\x04" + b"\x01" * stride) * height  # Paeth everywhere, the slowest filter
+        return png.unfilter, (raw, bytearray(height * stride), height, stride, 2)
+    body = bytes(64 << 20)  # one 64 MiB IDAT chunk: its CRC and its copy
+    data = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8192, 4096, 8, 0, 0, 0, 0))
+            + _chunk(b"IDAT", body) + _chunk(b"IEND", b""))
+    return png.idat, (data,)
+
+
+@pytest.mark.parametrize("which", ["unfilter", "idat"])
+def test_the_c_extension_runs_without_the_gil(which) -> None:
+    """The converter decodes planes in several threads: while one thread is in the extension,
+    others run. This thread keeps time while another makes one large call; holding the GIL for
+    the call would stop the clock for the whole call."""
+    fn, args = _big_work(which)
     took = []
 
     def work() -> None:
         t0 = time.perf_counter()
-        png.unfilter(raw, out, height, stride, 2)
+        fn(*args)
         took.append(time.perf_counter() - t0)
 
     worker = threading.Thread(target=work)
@@ -269,3 +280,37 @@ def test_unfiltering_runs_without_the_gil() -> None:
     worker.join()
     longest_pause = max(b - a for a, b in zip(stamps, stamps[1:], strict=False))
     assert longest_pause < took[0] / 2, (longest_pause, took[0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_any_damage_gives_libpngs_pixels_or_libpngs_error(seed, data) -> None:
+    """Untrusted files: flipped bytes, cut files, lying lengths. Our chunk walk (C) never reads
+    or writes out of bounds and never disagrees with libpng: the same pixels, or the same
+    error (libpng gets every file our walk does not take)."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 4096, (16, 12), dtype=np.uint16)
+    good = bytearray(encode(image, [int(k) for k in rng.integers(0, 5, 16)], idat_size=97))
+    how = data.draw(st.sampled_from(["flip", "cut", "length"]))
+    if how == "flip":
+        for at in data.draw(st.lists(st.integers(0, len(good) - 1), min_size=1, max_size=4)):
+            good[at] ^= 1 << data.draw(st.integers(0, 7))
+    elif how == "cut":
+        del good[data.draw(st.integers(0, len(good) - 1)):]
+    else:  # a chunk's length field (each chunk: length, type, data, CRC)
+        starts, pos = [], 8
+        while pos + 8 <= len(good):
+            starts.append(pos)
+            pos += 12 + int.from_bytes(good[pos:pos + 4], "big")
+        at = data.draw(st.sampled_from(starts))
+        good[at:at + 4] = data.draw(st.integers(0, 2**32 - 1)).to_bytes(4, "big")
+    damaged = bytes(good)
+    try:
+        ref = imagecodecs.png_decode(damaged)
+    except Exception as exc:  # whatever libpng raises, we raise
+        with pytest.raises(type(exc)):
+            decode_png(damaged)
+    else:
+        got = decode_png(damaged)
+        assert got.dtype == ref.dtype and got.shape == ref.shape
+        np.testing.assert_array_equal(got, ref)
