@@ -82,10 +82,11 @@ typedef struct {
 /* Walks the chunks of data[0:size], checking what idat() promises, and copies the IDAT data to
  * out (which holds size bytes: the data are part of the file); 0 when the file is plain and
  * intact, -1 when libpng must decide. */
+static const unsigned char signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+
 static int walk_chunks(const unsigned char *data, Py_ssize_t size, png_header *h,
                        unsigned char *out)
 {
-    static const unsigned char signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     Py_ssize_t pos = 8;
     int have_header = 0, in_idat = 0, idat_ended = 0;
     if (size < 8 || memcmp(data, signature, 8) != 0)
@@ -145,6 +146,10 @@ static PyObject *idat(PyObject *self, PyObject *arg)
     (void)self;
     if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0)
         return NULL;
+    if (buf.len < 8 || memcmp(buf.buf, signature, 8) != 0) { /* not a PNG: nothing allocated */
+        PyBuffer_Release(&buf);
+        Py_RETURN_NONE;
+    }
     /* The IDAT data are at most the file: one walk checks and copies, the GIL released once. */
     stream = PyBytes_FromStringAndSize(NULL, buf.len);
     if (stream == NULL) {
