@@ -9,6 +9,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import imagecodecs
@@ -351,6 +352,97 @@ def test_hashing_file_keeps_bytes_without_copying_them(tmp_path: Path, backgroun
             tracemalloc.stop()
     assert peak < (1 << 20), peak  # one copy of one tile would already be 1 MiB
     assert fh.sha1() == hashlib.sha1(b"".join(tiles)).hexdigest()
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_writing_never_waits_for_a_running_fdatasync(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, background: bool
+) -> None:
+    """An ``fdatasync`` that does not return (a slow disk) stops neither the writing thread nor the
+    helper: the file is written to its end while it hangs. Only :meth:`close` waits for it, and
+    the descriptor is closed after it returns. (Before: the helper called it itself, its queue
+    filled, and the writer waited for the disk at every sync.)"""
+    release, started = threading.Event(), threading.Event()
+    events: list[str] = []
+    real_close = os.close
+
+    def slow_fdatasync(fd: int) -> None:
+        events.append("sync")
+        started.set()
+        assert release.wait(30)
+        events.append("sync returned")
+
+    def spy_close(fd: int) -> None:
+        events.append("close")
+        real_close(fd)
+
+    monkeypatch.setattr(hashfile.os, "fdatasync", slow_fdatasync)
+    chunks = [bytes([i]) * 1000 for i in range(4 * hashfile.MAX_QUEUED + 8)]
+    fh = hashfile.HashingFile(tmp_path / "f.bin", sync_every=1000, background=background)
+    done = threading.Event()
+
+    def write() -> None:
+        for chunk in chunks:
+            fh.write(chunk)
+            fh.checkpoint()
+        done.set()
+
+    writer_thread = threading.Thread(target=write, daemon=True)
+    writer_thread.start()
+    assert started.wait(30)
+    assert done.wait(30), "the writer waited for fdatasync"
+    assert events == ["sync"]  # one call runs; the next due one waits for it, never a second
+    monkeypatch.setattr(hashfile.os, "close", spy_close)
+    closer = threading.Thread(target=fh.close, daemon=True)
+    closer.start()
+    time.sleep(0.2)  # close must now be waiting for the running call, not closing under it
+    assert "close" not in events
+    release.set()
+    closer.join(30)
+    assert not closer.is_alive()
+    assert events[-2:] == ["sync returned", "close"], events
+    assert (tmp_path / "f.bin").read_bytes() == b"".join(chunks)
+    assert fh.sha1() == hashlib.sha1(b"".join(chunks)).hexdigest()
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_failed_fdatasync_fails_the_file_without_a_partial(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, background: bool
+) -> None:
+    """``EIO`` from a background ``fdatasync`` is the file's error: write_ometiff_file raises it
+    naming the file, and neither the final name nor the partial one is left."""
+    import errno
+
+    failed = threading.Event()
+
+    def failing(fd: int) -> None:
+        failed.set()
+        raise OSError(errno.EIO, "Input/output error")
+
+    def planes_() -> Iterator[np.ndarray]:
+        for i in range(8):
+            if i == 4:  # the failed call has happened before the rest is written
+                assert failed.wait(30)
+            yield np.full((64, 64), i, np.uint16)
+
+    monkeypatch.setattr(hashfile.os, "fdatasync", failing)
+    monkeypatch.setattr(hashfile.HashingFile.__init__, "__defaults__", (1,))  # sync_every
+    out = tmp_path / "p.ome.tiff"
+    with pytest.raises(OSError, match="p.ome.tiff") as info:
+        write_ometiff_file(out, planes_(), count=8, shape=(64, 64), dtype=np.uint16,
+                           ome_xml="<OME/>", tile=64, background=background)
+    assert "Input/output error" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_syncer_starts_no_thread_for_a_small_file(tmp_path: Path) -> None:
+    """A file smaller than ``sync_every`` never calls ``fdatasync`` nor starts a thread for it."""
+    before = {t.name for t in threading.enumerate()}
+    with hashfile.HashingFile(tmp_path / "f.bin", sync_every=1 << 20) as fh:
+        fh.write(b"x" * 1000)
+        fh.checkpoint()
+        assert "fdatasync" not in {t.name for t in threading.enumerate()} - before
+    assert fh._syncer._thread is None
 
 
 def test_write_all_continues_short_writes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
