@@ -37,6 +37,7 @@ falls back to reading the file back: a slower answer, never a wrong one.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import io
 import logging
@@ -295,20 +296,20 @@ class HashingFile(io.RawIOBase):
             self._queued.popleft().result()
 
     def close(self) -> None:
-        if not self.closed:
-            try:
-                self._settle(self._end)  # the rest is final now
-                self._drain()
-            finally:
-                try:
-                    if self._helper is not None:
-                        self._helper.shutdown(wait=True)
-                finally:
-                    try:
-                        self._syncer.close()  # waits for a running fdatasync; raises its error
-                    finally:
-                        os.close(self._fd)
-        super().close()
+        """Write the rest, stop the threads, close the descriptor; raise the first error.
+
+        Closed even when a step fails: ``IOBase.__del__`` calls ``close`` again, and a second
+        ``os.close`` of the number would close whatever file has been given it since."""
+        if self.closed:
+            return
+        with contextlib.ExitStack() as steps:  # run last to first, each whatever came before
+            steps.callback(super().close)
+            steps.callback(os.close, self._fd)
+            steps.callback(self._syncer.close)  # waits for a running fdatasync; raises its error
+            if self._helper is not None:
+                steps.callback(self._helper.shutdown, wait=True)
+            self._settle(self._end)  # the rest is final now
+            self._drain()
 
     def sha1(self) -> str:
         """SHA-1 of the whole file; call after :meth:`close`."""

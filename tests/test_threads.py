@@ -435,6 +435,39 @@ def test_a_failed_fdatasync_fails_the_file_without_a_partial(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_close_closes_the_descriptor_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A close that fails (here the background fdatasync's EIO) still closes the file: a second
+    close (``IOBase.__del__`` makes one) must not close the number again, which by then may be
+    another file's (it was: the next test's output lost its descriptor)."""
+    import errno
+
+    called = threading.Event()
+
+    def failing(fd: int) -> None:
+        called.set()
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(hashfile.os, "fdatasync", failing)
+    fh = hashfile.HashingFile(tmp_path / "f.bin", sync_every=10)
+    fh.write(b"x" * 100)
+    fh.checkpoint()
+    fh.checkpoint()
+    assert called.wait(30)
+    with pytest.raises(OSError, match="Input/output error"):
+        fh.close()
+    assert fh.closed
+    closed: list[int] = []
+    monkeypatch.setattr(hashfile.os, "close", closed.append)
+    fh.close()
+    del fh
+    import gc
+
+    gc.collect()
+    assert closed == []
+
+
 def test_the_syncer_starts_no_thread_for_a_small_file(tmp_path: Path) -> None:
     """A file smaller than ``sync_every`` never calls ``fdatasync`` nor starts a thread for it."""
     before = {t.name for t in threading.enumerate()}
