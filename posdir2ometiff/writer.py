@@ -245,27 +245,63 @@ def write_ometiff_file(
     partial = partial_name(path)
     written = 0
     prepared = map_ahead(prepare, checked(), threads, name="compress")
+
+    def plane_done(fh: HashingFile, smallest: np.ndarray) -> None:
+        # Plane `written` is in the file (its tiles and its IFD): previews, checkpoint, progress.
+        nonlocal written
+        if on_level is not None:
+            on_level(written, smallest)
+        written += 1
+        fh.checkpoint()
+        if on_plane is not None:
+            on_plane(written)
+
+    last: list[np.ndarray] = []  # the smallest level of the plane tifffile is writing
+
+    def every_tile(fh: HashingFile) -> Iterator[bytes]:
+        # The compressed tiles of all planes, for one tifffile call. tifffile asks for plane
+        # i's first tile once plane i-1's IFD is written (TiffWriter.write: each page's tiles,
+        # then its IFD, then the next page), so that is when plane i-1 is done, before plane
+        # i is asked for; the last plane is done when the call returns.
+        while True:
+            if last:
+                plane_done(fh, last.pop())
+            item = next(prepared, None)
+            if item is None:  # tifffile wants more tiles: say so before it finds us empty
+                raise WriterError(f"{path}: got {written} planes, expected {count}")
+            _plane, (pyramid_tiles, smallest) = item
+            last.append(smallest)
+            yield from pyramid_tiles[0][2]
+
     try:
         with HashingFile(partial, background=background) as fh, tifffile.TiffWriter(fh, bigtiff=bigtiff, ome=False) as tw:
-            for _plane, (pyramid_tiles, smallest) in prepared:
-                for i, (level_shape, level_tile, data) in enumerate(pyramid_tiles):
-                    shape_kw = {} if encode is None else {"shape": level_shape, "dtype": dtype}
-                    tw.write(
-                        data if encode is None else iter(data),
-                        tile=level_tile,
-                        subifds=(levels - 1 or None) if i == 0 else None,
-                        subfiletype=0 if i == 0 else 1,
-                        description=xml_bytes if i == 0 and written == 0 else None,
-                        **shape_kw,
-                        **common,
-                    )
-                if on_level is not None:
-                    on_level(written, smallest)
-                written += 1
-                xml_bytes = None  # written with the first plane (MBs at large T)
-                fh.checkpoint()
-                if on_plane is not None:
-                    on_plane(written)
+            if levels == 1 and encode is not None and count:
+                # One call for every plane: tifffile then builds the IFD once and patches its
+                # offsets for each page, instead of a whole write() per plane (its tags, enums,
+                # checks): measured 0.18 -> 0.014 ms of the writing thread's Python per plane,
+                # time it holds the GIL the decoding threads wait for. Same bytes in the file.
+                tw.write(every_tile(fh), shape=(count, size_y, size_x), dtype=dtype,
+                         tile=_tile_for(size_y, size_x, tile), subfiletype=0,
+                         description=xml_bytes, **common)
+                xml_bytes = None
+                plane_done(fh, last.pop())
+                next(prepared, None)  # a plane beyond count: checked() raises
+            else:
+                for _plane, (pyramid_tiles, smallest) in prepared:
+                    for i, (level_shape, level_tile, data) in enumerate(pyramid_tiles):
+                        shape_kw = ({} if encode is None else
+                                    {"shape": level_shape, "dtype": dtype})
+                        tw.write(
+                            data if encode is None else iter(data),
+                            tile=level_tile,
+                            subifds=(levels - 1 or None) if i == 0 else None,
+                            subfiletype=0 if i == 0 else 1,
+                            description=xml_bytes if i == 0 and written == 0 else None,
+                            **shape_kw,
+                            **common,
+                        )
+                    xml_bytes = None  # written with the first plane (MBs at large T)
+                    plane_done(fh, smallest)
         if written != count:
             raise WriterError(f"{path}: got {written} planes, expected {count}")
         if fh.stale:

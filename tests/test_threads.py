@@ -249,27 +249,38 @@ def test_output_is_hashed_while_written_never_read_back(
 
 @pytest.mark.parametrize("compression", ["zstd", "none"])
 @pytest.mark.parametrize("background", [True, False])
+@pytest.mark.parametrize("tile", [128, 512])  # a pyramid, one tifffile call per plane; one level
 def test_hashing_file_matches_the_bytes_on_disk_without_falling_back(
-    tmp_path: Path, compression: str, background: bool
+    tmp_path: Path, compression: str, background: bool, tile: int
 ) -> None:
+    """Hashed from the writes, never read back, and with at most about two planes' bytes held
+    in memory (a checkpoint after every plane, in one tifffile call for every plane too)."""
     rng = np.random.default_rng(5)
     shape = (300, 500)
     planes_ = [rng.integers(0, 4000, shape).astype(np.uint16) for _ in range(6)]
     path = tmp_path / "x.ome.tiff"
     stale: list[bool] = []
-    real_close = hashfile.HashingFile.close
+    held: list[int] = []
+    real_close, real_checkpoint = hashfile.HashingFile.close, hashfile.HashingFile.checkpoint
 
     def spy_close(self):
         stale.append(self.stale)
         real_close(self)
 
+    def spy_checkpoint(self):
+        real_checkpoint(self)
+        held.append(self._end - self._base)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(hashfile.HashingFile, "close", spy_close)
+        mp.setattr(hashfile.HashingFile, "checkpoint", spy_checkpoint)
         written = write_ometiff_file(path, iter(planes_), count=6, shape=shape,
-                                     dtype=np.dtype("uint16"), ome_xml="<OME/>", tile=128,
+                                     dtype=np.dtype("uint16"), ome_xml="<OME/>", tile=tile,
                                      compression=compression, threads=2,
                                      background=background)
     assert stale and not any(stale)  # hashed from the writes, no read-back fallback
+    assert written.levels == (3 if tile == 128 else 1)
+    assert len(held) == 6 and max(held) < 2.5 * planes_[0].nbytes, held
     assert written.sha1 == hashlib.sha1(path.read_bytes()).hexdigest()
     assert written.size == path.stat().st_size
     with tifffile.TiffFile(path) as tf:
@@ -478,6 +489,40 @@ def test_the_syncer_starts_no_thread_for_a_small_file(tmp_path: Path) -> None:
     assert fh._syncer._thread is None
 
 
+def test_one_call_writer_checks_the_plane_count_and_hands_over_every_plane(
+    tmp_path: Path
+) -> None:
+    """Single-level planes go to tifffile in one call: a plane too many or too few is still the
+    file's error (no output left), and previews and progress still come plane by plane, each
+    plane handed over once it is written and before the next is asked for."""
+    shape = (64, 64)
+    args = dict(shape=shape, dtype=np.dtype("uint16"), ome_xml="<OME/>")
+    for n, count, message in ((3, 2, "more than the 2 planes announced"),
+                              (2, 3, "got 2 planes, expected 3")):
+        with pytest.raises(writer.WriterError, match=message):
+            write_ometiff_file(tmp_path / "p.ome.tiff",
+                               iter([np.zeros(shape, np.uint16)] * n), count=count, **args)
+        assert list(tmp_path.iterdir()) == []
+    events: list[tuple] = []
+
+    def planes_() -> Iterator[np.ndarray]:
+        for i in range(4):
+            events.append(("asked", i))
+            yield np.full(shape, i, np.uint16)
+
+    written = write_ometiff_file(
+        tmp_path / "p.ome.tiff", planes_(), count=4, **args,
+        on_level=lambda i, level: events.append(("level", i, int(level[0, 0]), level.shape)),
+        on_plane=lambda n: events.append(("done", n)))
+    assert written.levels == 1
+    assert events == [e for i in range(4) for e in
+                      (("asked", i), ("level", i, i, shape), ("done", i + 1))]
+    with tifffile.TiffFile(tmp_path / "p.ome.tiff") as tf:
+        assert len(tf.pages) == 4 and tf.pages[0].description == "<OME/>"
+        assert [p.description for p in tf.pages[1:]] == ["", "", ""]
+        np.testing.assert_array_equal(tf.asarray()[:, 0, 0], [0, 1, 2, 3])
+
+
 def test_write_all_continues_short_writes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     real = os.pwritev
     monkeypatch.setattr(os, "pwritev", lambda fd, bufs, off: real(fd, [bytes(bufs[0])[:3]], off))
@@ -521,8 +566,11 @@ def test_tiles_compressed_in_threads_are_the_bytes_tifffile_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str,
     shape: tuple[int, int], tile: int,
 ) -> None:
-    """Pyramid levels and zstd tiles made in our threads give the very file tifffile would write
-    compressing them itself, and the same file whatever the number of threads."""
+    """Pyramid levels and zstd tiles made in our threads are the very tiles tifffile writes
+    compressing them itself, in IFDs with the same tags, and the file is the same whatever the
+    number of threads. (A single-level position is written in one tifffile call, whose pages
+    from the third on point at the second page's resolution values instead of their own
+    copies: the same tags, not the same bytes.)"""
     rng = np.random.default_rng(7)
     planes_ = [rng.integers(0, 3000, shape).astype(np.uint16) for _ in range(3)]
     args = dict(count=3, shape=shape, dtype=np.dtype("uint16"), ome_xml="<OME/>", tile=tile,
@@ -531,8 +579,23 @@ def test_tiles_compressed_in_threads_are_the_bytes_tifffile_writes(
             for n in (1, 3)]
     with monkeypatch.context() as mp:
         mp.setattr(writer, "_tile_encoder", lambda *a: None)  # tifffile compresses everything
-        theirs = write_ometiff_file(tmp_path / "tifffile.ome.tiff", iter(planes_), **args)
-    assert ours[0].sha1 == ours[1].sha1 == theirs.sha1
+        write_ometiff_file(tmp_path / "tifffile.ome.tiff", iter(planes_), **args)
+    assert ours[0].sha1 == ours[1].sha1
+
+    def pages(path: Path) -> list[tuple[dict, list[bytes]]]:
+        out = []
+        with tifffile.TiffFile(path) as tf, open(path, "rb") as fh:
+            for page in [p for top in tf.pages for p in [top, *(top.pages or [])]]:
+                tags = {t.name: t.value for t in page.tags.values()
+                        if t.name not in ("TileOffsets", "SubIFDs")}
+                tiles = []
+                for offset, size in zip(page.dataoffsets, page.databytecounts, strict=True):
+                    fh.seek(offset)
+                    tiles.append(fh.read(size))
+                out.append((tags, tiles))
+        return out
+
+    assert pages(tmp_path / "t1.ome.tiff") == pages(tmp_path / "tifffile.ome.tiff")
     with tifffile.TiffFile(tmp_path / "t3.ome.tiff") as tf:
         np.testing.assert_array_equal(tf.pages[1].asarray(), planes_[1])
 
