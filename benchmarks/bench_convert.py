@@ -101,7 +101,9 @@ def bound(pos: Path, out: Path, threads: int, durable: bool = False,
     with ThreadPoolExecutor(max(1, threads)) as pool:
         files = sorted(pos.glob("*.png"))
         decoded = pool.map(lambda f: decode(f.read_bytes()), files)
-        first = next(decoded)
+        first = next(decoded, None)
+        if first is None:
+            raise SystemExit(f"the bound: no PNG in {pos}")
         if first.shape != (DEFAULT_TILE, DEFAULT_TILE):  # a plane is one tile (see below)
             raise SystemExit(f"the bound wants {DEFAULT_TILE}² planes, not {first.shape}")
         counted = [0]
