@@ -10,16 +10,17 @@ plane before the last one) becomes final. Memory is therefore about two planes' 
 (plus a few planes queued for the disk), whatever the file size.
 
 Final bytes are fed to the hash and written to the file, in order, in one ``pwritev`` per plane.
+With ``background`` one helper thread does this, so the converting thread makes no system call
+per write: measured with two decoding threads, its seeks and small writes each gave the GIL away
+and cost 0.5 ms to get it back, a quarter of a 300-plane position's time. Without it the
+converting thread does it itself: the choice for a one-thread position where every core already
+converts a position (executors.wants_io_helper).
+
 Every :data:`SYNC_EVERY` bytes a thread of its own (:class:`Syncer`) calls ``fdatasync``, so the
 final ``fsync`` before the rename (atomic.py) waits for the last few megabytes, not the whole file,
-and no writer ever waits for the disk in between: measured on a 300-plane position (100 MB), the
-``fdatasync`` calls made in the writing helper itself blocked it 0.21-0.24 s, long enough to fill
-its queue and stop the converting thread. With ``background``
-one helper thread does this, so the converting thread makes no system call per write: measured
-with two decoding threads, its seeks and small writes each gave the GIL away and cost 0.5 ms to
-get it back, a quarter of a 300-plane position's time. Without it the converting thread does it
-itself: the choice for a one-thread position where every core already converts a position
-(executors.wants_io_helper).
+and neither writer waits for the disk in between: measured on a 300-plane position (100 MB), the
+``fdatasync`` calls the helper made itself blocked it 0.21-0.24 s, long enough to fill its queue
+and stop the converting thread.
 
 Nor does it copy: the tail is a list of the written buffers themselves. A ``bytes`` object (what
 the tile compressor returns, and most of a file) is immutable, so it is kept as it is; anything

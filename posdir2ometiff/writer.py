@@ -279,7 +279,10 @@ def write_ometiff_file(
                 # One call for every plane: tifffile then builds the IFD once and patches its
                 # offsets for each page, instead of a whole write() per plane (its tags, enums,
                 # checks): measured 0.18 -> 0.014 ms of the writing thread's Python per plane,
-                # time it holds the GIL the decoding threads wait for. Same bytes in the file.
+                # time it holds the GIL the decoding threads wait for. The same tags and tiles;
+                # pages from the third on point at the second page's resolution values instead
+                # of their own copies. The OME-XML is held to the end of the call (tifffile
+                # keeps its tags): measured peak RSS at T=200 within 1-3 % of T=20's.
                 tw.write(every_tile(fh), shape=(count, size_y, size_x), dtype=dtype,
                          tile=_tile_for(size_y, size_x, tile), subfiletype=0,
                          description=xml_bytes, **common)
