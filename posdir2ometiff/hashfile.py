@@ -139,7 +139,8 @@ class Syncer:
                     return
                 self._due = False
             try:
-                os.fdatasync(self._fd)
+                # macOS has no fdatasync; fsync flushes the same data (and the metadata too).
+                getattr(os, "fdatasync", os.fsync)(self._fd)
             except OSError as exc:
                 self._error = exc
                 return

@@ -479,6 +479,23 @@ def test_a_failed_close_closes_the_descriptor_once(
     assert closed == []
 
 
+def test_the_syncer_uses_fsync_where_there_is_no_fdatasync(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """macOS has no ``os.fdatasync``: the background flush is then an ``fsync``, not an
+    AttributeError in the thread that fails every file over the threshold."""
+    flushed = threading.Event()
+    monkeypatch.delattr(hashfile.os, "fdatasync", raising=False)
+    monkeypatch.setattr(hashfile.os, "fsync", lambda fd: flushed.set())
+    data = bytes(range(256)) * 64
+    with hashfile.HashingFile(tmp_path / "f.bin", sync_every=1000) as fh:
+        fh.write(data)
+        fh.checkpoint()
+        fh.checkpoint()
+        assert flushed.wait(30), "no flush was made"
+    assert (tmp_path / "f.bin").read_bytes() == data
+
+
 def test_the_syncer_starts_no_thread_for_a_small_file(tmp_path: Path) -> None:
     """A file smaller than ``sync_every`` never calls ``fdatasync`` nor starts a thread for it."""
     before = {t.name for t in threading.enumerate()}
