@@ -177,11 +177,10 @@ def machine_scaling(files: list[Path], rounds: int, repeat: int) -> tuple[float,
         for proc in procs:
             proc.stdin.write(names)
             proc.stdin.close()
-        times = [float(proc.stdout.read()) for proc in procs]
-        for proc in procs:
-            if proc.wait():
-                raise SystemExit("the machine-scaling task failed")
-        return max(times)
+        outs = [proc.stdout.read() for proc in procs]
+        if any(proc.wait() for proc in procs):
+            raise SystemExit("the machine-scaling task failed (its error is above)")
+        return max(float(out) for out in outs)
 
     ones, twos, pairs = [], [], []
     for i in range(repeat):
