@@ -40,8 +40,8 @@
  *   carry-less multiplications and reduced with Barrett's method, after V. Gopal, E. Ozturk et
  *   al., "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ Instruction", Intel, 2009
  *   (the bit-reflected constants of its appendix, as Chromium's zlib uses them in crc32_simd.c).
- *   Measured on a 350 kB PNG: 1.5 GB/s with the tables below, ~12 GB/s with this; the tables
- *   cost 3 % of the converter's CPU.
+ *   Measured on 350 kB: 1.6 GB/s with the tables below, 8 GB/s with this (the chunk walk of a
+ *   512² 16-bit plane 0.26 -> 0.07 ms); the tables had cost 3 % of the converter's CPU.
  * - otherwise, and for the last 15 bytes: eight bytes at a time with eight tables
  *   ("slicing-by-8"), filled when the module is imported. */
 static uint32_t crc_tables[8][256];
