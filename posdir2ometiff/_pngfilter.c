@@ -25,6 +25,10 @@
  * filters: PNG specification, 3rd edition, section 9.2-9.4,
  * https://www.w3.org/TR/png-3/#9Filter-types (numpy cannot undo them: Sub, Average and Paeth
  * depend on the byte just decoded).
+ *
+ * crc32(data, simd=True) -> int
+ *   The chunks' CRC-32 (zlib.crc32's), for the tests: simd=False takes the tables alone, the
+ *   path of CPUs without PCLMULQDQ, so both are checked on any machine.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
