@@ -199,7 +199,10 @@ def run_jobs(
                         new = ex.submit(_run_job, nxt)
                         futures[new] = nxt
                         pending.add(new)
-        _drain(q, progress)
+    # Only now, with the workers joined: a worker's last count can still sit in its queue's
+    # feeder thread when its result has arrived (the two travel by different pipes), and a
+    # process joins that thread before it exits (multiprocessing/queues.py, _finalize_join).
+    _drain(q, progress)
     beside.finish()
 
 

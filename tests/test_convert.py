@@ -208,6 +208,46 @@ def test_two_workers_give_the_same_pixels(
         np.testing.assert_array_equal(a, b)
 
 
+def test_progress_counts_every_plane_when_the_workers_counts_arrive_late(
+    demo, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's counts travel by a queue whose feeder thread can lag behind the result (a
+    loaded machine: CI once logged 13/24 at the end). Here each count reaches the queue 0.3 s
+    late, from a thread the worker still joins before it exits, as it joins the real feeder."""
+    import multiprocessing.util
+    import threading
+    import time
+
+    from posdir2ometiff import executors
+
+    real_init = executors._init_worker
+
+    class Lagging:
+        def __init__(self, q) -> None:
+            self.q, self.threads = q, []
+            # before the queue's own exit finalizers (close 10, join -5), as a feeder would be
+            multiprocessing.util.Finalize(self, self.join, exitpriority=20)
+
+        def put(self, n: int) -> None:
+            def late() -> None:
+                time.sleep(0.3)
+                self.q.put(n)
+            self.threads.append(threading.Thread(target=late))
+            self.threads[-1].start()
+
+        def join(self) -> None:
+            for t in self.threads:
+                t.join()
+
+    def lagging_init(q, parent_pid=None) -> None:
+        real_init(Lagging(q) if q is not None else None, parent_pid)
+
+    monkeypatch.setattr(executors, "_init_worker", lagging_init)
+    with caplog.at_level(logging.INFO, logger="posdir2ometiff.progress"):
+        assert convert(demo.folder, tmp_path / "out", workers=2, progress="log").ok
+    assert "24/24 planes (100%)" in caplog.text
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
 def test_other_dtypes_kept(tmp_path: Path, dtype: str) -> None:
     spec = make_demo(tmp_path / "exp", positions=1, channels=["GFP"], z=2, t=2, size=64,
