@@ -550,6 +550,41 @@ def test_drop_fault_closes_the_connection_once() -> None:
     assert not any(Faults().count_pixel_write(Current()) for _ in range(3))
 
 
+def test_drop_fault_ends_the_logins_before_it_closes_the_connection() -> None:
+    """Without a Glacier2 the stand-in plays the router: the dropped connection's logins (their
+    pixel buffers) end before the connection closes, not later in its close callback, so no
+    request can reach a buffer half torn down (a CI run's 4th write got "pixel buffer is
+    closed" instead of a lost connection) or write after the drop."""
+    from tests.omero_server.session import RouterI
+
+    events: list[str] = []
+
+    class Login:
+        def destroy(self, current: object) -> None:
+            events.append("logins end")
+
+    class Con:
+        def toString(self) -> str:  # noqa: N802 - Ice's name
+            return "tcp 127.0.0.1:1 -> 127.0.0.1:2"
+
+        def close(self, force: bool) -> None:
+            events.append(f"connection closed (force={force})")
+
+    class Current:
+        con = Con()
+
+    import threading
+    from types import SimpleNamespace
+
+    router = RouterI(SimpleNamespace(lock=threading.RLock()))  # type: ignore[arg-type]
+    router._by_con[Current.con.toString()] = [Login(), Login()]
+    router.lose_connection(Current())
+    assert events == ["logins end", "logins end", "connection closed (force=True)"]
+    assert not router._by_con
+    router.lose_connection(Current())  # a second drop finds nothing left to end
+    assert events[-1] == "connection closed (force=True)" and len(events) == 4
+
+
 def test_lost_connection_ends_its_logins_but_not_the_session(server) -> None:
     """As with Glacier2: a vanished client's services go; a detached session can be rejoined.
 

@@ -86,7 +86,9 @@ class Faults:
         request would hold up the server's shutdown). The drop happens once per server
         process, so a retrying client can finish. *drop* replaces the default (closing the
         request's connection): behind Glacier2 that connection is the router's, shared by all
-        clients, so the pixels service ends the client's router session instead.
+        clients, so the pixels service ends the client's router session instead; without it,
+        the stand-in's router ends the connection's logins and then closes it
+        (``session.RouterI.lose_connection``).
         """
         with self._lock:
             self.pixel_writes += 1

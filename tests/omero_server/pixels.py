@@ -1151,7 +1151,10 @@ class RawPixelsStoreI(StatefulService, omero.api.RawPixelsStore):
         with a connection error, which the router hands on as ``Ice.UnknownLocalException``
         (what an OMERO client sees when Blitz goes away under a routed request).
         """
-        drop = self.session.drop_router_sessions if self.ctx.behind_glacier2 else None
+        if self.ctx.behind_glacier2:
+            drop = self.session.drop_router_sessions
+        else:  # the stand-in plays the router: its logins end before the connection goes
+            drop = self.ctx.router.lose_connection if self.ctx.router is not None else None
         if self.ctx.faults.count_pixel_write(current, drop):
             if drop is not None:
                 raise Ice.ConnectionLostException(0)

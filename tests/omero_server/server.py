@@ -84,6 +84,8 @@ class ServerContext:
     import_processes: dict[int, Any] = field(default_factory=dict)
     #: True when clients come through a real Glacier2 router (callbacks go to its proxies)
     behind_glacier2: bool = False
+    #: the stand-in's own Glacier2 router (``session.RouterI``), which clients use without one
+    router: Any = None
 
     def callback_proxy(self, prx: Any, current: Any = None) -> Any:
         """A proxy on which the server can call a client's callback object (CmdCallback, ...).
@@ -445,6 +447,7 @@ class Server:
         self.plugins = load_plugins(self.ctx)
         router = RouterI(self.ctx)
         router.proxy = adapter.add(router, ROUTER_IDENTITY)
+        self.ctx.router = router
         adapter.activate()
         ports = {e.getInfo().type(): e.getInfo().port for e in adapter.getEndpoints()}
         self.port = ports[Ice.TCPEndpointType]

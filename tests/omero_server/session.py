@@ -32,6 +32,7 @@ import omero.sys
 from omero.clients import Glacier2  # as omero-py loads it (with Router and its exceptions)
 from omero.rtypes import rlong, rstring, rtime
 
+from .faults import Faults
 from .server import STATEFUL_SERVICES, servant
 from .store import GROUP_PERMS, SYSTEM_GROUP_ID, USER_GROUP_ID
 
@@ -450,6 +451,21 @@ class RouterI(Glacier2.Router):
         for sf in sfs:
             sf.destroy(None)
         return bool(sfs)
+
+    def lose_connection(self, current: Any) -> None:
+        """What a connection lost under a request does through Glacier2: the client's router
+        session ends, its services closed, and its connection goes (the drop fault, faults.py).
+
+        In this order, and in the dropping request's thread: left to the close callback, which
+        Ice runs later in another thread, the logins ended while requests could still come.
+        A CI run's 4th write then got a reply from a pixel buffer the callback had already
+        closed (``ApiUsageException`` "... is closed", not a lost connection). The likely
+        path: Ice resends a request once, even with omero.client's ``Ice.RetryIntervals=-1``,
+        when it sees a graceful close (``Ice.CloseConnectionException``). Through Glacier2
+        such a request finds no session; here it now finds no servant.
+        """
+        self.drop_connection_logins(_con_key(current))
+        Faults.drop_connection(current)
 
     def getSessionTimeout(self, current: Any = None) -> int:
         return 600
