@@ -455,6 +455,9 @@ class RouterI(Glacier2.Router):
     def lose_connection(self, current: Any) -> None:
         """What a connection lost under a request does through Glacier2: the client's router
         session ends, its services closed, and its connection goes (the drop fault, faults.py).
+        Glacier2 destroys the session it loses the client of, and OMERO's ``destroy`` removes
+        the login and its services from the adapter "to prevent further remote calls on it"
+        (ome/omero-blitz ``src/main/java/omero/cmd/SessionI.java``, ``destroy``).
 
         In this order, and in the dropping request's thread: left to the close callback, which
         Ice runs later in another thread, the logins ended while requests could still come.
