@@ -1156,7 +1156,7 @@ class RawPixelsStoreI(StatefulService, omero.api.RawPixelsStore):
         else:  # the stand-in plays the router: its logins end before the connection goes
             drop = self.ctx.router.lose_connection if self.ctx.router is not None else None
         if self.ctx.faults.count_pixel_write(current, drop):
-            if drop is not None:
+            if self.ctx.behind_glacier2:
                 raise Ice.ConnectionLostException(0)
             raise omero.InternalException(
                 None, None, "connection dropped by fault injection; the write was lost"
