@@ -555,6 +555,9 @@ def test_drop_fault_ends_the_logins_before_it_closes_the_connection() -> None:
     pixel buffers) end before the connection closes, not later in its close callback, so no
     request can reach a buffer half torn down (a CI run's 4th write got "pixel buffer is
     closed" instead of a lost connection) or write after the drop."""
+    import threading
+    from types import SimpleNamespace
+
     from tests.omero_server.session import RouterI
 
     events: list[str] = []
@@ -572,9 +575,6 @@ def test_drop_fault_ends_the_logins_before_it_closes_the_connection() -> None:
 
     class Current:
         con = Con()
-
-    import threading
-    from types import SimpleNamespace
 
     router = RouterI(SimpleNamespace(lock=threading.RLock()))  # type: ignore[arg-type]
     router._by_con[Current.con.toString()] = [Login(), Login()]
