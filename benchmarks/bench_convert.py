@@ -210,7 +210,7 @@ def run_converter(src: Path, out: Path, *options: str, warm: Path | None) -> dic
         warm_out = warm.with_name(warm.name + "_out")
         shutil.rmtree(warm_out, ignore_errors=True)
         warm_argv = [str(warm), "-o", str(warm_out), "--quiet", *options]
-        warmup = f"main({warm_argv!r})\n"
+        warmup = f"sys.argv = ['posdir2ometiff', *{warm_argv!r}]\nmain()\n"
     code = (
         "import resource, sys, time\n"
         "t0 = time.perf_counter()\n"
@@ -221,7 +221,9 @@ def run_converter(src: Path, out: Path, *options: str, warm: Path | None) -> dic
         "t1 = time.perf_counter()\n"
         "r0 = resource.getrusage(resource.RUSAGE_SELF)\n"
         "cpu0 = r0.ru_utime + r0.ru_stime\n"
-        f"rc = main({argv!r})\n"
+        # As the console script calls it (no argv: the process is the CLI's, cli.main).
+        f"sys.argv = ['posdir2ometiff', *{argv!r}]\n"
+        "rc = main()\n"
         "t2 = time.perf_counter()\n"
         "r1 = resource.getrusage(resource.RUSAGE_SELF)\n"
         "rc_ = resource.getrusage(resource.RUSAGE_CHILDREN)\n"

@@ -24,6 +24,7 @@ from omero_push.upload import DEFAULT_CHUNK
 from posdir2ometiff import __version__
 from posdir2ometiff.argtypes import float_in, int_in, port, tile_wxh
 from posdir2ometiff.logconfig import cli_logging
+from posdir2ometiff.startup import freeze_imports
 
 log = logging.getLogger("omero_push.cli")
 
@@ -199,12 +200,20 @@ def add_push_arguments(p: argparse.ArgumentParser, *, quiet: bool = True) -> Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``omero-push`` console script; returns the exit status.
+
+    Without ``argv`` (the console script, ``python -m``) the process is the command line's, and it
+    sets the garbage collector aside for the imports (posdir2ometiff's startup.py); a program that
+    passes ``argv`` keeps its process as it is."""
+    program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["setup-ice"]:  # installs what the [omero] extra cannot on some Pythons
         from omero_push import ice
 
         return ice.main(argv[1:])
     args = build_parser().parse_args(argv)
+    if program:
+        freeze_imports()
     return run(args)
 
 

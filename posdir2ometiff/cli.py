@@ -18,6 +18,7 @@ from posdir2ometiff.argtypes import float_in, int_in
 from posdir2ometiff.cores import usable_cores
 from posdir2ometiff.layout import DEFAULT_PATTERN, DEFAULT_POSITIONS, LayoutError
 from posdir2ometiff.logconfig import cli_logging
+from posdir2ometiff.startup import freeze_imports
 from posdir2ometiff.writer import COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_TILE, WriterError
 
 logger = logging.getLogger("posdir2ometiff.cli")
@@ -193,21 +194,28 @@ def _names_an_output(argv: Sequence[str]) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``posdir2ometiff`` console script; returns the exit status."""
+    """Entry point of the ``posdir2ometiff`` console script; returns the exit status.
+
+    Without ``argv`` (the console script, ``python -m``) the process is the command line's, and it
+    sets the garbage collector aside for the imports (startup.py); a program that passes ``argv``
+    keeps its process as it is."""
+    program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo" and not _names_an_output(argv[1:]):
         return _demo(argv[1:])
     args = build_parser().parse_args(argv)
     with cli_logging(args.verbose, args.quiet, quiet_level=logging.ERROR):
-        return _convert(args)
+        return _convert(args, program)
 
 
-def _convert(args: argparse.Namespace) -> int:
+def _convert(args: argparse.Namespace, program: bool = False) -> int:
     from posdir2ometiff.cluster import SlurmOptions, dask_client
     from posdir2ometiff.convert import ConversionError, convert
     from posdir2ometiff.lock import LockedError
     from posdir2ometiff.metadata.plugins import MetadataError
 
+    if program:
+        freeze_imports()
     slurm = SlurmOptions(queue=args.slurm_queue, cores=args.slurm_cores,
                          memory=args.slurm_memory, walltime=args.slurm_walltime,
                          jobs=args.slurm_jobs)

@@ -112,6 +112,45 @@ def test_demo_subcommand_and_module_entry_point(tmp_path: Path) -> None:
     assert (tmp_path / "o" / "pos001.ome.tiff").is_file()
 
 
+#: Run in a fresh interpreter: main() as a program calls it (no argv), then as a program embedding
+#: it does (argv given), then again; prints what the garbage collector holds after each.
+_GC_PROBE = """
+import gc, json, sys
+import pandas
+from posdir2ometiff.cli import main
+src, out = sys.argv[1:3]
+rc_embedded = main([src, "-o", out + "1", "-q"])
+frozen_embedded = gc.get_freeze_count()
+sys.argv = ["posdir2ometiff", src, "-o", out + "2", "-q"]
+rc = main()
+frozen = gc.get_freeze_count()
+tracked = gc.get_objects()
+print(json.dumps({"rc": [rc_embedded, rc, main()], "frozen_embedded": frozen_embedded,
+                  "frozen": frozen, "tracked": len(tracked),
+                  "pandas_tracked": any(o is vars(pandas) for o in tracked),
+                  "frozen_again": gc.get_freeze_count()}))
+"""
+
+
+def test_the_command_line_puts_its_imports_out_of_the_garbage_collectors_way(
+    demo, tmp_path: Path
+) -> None:
+    """The console script's process freezes the imports' objects (startup.py): its collections,
+    the first of which came during the conversion and the last ones at exit, no longer walk the
+    ~100,000 objects of pandas, ome-types and NumPy. A program calling main(argv) is left alone,
+    and a second run freezes nothing more."""
+    proc = subprocess.run([sys.executable, "-c", _GC_PROBE, str(demo.folder), str(tmp_path / "o")],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["rc"] == [0, 0, 0]
+    assert got["frozen_embedded"] == 0  # main(argv): the embedding program's process
+    assert got["frozen"] > 20_000  # the imports
+    assert not got["pandas_tracked"]
+    assert got["tracked"] < got["frozen"] / 10  # what a full collection still walks
+    assert got["frozen_again"] <= got["frozen"]  # once per process
+
+
 def test_progress_bar_on_a_terminal_and_lines_otherwise(caplog) -> None:
     class Tty(io.StringIO):
         def isatty(self) -> bool:
