@@ -22,8 +22,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import jsonschema.exceptions
 import yaml
 
 from posdir2ometiff.metadata.model import (
@@ -84,6 +82,11 @@ def _plain(value: Any) -> Any:
 
 def validate(data: Any, path: Path) -> None:
     """Raise MetadataError naming the file and the key of the most relevant schema violation."""
+    # Imported here, for an experiment that has a sidecar: jsonschema (with attrs and its format
+    # checkers) took 70-160 ms of every run's start, most of which have none.
+    import jsonschema
+    import jsonschema.exceptions
+
     validator = jsonschema.Draft202012Validator(load_schema())
     errors = list(validator.iter_errors(data))
     if not errors:
