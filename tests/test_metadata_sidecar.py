@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
 import jsonschema
 import pytest
 
+from posdir2ometiff.demo import make_demo
 from posdir2ometiff.metadata.plugins import MetadataError, load_metadata
 from posdir2ometiff.metadata.sidecar import (
     YamlSidecarParser,
@@ -177,11 +180,6 @@ def test_invalid_sidecar_stops_auto(tmp_path: Path, swainlab_sample: Path) -> No
 def test_a_run_without_a_sidecar_does_not_import_jsonschema(tmp_path: Path) -> None:
     """jsonschema (and attrs, its format checkers) cost 70-160 ms of every run's start: it is
     imported when a sidecar is there to validate, not when the plug-ins are discovered."""
-    import subprocess
-    import sys
-
-    from posdir2ometiff.demo import make_demo
-
     make_demo(tmp_path / "exp", positions=1, z=1, t=1, size=32, seed=1)
     code = (
         "import sys\n"
