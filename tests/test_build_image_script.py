@@ -1,6 +1,7 @@
 """scripts/build_image.sh without building anything: a fake engine records what the script asks
 for (the proxy's CA as a build secret, the host's pip index settings, the cached zeroc-ice wheel
-in the build context, the runtime and jupyter targets)."""
+in the build context, the stages it builds and tags, and the untagged images of ours it removes
+afterwards)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ case "$1" in
     for a in "$@"; do
       case "$a" in id=pipcert,src=*) cp "${a#id=pipcert,src=}" "$LOG.secret" ;; esac
     done
-    ls docker/wheels >> "$LOG.wheels" ;;
+    ls docker/wheels >> "$LOG.wheels"
+    case "$*" in *"--target ${FAIL_TARGET:-none} "*) exit 1 ;; esac ;;
+  image)
+    [ "$2" = prune ] && printf 'Deleted 1\nDeleted 2\n' ;;
 esac
 exit 0
 """
@@ -51,9 +55,10 @@ def test_proxy_ca_index_settings_and_cached_wheel_reach_the_build(tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "posdir2ometiff:latest"
     builds = [line for line in log.splitlines() if line.startswith("build ")]
-    assert len(builds) == 2
-    assert "--target runtime -t posdir2ometiff:latest" in builds[0]
-    assert "--target jupyter -t posdir2ometiff:jupyter" in builds[1]
+    # the dependencies' stages are tagged: the cache a rebuild after a code change reuses
+    assert [b.split("--target ", 1)[1] for b in builds] == [
+        "deps -t posdir2ometiff:deps .", "runtime -t posdir2ometiff:latest .",
+        "jupyter-deps -t posdir2ometiff:jupyter-deps .", "jupyter -t posdir2ometiff:jupyter ."]
     for b in builds:
         assert "-f docker/Dockerfile" in b and "--network host" in b
         assert "--build-arg PIP_INDEX_URL=https://pypi.example/simple" in b
@@ -70,3 +75,27 @@ def test_without_a_proxy_ca_the_secret_is_empty(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "log.secret").read_text() == ""
     assert "PIP_INDEX_URL" not in log
+
+
+def test_after_the_build_only_our_untagged_images_are_removed(tmp_path: Path) -> None:
+    """Each rebuild after a code change leaves the previous image untagged; the script removes
+    those by the label docker/Dockerfile gives every stage, last, so nobody else's image goes."""
+    proc, log = _run(tmp_path, POSDIR2OMETIFF_WHEEL_CACHE=str(tmp_path / "none"))
+    assert proc.returncode == 0, proc.stderr
+    lines = log.splitlines()
+    assert lines[-1] == "image prune -f --filter label=org.opencontainers.image.title=posdir2ometiff"
+    assert all(not line.startswith("image prune") for line in lines[:-1])
+    assert "removed 2 untagged image(s)" in proc.stderr
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    # in the first stage, so every stage (and every leftover of a stage) carries it
+    label = dockerfile.index('LABEL org.opencontainers.image.title="posdir2ometiff"')
+    assert dockerfile.index("AS python-base") < label < dockerfile.index("AS deps")
+
+
+def test_a_failed_build_removes_nothing(tmp_path: Path) -> None:
+    """What a failed build left is what one looks at to see why: it is not pruned."""
+    proc, log = _run(tmp_path, POSDIR2OMETIFF_WHEEL_CACHE=str(tmp_path / "none"),
+                     FAIL_TARGET="runtime")
+    assert proc.returncode != 0
+    assert "prune" not in log
+    assert "--target jupyter" not in log

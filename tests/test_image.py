@@ -7,6 +7,7 @@ Skipped, with the reason, where no container engine can run; a failing build fai
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -96,3 +97,55 @@ def test_jupyter_flavour_serves_the_notebooks(image) -> None:
                           capture_output=True, text=True, check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "01_convert_and_look.ipynb" in proc.stdout and "03_query_and_fetch.ipynb" in proc.stdout
+
+
+LABEL = "org.opencontainers.image.title=posdir2ometiff"
+
+
+def _layers(engine: str, img: str) -> list[tuple[int, str]]:
+    """(size in bytes, instruction) per layer, newest first: podman prints a JSON list, Docker
+    one JSON object per line with the size as a string of bytes (--human=false)."""
+    if engine == "podman":
+        out = subprocess.run([engine, "history", "--format", "json", img], capture_output=True,
+                             text=True, check=True).stdout
+        return [(int(h["size"]), h.get("CreatedBy", "")) for h in json.loads(out)]
+    out = subprocess.run([engine, "history", "--human=false", "--no-trunc", "--format",
+                          "{{json .}}", img], capture_output=True, text=True, check=True).stdout
+    return [(int(h["Size"]), h["CreatedBy"]) for h in map(json.loads, out.splitlines())]
+
+
+def test_a_code_change_adds_a_small_layer_not_a_new_copy_of_the_virtualenv(image) -> None:
+    """The final images install the project's wheel on top of the dependencies' virtualenv, so
+    a rebuild after a code change adds a layer of the wheel's size. Copying the whole virtualenv
+    after the project was installed into it added 0.8-1 GB per build and per flavour, and filled
+    the disk of the machine that builds it on every commit."""
+    engine, img = image
+    for name in (img, img.rsplit(":", 1)[0] + ":jupyter"):
+        layers = _layers(engine, name)
+        venv = next(i for i, (size, how) in enumerate(layers) if "in /opt/venv" in how)
+        assert layers[venv][0] > 200 * 2**20, (name, layers[venv])
+        # everything above the virtualenv: the wheel, its install, the notebooks
+        above = layers[:venv]
+        assert any("pip install" in how and ".whl" in how for _, how in above), (name, above)
+        assert sum(size for size, _ in above) < 10 * 2**20, (name, above)
+
+
+def test_the_build_leaves_no_untagged_images_of_ours_behind(image) -> None:
+    """scripts/build_image.sh removes what its rebuild left untagged (the previous image, the
+    stages' leftovers), selected by the label every stage carries, and keeps the dependencies'
+    stages tagged: they are the cache that makes the next rebuild take seconds."""
+    engine, img = image
+    name = img.rsplit(":", 1)[0]
+    labels = subprocess.run([engine, "image", "inspect", "--format",
+                             '{{index .Config.Labels "org.opencontainers.image.title"}}'
+                             if engine == "docker" else
+                             '{{index .Labels "org.opencontainers.image.title"}}', img],
+                            capture_output=True, text=True, check=True).stdout
+    assert labels.strip() == "posdir2ometiff"
+    left = subprocess.run([engine, "images", "-q", "--filter", "dangling=true", "--filter",
+                           f"label={LABEL}"], capture_output=True, text=True, check=True).stdout
+    assert left.split() == []
+    for cache in ("deps", "jupyter-deps"):
+        probe = subprocess.run([engine, "image", "inspect", f"{name}:{cache}"],
+                               capture_output=True, text=True, check=False)
+        assert probe.returncode == 0, f"{name}:{cache} is not kept as the build cache"
