@@ -81,3 +81,32 @@ def test_a_session_closes_with_its_last_login_unless_detached(omero_server: Any)
         assert later.getSession().getAdminService().getEventContext().sessionUuid == kept_uuid
     finally:
         later.__del__()
+
+
+def test_a_refused_login_of_the_fixture_leaves_no_communicator_to_the_exit(
+        omero_server: Any) -> None:
+    """``client_as(name, "wrong")`` raises, and destroys its client's communicator first: a
+    client left to the interpreter's exit makes Ice print "communicator not destroyed during
+    global destruction" on stderr, a line that hid at the end of every full test run. The
+    control (omero-py's own ``createSession`` left to the exit) shows the line is printed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    code = f"""
+import sys; sys.path.insert(0, {str(repo)!r})
+import omero, omero.clients, Glacier2
+from tests.omero_server.fixture import _logged_in
+c = omero.client(host={omero_server.url!r}, port={omero_server.port})
+try:
+    {{login}}
+except Glacier2.PermissionDeniedException:
+    print("refused")
+"""
+    for login, leaks in (("_logged_in(c, 'root', 'wrong')", False),
+                         ("c.createSession('root', 'wrong')", True)):
+        proc = subprocess.run([sys.executable, "-c", code.format(login=login)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.stdout.strip() == "refused", proc.stderr
+        assert ("communicator not destroyed" in proc.stderr) is leaks, (login, proc.stderr)

@@ -19,6 +19,7 @@ option ``ssl=True``: omero-py's default transport, ``omero.client(host, ssl_port
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -44,6 +45,20 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _logged_in(client: Any, name: str, password: str) -> Any:
+    """``client`` with a session for ``name``; a refused login destroys the client's
+    communicator before the error goes up, as ``omero_push.session.connect`` does: a client
+    left to the interpreter's exit makes Ice print "communicator not destroyed during global
+    destruction" (the message at the end of every full test run, from a wrong-password test)."""
+    try:
+        client.createSession(name, password)
+    except BaseException:
+        with contextlib.suppress(Exception):  # closeSession destroys the communicator (finally)
+            client.closeSession()
+        raise
+    return client
 
 
 class StandInError(RuntimeError):
@@ -183,8 +198,7 @@ class StandIn:
             c = omero.client(host=self.host, port=self.ssl_port)
         else:
             c = omero.client(host=self.url, port=self.port)
-        c.createSession(self.user, self.password)
-        return c
+        return _logged_in(c, self.user, self.password)
 
     # -- several users and groups, made through IAdmin as omero-py's testlib does
     def new_group(self, perms: str = "rwra--", name: str | None = None) -> int:
@@ -238,9 +252,7 @@ class StandIn:
         """A new ``omero.client`` logged in as another user (password defaults to the name)."""
         import omero.clients
 
-        c = omero.client(host=self.url, port=self.port)
-        c.createSession(name, password or name)
-        return c
+        return _logged_in(omero.client(host=self.url, port=self.port), name, password or name)
 
     def _as_admin(self, call: Callable[[Any], Any]) -> Any:
         c = self.client()
