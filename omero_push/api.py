@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from omero_push import annotate, tables
-from omero_push.plan import ContainerRef, TablesSource, Target, read_manifest
+from omero_push.manifest import TablesSource, read_manifest
+from omero_push.plan import ContainerRef, Target
 from omero_push.session import Session, borrow, translate
 from omero_push.target import resolve_target
 

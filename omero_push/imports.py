@@ -15,7 +15,7 @@ import tifffile
 
 from omero_push import annotate, provenance, receipts, upload
 from omero_push.errors import ServerError
-from omero_push.plan import PushItem
+from omero_push.ometiff import PushItem
 from omero_push.progress import Progress
 from omero_push.runstate import RunState, bytes_counted, guarded, record
 from omero_push.session import Session

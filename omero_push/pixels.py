@@ -21,7 +21,7 @@ import numpy as np
 import tifffile
 
 from omero_push.errors import InputError, ServerError
-from omero_push.plan import ImageMeta
+from omero_push.ometiff import ImageMeta
 from omero_push.session import AsyncWindow, Session
 from posdir2ometiff.ome import pixel_type
 

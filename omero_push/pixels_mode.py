@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from omero_push import annotate, pixels, provenance, receipts
-from omero_push.plan import ImageMeta, PushItem
+from omero_push.ometiff import ImageMeta, PushItem
 from omero_push.progress import Progress
 from omero_push.runstate import RunState, bytes_counted, guarded, record
 from omero_push.session import Session

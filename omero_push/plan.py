@@ -6,95 +6,31 @@ description, tags and HDF5 tables.  ``--dry-run`` prints exactly this and stops,
 never touch the network.
 
 Sources: a converter output folder (its ``manifest.json`` gives checksums, options, description,
-tags and the tables file: nothing has to be re-hashed), or OME-TIFF files from anywhere (hashed here).
+tags and the tables file: nothing has to be re-hashed; :mod:`omero_push.manifest`), or OME-TIFF
+files from anywhere (hashed; :mod:`omero_push.ometiff`). Here: the target as ``omero import -T``
+names it, what the options add to every image, and the plan built from both.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import tifffile
 
 from omero_push.errors import InputError
+from omero_push.manifest import (
+    TablesSource,
+    items_from_manifest,
+    read_manifest,
+    tables_from_manifest,
+)
+from omero_push.ometiff import ImageMeta, PushItem, is_ome_tiff, item_from_file
 from omero_push.progress import format_bytes
 
 log = logging.getLogger(__name__)
-
-MANIFEST_NAME = "manifest.json"
-KV_NAMESPACE = "openmicroscopy.org/omero/client/mapAnnotation"
-OME_TIFF_SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.tf2", ".ome.tf8", ".ome.btf")
-_HASH_CHUNK = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ChannelMeta:
-    """A channel as OMERO should show it: name and (R, G, B, A) colour when the file has one."""
-
-    name: str | None
-    color: tuple[int, int, int, int] | None = None
-
-
-@dataclass(frozen=True)
-class ImageMeta:
-    """One OME Image (one OMERO image) inside an OME-TIFF, with what gets annotated onto it."""
-
-    index: int
-    name: str
-    description: str | None
-    sizes: dict[str, int]
-    pixel_type: str
-    dimension_order: str
-    channels: tuple[ChannelMeta, ...]
-    physical_sizes: dict[str, float | None] = field(default_factory=dict)
-    kv_pairs: tuple[tuple[str, str], ...] = ()
-    tags: tuple[str, ...] = ()
-    comments: tuple[str, ...] = ()
-    #: (namespace, text) comments, as ``omero import --annotation-ns/--annotation-text`` make.
-    ns_comments: tuple[tuple[str, str], ...] = ()
-    #: ``--kv`` pairs: a MapAnnotation of their own, so the file's (made by the import) stays whole.
-    extra_kv_pairs: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def nbytes(self) -> int:
-        """Raw pixel bytes (what pixels mode sends)."""
-        n = 1
-        for axis in "XYZCT":
-            n *= self.sizes.get(axis, 1)
-        return n * _bytes_per_pixel(self.pixel_type)
-
-
-@dataclass
-class PushItem:
-    """One OME-TIFF to push."""
-
-    path: Path
-    sha1: str
-    size: int
-    images: list[ImageMeta]
-    manifest: Path | None = None
-    position: str | None = None
-    conversion: dict[str, Any] | None = None  # tool, version, options, source from the manifest
-
-    @property
-    def key(self) -> str:
-        return self.sha1
-
-
-@dataclass(frozen=True)
-class TablesSource:
-    """An HDF5 file whose tables become OMERO.tables on the dataset."""
-
-    path: Path
-    sha1: str | None
-    names: tuple[str, ...]
 
 
 #: ``omero import -T`` qualifiers of the ``name`` discriminator (docs: omero/users/cli/import-target.rst
@@ -268,296 +204,6 @@ class PushPlan:
         return sum(len(i.images) for i in self.items)
 
 
-def sha1_of(path: Path, chunk: int = _HASH_CHUNK) -> str:
-    """Streaming SHA-1 (the checksum OMERO's managed repository verifies)."""
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def is_ome_tiff(path: Path) -> bool:
-    return path.name.lower().endswith(OME_TIFF_SUFFIXES)
-
-
-def read_ome(path: Path) -> Any:
-    """The OME model of an OME-TIFF (ome_types.OME), validated when possible.
-
-    Files from other tools are not always schema-valid; those are read without validation rather
-    than refused, because OMERO's own import is lenient too.
-    """
-    from ome_types import from_xml
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            xml = tif.ome_metadata
-    except (OSError, tifffile.TiffFileError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable TIFF ({exc})") from None
-    if not xml:
-        raise InputError(f"{path}: no OME-XML in the first IFD; not an OME-TIFF")
-    try:
-        return from_xml(xml)
-    except Exception as exc:  # ome-types raises pydantic/xmlschema errors of several types
-        log.warning("%s: OME-XML does not validate (%s); reading it leniently", path, exc)
-        try:
-            return from_xml(xml, validate=False)
-        except Exception as exc2:
-            raise InputError(f"{path}: OME-XML cannot be parsed ({exc2})") from None
-
-
-def images_from_ome(ome: Any) -> list[ImageMeta]:
-    """Per-image facts and annotations from the OME model.
-
-    Annotations are the ones *linked from the Image* (AnnotationRef): MapAnnotations in the
-    client namespace give key-value pairs (in file order, repeated keys kept), TagAnnotations give
-    tags, CommentAnnotations give comments.  Annotations not linked from an Image are not ours to
-    place and are ignored.
-    """
-    by_id: dict[str, Any] = {}
-    sa = ome.structured_annotations
-    if sa is not None:
-        for group in (sa.map_annotations, sa.tag_annotations, sa.comment_annotations):
-            for ann in group:
-                by_id[ann.id] = ann
-    out: list[ImageMeta] = []
-    for index, image in enumerate(ome.images):
-        px = image.pixels
-        kv: list[tuple[str, str]] = []
-        tags: list[str] = []
-        comments: list[str] = []
-        for ref in image.annotation_refs:
-            ann = by_id.get(ref.id)
-            if ann is None:
-                continue
-            kind = type(ann).__name__
-            if kind == "MapAnnotation":
-                if (ann.namespace or KV_NAMESPACE) == KV_NAMESPACE and ann.value is not None:
-                    kv.extend((m.k or "", m.value or "") for m in ann.value.ms)
-            elif kind == "TagAnnotation" and ann.value:
-                tags.append(ann.value)
-            elif kind == "CommentAnnotation" and ann.value:
-                comments.append(ann.value)
-        channels = []
-        for ch in px.channels:
-            color = None
-            if ch.color is not None:
-                r, g, b, *a = ch.color.as_rgb_tuple(alpha=True)
-                # pydantic colours give alpha as a 0..1 fraction; OMERO wants 0..255.
-                color = (int(r), int(g), int(b), round(float(a[0]) * 255) if a else 255)
-            channels.append(ChannelMeta(name=ch.name, color=color))
-        out.append(
-            ImageMeta(
-                index=index,
-                name=image.name or f"image {index}",
-                description=image.description,
-                sizes={
-                    "X": px.size_x,
-                    "Y": px.size_y,
-                    "Z": px.size_z,
-                    "C": px.size_c,
-                    "T": px.size_t,
-                },
-                pixel_type=_enum_value(px.type),
-                dimension_order=_enum_value(px.dimension_order),
-                channels=tuple(channels),
-                physical_sizes={
-                    "X": px.physical_size_x,
-                    "Y": px.physical_size_y,
-                    "Z": px.physical_size_z,
-                },
-                kv_pairs=tuple(kv),
-                tags=tuple(dict.fromkeys(tags)),
-                comments=tuple(comments),
-            )
-        )
-    return out
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """The converter's manifest, with a one-line error when it is missing or broken."""
-    path = folder / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(
-            f"{folder}: no {MANIFEST_NAME}; not a posdir2ometiff output folder"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("positions"), dict):
-        raise InputError(f"{path}: no 'positions' mapping; not a posdir2ometiff manifest")
-    check_manifest_shape(data, path)
-    return data
-
-
-#: Keys the push reads from a manifest and the JSON types it accepts for each (None = null).
-_POSITION_TYPES: dict[str, tuple[type, ...]] = {
-    "output": (str, type(None)),
-    "status": (str, type(None)),
-    "error": (str, type(None)),
-    "sha1": (str, type(None)),
-    "size": (int, type(None)),
-    "mtime_ns": (int, type(None)),
-    "sources": (list, type(None)),
-    "missing_planes": (list, type(None)),
-}
-_TOP_TYPES: dict[str, tuple[type, ...]] = {
-    "metadata": (dict, type(None)),
-    "tables": (dict, type(None)),
-}
-_METADATA_TYPES: dict[str, tuple[type, ...]] = {
-    "description": (str, type(None)),
-    "tags": (list, type(None)),
-    "key_values": (list, type(None)),
-    "omero_project": (str, type(None)),
-    "omero_dataset": (str, type(None)),
-}
-_TABLES_TYPES: dict[str, tuple[type, ...]] = {
-    "path": (str, type(None)),
-    "sha1": (str, type(None)),
-    "names": (list, type(None)),
-}
-
-
-def check_manifest_shape(data: dict[str, Any], path: Path) -> None:
-    """Refuse, with the file and key named, a manifest whose values have the wrong JSON type.
-
-    A manifest may come from someone else's output folder, so every key the push reads is checked
-    here once: later code can then rely on the types instead of failing with a traceback deep in
-    the push (``int(entry["size"])`` on a list, ``.get`` on a string).  ``bool`` is refused where
-    a number is expected, because JSON ``true`` is not a size.
-    """
-
-    def check(obj: dict[str, Any], types: dict[str, tuple[type, ...]], where: str) -> None:
-        for key, allowed in types.items():
-            value = obj.get(key)
-            if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
-                names = "/".join("null" if t is type(None) else _JSON_NAMES[t] for t in allowed)
-                raise InputError(
-                    f"{path}: {where}{key} is {_json_type(value)}, expected {names}"
-                )
-
-    check(data, _TOP_TYPES, "")
-    check(data.get("metadata") or {}, _METADATA_TYPES, "metadata.")
-    check(data.get("tables") or {}, _TABLES_TYPES, "tables.")
-    for name, entry in data["positions"].items():
-        if not isinstance(entry, dict):
-            raise InputError(
-                f"{path}: positions.{name} is {_json_type(entry)}, expected an object"
-            )
-        check(entry, _POSITION_TYPES, f"positions.{name}.")
-        for key in ("size", "mtime_ns"):
-            if isinstance(entry.get(key), int) and entry[key] < 0:
-                raise InputError(f"{path}: positions.{name}.{key} is negative ({entry[key]})")
-
-
-_JSON_NAMES = {str: "a string", int: "an integer", list: "an array", dict: "an object"}
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, float):
-        return "a number"
-    return _JSON_NAMES.get(type(value), type(value).__name__)
-
-
-def contained_path(folder: Path, relative: str, manifest: Path, key: str) -> Path:
-    """``folder / relative`` resolved, refused unless it stays inside ``folder``.
-
-    A manifest can come from someone else's output folder; without this check a crafted
-    ``"output": "../../elsewhere.ome.tiff"`` or ``"tables": {"path": "/etc/passwd"}`` would make
-    the push upload any local file.  ``..`` and symbolic links are resolved first (a link inside
-    the folder that points out of it is refused too): the check CPython's ``tarfile.data_filter``
-    makes (``Lib/tarfile.py``, ``_get_filtered_attrs``: realpath of the member, then refuse it
-    when it is not under the realpath of the destination).
-    """
-    root = folder.resolve()
-    target = (root / relative).resolve()
-    if not target.is_relative_to(root):
-        raise InputError(
-            f"{manifest}: {key} {relative!r} points outside the manifest's folder ({target}); "
-            "refused"
-        )
-    return target
-
-
-def items_from_manifest(
-    folder: Path, manifest: dict[str, Any]
-) -> tuple[list[PushItem], list[tuple[Path, str]]]:
-    """Push items for the manifest's converted positions; failed or missing ones are skipped."""
-    items: list[PushItem] = []
-    skipped: list[tuple[Path, str]] = []
-    conversion = {
-        "tool": manifest.get("tool"),
-        "version": manifest.get("version"),
-        "created": manifest.get("created"),
-        "options": manifest.get("options"),
-        "source": manifest.get("source"),
-    }
-    for name, entry in sorted(manifest["positions"].items()):
-        out = entry.get("output") or f"{name}.ome.tiff"
-        path = contained_path(folder, out, folder / MANIFEST_NAME, f"positions.{name}.output")
-        if entry.get("status", "ok") != "ok":
-            skipped.append((path, f"conversion {entry.get('status')}: {entry.get('error') or '?'}"))
-            continue
-        if not path.is_file():
-            skipped.append((path, "listed in the manifest but missing"))
-            continue
-        st = path.stat()
-        size = st.st_size
-        sha1 = entry.get("sha1")
-        stale = (entry.get("size") is not None and int(entry["size"]) != size) or (
-            entry.get("mtime_ns") is not None and int(entry["mtime_ns"]) != st.st_mtime_ns
-        )
-        if not sha1 or stale:
-            # A manifest older than the file (or without checksums): trust the bytes, not the list.
-            log.warning("%s: changed since the manifest was written; hashing the file", path)
-            sha1 = sha1_of(path)
-        images = images_from_ome(read_ome(path))
-        sources = entry.get("sources")
-        items.append(
-            PushItem(
-                path=path,
-                sha1=str(sha1),
-                size=size,
-                images=images,
-                manifest=folder / MANIFEST_NAME,
-                position=name,
-                conversion={
-                    **conversion,
-                    "position": name,
-                    "n_sources": len(sources) if isinstance(sources, list) else None,
-                    "missing_planes": len(entry.get("missing_planes") or []),
-                },
-            )
-        )
-    return items, skipped
-
-
-def _check_tables_readable(path: Path) -> None:
-    """Open the HDF5 tables now (a few KB, no network): an unreadable file is one line before
-    anything is pushed, not an HDF5 back trace after every image is."""
-    from posdir2ometiff.metadata.tables import TablesReadError, read_tables
-
-    try:
-        read_tables(path)
-    except TablesReadError as exc:
-        raise InputError(str(exc)) from None
-
-
-def item_from_file(path: Path) -> PushItem:
-    """A push item for an OME-TIFF from anywhere: hashed here, annotations from its OME-XML."""
-    path = path.resolve()
-    images = images_from_ome(read_ome(path))
-    if not images:
-        raise InputError(f"{path}: OME-XML lists no Image")
-    return PushItem(path=path, sha1=sha1_of(path), size=path.stat().st_size, images=images)
-
-
 def build_plan(
     paths: Sequence[str | os.PathLike[str]],
     *,
@@ -607,20 +253,7 @@ def build_plan(
                     kv.append((str(pair[0]), str(pair[1])))
             hint_project = hint_project or meta.get("omero_project")
             hint_dataset = hint_dataset or meta.get("omero_dataset")
-            tinfo = manifest.get("tables") or {}
-            if tinfo.get("path"):
-                tpath = contained_path(p, tinfo["path"], p / MANIFEST_NAME, "tables.path")
-                if tpath.is_file():
-                    _check_tables_readable(tpath)
-                    tables.append(
-                        TablesSource(
-                            path=tpath,
-                            sha1=tinfo.get("sha1"),
-                            names=tuple(tinfo.get("names") or ()),
-                        )
-                    )
-                else:
-                    log.warning("%s: tables file %s listed but missing", p, tpath)
+            tables.extend(tables_from_manifest(p, manifest))
         elif p in from_files:
             items.append(from_files[p])
         else:
@@ -711,22 +344,3 @@ def _human(n: int) -> str:
     return format_bytes(n)
 
 
-_BYTES = {
-    "int8": 1,
-    "uint8": 1,
-    "int16": 2,
-    "uint16": 2,
-    "int32": 4,
-    "uint32": 4,
-    "float": 4,
-    "double": 8,
-    "bit": 1,
-}
-
-
-def _bytes_per_pixel(pixel_type: str) -> int:
-    return _BYTES.get(pixel_type, 2)
-
-
-def _enum_value(v: Any) -> str:
-    return str(getattr(v, "value", v))

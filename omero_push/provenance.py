@@ -23,7 +23,7 @@ import datetime as _dt
 import json
 from typing import Any
 
-from omero_push.plan import ImageMeta, PushItem
+from omero_push.ometiff import ImageMeta, PushItem
 
 PROVENANCE_NS = "posdir2ometiff/omero_push/provenance"
 MARKER_NS = "posdir2ometiff/omero_push/checksum"

@@ -23,11 +23,10 @@ from omero_push import annotate, pixels, provenance, tables, upload
 from omero_push.config import ConnectionSettings, Secret, resolve_settings
 from omero_push.errors import FolderInUseError, InputError, PushError
 from omero_push.imports import push_imports
+from omero_push.ometiff import ImageMeta, PushItem
 from omero_push.pixels_mode import push_pixels_image
 from omero_push.plan import (
-    ImageMeta,
     ImageOverrides,
-    PushItem,
     PushPlan,
     build_plan,
     target_from_options,

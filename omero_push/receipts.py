@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from omero_push import annotate, provenance
-from omero_push.plan import ImageMeta, PushItem
+from omero_push.ometiff import ImageMeta, PushItem
 from omero_push.runstate import PushResult, note_tags
 from omero_push.session import Session
 from posdir2ometiff import __version__

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from omero_push.errors import NoPermissionError
-from omero_push.plan import ImageMeta, PushItem, PushPlan
+from omero_push.ometiff import ImageMeta, PushItem
+from omero_push.plan import PushPlan
 from omero_push.progress import Progress
 from omero_push.session import Session
 

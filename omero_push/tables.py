@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from omero_push.plan import TablesSource, sha1_of
+from omero_push.manifest import TablesSource
 from omero_push.session import Session
+from posdir2ometiff.manifest import sha1_file
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def upload_file(
     of.setName(rstring(name or path.name))
     of.setPath(rstring("omero_push/"))
     of.setSize(rlong(size))
-    of.setHash(rstring((sha1 or sha1_of(path)).lower()))  # OMERO's hex digests are lower case
+    of.setHash(rstring((sha1 or sha1_file(path)).lower()))  # OMERO's hex digests are lower case
     algo = omero.model.ChecksumAlgorithmI()
     algo.setValue(rstring("SHA1-160"))
     of.setHasher(algo)
@@ -266,7 +267,7 @@ def ensure_tables(
     from omero_push import annotate
 
     if source.sha1 is None:
-        source = TablesSource(source.path, sha1_of(source.path), source.names)
+        source = TablesSource(source.path, sha1_file(source.path), source.names)
     anns = annotate.linked_annotations(session, "Dataset", dataset_id)
     have = {
         annotate._val(a.getDescription()): annotate._val(a.getId())

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omero_push.errors import InputError, ServerError
-from omero_push.plan import PushItem
+from omero_push.ometiff import PushItem
 from omero_push.session import AsyncWindow, Session, command_response, is_connection_lost
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ import pytest
 from omero_push import cli
 from omero_push.config import Secret, load_config, resolve_settings
 from omero_push.errors import ConfigError, InputError
-from omero_push.plan import build_plan, format_plan, images_from_ome, read_ome
+from omero_push.ometiff import images_from_ome, read_ome
+from omero_push.plan import build_plan, format_plan
 from omero_push.provenance import (
     MARKER_NS,
     PROVENANCE_NS,

@@ -26,7 +26,7 @@ from omero.rtypes import rlong, rstring  # noqa: E402
 
 from omero_push import annotate, imports, pixels, upload  # noqa: E402
 from omero_push.errors import InputError, ServerError  # noqa: E402
-from omero_push.plan import ImageMeta, PushItem  # noqa: E402
+from omero_push.ometiff import ImageMeta, PushItem  # noqa: E402
 
 ME, OTHER = 2, 3
 

@@ -190,7 +190,7 @@ def make_converter_output(folder: Path, positions: int = 2, **kw: object) -> dic
 
 def test_make_ome_tiff_reads_back(tmp_path: Path) -> None:
     """The helper's files are what tifffile/ome-types see: right planes, annotations linked."""
-    from omero_push.plan import images_from_ome, read_ome
+    from omero_push.ometiff import images_from_ome, read_ome
 
     data = make_ome_tiff(tmp_path / "a.ome.tiff")
     with tifffile.TiffFile(tmp_path / "a.ome.tiff") as tif:

@@ -10,8 +10,8 @@ import pytest
 import tifffile
 
 from omero_push.errors import InputError
+from omero_push.ometiff import images_from_ome, read_ome
 from omero_push.pixels import _finite_range, check_planes
-from omero_push.plan import images_from_ome, read_ome
 from tests.test_push_support import make_ome_tiff
 
 
