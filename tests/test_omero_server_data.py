@@ -860,6 +860,31 @@ def test_tables_disabled(omero_server_factory: Any) -> None:
 # --- faults and restarts --------------------------------------------------------------------
 
 
+def test_a_write_resent_after_the_drop_finds_no_servant() -> None:
+    """The race a CI run lost: the drop fault ends the session under the 4th write, and a
+    request Ice resends on a new connection reaches the same servant while the dropping
+    dispatch is still closing its buffer. It must be answered as a removed servant is
+    (``Ice.ObjectNotExistException``, what OMERO's ``SessionI.destroy`` leads to), not with
+    an ``ApiUsageException`` from the half-closed buffer. The servant is driven directly: the
+    resend cannot be timed through a real connection."""
+    from types import SimpleNamespace
+
+    from tests.omero_server.faults import Faults
+    from tests.omero_server.pixels import RawPixelsStoreI
+
+    seen: list[bool] = []
+    servant = RawPixelsStoreI.__new__(RawPixelsStoreI)
+    servant.__dict__.update(buffer=object(), pixels_id=1, lost=False, session=None)
+    router = SimpleNamespace(lose_connection=lambda current: seen.append(servant.lost))
+    servant.ctx = SimpleNamespace(faults=Faults(drop_after_pixel_writes=0),
+                                  behind_glacier2=False, router=router)
+    with pytest.raises(omero.InternalException, match="dropped by fault injection"):
+        servant._count_write(None)
+    assert seen == [True]  # marked lost before the connection went
+    with pytest.raises(Ice.ObjectNotExistException):
+        servant._buf()  # what every read and write asks first
+
+
 def test_connection_drops_after_n_pixel_writes(omero_server_factory: Any) -> None:
     """``--drop-after-pixel-writes 3``: the 4th write loses the connection; writes 1-3 are kept.
 

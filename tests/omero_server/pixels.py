@@ -971,10 +971,22 @@ class RawPixelsStoreI(StatefulService, omero.api.RawPixelsStore):
         self.buffer: PixelBuffer | None = None
         self.dirty = False
         self.lock = threading.RLock()
+        #: Set when the drop fault ends this servant's session under a write (``_count_write``).
+        self.lost = False
 
     # -- set-up ---------------------------------------------------------------------------
 
     def _buf(self) -> PixelBuffer:
+        if self.lost:
+            # The session that made this servant was destroyed by the drop fault. OMERO removes
+            # a destroyed login's services from the adapter "to prevent further remote calls on
+            # it" (ome/omero-blitz omero/cmd/SessionI.java, destroy), so a call after it finds
+            # no servant: Ice answers ObjectNotExistException. A call can still reach this one:
+            # Ice resends the request whose connection was closed under it (the close is
+            # graceful behind Glacier2) while the dropping dispatch is still ending the session,
+            # and it then wrote into the buffer that dispatch was closing ("... is closed",
+            # ApiUsageException: a CI run's 4th write in test_connection_drops_after_n_pixel_writes).
+            raise Ice.ObjectNotExistException()
         if self.buffer is None:
             raise usage_error("setPixelsId must be called first")
         return self.buffer
@@ -1155,7 +1167,13 @@ class RawPixelsStoreI(StatefulService, omero.api.RawPixelsStore):
             drop = self.session.drop_router_sessions
         else:  # the stand-in plays the router: its logins end before the connection goes
             drop = self.ctx.router.lose_connection if self.ctx.router is not None else None
-        if self.ctx.faults.count_pixel_write(current, drop):
+        chosen = drop or self.ctx.faults.drop_connection
+
+        def lose(cur: Any) -> None:
+            self.lost = True  # before the connection goes: a resent request must find it set
+            chosen(cur)
+
+        if self.ctx.faults.count_pixel_write(current, lose):
             if self.ctx.behind_glacier2:
                 raise Ice.ConnectionLostException(0)
             raise omero.InternalException(
