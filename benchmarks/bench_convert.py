@@ -52,12 +52,13 @@ Figures (issue 11, point 4):
    The one long run is set against the median of the short runs (their largest peak RSS).
    Every run writes into memory the previous one freed (see ``page_cache_regime``: on a VM that
    hands freed memory back to its host, a 1 GB file written into memory the host took back
-   costs 14× the kernel time).
+   costs 12-14× the kernel time).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -233,8 +234,6 @@ def checksum_cpu(files: list[Path], repeat: int) -> float:
     """CPU seconds of the SHA-1s the converter must compute (every source file and its output,
     for the manifest: re-run skipping, provenance, the push's duplicate check), best of
     ``repeat`` passes over the files read beforehand: work the bound does not do."""
-    import hashlib
-
     data = [f.read_bytes() for f in files]
     runs = []
     for _ in range(repeat):
@@ -678,18 +677,18 @@ def report(f: dict[str, float], args: argparse.Namespace, load_start: tuple, loa
     else:
         print("4. Dask: not measured (the [dask] extra is not installed)")
 
-    if "write_kernel_s_per_gb_first" in f:
-        print(f"   page cache: a file the size of the T={args.t_long} output took "
-              f"{f['write_kernel_s_per_gb_first']:.2f} kernel CPU s per GB to write, the same "
-              f"again right after {f['write_kernel_s_per_gb_second']:.2f} (memory the VM's host "
-              f"took back, then recycled: see page_cache_regime); the T={args.t_long} runs "
-              f"write into recycled memory, as the T={args.t} runs do")
     cpu_growth = f["cpu_ms_per_plane_tlong"] / f["cpu_ms_per_plane_t"] - 1
     rss_growth = f["rss_mb_tlong"] / f["rss_mb_t"] - 1
     print(f"5. T={args.t}: {f['cpu_ms_per_plane_t']:.2f} CPU ms/plane "
           f"({f['wall_ms_per_plane_t']:.2f} wall), peak RSS {f['rss_mb_t']:.0f} MB; "
           f"T={args.t_long}: {f['cpu_ms_per_plane_tlong']:.2f} CPU ms/plane "
           f"({f['wall_ms_per_plane_tlong']:.2f} wall), peak RSS {f['rss_mb_tlong']:.0f} MB")
+    if "write_kernel_s_per_gb_first" in f:
+        print(f"   page cache: a file the size of the T={args.t_long} output took "
+              f"{f['write_kernel_s_per_gb_first']:.2f} kernel CPU s per GB to write, the same "
+              f"again right after {f['write_kernel_s_per_gb_second']:.2f} (memory the VM's host "
+              f"had taken back, then the memory it freed: see page_cache_regime); the T={args.t_long} runs "
+              f"write into recycled memory, as the T={args.t} runs do")
     checks.append((f"cost per plane flat within 10 %         ({100 * cpu_growth:+.1f} %)",
                    abs(cpu_growth) <= 0.10))
     checks.append((f"peak RSS flat within 10 %               ({100 * rss_growth:+.1f} %)",
