@@ -103,7 +103,9 @@ class ConversionOptions:
     compression: str = DEFAULT_COMPRESSION
     pyramid: str = "auto"
     workers: int | None = None
-    #: Threads inside one position (decode ahead, compress tiles); None: cores / workers.
+    #: Threads inside one position (decode ahead, compress tiles): the cores it may use, so 1
+    #: is one thread, its output hashed and written by it too; None: cores / workers, with a
+    #: helper thread for the output where a core is spare (executors.wants_io_helper).
     threads: int | None = None
     metadata: str = "auto"
     pixel_size_um: float | None = None
@@ -342,7 +344,10 @@ def _convert_locked(
         # On a cluster, 0 lets each worker choose (its cores / its task slots).
         job.threads = opts.threads or (0 if client is not None else default_threads(workers))
         if client is None:
-            job.io_helper = wants_io_helper(job.threads, cores, workers)
+            job.io_helper = wants_io_helper(job.threads, cores, workers,
+                                            asked=opts.threads is not None)
+        elif opts.threads is not None:  # threads asked for, on any worker: a budget of cores
+            job.io_helper = wants_io_helper(job.threads, 1, 1, asked=True)
     progress_mode = opts.progress
     if client is not None:
         check_shared_filesystem(client, src, out)

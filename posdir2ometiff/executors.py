@@ -42,17 +42,20 @@ def default_threads(workers: int) -> int:
     return max(1, usable_cores() // max(1, workers))
 
 
-def wants_io_helper(threads: int, cores: int, slots: int) -> bool:
+def wants_io_helper(threads: int, cores: int, slots: int, asked: bool = False) -> bool:
     """Whether a position converted in ``threads`` threads, beside ``slots`` positions at once on
     ``cores`` cores, hashes and writes its output in a helper thread (hashfile.py).
 
     Beside several threads, yes: it keeps the writing thread's system calls from giving the GIL
-    away. Beside one, only when a core is spare for it: where every core already converts a
-    position (``--workers`` = cores, an experiment of many positions; a one-core Slurm task) it
-    would only take turns with them. Measured, two positions in two one-thread workers on 2 cores:
-    3.6 % less time and 6.7 % less CPU without it (8 pairs); one position alone with
-    ``--threads 1`` on 2 cores: 20-25 % more time without it (6 pairs)."""
-    return threads > 1 or cores > slots * threads
+    away. Beside one, only when a core is spare for it and the user left the threads to us
+    (``asked`` False): where every core already converts a position (``--workers`` = cores, an
+    experiment of many positions; a one-core Slurm task) it would only take turns with them, and
+    ``--threads 1`` asked for is a budget of one core, which a helper busy a fifth of the time
+    beside it would overrun (several converters side by side, each told one thread, then
+    oversubscribe the machine, as two one-thread positions on 2 cores did: 3.6 % less time and
+    6.7 % less CPU without it, 8 pairs). A spare core left to us is used (3 cores, 2 workers):
+    one position alone with one thread on 2 cores took 20-25 % more time without it (6 pairs)."""
+    return threads > 1 or (not asked and cores > slots * threads)
 
 
 _worker_queue: Any = None  # set in each worker process by _init_worker (per process, not shared)

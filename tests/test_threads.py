@@ -194,25 +194,28 @@ def test_default_threads_share_the_cores_between_workers(
 
 
 @pytest.mark.parametrize(("cores", "workers", "threads", "helper"), [
-    (8, 2, 4, True),  # several threads: the helper keeps system calls off the GIL
+    (8, 2, None, True),  # 4 threads each: the helper keeps system calls off the GIL
+    (8, 2, 4, True),
+    (2, 1, None, True),  # 2 threads
     (2, 1, 2, True),
-    (2, 1, 1, True),  # one thread, a core spare beside it
-    (3, 2, 1, True),
-    (2, 2, 1, False),  # every core converts a position
-    (1, 1, 1, False),  # a one-core Slurm task
-    (8, 8, 1, False),
+    (3, 2, None, True),  # one thread each, a core spare beside them
+    (3, 2, 1, False),  # --threads 1 asked for: one core, which a helper would overrun
+    (2, 1, 1, False),
+    (2, 2, None, False),  # every core converts a position
+    (1, 1, None, False),  # a one-core Slurm task
+    (8, 8, None, False),
 ])
 def test_the_output_helper_thread_only_where_a_core_is_spare(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int, workers: int, threads: int,
-    helper: bool,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int, workers: int,
+    threads: int | None, helper: bool,
 ) -> None:
     spec = make_demo(tmp_path / "exp", positions=workers, channels=["GFP"], z=1, t=1, size=32,
                      metadata=False)
-    seen: list[bool] = []
+    seen: list[tuple[int, bool]] = []
     real = convert_mod._run_jobs
 
     def recording(jobs, workers_, *args):
-        seen.extend(j.io_helper for j in jobs)
+        seen.extend((j.threads, j.io_helper) for j in jobs)
         return real(jobs, 1, *args)
 
     monkeypatch.setattr(convert_mod, "_run_jobs", recording)
@@ -221,7 +224,7 @@ def test_the_output_helper_thread_only_where_a_core_is_spare(
     writes = _threads_calling(monkeypatch, hashfile, "write_all")
     assert convert(spec.folder, tmp_path / "out", workers=workers, threads=threads,
                    progress="off").ok
-    assert seen == [helper] * workers
+    assert seen == [(threads or cores // workers, helper)] * workers
     assert writes == ({"hashwrite_0"} if helper else {"MainThread"})
 
 
@@ -672,3 +675,33 @@ def test_probe_decodes_the_first_planes_in_threads_with_a_loops_outcome(
     for threads in (1, 2, 3):
         with pytest.raises(planes.PlaneError, match=r"GFP.*uint16 8x8, but other planes"):
             planes.probe(layout, threads)
+
+
+@pytest.mark.parametrize(("threads", "sent"), [
+    (None, (0, True)),  # left to each worker: its share of its host (dask_executor.py)
+    (1, (1, False)),  # a budget of one core on whichever worker runs it
+    (3, (3, True)),
+])
+def test_threads_asked_for_bind_the_positions_of_a_cluster_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int | None,
+    sent: tuple[int, bool],
+) -> None:
+    spec = make_demo(tmp_path / "exp", positions=2, channels=["GFP"], z=1, t=1, size=32,
+                     metadata=False)
+    seen: list[tuple[int, bool]] = []
+
+    def run_inline(jobs, client, fail_fast, progress, beside):
+        # What the driver sends; here the positions then run in this process, a worker's
+        # choice (its share of its host) standing in for 0.
+        seen.extend((j.threads, j.io_helper) for j in jobs)
+        for job in jobs:
+            job.threads = job.threads or 1
+        return convert_mod._run_jobs(jobs, 1, fail_fast, progress, beside)
+
+    monkeypatch.setattr(convert_mod, "preload_workers", lambda client: None)
+    monkeypatch.setattr(convert_mod, "check_shared_filesystem", lambda client, src, out: None)
+    monkeypatch.setattr(convert_mod, "threads_per_worker", lambda client: {})
+    monkeypatch.setattr(convert_mod, "run_jobs_dask", run_inline)
+    assert convert(spec.folder, tmp_path / "out", client=object(), threads=threads,
+                   progress="off").ok
+    assert seen == [sent, sent]
