@@ -34,6 +34,8 @@ from posdir2ometiff.dask_executor import (
 from posdir2ometiff.errors import ConversionError, PlaneError
 from posdir2ometiff.executors import SideWork, default_threads, wants_io_helper
 from posdir2ometiff.executors import run_jobs as _run_jobs
+from posdir2ometiff.forked import Forked
+from posdir2ometiff.forked import start as start_forked
 from posdir2ometiff.layout import (
     DEFAULT_PATTERN,
     DEFAULT_POSITIONS,
@@ -289,7 +291,7 @@ def _convert_locked(
     layouts: list, started: float, client: Any, absent: list[str],
 ) -> ConversionResult:
     """The run proper, while this process holds OUT's lock."""
-    from posdir2ometiff.metadata.tables import write_tables
+    from posdir2ometiff.metadata.tables import tables_image, write_tables
 
     previous = None if opts.overwrite else load_manifest(out)
     fingerprint = metadata_fingerprint(meta)
@@ -326,12 +328,14 @@ def _convert_locked(
                                 report=opts.report))
 
     tables_box: dict[str, Any] = {}
+    built: list[Forked] = []  # the tables' HDF5 image, built in a child process (forked.py)
 
     def write_experiment_tables() -> None:
-        """HDF5 tables, written beside the positions (executors.SideWork)."""
+        """HDF5 tables, written beside the positions (executors.SideWork); a second attempt
+        (the first failed) builds them here."""
         if meta is not None and (meta.tables or meta.plane_times):
             path = out / TABLES_NAME
-            names = write_tables(meta, path)
+            names = write_tables(meta, path, built.pop().result() if built else None)
             if names:
                 tables_box["entry"] = {"path": TABLES_NAME, "sha1": sha1_file(path),
                                        "size": path.stat().st_size, "names": names}
@@ -348,6 +352,14 @@ def _convert_locked(
                                             asked=opts.threads is not None)
         elif opts.threads is not None:  # threads asked for, on any worker: a budget of cores
             job.io_helper = wants_io_helper(job.threads, 1, 1, asked=True)
+    if client is None and workers <= 1 and jobs and meta is not None and (
+            meta.tables or meta.plane_times):
+        # Positions converted in this process: the tables' pandas and PyTables would take turns
+        # with their writing thread on the GIL; a child builds them meanwhile, forked now,
+        # before any thread of the run starts (forked.py).
+        child = start_forked(lambda: tables_image(meta, out / TABLES_NAME), "experiment.h5")
+        if child is not None:
+            built.append(child)
     progress_mode = opts.progress
     if client is not None:
         check_shared_filesystem(client, src, out)

@@ -149,7 +149,9 @@ def run_jobs(
     ``beside`` is attempted while the positions convert: here in this process while the pool
     works; beside the inline positions, in a thread started once the first planes are written
     (the position's decoding and compressing threads leave the GIL free most of the time then;
-    before, its OME-XML is built in this thread). It is finished after the positions.
+    before, its OME-XML is built in this thread; the caller may have its Python work done by a
+    forked child, so that the thread only waits for it: forked.py). It is finished after the
+    positions.
     """
     if workers <= 1 or not jobs:
         side = ThreadPoolExecutor(1, thread_name_prefix="beside")

@@ -164,12 +164,12 @@ def _flaky_tables(monkeypatch: pytest.MonkeyPatch, out: Path, failures: int) -> 
     real = tables_mod.write_tables
     calls: list[dict] = []
 
-    def flaky(meta, path):
+    def flaky(meta, path, image=None):
         calls.append({"beside": any(p.name.endswith(".partial") for p in out.iterdir())})
         if len(calls) <= failures:
             raise AtomicWriteError(f"{path}: cannot be written (No space left on device, "
                                    f"call {len(calls)})")
-        return real(meta, path)
+        return real(meta, path, image)
 
     monkeypatch.setattr(tables_mod, "write_tables", flaky)
     return calls

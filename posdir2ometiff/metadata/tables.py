@@ -64,13 +64,10 @@ def _for_hdf(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def write_tables(meta: ExperimentMetadata, path: Path) -> list[str]:
-    """Write every table of ``meta`` (and its plane times) to the HDF5 file ``path``.
-
-    Returns the node names written, in order (the manifest lists them for omero_push). Tables
-    without rows are left out; when nothing is left, writes nothing and returns ``[]`` rather
-    than leaving an empty file behind.
-    """
+def tables_image(meta: ExperimentMetadata, path: Path) -> tuple[list[str], bytes]:
+    """The node names and the bytes of the HDF5 file :func:`write_tables` writes at ``path``
+    (``([], b"")`` when no table has rows). Nothing touches the disk: the caller may build it
+    in another process (forked.py) and write it here."""
     path = Path(path)
     frames: dict[str, pd.DataFrame] = {}
     for name, df in meta.tables.items():
@@ -87,10 +84,27 @@ def write_tables(meta: ExperimentMetadata, path: Path) -> list[str]:
     if meta.plane_times and PLANE_TIMES not in frames:
         frames[PLANE_TIMES] = plane_times_frame(meta)
     if not frames:
+        return [], b""
+    return list(frames), _hdf5_image(path, frames)
+
+
+def write_tables(
+    meta: ExperimentMetadata, path: Path, image: tuple[list[str], bytes] | None = None
+) -> list[str]:
+    """Write every table of ``meta`` (and its plane times) to the HDF5 file ``path``.
+
+    Returns the node names written, in order (the manifest lists them for omero_push). Tables
+    without rows are left out; when nothing is left, writes nothing and returns ``[]`` rather
+    than leaving an empty file behind. ``image``: what :func:`tables_image` returned for them,
+    when it was built elsewhere.
+    """
+    path = Path(path)
+    names, data = image if image is not None else tables_image(meta, path)
+    if not names:
         return []
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, _hdf5_image(path, frames))  # fsync, rename (atomic.py)
-    return list(frames)
+    write_bytes_atomic(path, data)  # fsync, rename (atomic.py)
+    return names
 
 
 def _hdf5_image(path: Path, frames: dict[str, pd.DataFrame]) -> bytes:
@@ -159,4 +173,5 @@ def read_tables(path: Path) -> dict[str, pd.DataFrame]:
                               ) from None
 
 
-__all__ = ["PLANE_TIMES", "TablesReadError", "plane_times_frame", "read_tables", "write_tables"]
+__all__ = ["PLANE_TIMES", "TablesReadError", "plane_times_frame", "read_tables", "tables_image",
+           "write_tables"]

@@ -1,0 +1,86 @@
+"""Python work beside a position, in a forked child process instead of a thread.
+
+A position converted in this process (one worker) keeps its writing thread busy with Python
+between the C calls that release the GIL. Work beside it that is Python too (the experiment's
+HDF5 tables: pandas and PyTables, about 45 ms of CPU for the demo, seconds for a log of
+90,000 captures) then takes turns with that thread on one interpreter lock, whichever thread
+holds the work, while the second core idles: measured on 2 cores, the tables cost the
+one-position run about 60 ms whether written in a thread beside the planes or after them. A
+forked child has an interpreter of its own, so the work runs on the core the run's serial start
+(metadata, probe, OME-XML: one thread) leaves idle.
+
+Forked only where that is safe and possible: a platform with ``fork``, and no other Python
+thread alive (a thread holding a lock at the fork would leave it held in the child forever;
+native threads such as OpenBLAS's re-initialise themselves). Elsewhere :func:`start` returns
+None and the caller does the work itself. The child is killed with its parent (orphans.py)
+and ignores SIGINT (the parent answers Ctrl-C); its result, or its error as one line, comes back
+pickled through a pipe.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from posdir2ometiff.orphans import die_with_parent
+
+R = TypeVar("R")
+
+
+class ChildFailed(RuntimeError):
+    """The child raised, or exited without an answer; the message is one line."""
+
+
+def _child(fn: Callable[[], Any], conn: Any, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent)
+    try:
+        answer: tuple[bool, Any] = (True, fn())
+    except BaseException as exc:  # told to the parent, which does the work again itself
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        answer = (False, f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
+    try:
+        conn.send(answer)
+    except (OSError, ValueError):  # the parent gave up on us (closed its end)
+        pass
+    finally:
+        conn.close()
+
+
+class Forked(Generic[R]):
+    """``fn()`` computed in a child forked at construction; :meth:`result` waits for it."""
+
+    def __init__(self, fn: Callable[[], R], name: str) -> None:
+        ctx = mp.get_context("fork")
+        self._conn, sender = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_child, args=(fn, sender, os.getpid()), name=name,
+                                 daemon=True)
+        self._proc.start()
+        sender.close()  # ours: the child's end closing is what tells us it has gone
+        self._name = name
+
+    def result(self) -> R:
+        """The child's value; :class:`ChildFailed` if it raised or died without one."""
+        try:
+            ok, value = self._conn.recv()
+        except (EOFError, OSError):
+            self._proc.join()
+            raise ChildFailed(f"{self._name}: the child process exited with status "
+                              f"{self._proc.exitcode} before answering") from None
+        finally:
+            self._conn.close()
+        self._proc.join()
+        if not ok:
+            raise ChildFailed(f"{self._name}: {value}")
+        return value
+
+
+def start(fn: Callable[[], R], name: str) -> Forked[R] | None:
+    """``fn()`` in a forked child from now on, or None where forking is not safe (see above)."""
+    if "fork" not in mp.get_all_start_methods() or threading.active_count() > 1:
+        return None
+    return Forked(fn, name)
