@@ -352,11 +352,12 @@ def _convert_locked(
                                             asked=opts.threads is not None)
         elif opts.threads is not None:  # threads asked for, on any worker: a budget of cores
             job.io_helper = wants_io_helper(job.threads, 1, 1, asked=True)
-    if client is None and workers <= 1 and jobs and meta is not None and (
+    if client is None and workers <= 1 and jobs and jobs[0].io_helper and meta is not None and (
             meta.tables or meta.plane_times):
         # Positions converted in this process: the tables' pandas and PyTables would take turns
         # with their writing thread on the GIL; a child builds them meanwhile, forked now,
-        # before any thread of the run starts (forked.py).
+        # before any thread of the run starts (forked.py). Only where a core is spare beside
+        # the position's threads, as for its output helper: `--threads 1` is one core.
         child = start_forked(lambda: tables_image(meta, out / TABLES_NAME), "experiment.h5")
         if child is not None:
             built.append(child)

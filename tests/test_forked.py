@@ -77,7 +77,7 @@ _CONVERT = """
 
     tables_mod.tables_image = recording
     spec = make_demo(Path("exp"), positions=1, channels=["DIC", "GFP"], z=2, t=3, size=64)
-    result = convert(spec.folder, Path("out"), workers=1, threads=2, progress="off")
+    result = convert(spec.folder, Path("out"), workers=1, threads=THREADS, progress="off")
     pids = [int(p) for p in Path("pids").read_text().split()]
     manifest = json.loads(result.manifest.read_text())
     print(json.dumps({"parent": parent, "pids": pids, "ok": result.ok,
@@ -85,18 +85,21 @@ _CONVERT = """
 """
 
 
-@pytest.mark.parametrize("fail_in_child", [False, True])
+@pytest.mark.parametrize(("threads", "fail_in_child"), [(2, False), (2, True), (1, False)])
 def test_an_inline_position_has_its_tables_built_in_a_child(
-    tmp_path: Path, fail_in_child: bool
+    tmp_path: Path, threads: int, fail_in_child: bool
 ) -> None:
     from posdir2ometiff.demo import make_demo
     from posdir2ometiff.manifest import sha1_file
     from posdir2ometiff.metadata.plugins import load_metadata
     from posdir2ometiff.metadata.tables import read_tables, tables_image
 
-    got = _run(f"FAIL_IN_CHILD = {fail_in_child}\n" + textwrap.dedent(_CONVERT), tmp_path)
+    got = _run(f"FAIL_IN_CHILD = {fail_in_child}\nTHREADS = {threads}\n"
+               + textwrap.dedent(_CONVERT), tmp_path)
     assert got["ok"]
-    if fail_in_child:  # the child's error: built again in the process, as any failed attempt
+    if threads == 1:  # one core asked for: no second one for a child; a thread beside
+        assert got["pids"] == [got["parent"]]
+    elif fail_in_child:  # the child's error: built again in the process, as any failed attempt
         assert len(got["pids"]) == 2 and got["pids"][0] != got["parent"]
         assert got["pids"][1] == got["parent"]
     else:
