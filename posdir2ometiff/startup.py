@@ -25,6 +25,19 @@ def freeze_imports() -> None:
     Called only by a command line that is the program (its ``main()`` without ``argv``), and only
     once: frozen objects are never collected, so a process that froze objects of its own is left
     as it is.
+
+    Whether the process froze objects already is asked once: ``gc.get_freeze_count()`` counts
+    the frozen objects by walking their list (CPython's ``gc_list_size``), 10 ms once they are
+    the imports, which a program running ``main()`` again (a benchmark, a notebook) paid on
+    every run.
     """
+    global _asked
+    if _asked:
+        return
+    _asked = True
     if not gc.get_freeze_count():
         gc.freeze()
+
+
+#: freeze_imports() has run in this process (and frozen the imports, or found objects frozen).
+_asked = False
