@@ -9,8 +9,8 @@ one-position run about 60 ms whether written in a thread beside the planes or af
 forked child has an interpreter of its own, so the work runs on the core the run's serial start
 (metadata, probe, OME-XML: one thread) leaves idle.
 
-Forked only where that is safe and possible: a platform with ``fork``, and no other Python
-thread alive (a thread holding a lock at the fork would leave it held in the child forever;
+Forked only where that is safe and possible: Linux (macOS has ``fork`` too, but its system
+libraries are not safe in a forked child), and no other Python thread alive (a thread holding a lock at the fork would leave it held in the child forever;
 native threads such as OpenBLAS's re-initialise themselves). Elsewhere :func:`start` returns
 None and the caller does the work itself. The child is killed with its parent (orphans.py)
 and ignores SIGINT (the parent answers Ctrl-C); its result, or its error as one line, comes back
@@ -22,6 +22,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -81,6 +82,6 @@ class Forked(Generic[R]):
 
 def start(fn: Callable[[], R], name: str) -> Forked[R] | None:
     """``fn()`` in a forked child from now on, or None where forking is not safe (see above)."""
-    if "fork" not in mp.get_all_start_methods() or threading.active_count() > 1:
+    if not sys.platform.startswith("linux") or threading.active_count() > 1:
         return None
     return Forked(fn, name)
