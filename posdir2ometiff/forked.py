@@ -2,19 +2,21 @@
 
 A position converted in this process (one worker) keeps its writing thread busy with Python
 between the C calls that release the GIL. Work beside it that is Python too (the experiment's
-HDF5 tables: pandas and PyTables, about 45 ms of CPU for the demo, seconds for a log of
-90,000 captures) then takes turns with that thread on one interpreter lock, whichever thread
+HDF5 tables: pandas and PyTables, about 45 ms of CPU for the benchmark's experiment, a quarter
+of a second for a log of 72,000 captures) then takes turns with that thread on one interpreter lock, whichever thread
 holds the work, while the second core idles: measured on 2 cores, the tables cost the
 one-position run about 60 ms whether written in a thread beside the planes or after them. A
 forked child has an interpreter of its own, so the work runs on the core the run's serial start
 (metadata, probe, OME-XML: one thread) leaves idle.
 
 Forked only where that is safe and possible: Linux (macOS has ``fork`` too, but its system
-libraries are not safe in a forked child), and no other Python thread alive (a thread holding a lock at the fork would leave it held in the child forever;
-native threads such as OpenBLAS's re-initialise themselves). Elsewhere :func:`start` returns
-None and the caller does the work itself. The child is killed with its parent (orphans.py)
-and ignores SIGINT (the parent answers Ctrl-C); its result, or its error as one line, comes back
-pickled through a pipe.
+libraries are not safe in a forked child), and no other Python thread alive (a thread holding a
+lock at the fork would leave it held in the child forever; native threads such as OpenBLAS's
+re-initialise themselves). Elsewhere :func:`start` returns None and the caller does the work
+itself. The child is killed with its parent (orphans.py) and ignores SIGINT (the parent answers
+Ctrl-C); its result, or its error as one line, comes back pickled through a pipe. A child that
+has not answered within :data:`ANSWER_TIMEOUT` is stopped and counts as failed, so that a child
+stuck for a reason nobody foresaw costs the run that long, never the run itself.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from typing import Any, Generic, TypeVar
 from posdir2ometiff.orphans import die_with_parent
 
 R = TypeVar("R")
+
+#: Seconds a child may take to answer (measured: the tables of 72,000 captures, 20 positions
+#: × 240 timepoints × 3 channels × 5 z, take a quarter of a second).
+ANSWER_TIMEOUT = 120.0
 
 
 class ChildFailed(RuntimeError):
@@ -64,9 +70,15 @@ class Forked(Generic[R]):
         sender.close()  # ours: the child's end closing is what tells us it has gone
         self._name = name
 
-    def result(self) -> R:
-        """The child's value; :class:`ChildFailed` if it raised or died without one."""
+    def result(self, timeout: float = ANSWER_TIMEOUT) -> R:
+        """The child's value; :class:`ChildFailed` if it raised, died without one, or gave none
+        within ``timeout`` seconds (it is then stopped)."""
         try:
+            if not self._conn.poll(timeout):
+                self._proc.kill()
+                self._proc.join()
+                raise ChildFailed(f"{self._name}: no answer from the child process in "
+                                  f"{timeout:g} s; stopped")
             ok, value = self._conn.recv()
         except (EOFError, OSError):
             self._proc.join()

@@ -36,11 +36,14 @@ def test_the_work_runs_in_a_child_and_its_errors_come_back_as_one_line(tmp_path:
         out = {"parent": os.getpid(), "child": start(os.getpid, "pid").result()}
         def fails():
             raise ValueError("no space left\\nsecond line")
-        for name, fn in (("raised", fails), ("died", lambda: os._exit(3))):
+        for name, fn in (("raised", fails), ("died", lambda: os._exit(3)),
+                         ("stuck", lambda: time.sleep(60))):
+            child = start(fn, name)
             try:
-                start(fn, name).result()
+                child.result(timeout=0.5)
             except ChildFailed as exc:
                 out[name] = str(exc)
+            out[name + "_alive"] = child._proc.is_alive()
         # Another Python thread alive: a lock it holds would stay held in a child: no fork.
         gate = threading.Event()
         t = threading.Thread(target=gate.wait)
@@ -54,6 +57,8 @@ def test_the_work_runs_in_a_child_and_its_errors_come_back_as_one_line(tmp_path:
     assert got["child"] != got["parent"]
     assert got["raised"] == "raised: ValueError: no space left"
     assert got["died"] == "died: the child process exited with status 3 before answering"
+    assert got["stuck"] == "stuck: no answer from the child process in 0.5 s; stopped"
+    assert not (got["raised_alive"] or got["died_alive"] or got["stuck_alive"])
     assert got["with_a_thread"] and got["after"]
 
 
