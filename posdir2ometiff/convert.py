@@ -34,7 +34,7 @@ from posdir2ometiff.dask_executor import (
 from posdir2ometiff.errors import ConversionError, PlaneError
 from posdir2ometiff.executors import SideWork, default_threads, wants_io_helper
 from posdir2ometiff.executors import run_jobs as _run_jobs
-from posdir2ometiff.forked import Forked
+from posdir2ometiff.forked import Forked, can_fork
 from posdir2ometiff.forked import start as start_forked
 from posdir2ometiff.layout import (
     DEFAULT_PATTERN,
@@ -291,7 +291,7 @@ def _convert_locked(
     layouts: list, started: float, client: Any, absent: list[str],
 ) -> ConversionResult:
     """The run proper, while this process holds OUT's lock."""
-    from posdir2ometiff.metadata.tables import tables_image, write_tables
+    from posdir2ometiff.metadata.tables import table_frames, tables_image, write_tables
 
     previous = None if opts.overwrite else load_manifest(out)
     fingerprint = metadata_fingerprint(meta)
@@ -352,13 +352,15 @@ def _convert_locked(
                                             asked=opts.threads is not None)
         elif opts.threads is not None:  # threads asked for, on any worker: a budget of cores
             job.io_helper = wants_io_helper(job.threads, 1, 1, asked=True)
-    if client is None and workers <= 1 and jobs and jobs[0].io_helper and meta is not None and (
-            meta.tables or meta.plane_times):
+    if client is None and workers <= 1 and jobs and jobs[0].io_helper and can_fork() and (
+            meta is not None and (meta.tables or meta.plane_times)):
         # Positions converted in this process: the tables' pandas and PyTables would take turns
         # with their writing thread on the GIL; a child builds them meanwhile, forked now,
         # before any thread of the run starts (forked.py). Only where a core is spare beside
         # the position's threads, as for its output helper: `--threads 1` is one core.
-        child = start_forked(lambda: tables_image(meta, out / TABLES_NAME), "experiment.h5")
+        frames = table_frames(meta)  # what is left out is logged here, not by the child
+        child = start_forked(lambda: tables_image(meta, out / TABLES_NAME, frames),
+                             "experiment.h5")
         if child is not None:
             built.append(child)
     progress_mode = opts.progress

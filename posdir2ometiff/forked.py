@@ -92,8 +92,11 @@ class Forked(Generic[R]):
         return value
 
 
+def can_fork() -> bool:
+    """Whether :func:`start` would fork now (Linux, and no other Python thread alive)."""
+    return sys.platform.startswith("linux") and threading.active_count() == 1
+
+
 def start(fn: Callable[[], R], name: str) -> Forked[R] | None:
     """``fn()`` in a forked child from now on, or None where forking is not safe (see above)."""
-    if not sys.platform.startswith("linux") or threading.active_count() > 1:
-        return None
-    return Forked(fn, name)
+    return Forked(fn, name) if can_fork() else None

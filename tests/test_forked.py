@@ -73,20 +73,37 @@ _CONVERT = """
     built_in = []  # pids that built the HDF5 image (a child's are read back from a file)
     real = tables_mod.tables_image
 
-    def recording(meta, path):
+    def recording(meta, path, frames=None):
         with open("pids", "a") as fh:
             fh.write(f"{os.getpid()}\\n")
         if os.getpid() != parent and FAIL_IN_CHILD:
             raise OSError("the child's attempt fails")
-        return real(meta, path)
+        return real(meta, path, frames)
 
     tables_mod.tables_image = recording
+    # A table without rows: left out, and said so once, by this process (the child's log
+    # records would go to its own copy of this list).
+    import logging
+    import pandas as pd
+    from posdir2ometiff.metadata import plugins
+    said = []
+    class Keep(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+    logging.getLogger("posdir2ometiff.metadata.tables").addHandler(Keep())
+    logging.getLogger("posdir2ometiff.metadata.tables").setLevel(logging.INFO)
+    real_load = plugins.load_metadata
+    def with_an_empty_table(*args):
+        meta = real_load(*args)
+        meta.tables["no rows"] = pd.DataFrame()
+        return meta
+    plugins.load_metadata = with_an_empty_table
     spec = make_demo(Path("exp"), positions=1, channels=["DIC", "GFP"], z=2, t=3, size=64)
     result = convert(spec.folder, Path("out"), workers=1, threads=THREADS, progress="off")
     pids = [int(p) for p in Path("pids").read_text().split()]
     manifest = json.loads(result.manifest.read_text())
     print(json.dumps({"parent": parent, "pids": pids, "ok": result.ok,
-                      "tables": manifest["tables"]}))
+                      "tables": manifest["tables"], "said": said}))
 """
 
 
@@ -102,6 +119,8 @@ def test_an_inline_position_has_its_tables_built_in_a_child(
     got = _run(f"FAIL_IN_CHILD = {fail_in_child}\nTHREADS = {threads}\n"
                + textwrap.dedent(_CONVERT), tmp_path)
     assert got["ok"]
+    left_out = "table 'no rows' has no rows; not written"
+    assert got["said"].count(left_out) == (2 if fail_in_child else 1)  # twice: built twice
     if threads == 1:  # one core asked for: no second one for a child; a thread beside
         assert got["pids"] == [got["parent"]]
     elif fail_in_child:  # the child's error: built again in the process, as any failed attempt

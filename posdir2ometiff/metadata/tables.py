@@ -64,12 +64,12 @@ def _for_hdf(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def tables_image(meta: ExperimentMetadata, path: Path) -> tuple[list[str], bytes]:
-    """The node names and the bytes of the HDF5 file :func:`write_tables` writes at ``path``
-    (``([], b"")`` when no table has rows). Nothing touches the disk: the caller may build it
-    in another process (forked.py) and write it here."""
-    path = Path(path)
-    frames: dict[str, pd.DataFrame] = {}
+def table_frames(meta: ExperimentMetadata) -> dict[str, pd.DataFrame | None]:
+    """The tables :func:`write_tables` writes, by node name, in order; the plane times as None
+    (their frame, one row per capture, is built by :func:`tables_image`). What is left out is
+    logged here: a caller building the file in a child process calls this first, so that the
+    messages come from its own process (and its progress bar's logging)."""
+    frames: dict[str, pd.DataFrame | None] = {}
     for name, df in meta.tables.items():
         node = _node_name(name)
         if node in frames:
@@ -82,10 +82,22 @@ def tables_image(meta: ExperimentMetadata, path: Path) -> tuple[list[str], bytes
             continue
         frames[node] = df
     if meta.plane_times and PLANE_TIMES not in frames:
-        frames[PLANE_TIMES] = plane_times_frame(meta)
+        frames[PLANE_TIMES] = None
+    return frames
+
+
+def tables_image(
+    meta: ExperimentMetadata, path: Path, frames: dict[str, pd.DataFrame | None] | None = None
+) -> tuple[list[str], bytes]:
+    """The node names and the bytes of the HDF5 file :func:`write_tables` writes at ``path``
+    (``([], b"")`` when no table has rows), of ``frames`` (default :func:`table_frames`).
+    Nothing touches the disk: the caller may build it in another process (forked.py) and write
+    it here."""
+    frames = table_frames(meta) if frames is None else frames
     if not frames:
         return [], b""
-    return list(frames), _hdf5_image(path, frames)
+    full = {node: plane_times_frame(meta) if df is None else df for node, df in frames.items()}
+    return list(full), _hdf5_image(Path(path), full)
 
 
 def write_tables(
@@ -173,5 +185,5 @@ def read_tables(path: Path) -> dict[str, pd.DataFrame]:
                               ) from None
 
 
-__all__ = ["PLANE_TIMES", "TablesReadError", "plane_times_frame", "read_tables", "tables_image",
-           "write_tables"]
+__all__ = ["PLANE_TIMES", "TablesReadError", "plane_times_frame", "read_tables", "table_frames",
+           "tables_image", "write_tables"]
