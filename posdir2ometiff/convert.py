@@ -35,7 +35,6 @@ from posdir2ometiff.errors import ConversionError, PlaneError
 from posdir2ometiff.executors import SideWork, default_threads, wants_io_helper
 from posdir2ometiff.executors import run_jobs as _run_jobs
 from posdir2ometiff.forked import Forked, can_fork
-from posdir2ometiff.forked import start as start_forked
 from posdir2ometiff.layout import (
     DEFAULT_PATTERN,
     DEFAULT_POSITIONS,
@@ -359,10 +358,8 @@ def _convert_locked(
         # before any thread of the run starts (forked.py). Only where a core is spare beside
         # the position's threads, as for its output helper: `--threads 1` is one core.
         frames = table_frames(meta)  # what is left out is logged here, not by the child
-        child = start_forked(lambda: tables_image(meta, out / TABLES_NAME, frames),
-                             "experiment.h5")
-        if child is not None:
-            built.append(child)
+        built.append(Forked(lambda: tables_image(meta, out / TABLES_NAME, frames),
+                            "experiment.h5"))
     progress_mode = opts.progress
     if client is not None:
         check_shared_filesystem(client, src, out)
