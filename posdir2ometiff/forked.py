@@ -3,11 +3,14 @@
 A position converted in this process (one worker) keeps its writing thread busy with Python
 between the C calls that release the GIL. Work beside it that is Python too (the experiment's
 HDF5 tables: pandas and PyTables, about 45 ms of CPU for the benchmark's experiment, a quarter
-of a second for a log of 72,000 captures) then takes turns with that thread on one interpreter lock, whichever thread
-holds the work, while the second core idles: measured on 2 cores, the tables cost the
-one-position run about 60 ms whether written in a thread beside the planes or after them. A
-forked child has an interpreter of its own, so the work runs on the core the run's serial start
-(metadata, probe, OME-XML: one thread) leaves idle.
+of a second for a log of 72,000 captures) then takes turns with that thread on one interpreter
+lock: measured on 2 cores, the benchmark's tables cost the one-position run 80-110 ms of its
+planes' writing in a thread beside them, about as much written after them. A forked child has
+an interpreter of its own, so the work runs on the core the run's serial start (metadata,
+probe, OME-XML: one thread) leaves idle. The fork is not free: the run's serial start took
+about 35 ms longer (the fork, 5 ms; the copy-on-write faults of the pages the parent then
+writes; the probe's threads waiting for the core the child holds), so the run gained 7-26 ms
+(four A/B series of 16-40 alternated runs), more where the tables are larger.
 
 Forked only where that is safe and possible: Linux (macOS has ``fork`` too, but its system
 libraries are not safe in a forked child), and no other Python thread alive (a thread holding a
