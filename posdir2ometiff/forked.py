@@ -9,8 +9,10 @@ planes' writing in a thread beside them, about as much written after them. A for
 an interpreter of its own, so the work runs on the core the run's serial start (metadata,
 probe, OME-XML: one thread) leaves idle. The fork is not free: the run's serial start took
 about 35 ms longer (the fork, 5 ms; the copy-on-write faults of the pages the parent then
-writes; the probe's threads waiting for the core the child holds), so the run gained 7-26 ms
-(four A/B series of 16-40 alternated runs), more where the tables are larger.
+writes; the probe's threads waiting for the core the child holds), so the run gained a median
+9 ms, 1 % (nine A/B series of 16-40 alternated runs: from 4 ms lost to 44 ms gained), more
+where the tables are larger. Forked later, just before the decoding threads start, it lost
+30 ms (its copy-on-write faults and its CPU then fall in the planes' busiest part).
 
 Forked only where that is safe and possible: Linux (macOS has ``fork`` too, but its system
 libraries are not safe in a forked child), and no other Python thread alive (a thread holding a
