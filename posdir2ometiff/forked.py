@@ -2,8 +2,8 @@
 
 A position converted in this process (one worker) keeps its writing thread busy with Python
 between the C calls that release the GIL. Work beside it that is Python too (the experiment's
-HDF5 tables: pandas and PyTables, about 45 ms of CPU for the benchmark's experiment, a quarter
-of a second for a log of 72,000 captures) then takes turns with that thread on one interpreter
+HDF5 tables: pandas and PyTables, about 45 ms of CPU for the benchmark's experiment, 80 ms for
+the demo generator's log of 20 positions × 240 timepoints × 3 channels) then takes turns with that thread on one interpreter
 lock: measured on 2 cores, the benchmark's tables cost the one-position run 80-110 ms of its
 planes' writing in a thread beside them, about as much written after them. A forked child has
 an interpreter of its own, so the work runs on the core the run's serial start (metadata,
@@ -38,8 +38,8 @@ from posdir2ometiff.orphans import die_with_parent
 
 R = TypeVar("R")
 
-#: Seconds a child may take to answer (measured: the tables of 72,000 captures, 20 positions
-#: × 240 timepoints × 3 channels × 5 z, take a quarter of a second).
+#: Seconds a child may take to answer (measured: the tables of a log of 20 positions × 240
+#: timepoints × 3 channels, 14,400 captures, take 80 ms; 72,000 records, one per plane, 0.25 s).
 ANSWER_TIMEOUT = 120.0
 
 

@@ -413,7 +413,7 @@ def test_the_metadata_fingerprint_is_the_models_json_without_its_slow_walk() -> 
     """Manifests written before keep matching: the fingerprint hashes the same text as
     ``json.dumps(asdict(meta))``, also for plane times holding None, floats, text, a numpy
     number (which takes asdict's path), and a datetime; only faster (asdict deep-copied every
-    value of every capture: 1.25 s of every run's start for 72,000 of them)."""
+    value of every capture: 0.35 s of every run's start for 14,400 of them)."""
     import dataclasses
     import hashlib
     from datetime import datetime, timedelta
