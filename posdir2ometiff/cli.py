@@ -18,7 +18,7 @@ from posdir2ometiff.argtypes import float_in, int_in
 from posdir2ometiff.cores import usable_cores
 from posdir2ometiff.layout import DEFAULT_PATTERN, DEFAULT_POSITIONS, LayoutError
 from posdir2ometiff.logconfig import cli_logging
-from posdir2ometiff.startup import freeze_imports
+from posdir2ometiff.startup import freeze_imports, heap_for_plane_buffers
 from posdir2ometiff.writer import COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_TILE, WriterError
 
 logger = logging.getLogger("posdir2ometiff.cli")
@@ -217,6 +217,7 @@ def _convert(args: argparse.Namespace, program: bool = False) -> int:
 
     if program:
         freeze_imports()
+        heap_for_plane_buffers()
     slurm = SlurmOptions(queue=args.slurm_queue, cores=args.slurm_cores,
                          memory=args.slurm_memory, walltime=args.slurm_walltime,
                          jobs=args.slurm_jobs)

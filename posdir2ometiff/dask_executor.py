@@ -27,7 +27,6 @@ Input and output must be on a filesystem all workers share (:func:`check_shared_
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import os
@@ -44,6 +43,7 @@ from posdir2ometiff.errors import ConversionError
 from posdir2ometiff.executors import SideWork, convert_guarded, wants_io_helper
 from posdir2ometiff.position import PositionJob, failed_entry
 from posdir2ometiff.progress import Progress
+from posdir2ometiff.startup import heap_for_plane_buffers, return_free_heap
 
 logger = logging.getLogger(__name__)
 
@@ -53,70 +53,12 @@ PROGRESS_TOPIC = "posdir2ometiff-progress"
 REPORT_INTERVAL = 0.5
 
 
-#: glibc ``mallopt`` parameters (malloc.h: ``M_TRIM_THRESHOLD``, ``M_MMAP_THRESHOLD``).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-#: Allocations below this come from the heap on Dask workers (glibc's own dynamic ceiling).
-MMAP_THRESHOLD = 32 << 20
-#: Free memory kept at the top of the heap while positions convert (glibc's dynamic rule: 2 ×
-#: the mmap threshold); returned to the OS after each position (:func:`_return_free_heap`).
-TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
-_heap_set = False
-
-
-@functools.cache
-def _glibc() -> Any:
-    """The C library when it is glibc (``mallopt``, ``malloc_trim``), else None."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-    except OSError:
-        return None
-    ok = all(hasattr(libc, f) for f in ("mallopt", "malloc_trim", "gnu_get_libc_version"))
-    return libc if ok else None
-
-
-def _heap_for_plane_buffers() -> None:
-    """Let this worker process take plane-sized buffers from the heap and reuse them (glibc only).
-
-    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``
-    (``distributed.nanny.pre-spawn-environ``, to hand freed memory back to the OS). Setting any
-    trim parameter also freezes glibc's mmap threshold at 128 KiB (mallopt(3): "dynamic
-    adjustment of the mmap threshold is disabled"), so every decoded plane, file read and
-    compressed tile — each 0.3–8 MB, several per plane — became a fresh ``mmap``: page faults
-    and, with our decode threads, TLB shoot-downs at each ``munmap``. Measured: the same two
-    positions took 30 % more CPU (9.0 against 6.9 s) in a process with that variable set. So
-    the mmap threshold goes where glibc's dynamic rule would have taken it, and the trim
-    threshold too (twice that): at 64 KiB every freed plane at the top of the heap was given
-    back and faulted in again for the next one. Measured with two workers on 2 cores, 6 pairs:
-    the workers used 5 % less CPU (median 5.96 against 6.3 s) and converted 7 % faster. What
-    Dask wanted, free memory back to the OS, is done once per position instead
-    (:func:`_return_free_heap`). Once per process; a user's own ``MALLOC_MMAP_THRESHOLD_``
-    leaves everything as it is.
-    """
-    global _heap_set
-    if _heap_set or "MALLOC_MMAP_THRESHOLD_" in os.environ:  # the user's choice
-        return
-    _heap_set = True
-    libc = _glibc()
-    if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-
-
-def _return_free_heap() -> None:
-    """Give the heap's free memory back to the OS (``malloc_trim``), as Dask's low trim
-    threshold would have: after a position, not after every plane."""
-    if _heap_set and (libc := _glibc()) is not None:
-        libc.malloc_trim(0)
-
-
 def run_position_task(job: PositionJob) -> tuple[dict, str | None]:
     """The task a Dask worker runs for one position (module-level: importable by workers)."""
     from distributed import get_worker
 
-    _heap_for_plane_buffers()
+    # The nanny's MALLOC_TRIM_THRESHOLD_ is overridden (see heap_for_plane_buffers).
+    heap_for_plane_buffers(override=("MALLOC_TRIM_THRESHOLD_",))
     worker = get_worker()
     if job.threads < 1:  # the caller left it to the cluster: this worker's share of its host
         share = (job.worker_threads or {}).get(worker.address)
@@ -144,7 +86,7 @@ def run_position_task(job: PositionJob) -> tuple[dict, str | None]:
     try:
         result = convert_guarded(job, report)
     finally:
-        _return_free_heap()
+        return_free_heap()
     publish()
     return result
 

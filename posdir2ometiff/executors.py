@@ -29,6 +29,7 @@ from posdir2ometiff.layout import LayoutError
 from posdir2ometiff.orphans import die_with_parent, stop_workers_on_error
 from posdir2ometiff.position import PositionJob, convert_position, failed_entry
 from posdir2ometiff.progress import Progress
+from posdir2ometiff.startup import heap_for_plane_buffers
 from posdir2ometiff.writer import WriterError
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ _worker_queue: Any = None  # set in each worker process by _init_worker (per pro
 def _init_worker(q: Any, parent_pid: int | None = None) -> None:
     global _worker_queue
     _worker_queue = q
-    if parent_pid is not None:
+    if parent_pid is not None:  # a process of the pool: ours, not the caller's
         die_with_parent(parent_pid)  # a killed converter takes its workers along (orphans.py)
+        heap_for_plane_buffers()  # (already, when forked from the command line)
 
 
 def convert_guarded(

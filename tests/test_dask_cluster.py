@@ -341,7 +341,7 @@ def test_the_task_takes_its_workers_share(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(dask_executor, "convert_guarded", lambda job, report: (
         seen.append((job.threads, job.io_helper)), ({}, None))[1])
     trims: list[int] = []  # the free heap returned after each position
-    monkeypatch.setattr(dask_executor, "_return_free_heap", lambda: trims.append(len(seen)))
+    monkeypatch.setattr(dask_executor, "return_free_heap", lambda: trims.append(len(seen)))
     cores = [12]
     monkeypatch.setattr(dask_executor, "usable_cores", lambda: cores[0])
     worker = SimpleNamespace(address="tcp://10.0.0.5:4000", state=SimpleNamespace(nthreads=4),
@@ -366,9 +366,9 @@ def test_the_task_takes_its_workers_share(monkeypatch: pytest.MonkeyPatch) -> No
 _HEAP_PROBE = r'''
 import json, resource
 import numpy as np, psutil
-from posdir2ometiff import dask_executor
+from posdir2ometiff import startup
 
-dask_executor._heap_for_plane_buffers()
+startup.heap_for_plane_buffers(override=("MALLOC_TRIM_THRESHOLD_",))
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
     plane = np.ones(1 << 20, np.uint8)  # a plane-sized buffer, freed at once
@@ -382,7 +382,7 @@ rss = lambda: psutil.Process().memory_info().rss
 planes = [np.ones(1 << 20, np.uint8) for _ in range(48)]
 del planes  # 48 MiB free in the heap, under the trim threshold: kept
 kept = rss()
-dask_executor._return_free_heap()
+startup.return_free_heap()
 print(json.dumps({"faults": reused, "returned": kept - rss()}))
 '''
 

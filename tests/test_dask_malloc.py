@@ -22,8 +22,8 @@ PROBE = textwrap.dedent("""
                      "uordblks", "fordblks", "keepcost")]
     libc.mallinfo2.restype = MallInfo2
     if sys.argv[1] == "fix":
-        from posdir2ometiff.dask_executor import _heap_for_plane_buffers
-        _heap_for_plane_buffers()
+        from posdir2ometiff.startup import heap_for_plane_buffers
+        heap_for_plane_buffers(override=("MALLOC_TRIM_THRESHOLD_",))
     else:
         import posdir2ometiff.dask_executor  # the same imports (their own mmaps) both ways
     base = libc.mallinfo2().hblkhd
