@@ -168,17 +168,48 @@ _OME_NS = "{http://www.openmicroscopy.org/Schemas/OME/2016-06}"
 def ome_summary(tiff: Path) -> list[tuple[str, str]]:
     """The metadata that went into a file's OME-XML, as (field, value) rows.
 
-    Reads only the first IFD's ImageDescription (no pixels) and walks it with ElementTree,
-    which stays fast where a full model validation of thousands of Plane elements would not.
+    Reads only the first IFD's ImageDescription (no pixels) and walks what the rows come from
+    (:func:`summary_tree`) with ElementTree, which stays fast where a full model validation of
+    thousands of Plane elements would not.
     """
     import tifffile
 
     try:
         with tifffile.TiffFile(tiff) as tf:
             xml = tf.pages[0].description
-        root = ET.fromstring(xml)
+        root = summary_tree(xml)
     except Exception as exc:  # an unreadable file is shown as such, the report still written
         return [("OME-XML", f"not readable: {exc}")]
+    return summary_rows(root)
+
+
+def summary_tree(xml: str) -> ET.Element:
+    """The OME-XML's tree as far as the summary reads it: everything before the first
+    ``<TiffData``, then the first ``<Plane``'s start tag (the TiffData elements skipped).
+
+    The OME schema puts all a summary shows before those: Instrument before Image;
+    AcquisitionDate, StageLabel and Pixels' Channels before its TiffData; TiffData before the
+    Planes. A position of the lab's size has 3,600 of each, 1.5 MB of text that took 51 ms to
+    parse, ×20 positions in every report, re-runs included. Elements are complete siblings, so
+    leaving them out of the stream leaves a well-formed start, which the pull parser builds as
+    far as it goes. Text without those start tags (another writer's prefixed names) is parsed
+    whole.
+    """
+    first_td = xml.find("<TiffData")
+    first_plane = xml.find("<Plane ", max(first_td, 0))
+    end = xml.find(">", first_plane)
+    if first_td < 0 or first_plane < 0 or end < 0:
+        return ET.fromstring(xml)
+    parser = ET.XMLPullParser(events=("start",))
+    parser.feed(xml[:first_td])
+    parser.feed(xml[first_plane:end + 1])
+    for _, root in parser.read_events():
+        return root
+    return ET.fromstring(xml)  # (no element at all: let ElementTree say what is wrong)
+
+
+def summary_rows(root: ET.Element) -> list[tuple[str, str]]:
+    """The (field, value) rows of an OME-XML tree (see :func:`ome_summary`)."""
     rows: list[tuple[str, str]] = []
     image = root.find(f"{_OME_NS}Image")
     if image is None:

@@ -283,3 +283,42 @@ def test_each_channel_is_encoded_once_its_last_stack_is_in(
     for i, plane in enumerate(planes.reshape(-1, 16, 16)):
         full.add(i, plane)
     assert res == full._result()
+
+
+def _rows_both_ways(xml: str) -> tuple[list, list]:
+    import xml.etree.ElementTree as ET
+
+    from posdir2ometiff.report import summary_rows, summary_tree
+
+    return summary_rows(ET.fromstring(xml)), summary_rows(summary_tree(xml))
+
+
+def test_the_summary_reads_only_what_comes_before_the_planes(
+    tmp_path: Path, swainlab_sample: Path
+) -> None:
+    """The OME-XML summary (report.summary_tree) parses up to the first TiffData and the first
+    Plane's tag: the same rows as the whole tree, for the demo's files and the lab's sample
+    (stage positions, channels with colours and wavelengths, objective), and for text in
+    another shape (prefixed names, a Plane with children, no Plane at all)."""
+    import tifffile
+
+    sources = [make_demo(tmp_path / "demo", positions=1, z=2, t=2, size=32).folder,
+               swainlab_sample]
+    for i, src in enumerate(sources):
+        out = tmp_path / f"out{i}"
+        convert(src, out, progress="off", report=False)
+        for tiff in sorted(out.glob("*.ome.tiff")):
+            with tifffile.TiffFile(tiff) as tf:
+                xml = tf.pages[0].description
+            whole, part = _rows_both_ways(xml)
+            assert whole == part and len(whole) >= 5, (tiff, whole, part)
+            assert any(k.startswith("Stage position") for k, _ in whole) or i == 0
+            # Another writer's shapes: the same rows, whichever way the text is read.
+            prefixed = xml.replace("<", "<ome:").replace("<ome:/", "</ome:").replace(
+                "<ome:?", "<?").replace('xmlns="', 'xmlns:ome="')
+            assert _rows_both_ways(prefixed)[1] == whole
+            with_child = re.sub(r"(<Plane [^>]*?)/>", r"\1><HashSHA1>00</HashSHA1></Plane>",
+                                xml, count=1)
+            assert _rows_both_ways(with_child) == (whole, whole)
+            no_planes = re.sub(r"\s*<Plane [^>]*/>", "", xml)
+            assert _rows_both_ways(no_planes)[0] == _rows_both_ways(no_planes)[1]
