@@ -85,14 +85,14 @@ def test_output_inside_a_position_folder_is_refused(tmp_path: Path) -> None:
 def test_unreadable_position_folder_fails_that_position_only(tmp_path: Path, monkeypatch) -> None:
     touch(tmp_path / "pos001", "a_1_GFP_1.png")
     touch(tmp_path / "pos002", "a_1_GFP_1.png")
-    real = Path.iterdir
+    real = os.scandir
 
-    def iterdir(self: Path):
-        if self.name == "pos001":
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+    def scandir(path=None):
+        if Path(path).name == "pos001":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
 
-    monkeypatch.setattr(Path, "iterdir", iterdir)  # as root, chmod 000 would not stop us
+    monkeypatch.setattr(os, "scandir", scandir)  # as root, chmod 000 would not stop us
     bad, good = discover(tmp_path)
     assert bad.error == f"{tmp_path / 'pos001'}: cannot be read (Permission denied)"
     assert good.error is None and len(good.files) == 1
