@@ -49,9 +49,9 @@ def validate_manifest(data: dict[str, Any]) -> None:
     """Raise ``jsonschema.ValidationError`` if ``data`` does not follow the manifest schema.
 
     Each position's ``sources`` (one entry per plane: 72,000 for the lab's 20 positions × 3,600
-    planes) is checked by :func:`_item_check`, the rest by jsonschema. jsonschema spent 48 µs
-    per entry there, 3.45 s of every re-run's start at that size, whether or not a position
-    was then converted (``benchmarks/bench_manifest.py``).
+    planes) is checked by :func:`_item_check`, the rest by jsonschema. jsonschema spent 48-58 µs
+    per entry there, 3.5-4.2 s of every run's start at that size, whether or not a position
+    was then converted; now 0.13 s for the whole manifest (``benchmarks/bench_rerun.py``).
     """
     validator, check = _validators()
     validator.validate(data)
