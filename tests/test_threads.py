@@ -104,10 +104,13 @@ def test_read_ahead_starts_decoding_before_the_first_plane_is_asked_for() -> Non
 
 
 def test_planes_ahead_is_a_byte_budget_with_a_floor() -> None:
+    tiny = 128 * 128 * 2
+    assert planes.planes_ahead(2, tiny) == planes.AHEAD_MAX_PLANES  # 1 MB of 128² planes
     small = 512 * 512 * 2
-    assert planes.planes_ahead(2, small) == planes.AHEAD_MAX_PLANES  # 16 MB of 512² planes
+    assert planes.planes_ahead(2, small) == planes.AHEAD_BYTES // small == 16  # 8 MB
+    assert planes.planes_ahead(3, 2 << 20) == planes.AHEAD_PER_THREAD * 3  # the floor: 6 > 4
     big = 2048 * 2048 * 2
-    assert planes.planes_ahead(2, big) == planes.AHEAD_BYTES // big  # 4 planes = 32 MB
+    assert planes.planes_ahead(2, big) == planes.AHEAD_PER_THREAD * 2  # 4 planes = 32 MB
     assert planes.planes_ahead(8, big) == planes.AHEAD_PER_THREAD * 8  # the floor
     assert planes.planes_ahead(1, small) == 1  # one thread: nothing ahead
     assert planes.planes_ahead(4, 10**9) == planes.AHEAD_PER_THREAD * 4
