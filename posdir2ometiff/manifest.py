@@ -187,9 +187,8 @@ def manifest_json(data: dict[str, Any]) -> str:
     "µm" into ``\\u00b5m``. So only the surrogates are written as ``\\udcXX`` escapes: the JSON
     stays readable, and ``json.loads`` + ``os.fsencode`` give back the exact original bytes.
     """
-    text = json.dumps(_with_placeholders(data, lines := {}), indent=2, ensure_ascii=False)
-    for placeholder, items in lines.items():
-        text = _fill(text, placeholder, items)
+    skeleton = json.dumps(_with_placeholders(data, lines := {}), indent=2, ensure_ascii=False)
+    text = _PLACEHOLDER.sub(lambda m: _fill(m, lines), skeleton) if lines else skeleton
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text + "\n")
 
 
@@ -215,11 +214,14 @@ def _with_placeholders(data: dict[str, Any], lines: dict[str, list[Any]]) -> dic
     return {**data, "positions": shown}
 
 
-def _fill(text: str, placeholder: str, items: list[Any]) -> str:
-    """Put ``items`` where ``"placeholder"`` is in ``text``: one per line, indented one step
-    more than the line that holds it."""
-    at = text.index(f'"{placeholder}"')
-    indent = at - text.rindex("\n", 0, at) - 1 - len('"sources": ')
-    pad = " " * (indent + 2)
+#: Where ``sources`` stands in for its list in the indented text: its line's indent and its name.
+_PLACEHOLDER = re.compile(r'^( *)"sources": "(@sources-[0-9a-f]{32}-[0-9]+@)"', re.MULTILINE)
+
+
+def _fill(m: re.Match[str], lines: dict[str, list[Any]]) -> str:
+    """The list a placeholder stands for: one entry per line, one step deeper than its key (the
+    indented text is small; the entries are put in once, in one pass)."""
+    indent, items = m.group(1), lines[m.group(2)]
+    pad = indent + "  "
     body = f",\n{pad}".join(_ONE_LINE.encode(item) for item in items)
-    return f"{text[:at]}[\n{pad}{body}\n{' ' * indent}]{text[at + len(placeholder) + 2:]}"
+    return f'{indent}"sources": [\n{pad}{body}\n{indent}]'
