@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -48,6 +47,7 @@ from posdir2ometiff import convert as convert_mod
 from posdir2ometiff import manifest, report
 from posdir2ometiff.cli import main as cli_main
 from posdir2ometiff.demo import make_demo
+from posdir2ometiff.layout import listing
 from posdir2ometiff.metadata import plugins
 
 
@@ -117,10 +117,9 @@ def old_listing(folder: Path) -> int:
 
 
 def new_listing(folder: Path) -> int:
-    """The listing as scan_position does it now (see there)."""
-    with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: os.path.normcase(e.name))
-    child = getattr(folder, "_make_child_relpath", folder.joinpath)
+    """The listing as scan_position does it now (layout.listing), each entry typed and made a
+    Path as there."""
+    entries, child = listing(folder)
     n = 0
     for entry in entries:
         if not entry.name.startswith("."):
