@@ -13,3 +13,15 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         return os.cpu_count() or 1
+
+
+def cpu_ids() -> list[int] | None:
+    """The CPUs this process may run on (its affinity), or None where that is not known.
+
+    Two processes on one host share cores only where these overlap: two Slurm jobs packed on
+    one node each get CPUs of their own (cgroups), while processes started side by side
+    without an allotment see the same set."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return None

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from posdir2ometiff.cores import usable_cores
+from posdir2ometiff.cores import cpu_ids, usable_cores
 from posdir2ometiff.errors import ConversionError
 from posdir2ometiff.executors import SideWork, convert_guarded, wants_io_helper
 from posdir2ometiff.position import PositionJob, failed_entry
@@ -109,26 +109,38 @@ def preload_workers(client: Any) -> None:
 
 
 def threads_per_worker(client: Any) -> dict[str, int]:
-    """Threads per position for each connected worker: its host's usable cores over the task
-    slots of *all* workers on that host.
+    """Threads per position for each connected worker: its usable cores over the task slots of
+    every worker on its host that runs on the same cores (its own included).
 
     Two one-thread workers on a 2-core machine each get 1, not 2: a worker alone cannot see its
     neighbours, and giving each position every core oversubscribed them (measured: 25 % more
-    CPU per position than the local pool, with its one thread per position). Workers that join
-    later fall back to their own cores over their own slots.
+    CPU per position than the local pool, with its one thread per position). Workers whose CPU
+    sets do not overlap (Slurm jobs packed on one node, each with cores of its own) do not share:
+    each keeps its own cores for its own slots. Where a worker cannot say which CPUs it has, it
+    is taken to share with every worker on its host. Workers that join later fall back to their
+    own cores over their own slots.
     """
     try:
         cores = client.run(usable_cores)
+        cpus = client.run(cpu_ids)
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
     except Exception as exc:  # noqa: BLE001 - an optimisation; the task has a fallback
         logger.debug("could not ask the Dask workers for their cores: %s", exc)
         return {}
-    slots: dict[str, int] = {}
-    for info in workers.values():
-        host = str(info.get("host"))
-        slots[host] = slots.get(host, 0) + max(1, int(info.get("nthreads", 1)))
-    return {address: max(1, int(cores.get(address) or 1) // slots[str(info.get("host"))])
-            for address, info in workers.items()}
+    sets = {address: frozenset(ids) if ids else None for address, ids in cpus.items()}
+
+    def shares_cores(a: str, b: str) -> bool:
+        if str(workers[a].get("host")) != str(workers[b].get("host")):
+            return False
+        mine, theirs = sets.get(a), sets.get(b)
+        return mine is None or theirs is None or bool(mine & theirs)
+
+    shares = {}
+    for address in workers:
+        slots = sum(max(1, int(other.get("nthreads", 1))) for other_address, other in
+                    workers.items() if shares_cores(address, other_address))
+        shares[address] = max(1, int(cores.get(address) or 1) // max(1, slots))
+    return shares
 
 
 def check_shared_filesystem(client: Any, src: Path, out: Path) -> None:

@@ -229,6 +229,47 @@ def test_worker_killed_mid_position_is_retried_and_its_partial_never_becomes_fin
     assert sorted(p.name for p in out.glob("pos001*")) == ["pos001.ome.tiff"]
 
 
+def test_several_experiments_share_one_cluster_at_once(cluster, tmp_path: Path) -> None:
+    """A facility's case: experiments converted at the same time through one scheduler, one
+    from Python and one by another ``posdir2ometiff`` process, both with a ``pos001``. While the
+    first holds a worker, the second runs on the other one and finishes: neither waits for the
+    other's run, and same-named positions of two runs are two tasks (the task key names its
+    run), not one result handed to both."""
+    lc, client = cluster
+    address = json.loads(lc.scheduler_file.read_text())["address"]
+    first = make_demo(tmp_path / "exp_a", positions=1, channels=["GFP"], z=2, t=3, size=48,
+                      seed=7)
+    second = make_demo(tmp_path / "exp_b", positions=1, channels=["DIC"], z=1, t=2, size=32,
+                       seed=8)
+    target = sorted((first.folder / "pos001").glob("*.png"))[2]
+    gate, marks = tmp_path / "go", tmp_path / "marks"
+    marks.mkdir()
+    client.run(_install_gate, str(target), str(gate), str(marks))
+    box: dict = {}
+    runner = threading.Thread(target=lambda: box.update(result=convert(
+        first.folder, tmp_path / "out_a", client=client, progress="off")))
+    runner.start()
+    try:
+        held = int(_wait_for(lambda: list(marks.iterdir()), 120, "the first run's task")[0].name)
+        proc = subprocess.run(
+            [sys.executable, "-m", "posdir2ometiff", str(second.folder), "-o",
+             str(tmp_path / "out_b"), "--scheduler", address, "--quiet"],
+            env=lc.env, capture_output=True, text=True, timeout=90, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert runner.is_alive()  # the first run is still held: the second did not wait for it
+        assert not (tmp_path / "out_a" / "pos001.ome.tiff").exists()
+    finally:
+        gate.touch()
+        runner.join(timeout=300)
+    assert box["result"].ok
+    ran = {e[1]["attempt"].split(":")[1] for e in client.get_events(PROGRESS_TOPIC)}
+    assert ran == {str(w.pid) for w in lc.workers} and str(held) in ran  # both workers worked
+    entry_a = assert_matches_sources(tmp_path / "out_a", first.folder, "pos001")
+    entry_b = assert_matches_sources(tmp_path / "out_b", second.folder, "pos001")
+    assert (entry_a["channels"], entry_b["channels"]) == (["GFP"], ["DIC"])
+    assert not list(tmp_path.glob("out_*/*.partial"))
+
+
 def test_workers_that_cannot_see_the_folders_are_named() -> None:
     class FakeClient:
         def run(self, fn, paths):
@@ -328,6 +369,44 @@ def test_workers_share_their_hosts_cores_and_preload_the_converter(cluster) -> N
                   "the workers to import the converter")
     finally:
         cloudpickle.unregister_pickle_by_value(this)
+
+
+def test_workers_on_one_host_share_its_cores_only_where_their_cpus_overlap() -> None:
+    """Slurm jobs packed on one node each have CPUs of their own: two one-slot workers with 8
+    CPUs each keep 8 threads a position, where two workers seeing the same 8 CPUs get 4 each; a
+    worker that cannot say which CPUs it has shares with its host."""
+    from posdir2ometiff.dask_executor import threads_per_worker
+
+    class FakeClient:
+        def __init__(self, workers: dict[str, tuple[str, int, list[int] | None]]) -> None:
+            self.workers = workers
+
+        def run(self, fn):
+            from posdir2ometiff.cores import cpu_ids, usable_cores
+
+            if fn is usable_cores:
+                return {a: len(cpus) if cpus else 8 for a, (_h, _n, cpus) in self.workers.items()}
+            assert fn is cpu_ids
+            return {a: cpus for a, (_h, _n, cpus) in self.workers.items()}
+
+        def scheduler_info(self, n_workers: int = 5) -> dict:
+            assert n_workers == -1  # every worker, not the first five
+            return {"workers": {a: {"host": h, "nthreads": n}
+                                for a, (h, n, _c) in self.workers.items()}}
+
+    low, high = list(range(8)), list(range(8, 16))
+    assert threads_per_worker(FakeClient({"a": ("node1", 1, low), "b": ("node1", 1, high)})) == {
+        "a": 8, "b": 8}
+    assert threads_per_worker(FakeClient({"a": ("node1", 1, low), "b": ("node1", 1, low)})) == {
+        "a": 4, "b": 4}
+    assert threads_per_worker(FakeClient({"a": ("node1", 1, low), "b": ("node2", 1, low)})) == {
+        "a": 8, "b": 8}
+    # Overlapping sets share; a third worker of its own keeps its cores; unknown sets share.
+    assert threads_per_worker(FakeClient({
+        "a": ("node1", 2, low), "b": ("node1", 2, list(range(4, 12))),
+        "c": ("node1", 1, list(range(16, 20)))})) == {"a": 2, "b": 2, "c": 4}
+    assert threads_per_worker(FakeClient({"a": ("node1", 1, None), "b": ("node1", 1, high)})) == {
+        "a": 4, "b": 4}
 
 
 def test_the_task_takes_its_workers_share(monkeypatch: pytest.MonkeyPatch) -> None:
