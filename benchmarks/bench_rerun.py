@@ -48,7 +48,7 @@ from posdir2ometiff import manifest, report
 from posdir2ometiff.cli import main as cli_main
 from posdir2ometiff.demo import make_demo
 from posdir2ometiff.layout import listing
-from posdir2ometiff.metadata import plugins
+from posdir2ometiff.metadata import plugins, tables
 
 
 def median_s(fn: Callable[[], Any], repeat: int) -> float:
@@ -91,6 +91,9 @@ def rerun(src: Path, out: Path) -> dict[str, float]:
     parts.wrap(convert_mod, "discover", "listing the positions (discover)")
     parts.wrap(plugins, "load_metadata", "metadata")
     parts.wrap(convert_mod, "load_manifest", "reading and checking the manifest")
+    parts.wrap(convert_mod, "is_up_to_date", "up to date? (sources' size, mtime)")
+    parts.wrap(convert_mod, "metadata_fingerprint", "the metadata's fingerprint")
+    parts.wrap(tables, "write_tables", "the tables (experiment.h5)")
     parts.wrap(convert_mod, "write_manifest", "writing the manifest")
     parts.wrap(convert_mod, "_write_report", "the report")
     argv = sys.argv

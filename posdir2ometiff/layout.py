@@ -18,6 +18,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from posdir2ometiff.metadata.model import PlaneTime
 
@@ -36,9 +37,12 @@ class DuplicatePlaneError(LayoutError):
     """Two files claim the same (t, c, z) plane of one position."""
 
 
-@dataclass(frozen=True)
-class PlaneKey:
-    """0-based indices of one plane in the hypercube."""
+class PlaneKey(NamedTuple):
+    """0-based indices of one plane in the hypercube.
+
+    A named tuple, not a frozen dataclass: an experiment of the lab's size makes and looks up
+    these hundreds of thousands of times on every run (a re-run too), and a tuple is made in
+    half the time and hashed in C (a dictionary lookup 0.11 against 0.54 µs)."""
 
     t: int
     c: int
@@ -88,6 +92,8 @@ class PositionLayout:
 
     def missing(self) -> list[PlaneKey]:
         """Planes of the hypercube that no file provides (written as zeros)."""
+        if len(self.files) == self.plane_count:  # every key is in the hypercube: none missing
+            return []
         return [k for k in self.plane_keys() if k not in self.files]
 
     def describe(self, key: PlaneKey) -> str:
@@ -177,7 +183,7 @@ def _warn_undecodable(folder: Path, names: Sequence[str]) -> None:
     """Names that are not valid UTF-8 are kept byte-exact (``os.fsdecode``'s surrogate escapes;
     the manifest writes them as ``\\udcXX`` escapes), but the user should know: such a name shows
     differently in every tool."""
-    bad = [n for n in names if printable(n) != n]
+    bad = [n for n in names if not n.isascii() and printable(n) != n]  # ASCII is UTF-8
     if bad:
         logger.warning(
             "%s: %d file name(s) are not valid UTF-8, e.g. %s; kept byte-exact in the manifest",
@@ -223,12 +229,13 @@ def scan_position(
         path = child(name)
         if not _is_file(entry):
             _require_regular_file(path)  # raises, saying what it is instead
-        t = _number(m.group("t"), "timepoint", path)
-        z = _number(m.group("z"), "z-section", path)
-        c = spelling.setdefault(m.group("c").lower(), m.group("c"))
-        if c != m.group("c"):
+        t_text, c_name, z_text = m.group("t", "c", "z")
+        t = _number(t_text, "timepoint", path)
+        z = _number(z_text, "z-section", path)
+        c = spelling.setdefault(c_name.lower(), c_name)
+        if c != c_name:
             logger.warning("%s: channel %r taken as %r (channel names ignore case)",
-                           path, m.group("c"), c)
+                           path, c_name, c)
         key = (t, c, z)
         if key in raw:
             raise DuplicatePlaneError(
@@ -386,10 +393,13 @@ def unify_numbering(
                 lay.folder, ", ".join(map(str, unlogged[:10])),
             )
         old_t, old_z = lay.t_values, lay.z_values
-        lay.files = {
-            PlaneKey(old_t[k.t] - first_t, k.c, old_z[k.z] - first_z): p
-            for k, p in lay.files.items()
-        }
+        # Index i becomes old_t[i] - first_t: the same index where the folder's numbers start
+        # the experiment's and have no gap (most positions), so the keys are kept as they are.
+        if old_t != t_values[:len(old_t)] or old_z != z_values[:len(old_z)]:
+            lay.files = {
+                PlaneKey(old_t[k.t] - first_t, k.c, old_z[k.z] - first_z): p
+                for k, p in lay.files.items()
+            }
         lay.t_values, lay.z_values = list(t_values), list(z_values)
     return layouts
 
