@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int_in(1, 1024), default=None, metavar="N",
                    help="threads inside one position: planes decoded ahead, tiles compressed in "
                    "parallel; the cores one position may use, so 1 is one thread "
-                   "(default: cores / workers)")
+                   "(default: cores / workers, rounded to the nearest)")
     _add_dask_arguments(p)
     p.add_argument("--metadata", default="auto", metavar="auto|none|NAME|module:Class",
                    help="metadata parser(s) (default: %(default)s = first that recognises SRC)")

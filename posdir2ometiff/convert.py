@@ -105,7 +105,7 @@ class ConversionOptions:
     pyramid: str = "auto"
     workers: int | None = None
     #: Threads inside one position (decode ahead, compress tiles): the cores it may use, so 1
-    #: is one thread, its output hashed and written by it too; None: cores / workers, with a
+    #: is one thread, its output hashed and written by it too; None: cores / workers (rounded), with a
     #: helper thread for the output where a core is spare (executors.wants_io_helper).
     threads: int | None = None
     metadata: str = "auto"

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from posdir2ometiff.cores import cpu_ids, usable_cores
+from posdir2ometiff.cores import cores_each, cpu_ids, usable_cores
 from posdir2ometiff.errors import ConversionError
 from posdir2ometiff.executors import SideWork, convert_guarded, wants_io_helper
 from posdir2ometiff.position import PositionJob, failed_entry
@@ -67,7 +67,7 @@ def run_position_task(job: PositionJob) -> tuple[dict, str | None]:
             job.threads, job.io_helper = share, share > 1
         else:
             cores = usable_cores()
-            job.threads = max(1, cores // slots)
+            job.threads = cores_each(cores, slots)
             job.io_helper = wants_io_helper(job.threads, cores, slots)
     attempt = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     state = {"done": 0, "sent": 0.0}
@@ -139,7 +139,7 @@ def threads_per_worker(client: Any) -> dict[str, int]:
     for address in workers:
         slots = sum(max(1, int(other.get("nthreads", 1))) for other_address, other in
                     workers.items() if shares_cores(address, other_address))
-        shares[address] = max(1, int(cores.get(address) or 1) // max(1, slots))
+        shares[address] = cores_each(int(cores.get(address) or 1), slots)
     return shares
 
 

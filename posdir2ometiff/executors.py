@@ -23,7 +23,7 @@ from concurrent.futures import (
 )
 from typing import Any
 
-from posdir2ometiff.cores import usable_cores
+from posdir2ometiff.cores import cores_each, usable_cores
 from posdir2ometiff.errors import ConversionError
 from posdir2ometiff.layout import LayoutError
 from posdir2ometiff.orphans import die_with_parent, stop_workers_on_error
@@ -38,9 +38,10 @@ logger = logging.getLogger(__name__)
 def default_threads(workers: int) -> int:
     """Threads per position when ``--threads`` is not given: the cores the workers leave free.
 
-    One position on a 32-core machine gets 32 threads; 16 positions in 16 processes get 2 each.
+    One position on a 32-core machine gets 32 threads; 16 positions in 16 processes get 2 each,
+    and so do 20 (the share rounded to the nearest core: :func:`~posdir2ometiff.cores.cores_each`).
     """
-    return max(1, usable_cores() // max(1, workers))
+    return cores_each(usable_cores(), workers)
 
 
 def wants_io_helper(threads: int, cores: int, slots: int, asked: bool = False) -> bool:

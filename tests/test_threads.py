@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from posdir2ometiff import convert as convert_mod
 from posdir2ometiff import hashfile, planes, position, writer
 from posdir2ometiff.convert import convert
+from posdir2ometiff.cores import cores_each
 from posdir2ometiff.demo import make_demo
 from posdir2ometiff.layout import PlaneKey
 from posdir2ometiff.writer import write_ometiff_file
@@ -194,6 +195,25 @@ def test_default_threads_share_the_cores_between_workers(
     assert seen == [(2, [4, 4]), (1, [8, 8]), (2, [3, 3])]
     with pytest.raises(convert_mod.ConversionError, match="--threads"):
         convert(spec.folder, tmp_path / "d", threads=0)
+    # 3 cores, 2 positions: 1.5 cores each, rounded to 2 threads (not down to 1, which left a
+    # core to the output helpers only).
+    monkeypatch.setattr("posdir2ometiff.executors.usable_cores", lambda: 3)
+    monkeypatch.setattr(convert_mod, "usable_cores", lambda: 3)
+    assert convert(spec.folder, tmp_path / "e", progress="off").ok
+    assert seen[-1] == (2, [2, 2])
+
+
+@pytest.mark.parametrize(("cores", "slots", "each"), [
+    (32, 1, 32), (8, 2, 4), (32, 20, 2), (32, 17, 2), (32, 13, 2), (32, 11, 3), (32, 24, 1),
+    (3, 2, 2), (5, 2, 3), (2, 2, 1), (1, 1, 1), (1, 4, 1), (2, 0, 2),
+])
+def test_each_position_gets_its_share_of_the_cores_rounded_to_the_nearest(
+    cores: int, slots: int, each: int
+) -> None:
+    """20 positions on 32 cores get 2 threads each (40 threads: at most 1.33 a core, where
+    rounding down left 12 cores to the output helpers); never 0."""
+    assert cores_each(cores, slots) == each
+    assert each * max(1, slots) <= max(cores, max(1, slots)) * 4 / 3  # bounded oversubscription
 
 
 @pytest.mark.parametrize(("cores", "workers", "threads", "helper"), [
@@ -201,7 +221,7 @@ def test_default_threads_share_the_cores_between_workers(
     (8, 2, 4, True),
     (2, 1, None, True),  # 2 threads
     (2, 1, 2, True),
-    (3, 2, None, True),  # one thread each, a core spare beside them
+    (3, 2, None, True),  # 1.5 cores each: two threads each
     (3, 2, 1, False),  # --threads 1 asked for: one core, which a helper would overrun
     (2, 1, 1, False),
     (2, 2, None, False),  # every core converts a position
@@ -227,7 +247,7 @@ def test_the_output_helper_thread_only_where_a_core_is_spare(
     writes = _threads_calling(monkeypatch, hashfile, "write_all")
     assert convert(spec.folder, tmp_path / "out", workers=workers, threads=threads,
                    progress="off").ok
-    assert seen == [(threads or cores // workers, helper)] * workers
+    assert seen == [(threads or cores_each(cores, workers), helper)] * workers
     assert writes == ({"hashwrite_0"} if helper else {"MainThread"})
 
 
