@@ -34,7 +34,7 @@ def cores_each(cores: int, slots: int) -> int:
     Rounded down, 20 positions on a 32-core machine got one thread each and left a quarter of
     it to their output helpers at most; rounded to the nearest they get two, 40 threads on 32
     cores, which the scheduler spreads. That is at most 1.33 threads a core (a share of 1.5
-    made 2), and the converter loses nothing measurable at 1.5: one position on 2 cores with 3
-    threads against 2, 8 alternated runs, median 0.770 against 0.788 s and the same CPU seconds
-    (at 2 a core, 4 threads, 6-8 % slower)."""
+    made 2), and the converter loses little at 1.5: one position on 2 cores with 3 threads
+    against 2, two sets of 8 and 10 alternated runs, median 0.770 against 0.788 s and 0.850
+    against 0.838 s, CPU seconds 0-3 % more (at 2 a core, 4 threads, 6-8 % slower)."""
     return max(1, (2 * cores + slots) // (2 * max(1, slots)))
