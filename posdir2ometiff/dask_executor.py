@@ -128,17 +128,18 @@ def threads_per_worker(client: Any) -> dict[str, int]:
         logger.debug("could not ask the Dask workers for their cores: %s", exc)
         return {}
     sets = {address: frozenset(ids) if ids else None for address, ids in cpus.items()}
+    by_host: dict[str, list[str]] = {}
+    for address, info in workers.items():
+        by_host.setdefault(str(info.get("host")), []).append(address)
 
     def shares_cores(a: str, b: str) -> bool:
-        if str(workers[a].get("host")) != str(workers[b].get("host")):
-            return False
         mine, theirs = sets.get(a), sets.get(b)
         return mine is None or theirs is None or bool(mine & theirs)
 
     shares = {}
-    for address in workers:
-        slots = sum(max(1, int(other.get("nthreads", 1))) for other_address, other in
-                    workers.items() if shares_cores(address, other_address))
+    for address, info in workers.items():
+        slots = sum(max(1, int(workers[other].get("nthreads", 1)))
+                    for other in by_host[str(info.get("host"))] if shares_cores(address, other))
         shares[address] = cores_each(int(cores.get(address) or 1), slots)
     return shares
 
