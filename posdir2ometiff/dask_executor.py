@@ -9,10 +9,13 @@ balances them.
 
 What holds as in the local pool:
 
-* **Progress.** Workers publish ``(position, attempt, planes done)`` events on a topic
+* **Progress.** Workers publish ``(run, position, attempt, planes done)`` events on a topic
   (``Worker.log_event``, distributed/worker.py); the client subscribes
   (``Client.subscribe_topic``, distributed/client.py). Counts are cumulative per attempt and the
-  largest per position is kept, so a retried position never counts its planes twice.
+  largest per position is kept, so a retried position never counts its planes twice. Several
+  runs can share a cluster (a facility converting many experiments at once): the scheduler
+  sends every subscribed client every event of the topic, and a client holds one handler per
+  topic, so each event names its run and one handler per client hands it to that run only.
 * **Errors.** The task is :func:`~posdir2ometiff.executors.convert_guarded`: it never raises, a
   bad position comes back as a failed entry with its one-line error.
 * **A lost worker.** The scheduler re-runs the task of a worker that dies on another worker
@@ -32,6 +35,7 @@ import logging
 import os
 import queue as queue_mod
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -53,8 +57,9 @@ PROGRESS_TOPIC = "posdir2ometiff-progress"
 REPORT_INTERVAL = 0.5
 
 
-def run_position_task(job: PositionJob) -> tuple[dict, str | None]:
-    """The task a Dask worker runs for one position (module-level: importable by workers)."""
+def run_position_task(job: PositionJob, run: str = "") -> tuple[dict, str | None]:
+    """The task a Dask worker runs for one position (module-level: importable by workers);
+    ``run`` names the run in its progress events."""
     from distributed import get_worker
 
     # The nanny's MALLOC_TRIM_THRESHOLD_ is overridden (see heap_for_plane_buffers).
@@ -73,8 +78,8 @@ def run_position_task(job: PositionJob) -> tuple[dict, str | None]:
     state = {"done": 0, "sent": 0.0}
 
     def publish() -> None:
-        worker.log_event(PROGRESS_TOPIC, {"position": job.layout.name, "attempt": attempt,
-                                          "done": state["done"]})
+        worker.log_event(PROGRESS_TOPIC, {"run": run, "position": job.layout.name,
+                                          "attempt": attempt, "done": state["done"]})
 
     def report(n: int) -> None:
         state["done"] += n
@@ -169,10 +174,6 @@ class _ProgressEvents:
         self.inbox: queue_mod.Queue[dict] = queue_mod.Queue()
         self._best: dict[str, int] = {}
 
-    def handler(self, event: tuple[float, dict]) -> None:
-        """Called on the client's event-loop thread: only hand the message over."""
-        self.inbox.put(event[1])
-
     def drain(self, progress: Progress) -> None:
         while True:
             try:
@@ -197,6 +198,37 @@ class _ProgressEvents:
             time.sleep(0.02)
 
 
+#: The runs listening for progress, by client: ``Client.subscribe_topic`` keeps one handler per
+#: topic, so two runs in one process sharing a client share one handler, which hands each event
+#: to the run it names (and drops other processes' runs' events, which the scheduler sends too).
+_listeners: dict[int, dict[str, _ProgressEvents]] = {}
+_listeners_lock = threading.Lock()
+
+
+def _listen(client: Any, run: str, events: _ProgressEvents) -> None:
+    with _listeners_lock:
+        runs = _listeners.setdefault(id(client), {})
+        if not runs:
+            def handler(event: tuple[float, Any], runs: dict[str, _ProgressEvents] = runs) -> None:
+                # Called on the client's event-loop thread: only hand the message over.
+                msg = event[1]
+                target = runs.get(msg.get("run")) if isinstance(msg, dict) else None
+                if target is not None:
+                    target.inbox.put(msg)
+
+            client.subscribe_topic(PROGRESS_TOPIC, handler)
+        runs[run] = events
+
+
+def _stop_listening(client: Any, run: str) -> None:
+    with _listeners_lock:
+        runs = _listeners.get(id(client), {})
+        runs.pop(run, None)
+        if not runs:
+            _listeners.pop(id(client), None)
+            client.unsubscribe_topic(PROGRESS_TOPIC)
+
+
 def _slots(client: Any) -> int:
     """Task slots of the cluster now (threads of all workers); at least 1."""
     workers = client.scheduler_info(n_workers=-1).get("workers", {})
@@ -216,13 +248,13 @@ def run_jobs_dask(
     from distributed.scheduler import KilledWorker
 
     events = _ProgressEvents()
-    client.subscribe_topic(PROGRESS_TOPIC, events.handler)
     todo = iter(jobs)
     futures: dict[Any, PositionJob] = {}
-    run = uuid.uuid4().hex[:8]
+    run = uuid.uuid4().hex[:12]
+    _listen(client, run, events)
 
     def submit(job: PositionJob) -> Any:
-        fut = client.submit(run_position_task, job, pure=False,
+        fut = client.submit(run_position_task, job, run, pure=False,
                             key=f"posdir2ometiff-{job.layout.name}-{run}")
         futures[fut] = job
         return fut
@@ -255,7 +287,7 @@ def run_jobs_dask(
                 pending.add(submit(nxt))
         events.settle(finished, progress)
     finally:
-        client.unsubscribe_topic(PROGRESS_TOPIC)
+        _stop_listening(client, run)
     beside.finish()
 
 

@@ -229,44 +229,66 @@ def test_worker_killed_mid_position_is_retried_and_its_partial_never_becomes_fin
     assert sorted(p.name for p in out.glob("pos001*")) == ["pos001.ome.tiff"]
 
 
-def test_several_experiments_share_one_cluster_at_once(cluster, tmp_path: Path) -> None:
-    """A facility's case: experiments converted at the same time through one scheduler, one
-    from Python and one by another ``posdir2ometiff`` process, both with a ``pos001``. While the
-    first holds a worker, the second runs on the other one and finishes: neither waits for the
-    other's run, and same-named positions of two runs are two tasks (the task key names its
-    run), not one result handed to both."""
+def test_several_experiments_share_one_cluster_at_once(
+    cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A facility's case: experiments converted at the same time through one scheduler, all with
+    a ``pos001``. While the first (from Python) holds a worker, a second run from another thread
+    of the same process (the same client) and a third from another ``posdir2ometiff`` process
+    run on the other worker and finish: no run waits for another's, same-named positions of two
+    runs are two tasks (the task key names its run), and each run counts only its own planes,
+    although the scheduler sends every client every progress event of the topic."""
     lc, client = cluster
     address = json.loads(lc.scheduler_file.read_text())["address"]
     first = make_demo(tmp_path / "exp_a", positions=1, channels=["GFP"], z=2, t=3, size=48,
-                      seed=7)
+                      seed=7)  # 6 planes
     second = make_demo(tmp_path / "exp_b", positions=1, channels=["DIC"], z=1, t=2, size=32,
-                       seed=8)
+                       seed=8)  # 2 planes
+    third = make_demo(tmp_path / "exp_c", positions=1, channels=["GFP"], z=2, t=6, size=32,
+                      seed=9)  # 12 planes: more than the first run's, under the same name
+    totals: list[tuple[int, int]] = []
+
+    class Recording(convert_mod.Progress):
+        def __exit__(self, *exc: object) -> None:
+            totals.append((self.done, self.total))
+            super().__exit__(*exc)
+
+    monkeypatch.setattr(convert_mod, "Progress", Recording)
     target = sorted((first.folder / "pos001").glob("*.png"))[2]
     gate, marks = tmp_path / "go", tmp_path / "marks"
     marks.mkdir()
     client.run(_install_gate, str(target), str(gate), str(marks))
     box: dict = {}
-    runner = threading.Thread(target=lambda: box.update(result=convert(
-        first.folder, tmp_path / "out_a", client=client, progress="off")))
-    runner.start()
+
+    def in_thread(key: str, spec, out: str) -> threading.Thread:
+        runner = threading.Thread(target=lambda: box.update({key: convert(
+            spec.folder, tmp_path / out, client=client, progress="off")}))
+        runner.start()
+        return runner
+
+    runner = in_thread("a", first, "out_a")
     try:
         held = int(_wait_for(lambda: list(marks.iterdir()), 120, "the first run's task")[0].name)
+        in_thread("b", second, "out_b").join(timeout=90)
+        assert box.get("b") is not None and box["b"].ok  # done while the first is held
         proc = subprocess.run(
-            [sys.executable, "-m", "posdir2ometiff", str(second.folder), "-o",
-             str(tmp_path / "out_b"), "--scheduler", address, "--quiet"],
+            [sys.executable, "-m", "posdir2ometiff", str(third.folder), "-o",
+             str(tmp_path / "out_c"), "--scheduler", address, "--quiet"],
             env=lc.env, capture_output=True, text=True, timeout=90, check=False)
         assert proc.returncode == 0, proc.stderr
-        assert runner.is_alive()  # the first run is still held: the second did not wait for it
+        assert runner.is_alive()  # the first run is still held: the others did not wait for it
         assert not (tmp_path / "out_a" / "pos001.ome.tiff").exists()
     finally:
         gate.touch()
         runner.join(timeout=300)
-    assert box["result"].ok
+    assert box["a"].ok
+    assert sorted(totals) == [(2, 2), (6, 6)]  # each its own planes, none of the others'
     ran = {e[1]["attempt"].split(":")[1] for e in client.get_events(PROGRESS_TOPIC)}
     assert ran == {str(w.pid) for w in lc.workers} and str(held) in ran  # both workers worked
-    entry_a = assert_matches_sources(tmp_path / "out_a", first.folder, "pos001")
-    entry_b = assert_matches_sources(tmp_path / "out_b", second.folder, "pos001")
-    assert (entry_a["channels"], entry_b["channels"]) == (["GFP"], ["DIC"])
+    for spec, out, channel in ((first, "out_a", "GFP"), (second, "out_b", "DIC"),
+                               (third, "out_c", "GFP")):
+        entry = assert_matches_sources(tmp_path / out, spec.folder, "pos001")
+        assert entry["channels"] == [channel]
     assert not list(tmp_path.glob("out_*/*.partial"))
 
 
