@@ -79,6 +79,19 @@ class LoopbackCluster:
             log.close()
 
 
+def _record_progress(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(planes counted, planes expected) of each run's progress, appended as the run ends."""
+    totals: list[tuple[int, int]] = []
+
+    class Recording(convert_mod.Progress):
+        def __exit__(self, *exc: object) -> None:
+            totals.append((self.done, self.total))
+            super().__exit__(*exc)
+
+    monkeypatch.setattr(convert_mod, "Progress", Recording)
+    return totals
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[LoopbackCluster, object]]:
     folder = tmp_path / "dask"
@@ -101,14 +114,7 @@ def test_positions_run_on_the_cluster_with_progress_manifest_and_reruns(
     lc, client = cluster
     spec = make_demo(tmp_path / "exp", positions=3, channels=["DIC", "GFP"], z=2, t=3, size=64,
                      seed=4)
-    totals: list[tuple[int, int]] = []
-
-    class Recording(convert_mod.Progress):
-        def __exit__(self, *exc: object) -> None:
-            totals.append((self.done, self.total))
-            super().__exit__(*exc)
-
-    monkeypatch.setattr(convert_mod, "Progress", Recording)
+    totals = _record_progress(monkeypatch)
     out = tmp_path / "out"
     result = convert(spec.folder, out, client=client, progress="off")
     assert result.ok and [p.status for p in result.positions] == ["ok"] * 3
@@ -246,14 +252,7 @@ def test_several_experiments_share_one_cluster_at_once(
                        seed=8)  # 2 planes
     third = make_demo(tmp_path / "exp_c", positions=1, channels=["GFP"], z=2, t=6, size=32,
                       seed=9)  # 12 planes: more than the first run's, under the same name
-    totals: list[tuple[int, int]] = []
-
-    class Recording(convert_mod.Progress):
-        def __exit__(self, *exc: object) -> None:
-            totals.append((self.done, self.total))
-            super().__exit__(*exc)
-
-    monkeypatch.setattr(convert_mod, "Progress", Recording)
+    totals = _record_progress(monkeypatch)
     target = sorted((first.folder / "pos001").glob("*.png"))[2]
     gate, marks = tmp_path / "go", tmp_path / "marks"
     marks.mkdir()
