@@ -24,6 +24,13 @@ What holds as in the local pool:
   never renamed; the run deletes it at the end.
 * **--fail-fast.** Only as many positions as the cluster has task slots are submitted at a time,
   so nothing queued has to be cancelled once a position failed.
+* **An interrupted run** (Ctrl-C, a driver killed) leaves no work behind on a shared cluster.
+  Its client goes, the scheduler lets go of its tasks, and a worker cannot stop a running task
+  (distributed/worker_state_machine.py: "We can't stop executing a task just because the
+  scheduler asked us to, so we're entering cancelled state and waiting until it completes"):
+  so the task looks at its own state after every plane and, once cancelled, stops as a failed
+  position does, its partial file deleted. Otherwise it would run to its end, taking a worker
+  for up to a position's whole time, and leave an output that no manifest lists.
 
 Input and output must be on a filesystem all workers share (:func:`check_shared_filesystem`).
 """
@@ -65,6 +72,7 @@ def run_position_task(job: PositionJob, run: str = "") -> tuple[dict, str | None
     # The nanny's MALLOC_TRIM_THRESHOLD_ is overridden (see heap_for_plane_buffers).
     heap_for_plane_buffers(override=("MALLOC_TRIM_THRESHOLD_",))
     worker = get_worker()
+    key = worker.get_current_task()
     if job.threads < 1:  # the caller left it to the cluster: this worker's share of its host
         share = (job.worker_threads or {}).get(worker.address)
         slots = max(1, worker.state.nthreads)
@@ -82,6 +90,10 @@ def run_position_task(job: PositionJob, run: str = "") -> tuple[dict, str | None
                                           "attempt": attempt, "done": state["done"]})
 
     def report(n: int) -> None:
+        # After every plane: the writer deletes the partial file of a position that raises.
+        if _released(worker, key):
+            raise ConversionError(f"{job.layout.folder}: stopped, the run that asked for it is "
+                                  "gone (its Dask task was released)")
         state["done"] += n
         now = time.monotonic()
         if now - state["sent"] >= REPORT_INTERVAL:
@@ -94,6 +106,13 @@ def run_position_task(job: PositionJob, run: str = "") -> tuple[dict, str | None
         return_free_heap()
     publish()
     return result
+
+
+def _released(worker: Any, key: Any) -> bool:
+    """Whether the scheduler let go of the task ``key`` running on ``worker`` (its client
+    went): the worker's own record of it says "cancelled", or is gone."""
+    ts = worker.state.tasks.get(key)
+    return ts is None or ts.state == "cancelled"
 
 
 def _import_converter() -> None:

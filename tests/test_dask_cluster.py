@@ -235,6 +235,45 @@ def test_worker_killed_mid_position_is_retried_and_its_partial_never_becomes_fin
     assert sorted(p.name for p in out.glob("pos001*")) == ["pos001.ome.tiff"]
 
 
+def _task_states(dask_worker) -> list[str]:
+    """On a worker (``client.run`` passes it): the states of the tasks it knows."""
+    return sorted(ts.state for ts in dask_worker.state.tasks.values())
+
+
+def test_an_interrupted_run_leaves_no_work_on_the_cluster(cluster, tmp_path: Path) -> None:
+    """Ctrl-C on a ``--scheduler`` run: the scheduler lets go of its task, which a worker cannot
+    stop; the task sees it at its next plane and stops, its partial file deleted, instead of
+    running to its end and leaving an output that no manifest lists."""
+    lc, client = cluster
+    address = json.loads(lc.scheduler_file.read_text())["address"]
+    spec = make_demo(tmp_path / "exp", positions=1, channels=["GFP"], z=2, t=5, size=64, seed=6)
+    target = sorted((spec.folder / "pos001").glob("*.png"))[6]  # plane 7 of 10
+    gate, marks = tmp_path / "go", tmp_path / "marks"
+    marks.mkdir()
+    client.run(_install_gate, str(target), str(gate), str(marks))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "posdir2ometiff", str(spec.folder), "-o", str(out),
+         "--scheduler", address, "--threads", "1"],
+        env=lc.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: list(marks.iterdir()), 120, "the task to reach the held plane")
+        assert len(list(out.glob("pos001.ome.tiff.*.partial"))) == 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, proc.stderr.read()
+        _wait_for(lambda: any("cancelled" in s for s in client.run(_task_states).values()), 60,
+                  "the worker to hear that its task was let go")
+    finally:
+        gate.touch()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    _wait_for(lambda: not any(client.run(_task_states).values()), 60, "the task to stop")
+    assert not (out / "pos001.ome.tiff").exists()  # it stopped, not ran to its end
+    assert not list(out.glob("*.partial"))
+
+
 def test_several_experiments_share_one_cluster_at_once(
     cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -444,8 +483,9 @@ def test_the_task_takes_its_workers_share(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(dask_executor, "return_free_heap", lambda: trims.append(len(seen)))
     cores = [12]
     monkeypatch.setattr(dask_executor, "usable_cores", lambda: cores[0])
-    worker = SimpleNamespace(address="tcp://10.0.0.5:4000", state=SimpleNamespace(nthreads=4),
-                             log_event=lambda *a: None)
+    worker = SimpleNamespace(address="tcp://10.0.0.5:4000",
+                             state=SimpleNamespace(nthreads=4, tasks={}),
+                             log_event=lambda *a: None, get_current_task=lambda: "task")
     monkeypatch.setattr(distributed, "get_worker", lambda: worker)
 
     def task(threads: int, shares: dict[str, int]) -> None:
