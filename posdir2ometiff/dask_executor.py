@@ -49,7 +49,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from posdir2ometiff.cores import cores_each, cpu_ids, usable_cores
+from posdir2ometiff.cores import cores_each, placement, usable_cores
 from posdir2ometiff.errors import ConversionError
 from posdir2ometiff.executors import SideWork, convert_guarded, wants_io_helper
 from posdir2ometiff.position import PositionJob, failed_entry
@@ -140,31 +140,34 @@ def threads_per_worker(client: Any) -> dict[str, int]:
     neighbours, and giving each position every core oversubscribed them (measured: 25 % more
     CPU per position than the local pool, with its one thread per position). Workers whose CPU
     sets do not overlap (Slurm jobs packed on one node, each with cores of its own) do not share:
-    each keeps its own cores for its own slots. Where a worker cannot say which CPUs it has, it
-    is taken to share with every worker on its host. Workers that join later fall back to their
-    own cores over their own slots.
+    each keeps its own cores for its own slots; nor do the workers of two Slurm jobs that Slurm
+    did not pin to their CPUs (:func:`~posdir2ometiff.cores.placement`). Where a worker cannot
+    say which CPUs it has, it is taken to share with every worker on its host. Workers that
+    join later fall back to their own cores over their own slots.
     """
     try:
-        cores = client.run(usable_cores)
-        cpus = client.run(cpu_ids)
+        placements = client.run(placement)
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
     except Exception as exc:  # noqa: BLE001 - an optimisation; the task has a fallback
         logger.debug("could not ask the Dask workers for their cores: %s", exc)
         return {}
-    sets = {address: frozenset(ids) if ids else None for address, ids in cpus.items()}
     by_host: dict[str, list[str]] = {}
     for address, info in workers.items():
         by_host.setdefault(str(info.get("host")), []).append(address)
 
     def shares_cores(a: str, b: str) -> bool:
-        mine, theirs = sets.get(a), sets.get(b)
-        return mine is None or theirs is None or bool(mine & theirs)
+        _, ids_a, job_a = placements.get(a) or (1, None, None)
+        _, ids_b, job_b = placements.get(b) or (1, None, None)
+        if job_a and job_b:  # Slurm jobs not pinned to their CPUs: each has its own allotment
+            return job_a == job_b
+        return ids_a is None or ids_b is None or bool(set(ids_a) & set(ids_b))
 
     shares = {}
     for address, info in workers.items():
         slots = sum(max(1, int(workers[other].get("nthreads", 1)))
                     for other in by_host[str(info.get("host"))] if shares_cores(address, other))
-        shares[address] = cores_each(int(cores.get(address) or 1), slots)
+        cores = (placements.get(address) or (1, None, None))[0]
+        shares[address] = cores_each(int(cores or 1), slots)
     return shares
 
 

@@ -434,25 +434,29 @@ def test_workers_share_their_hosts_cores_and_preload_the_converter(cluster) -> N
 def test_workers_on_one_host_share_its_cores_only_where_their_cpus_overlap() -> None:
     """Slurm jobs packed on one node each have CPUs of their own: two one-slot workers with 8
     CPUs each keep 8 threads a position, where two workers seeing the same 8 CPUs get 4 each; a
-    worker that cannot say which CPUs it has shares with its host."""
+    worker that cannot say which CPUs it has shares with its host. Slurm jobs not pinned to
+    their CPUs see the whole node, each with its own allotment: they share within a job only."""
+    from posdir2ometiff.cores import placement
     from posdir2ometiff.dask_executor import threads_per_worker
 
+    Worker = tuple[str, int, list[int] | None] | tuple[str, int, list[int], int, str]
+
     class FakeClient:
-        def __init__(self, workers: dict[str, tuple[str, int, list[int] | None]]) -> None:
+        def __init__(self, workers: dict[str, Worker]) -> None:
             self.workers = workers
 
         def run(self, fn):
-            from posdir2ometiff.cores import cpu_ids, usable_cores
-
-            if fn is usable_cores:
-                return {a: len(cpus) if cpus else 8 for a, (_h, _n, cpus) in self.workers.items()}
-            assert fn is cpu_ids
-            return {a: cpus for a, (_h, _n, cpus) in self.workers.items()}
+            assert fn is placement
+            out = {}
+            for a, (_h, _n, cpus, *slurm) in self.workers.items():
+                cores, job = slurm if slurm else (len(cpus) if cpus else 8, None)
+                out[a] = (cores, cpus, job)
+            return out
 
         def scheduler_info(self, n_workers: int = 5) -> dict:
             assert n_workers == -1  # every worker, not the first five
-            return {"workers": {a: {"host": h, "nthreads": n}
-                                for a, (h, n, _c) in self.workers.items()}}
+            return {"workers": {a: {"host": w[0], "nthreads": w[1]}
+                                for a, w in self.workers.items()}}
 
     low, high = list(range(8)), list(range(8, 16))
     assert threads_per_worker(FakeClient({"a": ("node1", 1, low), "b": ("node1", 1, high)})) == {
@@ -467,6 +471,12 @@ def test_workers_on_one_host_share_its_cores_only_where_their_cpus_overlap() -> 
         "c": ("node1", 1, list(range(16, 20)))})) == {"a": 2, "b": 2, "c": 4}
     assert threads_per_worker(FakeClient({"a": ("node1", 1, None), "b": ("node1", 1, high)})) == {
         "a": 4, "b": 4}
+    # Unpinned Slurm jobs (task/none): 8 CPUs allotted each, the whole 32-CPU node in sight.
+    node = list(range(32))
+    assert threads_per_worker(FakeClient({"a": ("node1", 1, node, 8, "101"),
+                                          "b": ("node1", 1, node, 8, "102")})) == {"a": 8, "b": 8}
+    assert threads_per_worker(FakeClient({"a": ("node1", 1, node, 8, "101"),
+                                          "b": ("node1", 1, node, 8, "101")})) == {"a": 4, "b": 4}
 
 
 def test_the_task_takes_its_workers_share(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -66,3 +66,23 @@ def test_cluster_slurm_converts_through_slurm_jobs(
     text = "\n".join(p.read_text(errors="replace") for p in logs)
     assert "Registered to:" in text and "tcp://127.0.0.1:" in text
     assert "Threads:                          1" in text
+
+
+def test_usable_cores_are_the_cpus_slurm_allots_without_pinning(slurm: LocalSlurm) -> None:
+    """This Slurm runs ``TaskPlugin=task/none`` (as some clusters do): a job is not pinned to
+    its CPUs, so its affinity is the whole node. The converter still takes only the CPUs the
+    job was given (``SLURM_CPUS_ON_NODE``): one under ``srun -c 1``, for its default workers
+    and threads too, where it took every core of the node beside the other jobs."""
+    import subprocess
+    import sys
+
+    code = ("import os; from posdir2ometiff.cores import usable_cores; "
+            "print(len(os.sched_getaffinity(0)), usable_cores())")
+    out = subprocess.run(["srun", "-c", "1", sys.executable, "-c", code], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    affinity, usable = map(int, out.stdout.split())
+    assert (affinity, usable) == (os.cpu_count(), 1)
+    cli = subprocess.run(["srun", "-c", "1", sys.executable, "-m", "posdir2ometiff", "--help"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert "usable cores = 1)" in " ".join(cli.stdout.split()), cli.stdout

@@ -203,6 +203,42 @@ def test_default_threads_share_the_cores_between_workers(
     assert seen[-1] == (2, [2, 2])
 
 
+@pytest.mark.parametrize(("slurm", "usable"), [
+    (None, 8), ("4", 4), ("16", 8), ("0", 8), ("four", 8), ("", 8),
+])
+def test_usable_cores_are_at_most_what_slurm_allots(
+    monkeypatch: pytest.MonkeyPatch, slurm: str | None, usable: int
+) -> None:
+    """Affinity, capped by ``SLURM_CPUS_ON_NODE`` where Slurm set it to a count."""
+    from posdir2ometiff import cores
+
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    if slurm is None:
+        monkeypatch.delenv("SLURM_CPUS_ON_NODE", raising=False)
+    else:
+        monkeypatch.setenv("SLURM_CPUS_ON_NODE", slurm)
+    assert cores.usable_cores() == usable
+
+
+@pytest.mark.parametrize(("slurm", "expected"), [
+    (None, (8, list(range(8)), None)),
+    ("8", (8, list(range(8)), None)),  # pinned, or the whole node allotted: its CPUs say it
+    ("4", (4, list(range(8)), "77")),  # 4 allotted, 8 in sight: Slurm did not pin the job
+])
+def test_placement_names_the_slurm_job_only_where_slurm_did_not_pin_it(
+    monkeypatch: pytest.MonkeyPatch, slurm: str | None, expected: tuple
+) -> None:
+    from posdir2ometiff import cores
+
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    if slurm is None:
+        monkeypatch.delenv("SLURM_CPUS_ON_NODE", raising=False)
+    else:
+        monkeypatch.setenv("SLURM_CPUS_ON_NODE", slurm)
+    assert cores.placement() == expected
+
+
 @pytest.mark.parametrize(("cores", "slots", "each"), [
     (32, 1, 32), (8, 2, 4), (32, 20, 2), (32, 17, 2), (32, 13, 2), (32, 11, 3), (32, 24, 1),
     (3, 2, 2), (5, 2, 3), (2, 2, 1), (1, 1, 1), (1, 4, 1), (2, 0, 2),
