@@ -14,8 +14,8 @@ def usable_cores() -> int:
     Slurm pins a job's processes to its CPUs only with its affinity or cgroup task plug-ins; a
     cluster run with ``TaskPlugin=task/none`` leaves them the whole node, where every process
     that trusted its affinity would take all 64 cores beside the other jobs. The job's count is
-    ``SLURM_CPUS_ON_NODE`` (sbatch(1), srun(1): "Number of CPUs allocated to the batch step" /
-    "on this node"), which Slurm sets in every job, step and Dask worker it starts."""
+    ``SLURM_CPUS_ON_NODE`` (sbatch(1), srun(1): the CPUs allocated to the job or step on this
+    node), which every process of a Slurm job inherits, a Dask worker it runs included."""
     try:
         cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
