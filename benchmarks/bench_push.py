@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _timing import TimedCalls  # benchmarks/_timing.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.* helpers and the stand-in live in the repository
@@ -191,7 +192,7 @@ def server_cpu_s(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-class Phases:
+class Phases(TimedCalls):
     """Wall seconds inside the import's steps, summed over files (they overlap with --parallel).
 
     Wraps ``upload.upload_to`` (the client sends the bytes) and ``upload.import_file`` (the
@@ -200,39 +201,15 @@ class Phases:
     plane inside that call) and the wait on the handle.
     """
 
-    def __init__(self) -> None:
+    def __enter__(self) -> Phases:
         import importlib
 
-        self.mods = {
-            "upload_to": importlib.import_module("omero_push.upload"),
-            "import_file": importlib.import_module("omero_push.upload"),
-            "build_plan": importlib.import_module("omero_push.push"),
-        }
-        self.times: dict[str, float] = {}
-        self._real = {n: getattr(m, n) for n, m in self.mods.items()}
-
-    def _wrap(self, name: str, key: str):  # noqa: ANN202
-        real = self._real[name]
-
-        def timed(*a: object, **k: object) -> object:
-            t0 = time.perf_counter()
-            try:
-                return real(*a, **k)
-            finally:
-                self.times[key] = self.times.get(key, 0.0) + time.perf_counter() - t0
-
-        return timed
-
-    def __enter__(self) -> Phases:
-        self.times.clear()
-        for name, key in (("upload_to", "upload"), ("import_file", "import_file")):
-            setattr(self.mods[name], name, self._wrap(name, key))
-        self.mods["build_plan"].build_plan = self._wrap("build_plan", "plan")
+        self.seconds.clear()
+        upload = importlib.import_module("omero_push.upload")
+        self.wrap(upload, "upload_to", "upload")
+        self.wrap(upload, "import_file", "import_file")
+        self.wrap(importlib.import_module("omero_push.push"), "build_plan", "plan")
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        for name, fn in self._real.items():
-            setattr(self.mods[name], name, fn)
 
 
 def summary_row(
@@ -334,7 +311,7 @@ def main() -> int:
                     if kind == "push":
                         with phases:
                             times[mode][kind].append(run(fn))
-                        split[mode].append(dict(phases.times))
+                        split[mode].append(dict(phases.seconds))
                     else:
                         times[mode][kind].append(run(fn))
                 p, b = times[mode]["push"][-1], times[mode]["bound"][-1]

@@ -28,7 +28,6 @@ Printed, the median of ``--repeat``:
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import shutil
 import statistics
@@ -42,6 +41,7 @@ from typing import Any
 
 import jsonschema
 import tifffile
+from _timing import TimedCalls  # benchmarks/_timing.py, beside this script
 
 from posdir2ometiff import convert as convert_mod
 from posdir2ometiff import manifest, report
@@ -60,34 +60,8 @@ def median_s(fn: Callable[[], Any], repeat: int) -> float:
     return statistics.median(runs)
 
 
-class Parts:
-    """Seconds spent in named functions of the converter during one run (wrapped in place)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._undo: list[tuple[Any, str, Any]] = []
-
-    def wrap(self, module: Any, name: str, label: str) -> None:
-        real = getattr(module, name)
-
-        @functools.wraps(real)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return real(*args, **kwargs)
-            finally:
-                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - t0
-
-        setattr(module, name, timed)
-        self._undo.append((module, name, real))
-
-    def undo(self) -> None:
-        for module, name, real in reversed(self._undo):
-            setattr(module, name, real)
-
-
 def rerun(src: Path, out: Path) -> dict[str, float]:
-    parts = Parts()
+    parts = TimedCalls()
     parts.wrap(convert_mod, "discover", "listing the positions (discover)")
     parts.wrap(plugins, "load_metadata", "metadata")
     parts.wrap(convert_mod, "load_manifest", "reading and checking the manifest")
