@@ -17,6 +17,16 @@ from contextlib import contextmanager
 OUR_PACKAGES = ("posdir2ometiff", "omero_push")
 
 
+class _OursOrWarnings(logging.Filter):
+    """Another library's records only from WARNING up. The root logger's WARNING does not hold
+    them back where a library sets its own loggers' level: Dask's ``distributed`` sets its
+    loggers to INFO from its configuration when imported (distributed/config.py), and a
+    ``--cluster slurm`` run then printed a dozen lines of its scheduler's life before its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".")[0] in OUR_PACKAGES
+
+
 @contextmanager
 def cli_logging(
     verbose: bool,
@@ -37,6 +47,8 @@ def cli_logging(
     handler.setFormatter(
         logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else fmt)
     )
+    if not verbose:
+        handler.addFilter(_OursOrWarnings())
     extra: list[logging.Handler] = []
     if log_file:
         handler.setLevel(level if not verbose else logging.DEBUG)
@@ -44,6 +56,8 @@ def cli_logging(
         to_file.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
         )
+        if not verbose:
+            to_file.addFilter(_OursOrWarnings())
         extra.append(to_file)
     root = logging.getLogger()
     ours = [logging.getLogger(name) for name in OUR_PACKAGES]

@@ -187,3 +187,26 @@ def test_overwrite_forces_and_verbose_shows_debug_and_tracebacks(
     assert main([str(tmp_path / "nope"), "-o", str(out), "-v"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "not a folder" in err.splitlines()[-1]
+
+
+def test_other_libraries_speak_from_warning_up_even_where_they_set_their_own_level(
+    capsys
+) -> None:
+    """Dask's ``distributed`` sets its loggers to INFO when imported: the root logger's WARNING
+    did not hold them back, and a ``--cluster slurm`` run printed its scheduler's life. Only
+    ``-v`` shows another library's INFO (and DEBUG); our own INFO is shown as before."""
+    from posdir2ometiff.logconfig import cli_logging
+
+    chatty = logging.getLogger("distributed.scheduler.test")
+    chatty.setLevel(logging.INFO)
+    try:
+        for verbose in (False, True):
+            with cli_logging(verbose, False):
+                chatty.info("State start")
+                chatty.warning("a worker was lost")
+                logging.getLogger("posdir2ometiff.test").info("our own news")
+            err = capsys.readouterr().err
+            assert ("State start" in err) is verbose
+            assert "a worker was lost" in err and "our own news" in err
+    finally:
+        chatty.setLevel(logging.NOTSET)
