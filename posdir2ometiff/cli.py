@@ -222,9 +222,10 @@ def _convert(args: argparse.Namespace, program: bool = False) -> int:
                          memory=args.slurm_memory, walltime=args.slurm_walltime,
                          jobs=args.slurm_jobs)
     try:
-        with dask_client(args.scheduler, args.cluster, slurm, args.cluster_config) as client:
+        with dask_client(args.scheduler, args.cluster, slurm, args.cluster_config) as (
+                client, check):
             result = convert(
-                args.src, args.out, client=client,
+                args.src, args.out, client=client, cluster_check=check,
                 positions=args.positions, pattern=args.pattern, tile=args.tile,
                 compression=args.compression, pyramid=args.pyramid, workers=args.workers,
                 threads=args.threads,

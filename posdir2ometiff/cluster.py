@@ -13,26 +13,37 @@ Library code never starts a cluster (:func:`posdir2ometiff.convert.convert` take
   refuses, and we say so in one line.
 
 Inputs and outputs must be on a filesystem every worker shares (same path everywhere).
+
+dask-jobqueue submits the worker jobs in the background and waits for their workers to join. A
+refused ``sbatch`` (a partition that does not exist, an account over its limits) is only logged
+as a traceback, and a job that ends before its worker joins (a node without our environment, a
+failing prologue, a walltime run out) is not noticed at all: the positions would wait, without a
+word, for workers that never come. :class:`SlurmWatch` follows this run's jobs, and the run asks
+it every few seconds (``convert(cluster_check=...)``) whether any worker can still come.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from posdir2ometiff.errors import ConversionError
+from posdir2ometiff.errors import ClusterError
 
 logger = logging.getLogger(__name__)
 
 CLUSTERS = ("slurm",)
-
-
-class ClusterError(ConversionError):
-    """The Dask scheduler cannot be reached or the cluster cannot be started."""
+#: Seconds between two looks at Slurm's queue while no worker is connected.
+SLURM_POLL = 5.0
+__all__ = ["CLUSTERS", "ClusterError", "SlurmOptions", "SlurmWatch", "dask_client",
+           "load_cluster_config"]
 
 
 @dataclass
@@ -89,6 +100,134 @@ def _import_distributed() -> Any:
     return distributed
 
 
+def _sbatch_reason(exc: BaseException) -> str:
+    """The line of a refused submission that says why (``sbatch: error: …`` from the stderr
+    dask-jobqueue puts into its RuntimeError), else the error's first line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("sbatch: error:")]
+    return (errors[-1] if errors else lines[0] if lines else type(exc).__name__)
+
+
+class SlurmWatch:
+    """What became of the Slurm jobs this run submitted, asked by the run every few seconds.
+
+    :meth:`problem` gives a one-line reason once no worker can come any more: every job was
+    refused by ``sbatch``, or every submitted job has left Slurm's queue (ended, failed, timed
+    out, cancelled) while no Dask worker is connected. While a job waits in the queue it says
+    nothing, however long (a facility's queue can hold a job for hours), but logs the reason
+    Slurm gives for the wait whenever it changes (``Resources``, ``Priority``, or one that will
+    not pass by itself, such as ``PartitionConfig``: more cores than a node of the partition
+    has)."""
+
+    def __init__(self, jobs: int, workers: Callable[[], int], poll: float = SLURM_POLL,
+                 squeue: str = "squeue") -> None:
+        self._expected = jobs
+        self._workers = workers
+        self._poll = poll
+        self._squeue = squeue
+        self._lock = threading.Lock()
+        self._logs: dict[str, str] = {}  # job id → where Slurm writes its log
+        self.refusals: list[BaseException] = []
+        self._next = 0.0
+        self._waiting: dict[str, str] = {}
+
+    def submitted(self, job_id: str, log: str) -> None:
+        with self._lock:
+            self._logs[job_id] = log
+        logger.info("Slurm: job %s submitted (its log: %s)", job_id, log)
+
+    def refused(self, exc: BaseException) -> None:
+        with self._lock:
+            self.refusals.append(exc)
+        logger.warning("Slurm refused a worker job: %s", _sbatch_reason(exc))
+
+    def problem(self) -> str | None:
+        """Why no Dask worker can come any more, or None (one may, or it cannot be told)."""
+        now = time.monotonic()
+        if now < self._next:
+            return None
+        self._next = now + self._poll
+        with self._lock:
+            logs, refusals = dict(self._logs), list(self.refusals)
+        if not logs:
+            if refusals and len(refusals) >= self._expected:
+                return f"Slurm refused the worker job: {_sbatch_reason(refusals[-1])}"
+            return None  # still submitting
+        if self._workers():
+            return None
+        queued = self._queued(list(logs))
+        if queued is None:
+            return None
+        if queued:
+            if queued != self._waiting:
+                self._waiting = queued
+                logger.info("Slurm: waiting for job(s) %s",
+                            ", ".join(f"{j} ({why})" for j, why in sorted(queued.items())))
+            return None
+        ended = ", ".join(sorted(logs))
+        where = "; ".join(sorted(set(logs.values())))
+        return (f"Slurm job(s) {ended} of this run ended and no Dask worker is left to convert "
+                f"the positions: see the job log(s) {where}")
+
+    def _queued(self, job_ids: list[str]) -> dict[str, str] | None:
+        """{job id: its state and reason} of the jobs still in Slurm's queue (pending, running,
+        completing…); None when ``squeue`` cannot tell."""
+        try:
+            done = subprocess.run(
+                [self._squeue, "-h", "-j", ",".join(job_ids), "-o", "%i|%T|%r"],
+                capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            logger.debug("squeue failed: %s", exc)
+            return None
+        if done.returncode:
+            # Jobs Slurm has forgotten (past MinJobAge) make squeue fail with this message.
+            return {} if "Invalid job id" in done.stderr else None
+        queued = {}
+        for line in done.stdout.splitlines():
+            job, _, rest = line.partition("|")
+            state, _, reason = rest.partition("|")
+            if job.strip() in job_ids:
+                queued[job.strip()] = state if reason in ("", "None") else f"{state}: {reason}"
+        return queued
+
+
+class _DropReported(logging.Filter):
+    """Drops the traceback the event loop logs for a refused job: the run reports it in one
+    line (:meth:`SlurmWatch.refused`)."""
+
+    def __init__(self, watch: SlurmWatch) -> None:
+        super().__init__()
+        self._watch = watch
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not any(exc is seen for seen in self._watch.refusals)
+
+
+def _watched_job_class(base: type, watch: SlurmWatch) -> type:
+    """dask-jobqueue's job class, telling ``watch`` what ``sbatch`` made of each job."""
+
+    from distributed.core import Status
+
+    class WatchedSLURMJob(base):  # type: ignore[valid-type, misc]
+        async def start(self) -> None:
+            try:
+                await super().start()
+            except Exception as exc:
+                watch.refused(exc)
+                # Failed, as closing the cluster expects of every job it made (SpecCluster._close
+                # asserts it): left "created", the close raised AssertionError over our error.
+                self.status = Status.failed
+                raise
+            # Where dask-jobqueue's job script sends the job's stderr, else Slurm's default.
+            log = (f"{self.log_directory}/{self.job_name or 'worker'}-{self.job_id}.err"
+                   if self.log_directory else
+                   os.path.join(os.getcwd(), f"slurm-{self.job_id}.out"))
+            watch.submitted(str(self.job_id), log)
+
+    return WatchedSLURMJob
+
+
 @contextlib.contextmanager
 def dask_client(
     scheduler: str | None = None,
@@ -96,11 +235,13 @@ def dask_client(
     slurm: SlurmOptions | None = None,
     config_file: Path | None = None,
     timeout: float = 30.0,
-) -> Iterator[Any]:
-    """Yield a ``distributed.Client`` (or None when neither ``scheduler`` nor ``cluster``);
-    close it, and a cluster started here, on exit."""
+) -> Iterator[tuple[Any, Callable[[], str | None] | None]]:
+    """Yield ``(client, check)``: a ``distributed.Client`` (None when neither ``scheduler`` nor
+    ``cluster``) and, for a cluster started here, the check ``convert(cluster_check=...)`` asks
+    whether its workers can still come (else None); close the client, and a cluster started
+    here, on exit."""
     if scheduler is None and cluster is None:
-        yield None
+        yield None, None
         return
     distributed = _import_distributed()
     import dask
@@ -115,27 +256,43 @@ def dask_client(
                 raise ClusterError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") \
                     from None
             with client:
-                yield client
+                yield client, None
             return
         if cluster != "slurm":
             raise ClusterError(f"--cluster must be one of {', '.join(CLUSTERS)}, not {cluster!r}")
         yield from _slurm_client(distributed, slurm or SlurmOptions())
 
 
-def _slurm_client(distributed: Any, slurm: SlurmOptions) -> Iterator[Any]:
+def _slurm_client(
+    distributed: Any, slurm: SlurmOptions
+) -> Iterator[tuple[Any, Callable[[], str | None]]]:
     from dask_jobqueue import SLURMCluster
+    from dask_jobqueue.slurm import SLURMJob
 
+    client: Any = None
+
+    def workers() -> int:
+        return len(client.scheduler_info(n_workers=-1).get("workers", {})) if client else 0
+
+    watch = SlurmWatch(slurm.jobs, workers)
     try:
-        cluster = SLURMCluster(**slurm.cluster_kwargs())
+        cluster = SLURMCluster(job_cls=_watched_job_class(SLURMJob, watch),
+                               **slurm.cluster_kwargs())
     except ValueError as exc:  # e.g. no cores/memory in options or config
         first = str(exc).splitlines()[0].split(", for example")[0]
         raise ClusterError(
             f"--cluster slurm: {first} (give --slurm-cores and --slurm-memory, or jobqueue.slurm "
             "cores and memory in the Dask config (~/.config/dask/jobqueue.yaml or --cluster-config))"
         ) from None
-    with cluster, distributed.Client(cluster) as client:
-        logger.info("Slurm: submitting %d job(s); scheduler at %s", slurm.jobs,
-                    cluster.scheduler_address)
-        logger.debug("Slurm job script:\n%s", cluster.job_script())
-        cluster.scale(jobs=slurm.jobs)
-        yield client
+    quiet = _DropReported(watch)
+    loop_log = logging.getLogger("tornado.application")  # tornado/ioloop.py: app_log
+    loop_log.addFilter(quiet)
+    try:
+        with cluster, distributed.Client(cluster) as client:
+            logger.info("Slurm: submitting %d job(s); scheduler at %s", slurm.jobs,
+                        cluster.scheduler_address)
+            logger.debug("Slurm job script:\n%s", cluster.job_script())
+            cluster.scale(jobs=slurm.jobs)
+            yield client, watch.problem
+    finally:
+        loop_log.removeFilter(quiet)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,7 @@ from posdir2ometiff.dask_executor import (
     run_jobs_dask,
     threads_per_worker,
 )
-from posdir2ometiff.errors import ConversionError, PlaneError
+from posdir2ometiff.errors import ClusterError, ConversionError, PlaneError
 from posdir2ometiff.executors import SideWork, default_threads, wants_io_helper
 from posdir2ometiff.executors import run_jobs as _run_jobs
 from posdir2ometiff.forked import Forked, can_fork
@@ -227,13 +228,17 @@ def _check_options(opts: ConversionOptions) -> None:
 
 
 def convert(
-    src: Path | str, out: Path | str, *, client: Any = None, **options: Any
+    src: Path | str, out: Path | str, *, client: Any = None,
+    cluster_check: Callable[[], str | None] | None = None, **options: Any
 ) -> ConversionResult:
     """Convert the experiment folder ``src`` into ``out`` (see :class:`ConversionOptions`).
 
     ``client``: a ``distributed.Client``; each position then runs as a task on its cluster
     (``src`` and ``out`` must be on a filesystem the workers share). Without one, positions run
-    in a local process pool (``workers``).
+    in a local process pool (``workers``). ``cluster_check``: asked every fraction of a second
+    while positions wait on the cluster (it answers at its own pace); a text means no worker can
+    come any more (:class:`~posdir2ometiff.cluster.SlurmWatch`): the positions done so far go
+    into the manifest, no other is started, and :class:`ClusterError` is raised with that text.
 
     Raises :class:`LayoutError`, :class:`ConversionError` or ``MetadataError`` for problems of
     the whole run (no such folder, no positions, bad option, unreadable metadata); problems of
@@ -282,12 +287,14 @@ def convert(
     with FolderLock(out, "posdir2ometiff convert"):
         for folder in (out, out / PREVIEW_DIR):  # what a killed run left; no live writer can
             remove_stale_temporaries(folder)      # own them while we hold the lock
-        return _convert_locked(src, out, opts, meta, layouts, started, client, absent)
+        return _convert_locked(src, out, opts, meta, layouts, started, client, absent,
+                               cluster_check)
 
 
 def _convert_locked(
     src: Path, out: Path, opts: ConversionOptions, meta: ExperimentMetadata | None,
     layouts: list, started: float, client: Any, absent: list[str],
+    cluster_check: Callable[[], str | None] | None = None,
 ) -> ConversionResult:
     """The run proper, while this process holds OUT's lock."""
     from posdir2ometiff.metadata.tables import table_frames, tables_image, write_tables
@@ -366,9 +373,11 @@ def _convert_locked(
         shares = threads_per_worker(client)
         for job in jobs:
             job.worker_threads = shares
+    stopped: list[ClusterError] = []
     with Progress(total, mode=progress_mode) as progress:
         runs = (
-            run_jobs_dask(jobs, client, opts.fail_fast, progress, tables)
+            _until_cluster_fails(run_jobs_dask(jobs, client, opts.fail_fast, progress, tables,
+                                               cluster_check), stopped)
             if client is not None
             else _run_jobs(jobs, workers, opts.fail_fast, progress, tables)
         )
@@ -428,10 +437,24 @@ def _convert_locked(
     }
     manifest_path = write_manifest(out, manifest)
     report_path = _write_report(out, manifest) if opts.report else None
+    if stopped:  # the positions done before the cluster failed are in the manifest
+        raise stopped[0]
     ordered = [results[lay.name] for lay in layouts if lay.name in results]
     return ConversionResult(out=out, manifest=manifest_path, positions=ordered,
                             tables=tables_path, seconds=time.monotonic() - started,
                             report=report_path)
+
+
+def _until_cluster_fails(runs: Iterator[Any], stopped: list[ClusterError]) -> Iterator[Any]:
+    """``runs`` until the cluster can run no more positions; its error is kept in ``stopped``
+    (raised once what was done is in the manifest)."""
+    try:
+        yield from runs
+    except ClusterError as exc:
+        # Without its traceback: that holds the runner's frame, whose futures (a finished
+        # position's among them) would keep their results in the workers' memory for as long
+        # as the caller keeps the error.
+        stopped.append(exc.with_traceback(None))
 
 
 def _write_report(out: Path, manifest: dict[str, Any]) -> Path | None:

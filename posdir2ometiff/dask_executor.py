@@ -45,12 +45,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from posdir2ometiff.cores import cores_each, placement, usable_cores
-from posdir2ometiff.errors import ConversionError
+from posdir2ometiff.errors import ClusterError, ConversionError
 from posdir2ometiff.executors import SideWork, convert_guarded, wants_io_helper
 from posdir2ometiff.position import PositionJob, failed_entry
 from posdir2ometiff.progress import Progress
@@ -259,11 +259,13 @@ def _slots(client: Any) -> int:
 
 def run_jobs_dask(
     jobs: list[PositionJob], client: Any, fail_fast: bool, progress: Progress,
-    beside: SideWork,
+    beside: SideWork, check: Callable[[], str | None] | None = None,
 ) -> Iterator[tuple[PositionJob, tuple[dict, str | None]]]:
     """Run each job as a task on ``client``'s cluster, yielding results as they come.
 
-    ``beside`` is attempted while the first tasks run, and finished after the last.
+    ``beside`` is attempted while the first tasks run, and finished after the last. ``check``
+    (``convert(cluster_check=...)``) is asked on every round of waiting; a text ends the run:
+    the tasks not done are cancelled and :class:`ClusterError` is raised with it.
     """
     from distributed import TimeoutError as DaskTimeout
     from distributed import wait
@@ -301,6 +303,10 @@ def run_jobs_dask(
                 if fail_fast and entry["status"] != "ok" and not stop:
                     stop = True
                     logger.warning("--fail-fast: no further position is started")
+            problem = check() if check is not None else None
+            if problem:  # after this round's results: they are in the manifest
+                client.cancel(list(pending))
+                raise ClusterError(problem)
             # Keep the cluster's slots busy (workers joining later get work too).
             while not stop and len(futures) < _slots(client):
                 nxt = next(todo, None)

@@ -9,3 +9,8 @@ class ConversionError(ValueError):
 
 class PlaneError(ConversionError):
     """A plane file is unreadable, truncated, or of another size, dtype or sample count."""
+
+
+class ClusterError(ConversionError):
+    """The Dask scheduler cannot be reached, the cluster cannot be started, or it can no longer
+    run the positions (every Slurm job it had ended, its jobs were refused)."""

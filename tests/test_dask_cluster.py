@@ -23,7 +23,7 @@ from posdir2ometiff import convert as convert_mod  # noqa: E402
 from posdir2ometiff.convert import convert  # noqa: E402
 from posdir2ometiff.dask_executor import PROGRESS_TOPIC, check_shared_filesystem  # noqa: E402
 from posdir2ometiff.demo import make_demo  # noqa: E402
-from posdir2ometiff.errors import ConversionError  # noqa: E402
+from posdir2ometiff.errors import ClusterError, ConversionError  # noqa: E402
 from tests.test_convert import assert_matches_sources  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -272,6 +272,50 @@ def test_an_interrupted_run_leaves_no_work_on_the_cluster(cluster, tmp_path: Pat
     _wait_for(lambda: not any(client.run(_task_states).values()), 60, "the task to stop")
     assert not (out / "pos001.ome.tiff").exists()  # it stopped, not ran to its end
     assert not list(out.glob("*.partial"))
+
+
+def test_a_cluster_that_can_run_no_more_positions_ends_the_run_in_one_line(
+    cluster, tmp_path: Path
+) -> None:
+    """``convert(cluster_check=...)`` (what ``--cluster slurm`` passes: its jobs were refused,
+    or all ended): once it answers, the run stops starting positions, cancels the one held on a
+    worker, keeps in the manifest the one that was done, and raises ClusterError with the
+    answer. Before, the run waited for workers that would never come."""
+    _, client = cluster  # two task slots
+    spec = make_demo(tmp_path / "exp", positions=4, channels=["GFP"], z=1, t=3, size=32,
+                     metadata=False)
+    gate, marks = tmp_path / "gate", tmp_path / "marks"
+    marks.mkdir()
+    for held in ("pos002", "pos003"):  # pos003 takes pos001's slot once it is done
+        client.run(_install_gate, str(sorted((spec.folder / held).glob("*.png"))[1]),
+                   str(gate), str(marks))
+    out = tmp_path / "out"
+    asked: list[bool] = []
+
+    def check() -> str | None:
+        asked.append(True)
+        # Both workers held (pos003 in the slot of pos001, whose result the run then had).
+        held = len(list(marks.iterdir())) == 2
+        return "Slurm job(s) 7 of this run ended and no Dask worker is left" if held else None
+
+    try:
+        with pytest.raises(ClusterError, match=r"^Slurm job\(s\) 7 of this run ended"):
+            convert(spec.folder, out, client=client, cluster_check=check, progress="off")
+        manifest = json.loads((out / "manifest.json").read_text())
+        # pos001 was done and is kept; pos002, pos003 (held) and pos004 (never started) are not.
+        assert {k: v["status"] for k, v in manifest["positions"].items()} == {"pos001": "ok"}
+        assert_matches_sources(out, spec.folder, "pos001")
+        _wait_for(lambda: any("cancelled" in s for s in client.run(_task_states).values()), 60,
+                  "the workers to hear that the held tasks were let go")
+    finally:
+        gate.touch()
+    try:
+        _wait_for(lambda: not any(client.run(_task_states).values()), 60, "the held tasks to stop")
+    except AssertionError:
+        raise AssertionError(str(client.run(_task_states))) from None
+    assert sorted(p.name for p in out.glob("pos*")) == ["pos001.ome.tiff"]
+    assert not list(out.glob("*.partial"))
+    assert len(asked) > 1  # asked again while the positions waited
 
 
 def test_several_experiments_share_one_cluster_at_once(

@@ -749,7 +749,7 @@ def test_threads_asked_for_bind_the_positions_of_a_cluster_too(
                      metadata=False)
     seen: list[tuple[int, bool]] = []
 
-    def run_inline(jobs, client, fail_fast, progress, beside):
+    def run_inline(jobs, client, fail_fast, progress, beside, check=None):
         # What the driver sends; here the positions then run in this process, a worker's
         # choice (its share of its host) standing in for 0.
         seen.extend((j.threads, j.io_helper) for j in jobs)
