@@ -272,7 +272,7 @@ def _slurm_client(
     client: Any = None
 
     def workers() -> int:
-        return len(client.scheduler_info(n_workers=-1).get("workers", {})) if client else 0
+        return len(client.nthreads()) if client else 0
 
     watch = SlurmWatch(slurm.jobs, workers)
     try:

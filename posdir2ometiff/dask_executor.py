@@ -251,10 +251,16 @@ def _stop_listening(client: Any, run: str) -> None:
             client.unsubscribe_topic(PROGRESS_TOPIC)
 
 
-def _slots(client: Any) -> int:
-    """Task slots of the cluster now (threads of all workers); at least 1."""
-    workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+#: Seconds without any worker before the run says it is waiting for one.
+WAIT_NOTICE = 10.0
+
+
+def _slots(client: Any) -> tuple[int, int]:
+    """(workers, task slots) of the cluster now; slots (threads of all workers) at least 1.
+    ``Client.nthreads`` asks the scheduler for a number per worker, not the metrics of every
+    worker that ``scheduler_info`` brings: the run asks several times a second."""
+    nthreads = client.nthreads()
+    return len(nthreads), max(1, sum(int(n) for n in nthreads.values()))
 
 
 def run_jobs_dask(
@@ -285,9 +291,10 @@ def run_jobs_dask(
 
     finished: dict[str, int] = {}  # planes of the positions converted, for the last events
     try:
-        pending = {submit(job) for job in itertools.islice(todo, _slots(client))}
+        pending = {submit(job) for job in itertools.islice(todo, _slots(client)[1])}
         beside.attempt()
         stop = False
+        alone_since: float | None = time.monotonic()  # None once a worker was seen
         while pending:
             try:
                 done, pending = wait(pending, timeout=0.2, return_when="FIRST_COMPLETED")
@@ -307,8 +314,17 @@ def run_jobs_dask(
             if problem:  # after this round's results: they are in the manifest
                 client.cancel(list(pending))
                 raise ClusterError(problem)
+            workers, slots = _slots(client)
+            if alone_since is not None and workers:
+                alone_since = None
+            elif alone_since is not None and time.monotonic() - alone_since > WAIT_NOTICE:
+                # A cluster whose workers are yet to come (Slurm jobs in a queue, workers not
+                # started): say so once, rather than a progress bar standing at 0.
+                logger.info("no Dask worker is connected to %s yet: the positions start when "
+                            "one joins", client.scheduler.address)
+                alone_since = None
             # Keep the cluster's slots busy (workers joining later get work too).
-            while not stop and len(futures) < _slots(client):
+            while not stop and len(futures) < slots:
                 nxt = next(todo, None)
                 if nxt is None:
                     break

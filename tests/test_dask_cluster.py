@@ -274,6 +274,42 @@ def test_an_interrupted_run_leaves_no_work_on_the_cluster(cluster, tmp_path: Pat
     assert not list(out.glob("*.partial"))
 
 
+def test_positions_wait_for_a_worker_that_joins_later_and_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scheduler without workers yet (Slurm jobs still queued): the run says once that it
+    waits for one, rather than a progress bar at 0, and converts once a worker joins."""
+    from posdir2ometiff import dask_executor
+
+    monkeypatch.setattr(dask_executor, "WAIT_NOTICE", 0.5)
+    folder = tmp_path / "dask"
+    folder.mkdir()
+    lc = LoopbackCluster(folder, workers=0)
+    spec = make_demo(tmp_path / "exp", positions=2, channels=["GFP"], z=1, t=2, size=32,
+                     metadata=False)
+    caplog.set_level(logging.INFO, logger="posdir2ometiff")
+    result: list = []
+    try:
+        with distributed.Client(scheduler_file=str(lc.scheduler_file), timeout=60) as client:
+            run = threading.Thread(target=lambda: result.append(
+                convert(spec.folder, tmp_path / "out", client=client, progress="off")))
+            run.start()
+            notice = _wait_for(lambda: [r.getMessage() for r in caplog.records
+                                        if "no Dask worker is connected" in r.getMessage()],
+                               60, "the run to say it waits for a worker")
+            assert notice == [f"no Dask worker is connected to {client.scheduler.address} yet: "
+                              "the positions start when one joins"]
+            assert run.is_alive() and not result
+            lc.workers.append(lc.start_worker(0))
+            run.join(timeout=120)
+            assert not run.is_alive()
+    finally:
+        lc.close()
+    assert [p.status for p in result[0].positions] == ["ok", "ok"]
+    for name in ("pos001", "pos002"):
+        assert_matches_sources(tmp_path / "out", spec.folder, name)
+
+
 def test_a_cluster_that_can_run_no_more_positions_ends_the_run_in_one_line(
     cluster, tmp_path: Path
 ) -> None:
