@@ -37,6 +37,7 @@ Input and output must be on a filesystem all workers share (:func:`check_shared_
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -109,10 +110,22 @@ def run_position_task(job: PositionJob, run: str = "") -> tuple[dict, str | None
 
 
 def _released(worker: Any, key: Any) -> bool:
-    """Whether the scheduler let go of the task ``key`` running on ``worker`` (its client
-    went): the worker's own record of it says "cancelled", or is gone."""
+    """Whether the task ``key`` running on ``worker`` has no one left to take its result: the
+    scheduler let go of it (its client went), so the worker's own record of it says
+    "cancelled" or is gone; or the worker is closing (its scheduler is gone: a worker closes
+    when that connection breaks, distributed/worker.py ``handle_scheduler``), and whatever it
+    finishes now reaches no one: the run that asked for it ended when it lost the scheduler."""
     ts = worker.state.tasks.get(key)
-    return ts is None or ts.state == "cancelled"
+    return ts is None or ts.state == "cancelled" or worker.status in _closing()
+
+
+@functools.cache
+def _closing() -> frozenset:
+    """A Dask worker's states on its way down (not ``closing_gracefully``: a worker being
+    retired finishes its tasks)."""
+    from distributed.core import Status
+
+    return frozenset({Status.closing, Status.closed, Status.failed})
 
 
 def _import_converter() -> None:
@@ -276,6 +289,7 @@ def run_jobs_dask(
     from distributed import TimeoutError as DaskTimeout
     from distributed import wait
     from distributed.scheduler import KilledWorker
+    from distributed.utils import CancelledError
 
     events = _ProgressEvents()
     todo = iter(jobs)
@@ -300,6 +314,8 @@ def run_jobs_dask(
                 done, pending = wait(pending, timeout=0.2, return_when="FIRST_COMPLETED")
             except (DaskTimeout, TimeoutError):
                 done = set()
+            except CancelledError as exc:  # the client cancels every future when it does
+                raise ClusterError(_cancelled(client, exc)) from None
             events.drain(progress)
             for fut in done:
                 job = futures.pop(fut)
@@ -333,6 +349,19 @@ def run_jobs_dask(
     finally:
         _stop_listening(client, run)
     beside.finish()
+
+
+def _cancelled(client: Any, exc: BaseException) -> str:
+    """One line for the run's tasks cancelled under it: the client lost its scheduler (it
+    cancels every future, reason ``scheduler-connection-lost``: distributed/client.py
+    ``Client._reconnect``), or someone cancelled them."""
+    reasons = {e.reason for group in getattr(exc, "error_groups", ()) for e in group.errors}
+    where = getattr(getattr(client, "scheduler", None), "address", None) or "the scheduler"
+    if "scheduler-connection-lost" in reasons:
+        return (f"lost the connection to the Dask scheduler at {where}: the positions done "
+                "before are in the manifest; re-run to convert the rest")
+    why = ", ".join(sorted(reasons)) or "no reason given"
+    return f"the Dask cluster at {where} cancelled the run's positions ({why})"
 
 
 def _outcome(fut: Any, job: PositionJob, killed: type[Exception]) -> tuple[dict, str | None]:

@@ -27,6 +27,24 @@ class _OursOrWarnings(logging.Filter):
         return record.levelno >= logging.WARNING or record.name.split(".")[0] in OUR_PACKAGES
 
 
+class _OneLineForOthers(logging.Formatter):
+    """Another library's record as one line, naming it, without its traceback (``-v`` shows
+    it all): a lost Dask scheduler otherwise ended a run with distributed's traceback of its
+    client's reconnection above our own one-line error."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name.split(".")[0] in OUR_PACKAGES:
+            return super().format(record)
+        lines = record.getMessage().strip().splitlines()
+        text = lines[0] if lines else ""
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+            text = f"{text} ({detail})" if text else detail
+        return f"{record.levelname}: {record.name}: {text}"
+
+
 @contextmanager
 def cli_logging(
     verbose: bool,
@@ -44,9 +62,8 @@ def cli_logging(
     """
     level = logging.DEBUG if verbose else quiet_level if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else fmt)
-    )
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s") if verbose
+                         else _OneLineForOthers(fmt))
     if not verbose:
         handler.addFilter(_OursOrWarnings())
     extra: list[logging.Handler] = []

@@ -189,12 +189,13 @@ def test_overwrite_forces_and_verbose_shows_debug_and_tracebacks(
     assert "Traceback" in err and "not a folder" in err.splitlines()[-1]
 
 
-def test_other_libraries_speak_from_warning_up_even_where_they_set_their_own_level(
+def test_other_libraries_speak_from_warning_up_in_one_line_each(
     capsys
 ) -> None:
     """Dask's ``distributed`` sets its loggers to INFO when imported: the root logger's WARNING
-    did not hold them back, and a ``--cluster slurm`` run printed its scheduler's life. Only
-    ``-v`` shows another library's INFO (and DEBUG); our own INFO is shown as before."""
+    did not hold them back, and a ``--cluster slurm`` run printed its scheduler's life; a lost
+    scheduler printed its client's traceback. Only ``-v`` shows another library's INFO (and
+    DEBUG) and tracebacks; our own INFO is shown as before."""
     from posdir2ometiff.logconfig import cli_logging
 
     chatty = logging.getLogger("distributed.scheduler.test")
@@ -205,8 +206,20 @@ def test_other_libraries_speak_from_warning_up_even_where_they_set_their_own_lev
                 chatty.info("State start")
                 chatty.warning("a worker was lost")
                 logging.getLogger("posdir2ometiff.test").info("our own news")
+                try:
+                    raise OSError("connection refused\nmore detail")
+                except OSError:
+                    chatty.exception("")
+                    chatty.error("reconnecting failed", exc_info=True)
             err = capsys.readouterr().err
             assert ("State start" in err) is verbose
             assert "a worker was lost" in err and "our own news" in err
+            # Their errors: one line each, naming them, without the traceback (unless -v).
+            assert ("Traceback" in err) is verbose
+            if not verbose:
+                assert err.splitlines()[-2:] == [
+                    "ERROR: distributed.scheduler.test: OSError: connection refused",
+                    "ERROR: distributed.scheduler.test: reconnecting failed (OSError: "
+                    "connection refused)"]
     finally:
         chatty.setLevel(logging.NOTSET)

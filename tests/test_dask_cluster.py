@@ -354,6 +354,84 @@ def test_a_cluster_that_can_run_no_more_positions_ends_the_run_in_one_line(
     assert len(asked) > 1  # asked again while the positions waited
 
 
+def test_a_run_that_loses_its_scheduler_ends_in_one_line_and_keeps_what_was_done(
+    tmp_path: Path
+) -> None:
+    """The scheduler dies mid-run. Before, the command line died of a Dask traceback
+    (FuturesCancelledError) without writing the manifest, and a worker holding a position, once
+    free, finished it under its final name, listed nowhere. Now: one line and exit 1, the
+    manifest lists what was done, and the held positions stop (their workers are closing),
+    leaving no file."""
+    folder = tmp_path / "dask"
+    folder.mkdir()
+    lc = LoopbackCluster(folder)
+    spec = make_demo(tmp_path / "exp", positions=3, channels=["GFP"], z=2, t=4, size=48,
+                     metadata=False)
+    gate, marks = tmp_path / "gate", tmp_path / "marks"
+    marks.mkdir()
+    out = tmp_path / "out"
+    address = json.loads(lc.scheduler_file.read_text())["address"]
+    try:
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            for held in ("pos002", "pos003"):  # pos003 takes pos001's slot once it is done
+                client.run(_install_gate, str(sorted((spec.folder / held).glob("*.png"))[2]),
+                           str(gate), str(marks))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "posdir2ometiff", str(spec.folder), "-o", str(out),
+             "--scheduler", address, "--threads", "1"],
+            env=lc.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            # Both workers held: pos001 was done and its result taken (pos003 is in its slot).
+            _wait_for(lambda: len(list(marks.iterdir())) == 2, 120, "both workers to be held")
+            lc.scheduler.kill()
+            assert proc.wait(timeout=60) == 1
+            err = proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stderr.close()
+        assert err.strip().splitlines()[-1] == (
+            f"posdir2ometiff: error: lost the connection to the Dask scheduler at {address}: the "
+            "positions done before are in the manifest; re-run to convert the rest"), err
+        assert "Traceback" not in err
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert {k: v["status"] for k, v in manifest["positions"].items()} == {"pos001": "ok"}
+        gate.touch()  # the held positions go on: they must stop, not finish
+        for worker in lc.workers:
+            worker.wait(timeout=60)  # a worker closes once its scheduler is gone
+    finally:
+        gate.touch()
+        lc.close()
+    assert sorted(p.name for p in out.glob("pos*")) == ["pos001.ome.tiff"]
+    assert not list(out.glob("*.partial"))
+    assert_matches_sources(out, spec.folder, "pos001")
+
+
+def test_a_task_stops_once_its_worker_is_closing() -> None:
+    """The per-plane check: a task stops when its record says cancelled or is gone, and also
+    when its worker is on its way down (it lost its scheduler: what it finishes reaches no one,
+    and an executor's shutdown would wait for it to the end), but not while a worker being
+    retired finishes its tasks."""
+    from types import SimpleNamespace
+
+    from distributed.core import Status
+
+    from posdir2ometiff.dask_executor import _released
+
+    def worker(status: Status, state: str | None = "executing") -> SimpleNamespace:
+        tasks = {} if state is None else {"k": SimpleNamespace(state=state)}
+        return SimpleNamespace(status=status, state=SimpleNamespace(tasks=tasks))
+
+    assert not _released(worker(Status.running), "k")
+    assert not _released(worker(Status.closing_gracefully), "k")
+    assert _released(worker(Status.running, "cancelled"), "k")
+    assert _released(worker(Status.running, None), "k")
+    for status in (Status.closing, Status.closed, Status.failed):
+        assert _released(worker(status), "k")
+
+
 def test_several_experiments_share_one_cluster_at_once(
     cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
