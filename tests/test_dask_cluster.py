@@ -158,8 +158,7 @@ def test_fail_fast_on_the_cluster_starts_no_further_position(cluster, tmp_path: 
     # would be refilled before the stop: its first plane waits until the driver says it stopped.
     gate, marks = tmp_path / "gate", tmp_path / "marks"
     marks.mkdir()
-    client.run(_install_gate, str(sorted((spec.folder / "pos002").glob("*.png"))[0]),
-               str(gate), str(marks))
+    _hold(client, gate, marks, sorted((spec.folder / "pos002").glob("*.png"))[0])
 
     class OpenGateOnStop(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
@@ -197,6 +196,12 @@ def _install_gate(target: str, gate: str, marks: str) -> None:
     position.read_plane = gated
 
 
+def _hold(client, gate: Path, marks: Path, *planes: Path) -> None:
+    """On every worker: reading any of ``planes`` waits for ``gate`` (see _install_gate)."""
+    for plane in planes:
+        client.run(_install_gate, str(plane), str(gate), str(marks))
+
+
 def test_worker_killed_mid_position_is_retried_and_its_partial_never_becomes_final(
     cluster, tmp_path: Path
 ) -> None:
@@ -205,7 +210,7 @@ def test_worker_killed_mid_position_is_retried_and_its_partial_never_becomes_fin
     target = sorted((spec.folder / "pos001").glob("*.png"))[6]  # mid-position (plane 7 of 10)
     gate, marks = tmp_path / "go", tmp_path / "marks"
     marks.mkdir()
-    client.run(_install_gate, str(target), str(gate), str(marks))
+    _hold(client, gate, marks, target)
     out = tmp_path / "out"
     box: dict = {}
     runner = threading.Thread(
@@ -250,7 +255,7 @@ def test_an_interrupted_run_leaves_no_work_on_the_cluster(cluster, tmp_path: Pat
     target = sorted((spec.folder / "pos001").glob("*.png"))[6]  # plane 7 of 10
     gate, marks = tmp_path / "go", tmp_path / "marks"
     marks.mkdir()
-    client.run(_install_gate, str(target), str(gate), str(marks))
+    _hold(client, gate, marks, target)
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "posdir2ometiff", str(spec.folder), "-o", str(out),
@@ -322,9 +327,9 @@ def test_a_cluster_that_can_run_no_more_positions_ends_the_run_in_one_line(
                      metadata=False)
     gate, marks = tmp_path / "gate", tmp_path / "marks"
     marks.mkdir()
-    for held in ("pos002", "pos003"):  # pos003 takes pos001's slot once it is done
-        client.run(_install_gate, str(sorted((spec.folder / held).glob("*.png"))[1]),
-                   str(gate), str(marks))
+    # pos003 takes pos001's slot once it is done.
+    _hold(client, gate, marks, *(sorted((spec.folder / held).glob("*.png"))[1]
+                                 for held in ("pos002", "pos003")))
     out = tmp_path / "out"
     asked: list[bool] = []
 
@@ -374,9 +379,9 @@ def test_a_run_that_loses_its_scheduler_ends_in_one_line_and_keeps_what_was_done
     try:
         with distributed.Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=120)
-            for held in ("pos002", "pos003"):  # pos003 takes pos001's slot once it is done
-                client.run(_install_gate, str(sorted((spec.folder / held).glob("*.png"))[2]),
-                           str(gate), str(marks))
+            # pos003 takes pos001's slot once it is done.
+            _hold(client, gate, marks, *(sorted((spec.folder / held).glob("*.png"))[2]
+                                         for held in ("pos002", "pos003")))
         proc = subprocess.Popen(
             [sys.executable, "-m", "posdir2ometiff", str(spec.folder), "-o", str(out),
              "--scheduler", address, "--threads", "1"],
@@ -453,7 +458,7 @@ def test_several_experiments_share_one_cluster_at_once(
     target = sorted((first.folder / "pos001").glob("*.png"))[2]
     gate, marks = tmp_path / "go", tmp_path / "marks"
     marks.mkdir()
-    client.run(_install_gate, str(target), str(gate), str(marks))
+    _hold(client, gate, marks, target)
     box: dict = {}
 
     def in_thread(key: str, spec, out: str) -> threading.Thread:
