@@ -74,6 +74,9 @@ def run_position_task(job: PositionJob, run: str = "") -> tuple[dict, str | None
     heap_for_plane_buffers(override=("MALLOC_TRIM_THRESHOLD_",))
     worker = get_worker()
     key = worker.get_current_task()
+    unseen = _unseen([str(job.src), str(job.out)])
+    if unseen:  # a worker that joined after the run's check (a Slurm job queued at the start)
+        return failed_entry(f"{job.layout.folder}: {_unshared(worker.address, unseen)}"), None
     if job.threads < 1:  # the caller left it to the cluster: this worker's share of its host
         share = (job.worker_threads or {}).get(worker.address)
         slots = max(1, worker.state.nthreads)
@@ -184,22 +187,26 @@ def threads_per_worker(client: Any) -> dict[str, int]:
     return shares
 
 
+def _unseen(paths: list[str]) -> list[str]:
+    """Those of the folders ``paths`` this machine cannot see."""
+    return [p for p in paths if not os.path.isdir(p)]
+
+
+def _unshared(worker: str, unseen: list[str]) -> str:
+    return (f"Dask worker {worker} cannot see {', '.join(unseen)}: input and output must be on "
+            "a filesystem every worker shares (same path on every machine)")
+
+
 def check_shared_filesystem(client: Any, src: Path, out: Path) -> None:
     """Fail in one line when a connected worker cannot see ``src`` or ``out``.
 
-    Workers that join later (a Slurm job still queued) are not checked here; a position they
-    cannot read fails with the file it could not open.
+    Workers that join later (a Slurm job still queued: with ``--cluster slurm``, every worker)
+    are checked by the task itself: each position it is given fails with the same line.
     """
-    def sees(paths: list[str]) -> list[str]:
-        return [p for p in paths if not os.path.isdir(p)]
-
-    answers = client.run(sees, [str(src), str(out)])
-    for worker, missing in sorted(answers.items()):
-        if missing:
-            raise ConversionError(
-                f"Dask worker {worker} cannot see {', '.join(missing)}: input and output must "
-                f"be on a filesystem every worker shares (same path on every machine)"
-            )
+    answers = client.run(_unseen, [str(src), str(out)])
+    for worker, unseen in sorted(answers.items()):
+        if unseen:
+            raise ConversionError(_unshared(worker, unseen))
 
 
 class _ProgressEvents:

@@ -505,6 +505,30 @@ def test_workers_that_cannot_see_the_folders_are_named() -> None:
     assert "filesystem every worker shares" in str(err.value)
 
 
+def test_a_worker_that_cannot_see_the_folders_fails_its_positions_in_one_line(
+    cluster, tmp_path: Path
+) -> None:
+    """A worker that joins after the run's own check (every worker of ``--cluster slurm``:
+    its jobs are still queued when the run starts) checks in the task: a position it is given
+    fails with the line the run's check gives, not with the first plane it could not open."""
+    from posdir2ometiff.dask_executor import run_position_task
+    from posdir2ometiff.layout import discover
+    from posdir2ometiff.position import PositionJob
+
+    _, client = cluster
+    spec = make_demo(tmp_path / "exp", positions=1, channels=["GFP"], z=1, t=1, size=32,
+                     metadata=False)
+    (layout,) = discover(spec.folder)
+    gone = tmp_path / "not_mounted_here"
+    job = PositionJob(layout, None, spec.folder, gone, 512, "zstd", "auto")
+    entry, _ = client.submit(run_position_task, job, "run", pure=False).result(timeout=60)
+    assert entry["status"] == "failed"
+    assert re.fullmatch(
+        rf"{re.escape(str(layout.folder))}: Dask worker tcp://127\.0\.0\.1:\d+ cannot see "
+        rf"{re.escape(str(gone))}: input and output must be on a filesystem every worker "
+        r"shares \(same path on every machine\)", entry["error"]), entry["error"]
+
+
 def test_cli_scheduler_option_converts_on_the_cluster(
     cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
