@@ -327,6 +327,9 @@ def run_jobs_dask(
             for fut in done:
                 job = futures.pop(fut)
                 entry, detail = _outcome(fut, job, KilledWorker)
+                # Its result taken: the worker need not keep it until this future object is
+                # collected (a run's frames can sit in reference cycles until the next GC).
+                fut.release()
                 if entry["status"] == "ok":
                     finished[job.layout.name] = job.layout.plane_count
                 yield job, (entry, detail)

@@ -687,7 +687,7 @@ def test_the_task_takes_its_workers_share(monkeypatch: pytest.MonkeyPatch) -> No
 
     def task(threads: int, shares: dict[str, int]) -> None:
         dask_executor.run_position_task(SimpleNamespace(
-            threads=threads, worker_threads=shares, io_helper=True,
+            threads=threads, worker_threads=shares, io_helper=True, src=REPO, out=REPO,
             layout=SimpleNamespace(name="pos001")))
 
     task(0, {"tcp://10.0.0.5:4000": 2})
