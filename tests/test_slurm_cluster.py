@@ -34,6 +34,16 @@ def slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalSlur
         yield local
 
 
+def _jobqueue_yaml(tmp_path: Path, logs: Path, settings: str = "") -> Path:
+    """A ``jobqueue.slurm`` config for this single-node Slurm: scheduler and workers on
+    loopback, job logs in ``logs``, plus ``settings`` (YAML lines of the section)."""
+    path = tmp_path / "jobqueue.yaml"
+    path.write_text("jobqueue:\n  slurm:\n    scheduler-options: {host: 127.0.0.1}\n"
+                    "    worker-extra-args: [--host, 127.0.0.1]\n"
+                    f"    log-directory: {logs}\n{settings}")
+    return path
+
+
 def test_cluster_slurm_converts_through_slurm_jobs(
     slurm: LocalSlurm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -42,18 +52,9 @@ def test_cluster_slurm_converts_through_slurm_jobs(
 
     spec = make_demo(tmp_path / "exp", positions=3, channels=["GFP", "DIC"], z=2, t=2, size=48)
     jobs_logs = tmp_path / "joblogs"
-    config = tmp_path / "jobqueue.yaml"
     # As a dask-jobqueue user writes it; the --slurm-* options below override single values.
-    config.write_text(
-        "jobqueue:\n"
-        "  slurm:\n"
-        "    cores: 4\n"
-        "    memory: 64GB\n"
-        "    queue: debug\n"
-        f"    log-directory: {jobs_logs}\n"
-        "    scheduler-options: {host: 127.0.0.1}\n"
-        "    worker-extra-args: [--host, 127.0.0.1]\n"
-    )
+    config = _jobqueue_yaml(tmp_path, jobs_logs, "    cores: 4\n    memory: 64GB\n"
+                                                 "    queue: debug\n")
     out = tmp_path / "out"
     rc = main([str(spec.folder), "-o", str(out), "--cluster", "slurm", "--cluster-config",
                str(config), "--slurm-cores", "1", "--slurm-memory", "1GB", "--slurm-walltime",
@@ -98,10 +99,7 @@ def _cli_on_slurm(tmp_path: Path, *extra: str, config: str = "") -> tuple[subpro
     spec = make_demo(tmp_path / "exp", positions=2, channels=["GFP"], z=1, t=2, size=32,
                      metadata=False)
     jobs_logs = tmp_path / "joblogs"
-    conf = tmp_path / "jobqueue.yaml"
-    conf.write_text("jobqueue:\n  slurm:\n    scheduler-options: {host: 127.0.0.1}\n"
-                    "    worker-extra-args: [--host, 127.0.0.1]\n"
-                    f"    log-directory: {jobs_logs}\n{config}")
+    conf = _jobqueue_yaml(tmp_path, jobs_logs, config)
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "-m", "posdir2ometiff", str(spec.folder), "-o", str(out), "--cluster",
