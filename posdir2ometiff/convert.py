@@ -368,8 +368,9 @@ def _convert_locked(
         built.append(Forked(lambda: tables_image(meta, out / TABLES_NAME, frames),
                             "experiment.h5"))
     progress_mode = opts.progress
+    blind: set[str] = set()  # Dask workers that cannot see SRC or OUT: given no position
     if client is not None:
-        check_shared_filesystem(client, src, out)
+        blind = check_shared_filesystem(client, src, out)
         shares = threads_per_worker(client)
         for job in jobs:
             job.worker_threads = shares
@@ -377,7 +378,7 @@ def _convert_locked(
     with Progress(total, mode=progress_mode) as progress:
         runs = (
             _until_cluster_fails(run_jobs_dask(jobs, client, opts.fail_fast, progress, tables,
-                                               cluster_check), stopped)
+                                               cluster_check, blind), stopped)
             if client is not None
             else _run_jobs(jobs, workers, opts.fail_fast, progress, tables)
         )

@@ -32,13 +32,19 @@ What holds as in the local pool:
   position does, its partial file deleted. Otherwise it would run to its end, taking a worker
   for up to a position's whole time, and leave an output that no manifest lists.
 
+* **A worker that cannot see the folders** (a node without the mount) would otherwise take
+  position after position and fail each at once, faster than the others convert theirs. The task
+  returns :class:`Unshared` instead of converting; the run warns once, sends the position to
+  another worker, and from then on submits only to the workers that can see the folders
+  (``workers=`` restrictions, distributed/scheduler.py ``valid_workers``). Only when no worker
+  left can see them does a position fail with that one line.
+
 Input and output must be on a filesystem all workers share (:func:`check_shared_filesystem`).
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import os
 import queue as queue_mod
@@ -46,7 +52,9 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +73,19 @@ PROGRESS_TOPIC = "posdir2ometiff-progress"
 REPORT_INTERVAL = 0.5
 
 
-def run_position_task(job: PositionJob, run: str = "") -> tuple[dict, str | None]:
+@dataclass(frozen=True)
+class Unshared:
+    """A position's task ran on a worker that cannot see the run's folders: not a result (a
+    dataclass, not a tuple, so that no caller unpacks it as ``(entry, detail)``)."""
+
+    worker: str
+    unseen: tuple[str, ...]
+
+    def line(self) -> str:
+        return _unshared(self.worker, list(self.unseen))
+
+
+def run_position_task(job: PositionJob, run: str = "") -> tuple[dict, str | None] | Unshared:
     """The task a Dask worker runs for one position (module-level: importable by workers);
     ``run`` names the run in its progress events."""
     from distributed import get_worker
@@ -76,7 +96,7 @@ def run_position_task(job: PositionJob, run: str = "") -> tuple[dict, str | None
     key = worker.get_current_task()
     unseen = _unseen([str(job.src), str(job.out)])
     if unseen:  # a worker that joined after the run's check (a Slurm job queued at the start)
-        return failed_entry(f"{job.layout.folder}: {_unshared(worker.address, unseen)}"), None
+        return Unshared(worker.address, tuple(unseen))
     if job.threads < 1:  # the caller left it to the cluster: this worker's share of its host
         share = (job.worker_threads or {}).get(worker.address)
         slots = max(1, worker.state.nthreads)
@@ -197,16 +217,26 @@ def _unshared(worker: str, unseen: list[str]) -> str:
             "a filesystem every worker shares (same path on every machine)")
 
 
-def check_shared_filesystem(client: Any, src: Path, out: Path) -> None:
-    """Fail in one line when a connected worker cannot see ``src`` or ``out``.
+def check_shared_filesystem(client: Any, src: Path, out: Path) -> set[str]:
+    """The connected workers that cannot see ``src`` or ``out``, each warned about; one line
+    (ConversionError) when workers are connected and none of them can see both.
 
-    Workers that join later (a Slurm job still queued: with ``--cluster slurm``, every worker)
-    are checked by the task itself: each position it is given fails with the same line.
+    The run gives the others its positions (:func:`run_jobs_dask`). Workers that join later (a
+    Slurm job still queued: with ``--cluster slurm``, every worker) are checked by the task
+    itself (:class:`Unshared`).
     """
     answers = client.run(_unseen, [str(src), str(out)])
-    for worker, unseen in sorted(answers.items()):
-        if unseen:
-            raise ConversionError(_unshared(worker, unseen))
+    blind = {worker: unseen for worker, unseen in sorted(answers.items()) if unseen}
+    if blind and len(blind) == len(answers):
+        worker, unseen = next(iter(blind.items()))
+        raise ConversionError(_unshared(worker, unseen))
+    for worker, unseen in blind.items():
+        _warn_blind(Unshared(worker, tuple(unseen)))
+    return set(blind)
+
+
+def _warn_blind(blind: Unshared) -> None:
+    logger.warning("%s; the run gives its positions to the other workers", blind.line())
 
 
 class _ProgressEvents:
@@ -275,23 +305,28 @@ def _stop_listening(client: Any, run: str) -> None:
 WAIT_NOTICE = 10.0
 
 
-def _slots(client: Any) -> tuple[int, int]:
-    """(workers, task slots) of the cluster now; slots (threads of all workers) at least 1.
-    ``Client.nthreads`` asks the scheduler for a number per worker, not the metrics of every
-    worker that ``scheduler_info`` brings: the run asks several times a second."""
-    nthreads = client.nthreads()
-    return len(nthreads), max(1, sum(int(n) for n in nthreads.values()))
+def _seeing(client: Any, blind: set[str]) -> dict[str, int]:
+    """Task slots (threads) of each connected worker that can see the run's folders, as far
+    as the run knows: those not in ``blind``. ``Client.nthreads`` asks the scheduler for a number
+    per worker, not the metrics of every worker that ``scheduler_info`` brings: the run asks
+    several times a second."""
+    return {w: max(1, int(n)) for w, n in client.nthreads().items() if w not in blind}
 
 
 def run_jobs_dask(
     jobs: list[PositionJob], client: Any, fail_fast: bool, progress: Progress,
     beside: SideWork, check: Callable[[], str | None] | None = None,
+    blind: set[str] | None = None,
 ) -> Iterator[tuple[PositionJob, tuple[dict, str | None]]]:
     """Run each job as a task on ``client``'s cluster, yielding results as they come.
 
     ``beside`` is attempted while the first tasks run, and finished after the last. ``check``
     (``convert(cluster_check=...)``) is asked on every round of waiting; a text ends the run:
-    the tasks not done are cancelled and :class:`ClusterError` is raised with it.
+    the tasks not done are cancelled and :class:`ClusterError` is raised with it. ``blind``:
+    workers known not to see the run's folders (:func:`check_shared_filesystem`); the run adds
+    those its tasks find, gives them no position, and counts them as no worker at all: with
+    only blind workers connected, positions wait for one that can see, as they wait for a
+    worker on a cluster that has none yet.
     """
     from distributed import TimeoutError as DaskTimeout
     from distributed import wait
@@ -299,62 +334,104 @@ def run_jobs_dask(
     from distributed.utils import CancelledError
 
     events = _ProgressEvents()
-    todo = iter(jobs)
+    # Positions to submit, in order; one back from a blind worker, or whose workers are all
+    # gone, goes first again.
+    todo: deque[PositionJob] = deque(jobs)
     futures: dict[Any, PositionJob] = {}
+    # Tasks submitted with a restriction to these workers (once a blind one is known).
+    allowed: dict[Any, frozenset[str]] = {}
+    blind = set(blind or ())
+    seeing = _seeing(client, blind)
     run = uuid.uuid4().hex[:12]
+    tries: dict[str, int] = {}  # submissions of each position: each its own task key
     _listen(client, run, events)
 
     def submit(job: PositionJob) -> Any:
-        fut = client.submit(run_position_task, job, run, pure=False,
-                            key=f"posdir2ometiff-{job.layout.name}-{run}")
+        n = tries[job.layout.name] = tries.get(job.layout.name, 0) + 1
+        key = f"posdir2ometiff-{job.layout.name}-{run}" + (f"-{n}" if n > 1 else "")
+        where: dict[str, Any] = {}
+        if blind and seeing:  # once a blind worker is known, only the others
+            where = {"workers": sorted(seeing), "allow_other_workers": False}
+        fut = client.submit(run_position_task, job, run, pure=False, key=key, **where)
         futures[fut] = job
+        if where:
+            allowed[fut] = frozenset(seeing)
         return fut
+
+    def slots() -> int:
+        # With no worker at all, one task waits in the scheduler for the first to join; with
+        # only blind ones, none (it would go to them).
+        return sum(seeing.values()) or (0 if blind else 1)
 
     finished: dict[str, int] = {}  # planes of the positions converted, for the last events
     try:
-        pending = {submit(job) for job in itertools.islice(todo, _slots(client)[1])}
+        pending = {submit(todo.popleft()) for _ in range(min(slots(), len(todo)))}
         beside.attempt()
         stop = False
-        alone_since: float | None = time.monotonic()  # None once a worker was seen
-        while pending:
+        alone_since: float | None = None if seeing else time.monotonic()
+        while pending or (todo and not stop):
             try:
-                done, pending = wait(pending, timeout=0.2, return_when="FIRST_COMPLETED")
+                if not pending:  # waiting for a worker that can see the folders
+                    time.sleep(0.2)
+                    done = set()
+                else:
+                    done, pending = wait(pending, timeout=0.2, return_when="FIRST_COMPLETED")
             except (DaskTimeout, TimeoutError):
                 done = set()
             except CancelledError as exc:  # the client cancels every future when it does
                 raise ClusterError(_cancelled(client, exc)) from None
             events.drain(progress)
+            seeing = _seeing(client, blind)
             for fut in done:
                 job = futures.pop(fut)
-                entry, detail = _outcome(fut, job, KilledWorker)
+                allowed.pop(fut, None)
+                outcome = _outcome(fut, job, KilledWorker)
                 # Its result taken: the worker need not keep it until this future object is
                 # collected (a run's frames can sit in reference cycles until the next GC).
                 fut.release()
+                if isinstance(outcome, Unshared):  # not done: again, on a worker that can see
+                    if outcome.worker not in blind:
+                        blind.add(outcome.worker)
+                        seeing.pop(outcome.worker, None)
+                        _warn_blind(outcome)
+                    todo.appendleft(job)
+                    continue
+                entry, detail = outcome
                 if entry["status"] == "ok":
                     finished[job.layout.name] = job.layout.plane_count
                 yield job, (entry, detail)
                 if fail_fast and entry["status"] != "ok" and not stop:
                     stop = True
                     logger.warning("--fail-fast: no further position is started")
+            connected = client.nthreads().keys() if allowed else set()
+            for fut, workers in list(allowed.items()):
+                # Every worker it may run on is gone (the scheduler would hold it for ever):
+                # again, on the workers there are now.
+                if fut in pending and not workers & connected:
+                    pending.discard(fut)
+                    del allowed[fut]
+                    client.cancel([fut])
+                    todo.appendleft(futures.pop(fut))
             problem = check() if check is not None else None
             if problem:  # after this round's results: they are in the manifest
                 client.cancel(list(pending))
                 raise ClusterError(problem)
-            workers, slots = _slots(client)
-            if alone_since is not None and workers:
+            if seeing:
                 alone_since = None
-            elif alone_since is not None and time.monotonic() - alone_since > WAIT_NOTICE:
+            elif alone_since is None:
+                alone_since = time.monotonic()
+            elif time.monotonic() - alone_since > WAIT_NOTICE:
                 # A cluster whose workers are yet to come (Slurm jobs in a queue, workers not
-                # started): say so once, rather than a progress bar standing at 0.
-                logger.info("no Dask worker is connected to %s yet: the positions start when "
-                            "one joins", client.scheduler.address)
-                alone_since = None
+                # started) or cannot see the folders: say so once each time, rather than a
+                # progress bar standing at 0.
+                logger.info("no Dask worker%s is connected to %s %s: the positions start when "
+                            "one joins", " that can see the input and output folders"
+                            if blind else "", client.scheduler.address,
+                            "now" if blind or finished else "yet")
+                alone_since = float("inf")
             # Keep the cluster's slots busy (workers joining later get work too).
-            while not stop and len(futures) < slots:
-                nxt = next(todo, None)
-                if nxt is None:
-                    break
-                pending.add(submit(nxt))
+            while not stop and todo and len(futures) < slots():
+                pending.add(submit(todo.popleft()))
         events.settle(finished, progress)
     finally:
         _stop_listening(client, run)
@@ -374,8 +451,11 @@ def _cancelled(client: Any, exc: BaseException) -> str:
     return f"the Dask cluster at {where} cancelled the run's positions ({why})"
 
 
-def _outcome(fut: Any, job: PositionJob, killed: type[Exception]) -> tuple[dict, str | None]:
-    """The task's (entry, detail); a task the cluster could not run becomes a failed entry."""
+def _outcome(
+    fut: Any, job: PositionJob, killed: type[Exception]
+) -> tuple[dict, str | None] | Unshared:
+    """The task's (entry, detail) or :class:`Unshared`; a task the cluster could not run
+    becomes a failed entry."""
     try:
         return fut.result()
     except killed as exc:

@@ -493,25 +493,40 @@ def test_several_experiments_share_one_cluster_at_once(
     assert not list(tmp_path.glob("out_*/*.partial"))
 
 
-def test_workers_that_cannot_see_the_folders_are_named() -> None:
+def test_workers_that_cannot_see_the_folders_are_named(caplog: pytest.LogCaptureFixture) -> None:
     class FakeClient:
-        def run(self, fn, paths):
-            return {"tcp://10.0.0.5:4000": fn(["/no/such/folder", paths[1]]),
-                    "tcp://10.0.0.6:4000": fn(paths)}
+        def __init__(self, *answers: list[str]) -> None:
+            self.answers = answers
 
+        def run(self, fn, paths):
+            return {f"tcp://10.0.0.{5 + i}:4000": fn(folders if folders else paths)
+                    for i, folders in enumerate(self.answers)}
+
+    # One of two cannot see: warned about, and left out of the run.
+    with caplog.at_level(logging.WARNING, logger="posdir2ometiff"):
+        blind = check_shared_filesystem(FakeClient(["/no/such/folder", "/"], []), Path("/"),
+                                        Path("/"))
+    assert blind == {"tcp://10.0.0.5:4000"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "Dask worker tcp://10.0.0.5:4000 cannot see /no/such/folder: input and output must be "
+        "on a filesystem every worker shares (same path on every machine); the run gives its "
+        "positions to the other workers"]
+    # None can see: one line, no run.
     with pytest.raises(ConversionError) as err:
-        check_shared_filesystem(FakeClient(), Path("/"), Path("/"))
+        check_shared_filesystem(FakeClient(["/no/such/folder", "/"], ["/gone"]), Path("/"),
+                                Path("/"))
     assert str(err.value).startswith("Dask worker tcp://10.0.0.5:4000 cannot see /no/such/folder")
     assert "filesystem every worker shares" in str(err.value)
 
 
-def test_a_worker_that_cannot_see_the_folders_fails_its_positions_in_one_line(
+def test_a_worker_that_cannot_see_the_folders_says_so_instead_of_converting(
     cluster, tmp_path: Path
 ) -> None:
     """A worker that joins after the run's own check (every worker of ``--cluster slurm``:
-    its jobs are still queued when the run starts) checks in the task: a position it is given
-    fails with the line the run's check gives, not with the first plane it could not open."""
-    from posdir2ometiff.dask_executor import run_position_task
+    its jobs are still queued when the run starts) checks in the task: it answers that it
+    cannot see the folders (the run gives the position to another worker), not with the first
+    plane it could not open."""
+    from posdir2ometiff.dask_executor import Unshared, run_position_task
     from posdir2ometiff.layout import discover
     from posdir2ometiff.position import PositionJob
 
@@ -521,12 +536,165 @@ def test_a_worker_that_cannot_see_the_folders_fails_its_positions_in_one_line(
     (layout,) = discover(spec.folder)
     gone = tmp_path / "not_mounted_here"
     job = PositionJob(layout, None, spec.folder, gone, 512, "zstd", "auto")
-    entry, _ = client.submit(run_position_task, job, "run", pure=False).result(timeout=60)
-    assert entry["status"] == "failed"
+    answer = client.submit(run_position_task, job, "run", pure=False).result(timeout=60)
+    assert isinstance(answer, Unshared) and answer.unseen == (str(gone),)
+    assert answer.worker in client.nthreads()
     assert re.fullmatch(
-        rf"{re.escape(str(layout.folder))}: Dask worker tcp://127\.0\.0\.1:\d+ cannot see "
-        rf"{re.escape(str(gone))}: input and output must be on a filesystem every worker "
-        r"shares \(same path on every machine\)", entry["error"]), entry["error"]
+        rf"Dask worker tcp://127\.0\.0\.1:\d+ cannot see {re.escape(str(gone))}: input and "
+        r"output must be on a filesystem every worker shares \(same path on every machine\)",
+        answer.line()), answer.line()
+
+
+def _can_hide_folders() -> str | None:
+    """Why a worker cannot be started in a mount namespace of its own here, or None."""
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
+                           capture_output=True, text=True, check=False)
+    return None if probe.returncode == 0 else (
+        f"unshare --mount is not allowed here: {probe.stderr.strip()}")
+
+
+def _blind_worker(lc: LoopbackCluster, hidden: Path, name: str) -> subprocess.Popen:
+    """A ``dask worker`` for which ``hidden`` is an empty folder: a node of the cluster on which
+    the shared filesystem is not mounted (a tmpfs over it, in a mount namespace of its own)."""
+    log = open(lc.folder / f"{name}.log", "wb")  # noqa: SIM115
+    lc.logs.append(log)
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs blind "$0" && exec "$@"', str(hidden),
+         str(DASK), "worker", "--scheduler-file", str(lc.scheduler_file), "--nthreads", "1",
+         "--no-nanny", "--no-dashboard", "--host", "127.0.0.1", "--name", name],
+        stdout=log, stderr=subprocess.STDOUT, env=lc.env)
+    lc.workers.append(proc)
+    return proc
+
+
+@pytest.mark.skipif(_can_hide_folders() is not None, reason=str(_can_hide_folders()))
+def test_a_worker_that_cannot_see_the_folders_takes_no_position_from_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker on a node without the shared filesystem used to fail every position it was
+    given, at once, and so took them all from the workers that convert: here it joins while the
+    one good worker holds the first position, is given the second, and says it cannot see the
+    folders. The run warns once, and the good worker converts every position. A second run,
+    with the blind worker connected from the start, leaves it out from the first position."""
+    folder = tmp_path / "dask"
+    folder.mkdir()
+    shared = tmp_path / "shared"  # what the blind worker's node has not mounted
+    spec = make_demo(shared / "exp", positions=3, channels=["GFP"], z=1, t=2, size=32,
+                     metadata=False)
+    lc = LoopbackCluster(folder, workers=1)
+    client = None
+    warned: list[str] = []
+
+    class Warnings(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "cannot see" in record.getMessage():
+                warned.append(record.getMessage())
+                gate.touch()  # the good worker may go on once the blind one has answered
+
+    handler = Warnings(logging.WARNING)
+    logging.getLogger("posdir2ometiff").addHandler(handler)
+    gate, marks = tmp_path / "gate", tmp_path / "marks"
+    marks.mkdir()
+    totals = _record_progress(monkeypatch)
+    try:
+        client = distributed.Client(scheduler_file=str(lc.scheduler_file), timeout=60)
+        client.wait_for_workers(1, timeout=120)
+        (good,) = client.nthreads()
+        _hold(client, gate, marks, sorted((spec.folder / "pos001").glob("*.png"))[1])
+        box: dict = {}
+        runner = threading.Thread(target=lambda: box.update(result=convert(
+            spec.folder, shared / "out", client=client, threads=1, progress="off")))
+        runner.start()
+        try:
+            _wait_for(lambda: list(marks.iterdir()), 120, "the good worker to start pos001")
+            _blind_worker(lc, shared, "blind")
+            client.wait_for_workers(2, timeout=120)
+            blind = next(iter(set(client.nthreads()) - {good}))
+            _wait_for(lambda: warned, 120, "the blind worker's answer")
+        finally:
+            gate.touch()
+            runner.join(timeout=300)
+        result = box["result"]
+        assert [(p.name, p.status) for p in result.positions] == [
+            ("pos001", "ok"), ("pos002", "ok"), ("pos003", "ok")], result.positions
+        assert warned == [
+            f"Dask worker {blind} cannot see {shared / 'exp'}, {shared / 'out'}: input and output "
+            "must be on a filesystem every worker shares (same path on every machine); the run "
+            "gives its positions to the other workers"]
+        for name in ("pos001", "pos002", "pos003"):
+            assert_matches_sources(shared / "out", spec.folder, name)
+        assert totals == [(6, 6)]
+        pids = {e[1]["attempt"].split(":")[1] for e in client.get_events(PROGRESS_TOPIC)}
+        assert pids == {str(lc.workers[0].pid)}  # the blind worker converted nothing
+
+        # Connected from the start: found by the run's own check, and given nothing.
+        warned.clear()
+        again = convert(spec.folder, shared / "out2", client=client, progress="off")
+        assert again.ok and len(warned) == 1 and warned[0].startswith(f"Dask worker {blind} ")
+        for name in ("pos001", "pos002", "pos003"):
+            assert_matches_sources(shared / "out2", spec.folder, name)
+    finally:
+        logging.getLogger("posdir2ometiff").removeHandler(handler)
+        if client is not None:
+            client.close()
+        lc.close()
+    assert not list(shared.glob("out*/*.partial"))
+
+
+@pytest.mark.skipif(_can_hide_folders() is not None, reason=str(_can_hide_folders()))
+def test_positions_for_a_lost_worker_go_to_one_that_joins_not_to_a_blind_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a blind worker is known, positions are submitted only to the workers that can see
+    the folders, named: if all of those are lost, the scheduler would hold such a position for
+    ever. The run takes it back, waits while only the blind worker is connected, and gives it to
+    the worker that joins."""
+    folder = tmp_path / "dask"
+    folder.mkdir()
+    shared = tmp_path / "shared"
+    spec = make_demo(shared / "exp", positions=2, channels=["GFP"], z=1, t=3, size=32,
+                     metadata=False)
+    lc = LoopbackCluster(folder, workers=1)
+    client = None
+    gate, marks = tmp_path / "gate", tmp_path / "marks"
+    marks.mkdir()
+    totals = _record_progress(monkeypatch)
+    try:
+        _blind_worker(lc, shared, "blind")
+        client = distributed.Client(scheduler_file=str(lc.scheduler_file), timeout=60)
+        client.wait_for_workers(2, timeout=120)
+        _hold(client, gate, marks, sorted((spec.folder / "pos001").glob("*.png"))[1])
+        box: dict = {}
+        runner = threading.Thread(target=lambda: box.update(result=convert(
+            spec.folder, shared / "out", client=client, threads=1, progress="off")))
+        runner.start()
+        try:
+            _wait_for(lambda: list(marks.iterdir()), 120, "the good worker to start pos001")
+            lc.workers[0].kill()  # the only worker that can see the folders
+            lc.workers[0].wait()
+            _wait_for(lambda: len(client.nthreads()) == 1, 120, "the scheduler to lose it")
+            time.sleep(1)  # rounds of the run with only the blind worker connected
+            assert runner.is_alive() and not (shared / "out" / "pos001.ome.tiff").exists()
+            joined = lc.start_worker(2)  # no gate on this one
+            runner.join(timeout=120)
+            assert not runner.is_alive(), "the position stayed with the lost worker"
+        finally:
+            gate.touch()
+            runner.join(timeout=300)
+        result = box["result"]
+        assert [(p.name, p.status) for p in result.positions] == [("pos001", "ok"),
+                                                                  ("pos002", "ok")]
+        for name in ("pos001", "pos002"):
+            assert_matches_sources(shared / "out", spec.folder, name)
+        assert totals == [(6, 6)]
+        pids = {e[1]["attempt"].split(":")[1] for e in client.get_events(PROGRESS_TOPIC)}
+        assert str(joined.pid) in pids and str(lc.workers[1].pid) not in pids  # not the blind
+    finally:
+        if client is not None:
+            client.close()
+        lc.close()
+    assert not list(shared.glob("out/*.partial"))
 
 
 def test_cli_scheduler_option_converts_on_the_cluster(
