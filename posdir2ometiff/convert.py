@@ -27,6 +27,7 @@ from posdir2ometiff import __version__
 from posdir2ometiff.atomic import remove_stale_temporaries
 from posdir2ometiff.cores import usable_cores
 from posdir2ometiff.dask_executor import (
+    Unshared,
     check_shared_filesystem,
     preload_workers,
     run_jobs_dask,
@@ -368,7 +369,7 @@ def _convert_locked(
         built.append(Forked(lambda: tables_image(meta, out / TABLES_NAME, frames),
                             "experiment.h5"))
     progress_mode = opts.progress
-    blind: set[str] = set()  # Dask workers that cannot see SRC or OUT: given no position
+    blind: dict[str, Unshared] = {}  # Dask workers that cannot see SRC or OUT: given nothing
     if client is not None:
         blind = check_shared_filesystem(client, src, out)
         shares = threads_per_worker(client)

@@ -217,7 +217,7 @@ def _unshared(worker: str, unseen: list[str]) -> str:
             "a filesystem every worker shares (same path on every machine)")
 
 
-def check_shared_filesystem(client: Any, src: Path, out: Path) -> set[str]:
+def check_shared_filesystem(client: Any, src: Path, out: Path) -> dict[str, Unshared]:
     """The connected workers that cannot see ``src`` or ``out``, each warned about; one line
     (ConversionError) when workers are connected and none of them can see both.
 
@@ -230,9 +230,10 @@ def check_shared_filesystem(client: Any, src: Path, out: Path) -> set[str]:
     if blind and len(blind) == len(answers):
         worker, unseen = next(iter(blind.items()))
         raise ConversionError(_unshared(worker, unseen))
-    for worker, unseen in blind.items():
-        _warn_blind(Unshared(worker, tuple(unseen)))
-    return set(blind)
+    found = {worker: Unshared(worker, tuple(unseen)) for worker, unseen in blind.items()}
+    for answer in found.values():
+        _warn_blind(answer)
+    return found
 
 
 def _warn_blind(blind: Unshared) -> None:
@@ -305,18 +306,26 @@ def _stop_listening(client: Any, run: str) -> None:
 WAIT_NOTICE = 10.0
 
 
-def _seeing(client: Any, blind: set[str]) -> dict[str, int]:
+#: Seconds a run waits with only workers that cannot see its folders connected, for one that
+#: can (a Slurm job still starting), before it ends in one line: when none of a cluster's nodes
+#: has the mount (the usual mistake: a home folder the nodes do not mount) nothing will come.
+BLIND_WAIT = 60.0
+
+
+def _seeing(client: Any, blind: dict[str, Unshared]) -> tuple[dict[str, int], list[str]]:
     """Task slots (threads) of each connected worker that can see the run's folders, as far
-    as the run knows: those not in ``blind``. ``Client.nthreads`` asks the scheduler for a number
-    per worker, not the metrics of every worker that ``scheduler_info`` brings: the run asks
-    several times a second."""
-    return {w: max(1, int(n)) for w, n in client.nthreads().items() if w not in blind}
+    as the run knows (those not in ``blind``), and the blind ones connected. ``Client.nthreads``
+    asks the scheduler for a number per worker, not the metrics of every worker that
+    ``scheduler_info`` brings: the run asks several times a second."""
+    connected = client.nthreads()
+    return ({w: max(1, int(n)) for w, n in connected.items() if w not in blind},
+            sorted(w for w in connected if w in blind))
 
 
 def run_jobs_dask(
     jobs: list[PositionJob], client: Any, fail_fast: bool, progress: Progress,
     beside: SideWork, check: Callable[[], str | None] | None = None,
-    blind: set[str] | None = None,
+    blind: dict[str, Unshared] | None = None,
 ) -> Iterator[tuple[PositionJob, tuple[dict, str | None]]]:
     """Run each job as a task on ``client``'s cluster, yielding results as they come.
 
@@ -326,7 +335,8 @@ def run_jobs_dask(
     workers known not to see the run's folders (:func:`check_shared_filesystem`); the run adds
     those its tasks find, gives them no position, and counts them as no worker at all: with
     only blind workers connected, positions wait for one that can see, as they wait for a
-    worker on a cluster that has none yet.
+    worker on a cluster that has none yet, but for :data:`BLIND_WAIT` seconds at most, then
+    :class:`ClusterError`.
     """
     from distributed import TimeoutError as DaskTimeout
     from distributed import wait
@@ -340,8 +350,9 @@ def run_jobs_dask(
     futures: dict[Any, PositionJob] = {}
     # Tasks submitted with a restriction to these workers (once a blind one is known).
     allowed: dict[Any, frozenset[str]] = {}
-    blind = set(blind or ())
-    seeing = _seeing(client, blind)
+    blind = dict(blind or {})
+    seeing, _ = _seeing(client, blind)
+    blind_only_since: float | None = None  # only blind workers connected since
     run = uuid.uuid4().hex[:12]
     tries: dict[str, int] = {}  # submissions of each position: each its own task key
     _listen(client, run, events)
@@ -381,7 +392,7 @@ def run_jobs_dask(
             except CancelledError as exc:  # the client cancels every future when it does
                 raise ClusterError(_cancelled(client, exc)) from None
             events.drain(progress)
-            seeing = _seeing(client, blind)
+            seeing, blind_here = _seeing(client, blind)
             for fut in done:
                 job = futures.pop(fut)
                 allowed.pop(fut, None)
@@ -391,8 +402,9 @@ def run_jobs_dask(
                 fut.release()
                 if isinstance(outcome, Unshared):  # not done: again, on a worker that can see
                     if outcome.worker not in blind:
-                        blind.add(outcome.worker)
+                        blind[outcome.worker] = outcome
                         seeing.pop(outcome.worker, None)
+                        blind_here.append(outcome.worker)
                         _warn_blind(outcome)
                     todo.appendleft(job)
                     continue
@@ -413,6 +425,14 @@ def run_jobs_dask(
                     client.cancel([fut])
                     todo.appendleft(futures.pop(fut))
             problem = check() if check is not None else None
+            if seeing or not blind_here:
+                blind_only_since = None
+            elif blind_only_since is None:
+                blind_only_since = time.monotonic()
+            elif time.monotonic() - blind_only_since > BLIND_WAIT and not problem:
+                problem = (f"no Dask worker connected to {client.scheduler.address} can see the "
+                           f"input and output folders ({blind[blind_here[0]].line()}): the "
+                           "positions done before are in the manifest")
             if problem:  # after this round's results: they are in the manifest
                 client.cancel(list(pending))
                 raise ClusterError(problem)

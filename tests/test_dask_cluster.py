@@ -506,7 +506,7 @@ def test_workers_that_cannot_see_the_folders_are_named(caplog: pytest.LogCapture
     with caplog.at_level(logging.WARNING, logger="posdir2ometiff"):
         blind = check_shared_filesystem(FakeClient(["/no/such/folder", "/"], []), Path("/"),
                                         Path("/"))
-    assert blind == {"tcp://10.0.0.5:4000"}
+    assert set(blind) == {"tcp://10.0.0.5:4000"}
     assert [r.getMessage() for r in caplog.records] == [
         "Dask worker tcp://10.0.0.5:4000 cannot see /no/such/folder: input and output must be "
         "on a filesystem every worker shares (same path on every machine); the run gives its "
@@ -643,13 +643,17 @@ def test_a_worker_that_cannot_see_the_folders_takes_no_position_from_the_others(
 
 
 @pytest.mark.skipif(_can_hide_folders() is not None, reason=str(_can_hide_folders()))
+@pytest.mark.parametrize("one_joins", [True, False], ids=["one joins", "none comes"])
 def test_positions_for_a_lost_worker_go_to_one_that_joins_not_to_a_blind_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_joins: bool
 ) -> None:
     """Once a blind worker is known, positions are submitted only to the workers that can see
     the folders, named: if all of those are lost, the scheduler would hold such a position for
     ever. The run takes it back, waits while only the blind worker is connected, and gives it to
-    the worker that joins."""
+    the worker that joins; if none comes within BLIND_WAIT, the run ends in one line."""
+    from posdir2ometiff import dask_executor
+
+    monkeypatch.setattr(dask_executor, "BLIND_WAIT", 3.0)
     folder = tmp_path / "dask"
     folder.mkdir()
     shared = tmp_path / "shared"
@@ -664,10 +668,20 @@ def test_positions_for_a_lost_worker_go_to_one_that_joins_not_to_a_blind_one(
         _blind_worker(lc, shared, "blind")
         client = distributed.Client(scheduler_file=str(lc.scheduler_file), timeout=60)
         client.wait_for_workers(2, timeout=120)
+        (blind,) = set(client.nthreads()) - {_wait_for(lambda: next(
+            (w for w, i in client.scheduler_info()["workers"].items() if i["name"] == "w0"),
+            None), 60, "w0")}
         _hold(client, gate, marks, sorted((spec.folder / "pos001").glob("*.png"))[1])
         box: dict = {}
-        runner = threading.Thread(target=lambda: box.update(result=convert(
-            spec.folder, shared / "out", client=client, threads=1, progress="off")))
+
+        def run() -> None:
+            try:
+                box["result"] = convert(spec.folder, shared / "out", client=client, threads=1,
+                                        progress="off")
+            except ClusterError as exc:
+                box["error"] = exc
+
+        runner = threading.Thread(target=run)
         runner.start()
         try:
             _wait_for(lambda: list(marks.iterdir()), 120, "the good worker to start pos001")
@@ -676,6 +690,19 @@ def test_positions_for_a_lost_worker_go_to_one_that_joins_not_to_a_blind_one(
             _wait_for(lambda: len(client.nthreads()) == 1, 120, "the scheduler to lose it")
             time.sleep(1)  # rounds of the run with only the blind worker connected
             assert runner.is_alive() and not (shared / "out" / "pos001.ome.tiff").exists()
+            if not one_joins:
+                runner.join(timeout=120)
+                assert not runner.is_alive() and "result" not in box
+                assert re.fullmatch(
+                    r"no Dask worker connected to tcp://127\.0\.0\.1:\d+ can see the input and "
+                    rf"output folders \(Dask worker {re.escape(blind)} cannot see "
+                    rf"{re.escape(str(spec.folder))}, {re.escape(str(shared / 'out'))}: input "
+                    r"and output must be on a filesystem every worker shares \(same path on every "
+                    r"machine\)\): the positions done before are in the manifest",
+                    str(box["error"])), box["error"]
+                manifest = json.loads((shared / "out" / "manifest.json").read_text())
+                assert manifest["positions"] == {}
+                return
             joined = lc.start_worker(2)  # no gate on this one
             runner.join(timeout=120)
             assert not runner.is_alive(), "the position stayed with the lost worker"

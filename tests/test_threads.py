@@ -758,7 +758,7 @@ def test_threads_asked_for_bind_the_positions_of_a_cluster_too(
         return convert_mod._run_jobs(jobs, 1, fail_fast, progress, beside)
 
     monkeypatch.setattr(convert_mod, "preload_workers", lambda client: None)
-    monkeypatch.setattr(convert_mod, "check_shared_filesystem", lambda client, src, out: set())
+    monkeypatch.setattr(convert_mod, "check_shared_filesystem", lambda client, src, out: {})
     monkeypatch.setattr(convert_mod, "threads_per_worker", lambda client: {})
     monkeypatch.setattr(convert_mod, "run_jobs_dask", run_inline)
     assert convert(spec.folder, tmp_path / "out", client=object(), threads=threads,
