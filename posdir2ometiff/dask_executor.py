@@ -36,8 +36,10 @@ What holds as in the local pool:
   position after position and fail each at once, faster than the others convert theirs. The task
   returns :class:`Unshared` instead of converting; the run warns once, sends the position to
   another worker, and from then on submits only to the workers that can see the folders
-  (``workers=`` restrictions, distributed/scheduler.py ``valid_workers``). Only when no worker
-  left can see them does a position fail with that one line.
+  (``workers=`` restrictions, distributed/scheduler.py ``valid_workers``). With only such
+  workers connected, the positions wait for one that can see, :data:`BLIND_WAIT` seconds at
+  most; then the run ends in one line, as it does at once when none of the workers connected at
+  its start can see them.
 
 Input and output must be on a filesystem all workers share (:func:`check_shared_filesystem`).
 """
@@ -415,7 +417,7 @@ def run_jobs_dask(
                 if fail_fast and entry["status"] != "ok" and not stop:
                     stop = True
                     logger.warning("--fail-fast: no further position is started")
-            connected = client.nthreads().keys() if allowed else set()
+            connected = {*seeing, *blind_here}
             for fut, workers in list(allowed.items()):
                 # Every worker it may run on is gone (the scheduler would hold it for ever):
                 # again, on the workers there are now.
