@@ -311,6 +311,8 @@ WAIT_NOTICE = 10.0
 #: Seconds a run waits with only workers that cannot see its folders connected, for one that
 #: can (a Slurm job still starting), before it ends in one line: when none of a cluster's nodes
 #: has the mount (the usual mistake: a home folder the nodes do not mount) nothing will come.
+#: A worker that joins is given a position before it is known to be blind, so each one found
+#: blind starts the wait again (Slurm jobs that start one by one).
 BLIND_WAIT = 60.0
 
 

@@ -650,10 +650,22 @@ def test_positions_for_a_lost_worker_go_to_one_that_joins_not_to_a_blind_one(
     """Once a blind worker is known, positions are submitted only to the workers that can see
     the folders, named: if all of those are lost, the scheduler would hold such a position for
     ever. The run takes it back, waits while only the blind worker is connected, and gives it to
-    the worker that joins; if none comes within BLIND_WAIT, the run ends in one line."""
+    the worker that joins; if none that can see comes within BLIND_WAIT, the run ends in one
+    line. A worker that joins meanwhile is given a position (it might see the folders): when it
+    turns out blind too, the wait starts again from there (Slurm jobs starting one by one)."""
     from posdir2ometiff import dask_executor
 
-    monkeypatch.setattr(dask_executor, "BLIND_WAIT", 3.0)
+    wait = 3.0 if one_joins else 8.0
+    monkeypatch.setattr(dask_executor, "BLIND_WAIT", wait)
+    warned: list[float] = []
+
+    class Warnings(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "cannot see" in record.getMessage():
+                warned.append(record.created)
+
+    handler = Warnings(logging.WARNING)
+    logging.getLogger("posdir2ometiff").addHandler(handler)
     folder = tmp_path / "dask"
     folder.mkdir()
     shared = tmp_path / "shared"
@@ -668,9 +680,6 @@ def test_positions_for_a_lost_worker_go_to_one_that_joins_not_to_a_blind_one(
         _blind_worker(lc, shared, "blind")
         client = distributed.Client(scheduler_file=str(lc.scheduler_file), timeout=60)
         client.wait_for_workers(2, timeout=120)
-        (blind,) = set(client.nthreads()) - {_wait_for(lambda: next(
-            (w for w, i in client.scheduler_info()["workers"].items() if i["name"] == "w0"),
-            None), 60, "w0")}
         _hold(client, gate, marks, sorted((spec.folder / "pos001").glob("*.png"))[1])
         box: dict = {}
 
@@ -691,11 +700,14 @@ def test_positions_for_a_lost_worker_go_to_one_that_joins_not_to_a_blind_one(
             time.sleep(1)  # rounds of the run with only the blind worker connected
             assert runner.is_alive() and not (shared / "out" / "pos001.ome.tiff").exists()
             if not one_joins:
+                _blind_worker(lc, shared, "blind2")  # joins within the wait
+                _wait_for(lambda: len(warned) == 2, 120, "the second blind worker's answer")
                 runner.join(timeout=120)
                 assert not runner.is_alive() and "result" not in box
+                assert time.time() - warned[1] >= wait - 0.5  # waited again from its answer
                 assert re.fullmatch(
                     r"no Dask worker connected to tcp://127\.0\.0\.1:\d+ can see the input and "
-                    rf"output folders \(Dask worker {re.escape(blind)} cannot see "
+                    r"output folders \(Dask worker tcp://127\.0\.0\.1:\d+ cannot see "
                     rf"{re.escape(str(spec.folder))}, {re.escape(str(shared / 'out'))}: input "
                     r"and output must be on a filesystem every worker shares \(same path on every "
                     r"machine\)\): the positions done before are in the manifest",
@@ -717,7 +729,9 @@ def test_positions_for_a_lost_worker_go_to_one_that_joins_not_to_a_blind_one(
         assert totals == [(6, 6)]
         pids = {e[1]["attempt"].split(":")[1] for e in client.get_events(PROGRESS_TOPIC)}
         assert str(joined.pid) in pids and str(lc.workers[1].pid) not in pids  # not the blind
+        assert len(warned) == 1  # the blind worker, found by the run's check
     finally:
+        logging.getLogger("posdir2ometiff").removeHandler(handler)
         if client is not None:
             client.close()
         lc.close()
