@@ -13,7 +13,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -568,6 +570,34 @@ def _blind_worker(lc: LoopbackCluster, hidden: Path, name: str) -> subprocess.Po
     return proc
 
 
+@contextmanager
+def _one_worker(tmp_path: Path) -> Iterator[tuple[LoopbackCluster, Any, list[logging.LogRecord]]]:
+    """A loopback cluster of one worker, a client, and the run's "cannot see" warnings as they
+    are logged (for the tests that add a blind worker)."""
+    folder = tmp_path / "dask"
+    folder.mkdir()
+    lc = LoopbackCluster(folder, workers=1)
+    warned: list[logging.LogRecord] = []
+
+    class Warnings(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "cannot see" in record.getMessage():
+                warned.append(record)
+
+    handler = Warnings(logging.WARNING)
+    logging.getLogger("posdir2ometiff").addHandler(handler)
+    client = None
+    try:
+        client = distributed.Client(scheduler_file=str(lc.scheduler_file), timeout=60)
+        client.wait_for_workers(1, timeout=120)
+        yield lc, client, warned
+    finally:
+        logging.getLogger("posdir2ometiff").removeHandler(handler)
+        if client is not None:
+            client.close()
+        lc.close()
+
+
 @pytest.mark.skipif(_can_hide_folders() is not None, reason=str(_can_hide_folders()))
 def test_a_worker_that_cannot_see_the_folders_takes_no_position_from_the_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -577,29 +607,13 @@ def test_a_worker_that_cannot_see_the_folders_takes_no_position_from_the_others(
     one good worker holds the first position, is given the second, and says it cannot see the
     folders. The run warns once, and the good worker converts every position. A second run,
     with the blind worker connected from the start, leaves it out from the first position."""
-    folder = tmp_path / "dask"
-    folder.mkdir()
     shared = tmp_path / "shared"  # what the blind worker's node has not mounted
     spec = make_demo(shared / "exp", positions=3, channels=["GFP"], z=1, t=2, size=32,
                      metadata=False)
-    lc = LoopbackCluster(folder, workers=1)
-    client = None
-    warned: list[str] = []
-
-    class Warnings(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if "cannot see" in record.getMessage():
-                warned.append(record.getMessage())
-                gate.touch()  # the good worker may go on once the blind one has answered
-
-    handler = Warnings(logging.WARNING)
-    logging.getLogger("posdir2ometiff").addHandler(handler)
     gate, marks = tmp_path / "gate", tmp_path / "marks"
     marks.mkdir()
     totals = _record_progress(monkeypatch)
-    try:
-        client = distributed.Client(scheduler_file=str(lc.scheduler_file), timeout=60)
-        client.wait_for_workers(1, timeout=120)
+    with _one_worker(tmp_path) as (lc, client, warned):
         (good,) = client.nthreads()
         _hold(client, gate, marks, sorted((spec.folder / "pos001").glob("*.png"))[1])
         box: dict = {}
@@ -613,12 +627,12 @@ def test_a_worker_that_cannot_see_the_folders_takes_no_position_from_the_others(
             blind = next(iter(set(client.nthreads()) - {good}))
             _wait_for(lambda: warned, 120, "the blind worker's answer")
         finally:
-            gate.touch()
+            gate.touch()  # the good worker goes on once the blind one has answered
             runner.join(timeout=300)
         result = box["result"]
         assert [(p.name, p.status) for p in result.positions] == [
             ("pos001", "ok"), ("pos002", "ok"), ("pos003", "ok")], result.positions
-        assert warned == [
+        assert [r.getMessage() for r in warned] == [
             f"Dask worker {blind} cannot see {shared / 'exp'}, {shared / 'out'}: input and output "
             "must be on a filesystem every worker shares (same path on every machine); the run "
             "gives its positions to the other workers"]
@@ -631,14 +645,10 @@ def test_a_worker_that_cannot_see_the_folders_takes_no_position_from_the_others(
         # Connected from the start: found by the run's own check, and given nothing.
         warned.clear()
         again = convert(spec.folder, shared / "out2", client=client, progress="off")
-        assert again.ok and len(warned) == 1 and warned[0].startswith(f"Dask worker {blind} ")
+        assert again.ok and len(warned) == 1
+        assert warned[0].getMessage().startswith(f"Dask worker {blind} ")
         for name in ("pos001", "pos002", "pos003"):
             assert_matches_sources(shared / "out2", spec.folder, name)
-    finally:
-        logging.getLogger("posdir2ometiff").removeHandler(handler)
-        if client is not None:
-            client.close()
-        lc.close()
     assert not list(shared.glob("out*/*.partial"))
 
 
@@ -657,28 +667,14 @@ def test_positions_for_a_lost_worker_go_to_one_that_joins_not_to_a_blind_one(
 
     wait = 3.0 if one_joins else 8.0
     monkeypatch.setattr(dask_executor, "BLIND_WAIT", wait)
-    warned: list[float] = []
-
-    class Warnings(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if "cannot see" in record.getMessage():
-                warned.append(record.created)
-
-    handler = Warnings(logging.WARNING)
-    logging.getLogger("posdir2ometiff").addHandler(handler)
-    folder = tmp_path / "dask"
-    folder.mkdir()
     shared = tmp_path / "shared"
     spec = make_demo(shared / "exp", positions=2, channels=["GFP"], z=1, t=3, size=32,
                      metadata=False)
-    lc = LoopbackCluster(folder, workers=1)
-    client = None
     gate, marks = tmp_path / "gate", tmp_path / "marks"
     marks.mkdir()
     totals = _record_progress(monkeypatch)
-    try:
+    with _one_worker(tmp_path) as (lc, client, warned):
         _blind_worker(lc, shared, "blind")
-        client = distributed.Client(scheduler_file=str(lc.scheduler_file), timeout=60)
         client.wait_for_workers(2, timeout=120)
         _hold(client, gate, marks, sorted((spec.folder / "pos001").glob("*.png"))[1])
         box: dict = {}
@@ -704,7 +700,7 @@ def test_positions_for_a_lost_worker_go_to_one_that_joins_not_to_a_blind_one(
                 _wait_for(lambda: len(warned) == 2, 120, "the second blind worker's answer")
                 runner.join(timeout=120)
                 assert not runner.is_alive() and "result" not in box
-                assert time.time() - warned[1] >= wait - 0.5  # waited again from its answer
+                assert time.time() - warned[1].created >= wait - 0.5  # waited again from its answer
                 assert re.fullmatch(
                     r"no Dask worker connected to tcp://127\.0\.0\.1:\d+ can see the input and "
                     r"output folders \(Dask worker tcp://127\.0\.0\.1:\d+ cannot see "
@@ -730,11 +726,6 @@ def test_positions_for_a_lost_worker_go_to_one_that_joins_not_to_a_blind_one(
         pids = {e[1]["attempt"].split(":")[1] for e in client.get_events(PROGRESS_TOPIC)}
         assert str(joined.pid) in pids and str(lc.workers[1].pid) not in pids  # not the blind
         assert len(warned) == 1  # the blind worker, found by the run's check
-    finally:
-        logging.getLogger("posdir2ometiff").removeHandler(handler)
-        if client is not None:
-            client.close()
-        lc.close()
     assert not list(shared.glob("out/*.partial"))
 
 
