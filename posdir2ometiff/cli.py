@@ -223,9 +223,11 @@ def _convert(args: argparse.Namespace, program: bool = False) -> int:
                          jobs=args.slurm_jobs)
     try:
         with dask_client(args.scheduler, args.cluster, slurm, args.cluster_config) as (
-                client, check):
+                client, watch):
             result = convert(
-                args.src, args.out, client=client, cluster_check=check,
+                args.src, args.out, client=client,
+                cluster_check=watch.problem if watch else None,
+                on_blind_worker=watch.blind_worker if watch else None,
                 positions=args.positions, pattern=args.pattern, tile=args.tile,
                 compression=args.compression, pyramid=args.pyramid, workers=args.workers,
                 threads=args.threads,

@@ -20,6 +20,13 @@ as a traceback, and a job that ends before its worker joins (a node without our 
 failing prologue, a walltime run out) is not noticed at all: the positions would wait, without a
 word, for workers that never come. :class:`SlurmWatch` follows this run's jobs, and the run asks
 it every few seconds (``convert(cluster_check=...)``) whether any worker can still come.
+
+A job can also start on a node that does not mount the folders (a facility where only some
+nodes have the lab's share). The run gives its worker nothing (dask_executor.py) and tells the
+watch (``convert(on_blind_worker=...)``), which cancels that job: otherwise it would hold its
+node, given nothing, until its walltime, while the run's other jobs wait behind it in the queue.
+The watch counts such workers as none, so the run waits for the jobs still queued, and ends in
+one line, naming the nodes, once every job has ended.
 """
 
 from __future__ import annotations
@@ -30,12 +37,15 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from posdir2ometiff.errors import ClusterError
+
+if TYPE_CHECKING:
+    from posdir2ometiff.dask_executor import Unshared
 
 logger = logging.getLogger(__name__)
 
@@ -113,18 +123,25 @@ class SlurmWatch:
 
     :meth:`problem` gives a one-line reason once no worker can come any more: every job was
     refused by ``sbatch``, or every submitted job has left Slurm's queue (ended, failed, timed
-    out, cancelled) while no Dask worker is connected. While a job waits in the queue it says
-    nothing, however long (a facility's queue can hold a job for hours), but logs the reason
-    Slurm gives for the wait whenever it changes (``Resources``, ``Priority``, or one that will
-    not pass by itself, such as ``PartitionConfig``: more cores than a node of the partition
-    has)."""
+    out, cancelled) while no Dask worker that can see the run's folders is connected. While a
+    job waits in the queue it says nothing, however long (a facility's queue can hold a job for
+    hours), but logs the reason Slurm gives for the wait whenever it changes (``Resources``,
+    ``Priority``, or one that will not pass by itself, such as ``PartitionConfig``: more cores
+    than a node of the partition has).
 
-    def __init__(self, jobs: int, workers: Callable[[], int], poll: float = SLURM_POLL,
-                 squeue: str = "squeue") -> None:
+    ``workers``: the addresses of the connected Dask workers. Those the run found unable to see
+    its folders (:meth:`blind_worker`) count as none, and their jobs are cancelled."""
+
+    def __init__(self, jobs: int, workers: Callable[[], Collection[str]],
+                 poll: float = SLURM_POLL, squeue: str = "squeue",
+                 scancel: str = "scancel") -> None:
         self._expected = jobs
         self._workers = workers
         self._poll = poll
         self._squeue = squeue
+        self._scancel = scancel
+        self._blind: set[str] = set()  # worker addresses
+        self._blind_jobs: dict[str, Unshared] = {}  # job id → its worker's answer
         self._lock = threading.Lock()
         self._logs: dict[str, str] = {}  # job id → where Slurm writes its log
         self.refusals: list[BaseException] = []
@@ -153,7 +170,9 @@ class SlurmWatch:
             if refusals and len(refusals) >= self._expected:
                 return f"Slurm refused the worker job: {_sbatch_reason(refusals[-1])}"
             return None  # still submitting
-        if self._workers():
+        with self._lock:
+            blind, blind_jobs = set(self._blind), dict(self._blind_jobs)
+        if any(worker not in blind for worker in self._workers()):
             return None
         queued = self._queued(list(logs))
         if queued is None:
@@ -166,8 +185,49 @@ class SlurmWatch:
             return None
         ended = ", ".join(sorted(logs))
         where = "; ".join(sorted(set(logs.values())))
+        why = ""
+        if blind_jobs:
+            answers = list(blind_jobs.values())
+            nodes = ", ".join(sorted({a.slurm_node or a.host for a in answers}))
+            unseen = ", ".join(dict.fromkeys(p for a in answers for p in a.unseen))
+            why = (f"job(s) {', '.join(sorted(blind_jobs))} ran on node(s) {nodes}, which cannot "
+                   f"see {unseen}; ")
         return (f"Slurm job(s) {ended} of this run ended and no Dask worker is left to convert "
-                f"the positions: see the job log(s) {where}")
+                f"the positions: {why}see the job log(s) {where}")
+
+    def blind_worker(self, found: Unshared) -> None:
+        """The run found a worker that cannot see its folders: count it as none, and cancel its
+        job (this run's, by the job id in its environment), so that its node goes back to the
+        queue; say which node, and how to keep the run's jobs off it."""
+        job = found.slurm_job
+        with self._lock:
+            self._blind.add(found.worker)
+            ours = job is not None and job in self._logs
+            again = job in self._blind_jobs  # another worker of the same job (--slurm-cores > 1)
+            if ours and not again:
+                self._blind_jobs[str(job)] = found
+        if not ours:
+            logger.warning("%s is not in a Slurm job of this run: it is given nothing, and left "
+                           "running", found.worker)
+            return
+        if again:
+            return
+        node = found.slurm_node or found.host
+        try:
+            done = subprocess.run([self._scancel, str(job)], capture_output=True, text=True,
+                                  timeout=60, check=False)
+            failed = (done.stderr.strip().splitlines() or ["exit status"])[-1] \
+                if done.returncode else ""
+        except (OSError, subprocess.SubprocessError) as exc:
+            failed = str(exc)
+        if failed:
+            logger.warning("Slurm: job %s on node %s cannot see the run's folders; cancelling it "
+                           "failed (%s): it holds the node, given nothing, until its walltime",
+                           job, node, failed)
+            return
+        logger.warning("Slurm: job %s on node %s cannot see %s: cancelled (to keep the run's "
+                       "jobs off that node: job-extra-directives: ['--exclude=%s'] in the "
+                       "jobqueue.slurm config)", job, node, ", ".join(found.unseen), node)
 
     def _queued(self, job_ids: list[str]) -> dict[str, str] | None:
         """{job id: its state and reason} of the jobs still in Slurm's queue (pending, running,
@@ -235,11 +295,11 @@ def dask_client(
     slurm: SlurmOptions | None = None,
     config_file: Path | None = None,
     timeout: float = 30.0,
-) -> Iterator[tuple[Any, Callable[[], str | None] | None]]:
-    """Yield ``(client, check)``: a ``distributed.Client`` (None when neither ``scheduler`` nor
-    ``cluster``) and, for a cluster started here, the check ``convert(cluster_check=...)`` asks
-    whether its workers can still come (else None); close the client, and a cluster started
-    here, on exit."""
+) -> Iterator[tuple[Any, SlurmWatch | None]]:
+    """Yield ``(client, watch)``: a ``distributed.Client`` (None when neither ``scheduler`` nor
+    ``cluster``) and, for a cluster started here, its :class:`SlurmWatch` (else None), whose
+    ``problem`` and ``blind_worker`` go to ``convert(cluster_check=..., on_blind_worker=...)``;
+    close the client, and a cluster started here, on exit."""
     if scheduler is None and cluster is None:
         yield None, None
         return
@@ -265,14 +325,14 @@ def dask_client(
 
 def _slurm_client(
     distributed: Any, slurm: SlurmOptions
-) -> Iterator[tuple[Any, Callable[[], str | None]]]:
+) -> Iterator[tuple[Any, SlurmWatch]]:
     from dask_jobqueue import SLURMCluster
     from dask_jobqueue.slurm import SLURMJob
 
     client: Any = None
 
-    def workers() -> int:
-        return len(client.nthreads()) if client else 0
+    def workers() -> Collection[str]:
+        return list(client.nthreads()) if client else []
 
     watch = SlurmWatch(slurm.jobs, workers)
     try:
@@ -293,6 +353,6 @@ def _slurm_client(
                         cluster.scheduler_address)
             logger.debug("Slurm job script:\n%s", cluster.job_script())
             cluster.scale(jobs=slurm.jobs)
-            yield client, watch.problem
+            yield client, watch
     finally:
         loop_log.removeFilter(quiet)

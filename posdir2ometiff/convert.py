@@ -230,7 +230,8 @@ def _check_options(opts: ConversionOptions) -> None:
 
 def convert(
     src: Path | str, out: Path | str, *, client: Any = None,
-    cluster_check: Callable[[], str | None] | None = None, **options: Any
+    cluster_check: Callable[[], str | None] | None = None,
+    on_blind_worker: Callable[[Unshared], None] | None = None, **options: Any
 ) -> ConversionResult:
     """Convert the experiment folder ``src`` into ``out`` (see :class:`ConversionOptions`).
 
@@ -240,6 +241,12 @@ def convert(
     while positions wait on the cluster (it answers at its own pace); a text means no worker can
     come any more (:class:`~posdir2ometiff.cluster.SlurmWatch`): the positions done so far go
     into the manifest, no other is started, and :class:`ClusterError` is raised with that text.
+    ``on_blind_worker``: told of each worker found unable to see ``src`` or ``out``
+    (:class:`~posdir2ometiff.dask_executor.Unshared`: where it runs) by the owner of a cluster
+    started for this run, who may stop it (:meth:`~posdir2ometiff.cluster.SlurmWatch.blind_worker`
+    cancels its Slurm job); with it, ``cluster_check`` alone says when no worker that can see
+    may come. Without it, such workers are given nothing and the run waits for others
+    ``BLIND_WAIT`` seconds at most while only they are connected.
 
     Raises :class:`LayoutError`, :class:`ConversionError` or ``MetadataError`` for problems of
     the whole run (no such folder, no positions, bad option, unreadable metadata); problems of
@@ -289,13 +296,14 @@ def convert(
         for folder in (out, out / PREVIEW_DIR):  # what a killed run left; no live writer can
             remove_stale_temporaries(folder)      # own them while we hold the lock
         return _convert_locked(src, out, opts, meta, layouts, started, client, absent,
-                               cluster_check)
+                               cluster_check, on_blind_worker)
 
 
 def _convert_locked(
     src: Path, out: Path, opts: ConversionOptions, meta: ExperimentMetadata | None,
     layouts: list, started: float, client: Any, absent: list[str],
     cluster_check: Callable[[], str | None] | None = None,
+    on_blind_worker: Callable[[Unshared], None] | None = None,
 ) -> ConversionResult:
     """The run proper, while this process holds OUT's lock."""
     from posdir2ometiff.metadata.tables import table_frames, tables_image, write_tables
@@ -371,7 +379,8 @@ def _convert_locked(
     progress_mode = opts.progress
     blind: dict[str, Unshared] = {}  # Dask workers that cannot see SRC or OUT: given nothing
     if client is not None:
-        blind = check_shared_filesystem(client, src, out)
+        blind = check_shared_filesystem(client, src, out,
+                                        more_may_come=on_blind_worker is not None)
         shares = threads_per_worker(client)
         for job in jobs:
             job.worker_threads = shares
@@ -379,7 +388,8 @@ def _convert_locked(
     with Progress(total, mode=progress_mode) as progress:
         runs = (
             _until_cluster_fails(run_jobs_dask(jobs, client, opts.fail_fast, progress, tables,
-                                               cluster_check, blind), stopped)
+                                               cluster_check, blind, on_blind_worker),
+                                 stopped)
             if client is not None
             else _run_jobs(jobs, workers, opts.fail_fast, progress, tables)
         )

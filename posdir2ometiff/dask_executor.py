@@ -39,13 +39,16 @@ What holds as in the local pool:
   (``workers=`` restrictions, distributed/scheduler.py ``valid_workers``). With only such
   workers connected, the positions wait for one that can see, :data:`BLIND_WAIT` seconds at
   most; then the run ends in one line, as it does at once when none of the workers connected at
-  its start can see them.
+  its start can see them. A cluster started for the run (``--cluster slurm``) is told of each
+  such worker instead: it cancels the worker's job, so that the node goes back to the queue's
+  other jobs, and the run waits for those as for any job still queued (cluster.py).
 
 Input and output must be on a filesystem all workers share (:func:`check_shared_filesystem`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -77,14 +80,36 @@ REPORT_INTERVAL = 0.5
 
 @dataclass(frozen=True)
 class Unshared:
-    """A position's task ran on a worker that cannot see the run's folders: not a result (a
-    dataclass, not a tuple, so that no caller unpacks it as ``(entry, detail)``)."""
+    """A worker that cannot see the run's folders, in its own words: the answer of a position's
+    task run there (not a result: a dataclass, not a tuple, so that no caller unpacks it as
+    ``(entry, detail)``), or of the run's start check.
+
+    Where it runs, so that the user can tell which machine lacks the mount: ``host`` (its host
+    name) and, for a worker in a Slurm job, ``slurm_job`` and ``slurm_node`` (``SLURM_JOB_ID``
+    and ``SLURMD_NODENAME`` of the job's environment: what ``scancel`` and ``--exclude`` take).
+    """
 
     worker: str
     unseen: tuple[str, ...]
+    host: str = ""
+    slurm_job: str | None = None
+    slurm_node: str | None = None
 
     def line(self) -> str:
-        return _unshared(self.worker, list(self.unseen))
+        on = f" on {self.host}" if self.host else ""
+        return (f"Dask worker {self.worker}{on} cannot see {', '.join(self.unseen)}: input and "
+                "output must be on a filesystem every worker shares (same path on every machine)")
+
+
+def _look(paths: list[str], dask_worker: Any = None) -> Unshared | None:
+    """Run on a worker: its :class:`Unshared` answer if it cannot see every folder of ``paths``,
+    else None (``Client.run`` passes the worker as ``dask_worker``)."""
+    unseen = tuple(p for p in paths if not os.path.isdir(p))
+    if not unseen:
+        return None
+    return Unshared(dask_worker.address if dask_worker is not None else "", unseen,
+                    socket.gethostname(), os.environ.get("SLURM_JOB_ID") or None,
+                    os.environ.get("SLURMD_NODENAME") or None)
 
 
 def run_position_task(job: PositionJob, run: str = "") -> tuple[dict, str | None] | Unshared:
@@ -96,9 +121,9 @@ def run_position_task(job: PositionJob, run: str = "") -> tuple[dict, str | None
     heap_for_plane_buffers(override=("MALLOC_TRIM_THRESHOLD_",))
     worker = get_worker()
     key = worker.get_current_task()
-    unseen = _unseen([str(job.src), str(job.out)])
-    if unseen:  # a worker that joined after the run's check (a Slurm job queued at the start)
-        return Unshared(worker.address, tuple(unseen))
+    unshared = _look([str(job.src), str(job.out)], worker)
+    if unshared is not None:  # a worker that joined after the run's check (a queued Slurm job)
+        return unshared
     if job.threads < 1:  # the caller left it to the cluster: this worker's share of its host
         share = (job.worker_threads or {}).get(worker.address)
         slots = max(1, worker.state.nthreads)
@@ -209,30 +234,23 @@ def threads_per_worker(client: Any) -> dict[str, int]:
     return shares
 
 
-def _unseen(paths: list[str]) -> list[str]:
-    """Those of the folders ``paths`` this machine cannot see."""
-    return [p for p in paths if not os.path.isdir(p)]
-
-
-def _unshared(worker: str, unseen: list[str]) -> str:
-    return (f"Dask worker {worker} cannot see {', '.join(unseen)}: input and output must be on "
-            "a filesystem every worker shares (same path on every machine)")
-
-
-def check_shared_filesystem(client: Any, src: Path, out: Path) -> dict[str, Unshared]:
+def check_shared_filesystem(client: Any, src: Path, out: Path,
+                            more_may_come: bool = False) -> dict[str, Unshared]:
     """The connected workers that cannot see ``src`` or ``out``, each warned about; one line
-    (ConversionError) when workers are connected and none of them can see both.
+    (ConversionError) when workers are connected and none of them can see both, unless
+    ``more_may_come`` (a cluster started for the run, whose other jobs may still be queued:
+    its watch says when none can come).
 
     The run gives the others its positions (:func:`run_jobs_dask`). Workers that join later (a
     Slurm job still queued: with ``--cluster slurm``, every worker) are checked by the task
     itself (:class:`Unshared`).
     """
-    answers = client.run(_unseen, [str(src), str(out)])
-    blind = {worker: unseen for worker, unseen in sorted(answers.items()) if unseen}
-    if blind and len(blind) == len(answers):
-        worker, unseen = next(iter(blind.items()))
-        raise ConversionError(_unshared(worker, unseen))
-    found = {worker: Unshared(worker, tuple(unseen)) for worker, unseen in blind.items()}
+    answers = client.run(_look, [str(src), str(out)])
+    # Named by the scheduler's address for it (the key), as the run's other calls name it.
+    found = {worker: dataclasses.replace(answer, worker=worker)
+             for worker, answer in sorted(answers.items()) if answer is not None}
+    if found and len(found) == len(answers) and not more_may_come:
+        raise ConversionError(next(iter(found.values())).line())
     for answer in found.values():
         _warn_blind(answer)
     return found
@@ -309,10 +327,11 @@ WAIT_NOTICE = 10.0
 
 
 #: Seconds a run waits with only workers that cannot see its folders connected, for one that
-#: can (a Slurm job still starting), before it ends in one line: when none of a cluster's nodes
+#: can (a worker still starting), before it ends in one line: when none of a cluster's nodes
 #: has the mount (the usual mistake: a home folder the nodes do not mount) nothing will come.
 #: A worker that joins is given a position before it is known to be blind, so each one found
-#: blind starts the wait again (Slurm jobs that start one by one).
+#: blind starts the wait again (workers that start one by one). Not for a cluster started for
+#: the run (``on_blind``): its jobs are known, and its watch says when none can come.
 BLIND_WAIT = 60.0
 
 
@@ -330,6 +349,7 @@ def run_jobs_dask(
     jobs: list[PositionJob], client: Any, fail_fast: bool, progress: Progress,
     beside: SideWork, check: Callable[[], str | None] | None = None,
     blind: dict[str, Unshared] | None = None,
+    on_blind: Callable[[Unshared], None] | None = None,
 ) -> Iterator[tuple[PositionJob, tuple[dict, str | None]]]:
     """Run each job as a task on ``client``'s cluster, yielding results as they come.
 
@@ -340,7 +360,11 @@ def run_jobs_dask(
     those its tasks find, gives them no position, and counts them as no worker at all: with
     only blind workers connected, positions wait for one that can see, as they wait for a
     worker on a cluster that has none yet, but for :data:`BLIND_WAIT` seconds at most, then
-    :class:`ClusterError`.
+    :class:`ClusterError`. ``on_blind``: told of each blind worker (those of ``blind`` first)
+    by a cluster started for the run, which may stop it (``--cluster slurm`` cancels its job:
+    :meth:`~posdir2ometiff.cluster.SlurmWatch.blind_worker`) and knows, through ``check``,
+    whether others can still come: with it, the run waits on ``check``, not on
+    :data:`BLIND_WAIT` (a job queued behind a blind one may start long after it).
     """
     from distributed import TimeoutError as DaskTimeout
     from distributed import wait
@@ -355,6 +379,9 @@ def run_jobs_dask(
     # Tasks submitted with a restriction to these workers (once a blind one is known).
     allowed: dict[Any, frozenset[str]] = {}
     blind = dict(blind or {})
+    for known in blind.values():
+        if on_blind is not None:
+            on_blind(known)
     seeing, _ = _seeing(client, blind)
     blind_only_since: float | None = None  # only blind workers connected since
     run = uuid.uuid4().hex[:12]
@@ -410,6 +437,8 @@ def run_jobs_dask(
                         seeing.pop(outcome.worker, None)
                         blind_here.append(outcome.worker)
                         _warn_blind(outcome)
+                        if on_blind is not None:
+                            on_blind(outcome)
                     todo.appendleft(job)
                     continue
                 entry, detail = outcome
@@ -429,7 +458,7 @@ def run_jobs_dask(
                     client.cancel([fut])
                     todo.appendleft(futures.pop(fut))
             problem = check() if check is not None else None
-            if seeing or not blind_here:
+            if seeing or not blind_here or on_blind is not None:
                 blind_only_since = None
             elif blind_only_since is None:
                 blind_only_since = time.monotonic()

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -510,15 +511,27 @@ def test_workers_that_cannot_see_the_folders_are_named(caplog: pytest.LogCapture
                                         Path("/"))
     assert set(blind) == {"tcp://10.0.0.5:4000"}
     assert [r.getMessage() for r in caplog.records] == [
-        "Dask worker tcp://10.0.0.5:4000 cannot see /no/such/folder: input and output must be "
+        f"Dask worker tcp://10.0.0.5:4000 on {socket.gethostname()} cannot see /no/such/folder: "
+        "input and output must be "
         "on a filesystem every worker shares (same path on every machine); the run gives its "
         "positions to the other workers"]
     # None can see: one line, no run.
     with pytest.raises(ConversionError) as err:
         check_shared_filesystem(FakeClient(["/no/such/folder", "/"], ["/gone"]), Path("/"),
                                 Path("/"))
-    assert str(err.value).startswith("Dask worker tcp://10.0.0.5:4000 cannot see /no/such/folder")
+    assert str(err.value).startswith(
+        f"Dask worker tcp://10.0.0.5:4000 on {socket.gethostname()} cannot see /no/such/folder")
     assert "filesystem every worker shares" in str(err.value)
+    # None can see, but a cluster started for the run may still bring one (its queued jobs):
+    # each is warned about and left out, and its watch decides when to give up.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="posdir2ometiff"):
+        blind = check_shared_filesystem(FakeClient(["/no/such/folder", "/"], ["/gone"]),
+                                        Path("/"), Path("/"), more_may_come=True)
+    assert sorted(blind) == ["tcp://10.0.0.5:4000", "tcp://10.0.0.6:4000"]
+    assert [a.unseen for a in blind.values()] == [("/no/such/folder",), ("/gone",)]
+    assert [a.worker for a in blind.values()] == sorted(blind)  # named as the scheduler names it
+    assert len(caplog.records) == 2
 
 
 def test_a_worker_that_cannot_see_the_folders_says_so_instead_of_converting(
@@ -542,7 +555,8 @@ def test_a_worker_that_cannot_see_the_folders_says_so_instead_of_converting(
     assert isinstance(answer, Unshared) and answer.unseen == (str(gone),)
     assert answer.worker in client.nthreads()
     assert re.fullmatch(
-        rf"Dask worker tcp://127\.0\.0\.1:\d+ cannot see {re.escape(str(gone))}: input and "
+        rf"Dask worker tcp://127\.0\.0\.1:\d+ on {re.escape(socket.gethostname())} cannot see "
+        rf"{re.escape(str(gone))}: input and "
         r"output must be on a filesystem every worker shares \(same path on every machine\)",
         answer.line()), answer.line()
 
@@ -633,7 +647,8 @@ def test_a_worker_that_cannot_see_the_folders_takes_no_position_from_the_others(
         assert [(p.name, p.status) for p in result.positions] == [
             ("pos001", "ok"), ("pos002", "ok"), ("pos003", "ok")], result.positions
         assert [r.getMessage() for r in warned] == [
-            f"Dask worker {blind} cannot see {shared / 'exp'}, {shared / 'out'}: input and output "
+            f"Dask worker {blind} on {socket.gethostname()} cannot see {shared / 'exp'}, "
+            f"{shared / 'out'}: input and output "
             "must be on a filesystem every worker shares (same path on every machine); the run "
             "gives its positions to the other workers"]
         for name in ("pos001", "pos002", "pos003"):
@@ -703,7 +718,8 @@ def test_positions_for_a_lost_worker_go_to_one_that_joins_not_to_a_blind_one(
                 assert time.time() - warned[1].created >= wait - 0.5  # waited again from its answer
                 assert re.fullmatch(
                     r"no Dask worker connected to tcp://127\.0\.0\.1:\d+ can see the input and "
-                    r"output folders \(Dask worker tcp://127\.0\.0\.1:\d+ cannot see "
+                    r"output folders \(Dask worker tcp://127\.0\.0\.1:\d+ on "
+                    rf"{re.escape(socket.gethostname())} cannot see "
                     rf"{re.escape(str(spec.folder))}, {re.escape(str(shared / 'out'))}: input "
                     r"and output must be on a filesystem every worker shares \(same path on every "
                     r"machine\)\): the positions done before are in the manifest",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm_local import LocalSlurm, single_node_slurm, unavailable_reason
+from tests.slurm_local import NODE, LocalSlurm, single_node_slurm, unavailable_reason
 from tests.test_convert import assert_matches_sources
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,10 +102,18 @@ def _cli_on_slurm(tmp_path: Path, *extra: str, config: str = "") -> tuple[subpro
     jobs_logs = tmp_path / "joblogs"
     conf = _jobqueue_yaml(tmp_path, jobs_logs, config)
     out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-m", "posdir2ometiff", str(spec.folder), "-o", str(out), "--cluster",
-         "slurm", "--cluster-config", str(conf), "--slurm-cores", "1", "--slurm-memory", "1GB",
-         *extra], capture_output=True, text=True, timeout=180, check=False)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "posdir2ometiff", str(spec.folder), "-o", str(out),
+             "--cluster", "slurm", "--cluster-config", str(conf), "--slurm-cores", "1",
+             "--slurm-memory", "1GB", *extra], capture_output=True, text=True, timeout=180,
+            check=False)
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
+        queue = subprocess.run(["squeue", "-h", "-o", "%i %T %r %N"], capture_output=True,
+                               text=True, check=False)
+        pytest.fail(f"the run did not end within 180 s; it said:\n{err}\nSlurm's queue:\n"
+                    f"{queue.stdout}{queue.stderr}")
     return done, out, jobs_logs
 
 
@@ -160,8 +169,8 @@ def test_slurm_watch_tells_a_wait_from_an_end(tmp_path: Path, caplog: pytest.Log
         for suffix, text in ((".out", out), (".err", err), (".rc", str(rc))):
             Path(f"{answer}{suffix}").write_text(text)
 
-    workers = [0]
-    watch = SlurmWatch(2, lambda: workers[0], poll=0, squeue=str(squeue))
+    connected: list[str] = []
+    watch = SlurmWatch(2, lambda: connected, poll=0, squeue=str(squeue))
     says("")
     assert watch.problem() is None  # nothing submitted yet: still submitting
     watch.refused(RuntimeError("Command exited\nstderr:\nsbatch: error: over the limit\n"))
@@ -177,17 +186,155 @@ def test_slurm_watch_tells_a_wait_from_an_end(tmp_path: Path, caplog: pytest.Log
                      "Slurm: waiting for job(s) 11 (PENDING: PartitionConfig)"]
     says("", "slurm_load_jobs error: Unable to contact slurm controller\n", 1)
     assert watch.problem() is None  # cannot tell: go on waiting
-    workers[0] = 1
+    connected.append("tcp://10.0.0.5:4000")
     says("")
     assert watch.problem() is None  # gone from the queue, but its worker is still connected
-    workers[0] = 0
+    connected.clear()
     ended = ("Slurm job(s) 11 of this run ended and no Dask worker is left to convert the "
              "positions: see the job log(s) /logs/dask-worker-11.err")
     assert watch.problem() == ended
     says("", "slurm_load_jobs error: Invalid job id specified\n", 1)
     assert watch.problem() == ended
-    refused = SlurmWatch(1, lambda: 0, poll=0, squeue=str(squeue))
+    refused = SlurmWatch(1, lambda: [], poll=0, squeue=str(squeue))
     refused.refused(RuntimeError("stderr:\nsbatch: error: invalid partition specified: x\n"
                                  "sbatch: error: Batch job submission failed: Invalid partition"))
     assert refused.problem() == ("Slurm refused the worker job: sbatch: error: Batch job "
                                  "submission failed: Invalid partition")
+
+
+def test_slurm_watch_cancels_the_job_of_a_worker_that_cannot_see_the_folders(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker the run found blind counts as none, and its job (this run's, by the id in its
+    environment) is cancelled with ``scancel``, the node named with how to keep jobs off it;
+    the run then waits for the jobs still queued, and ends, naming the node, once all have
+    left the queue. A worker of no job of this run is not cancelled, and a failing ``scancel``
+    is said. (``squeue`` and ``scancel`` are stand-in scripts here.)"""
+    from posdir2ometiff.cluster import SlurmWatch
+    from posdir2ometiff.dask_executor import Unshared
+
+    answer, cancelled = tmp_path / "answer", tmp_path / "cancelled"
+    squeue, scancel = tmp_path / "squeue", tmp_path / "scancel"
+    squeue.write_text(f"#!/bin/sh\ncat {answer}\n")
+    scancel.write_text(f"#!/bin/sh\necho \"$@\" >> {cancelled}\n"
+                       f"[ \"$1\" = 13 ] && {{ echo 'scancel: error: Access denied' >&2; exit 1; }}\n"
+                       "exit 0\n")
+    for script in (squeue, scancel):
+        script.chmod(0o755)
+    connected = ["tcp://10.0.0.5:4000"]
+    watch = SlurmWatch(3, lambda: connected, poll=0, squeue=str(squeue), scancel=str(scancel))
+    for job in ("11", "12", "13"):
+        watch.submitted(job, f"/logs/dask-worker-{job}.err")
+    caplog.set_level("INFO", logger="posdir2ometiff")
+    answer.write_text("11|RUNNING|None\n12|PENDING|Resources\n13|RUNNING|None\n")
+    assert watch.problem() is None
+    blind = Unshared("tcp://10.0.0.5:4000", ("/shared/exp", "/shared/out"), "n5.cluster", "11",
+                     "n5")
+    watch.blind_worker(blind)
+    assert cancelled.read_text() == "11\n"
+    # The job's other worker (a job of several processes): its job is not cancelled twice.
+    watch.blind_worker(Unshared("tcp://10.0.0.5:4001", blind.unseen, "n5.cluster", "11", "n5"))
+    assert cancelled.read_text() == "11\n"
+    assert caplog.records[-1].getMessage() == (
+        "Slurm: job 11 on node n5 cannot see /shared/exp, /shared/out: cancelled (to keep the "
+        "run's jobs off that node: job-extra-directives: ['--exclude=n5'] in the jobqueue.slurm "
+        "config)")
+    # Still connected while its job ends: no worker that can see; job 12 still queued: wait.
+    answer.write_text("11|COMPLETING|None\n12|PENDING|Resources\n")
+    assert watch.problem() is None
+    assert "Slurm: waiting for job(s) 11 (COMPLETING), 12 (PENDING: Resources)" in caplog.text
+    # A worker that is not in a job of this run: counted as none, not cancelled.
+    watch.blind_worker(Unshared("tcp://10.0.0.9:4000", ("/shared/out",), "n9", "99", "n9"))
+    assert cancelled.read_text() == "11\n"
+    assert caplog.records[-1].getMessage() == (
+        "tcp://10.0.0.9:4000 is not in a Slurm job of this run: it is given nothing, and left "
+        "running")
+    # Job 13's worker: scancel refuses, and the run says what it holds.
+    watch.blind_worker(Unshared("tcp://10.0.0.7:4000", ("/shared/out",), "n7", "13", "n7"))
+    assert caplog.records[-1].getMessage() == (
+        "Slurm: job 13 on node n7 cannot see the run's folders; cancelling it failed (scancel: "
+        "error: Access denied): it holds the node, given nothing, until its walltime")
+    # Job 12 started and its worker joined: a worker that can see.
+    connected[:] = ["tcp://10.0.0.5:4000", "tcp://10.0.0.9:4000", "tcp://10.0.0.6:4000"]
+    answer.write_text("12|RUNNING|None\n")
+    assert watch.problem() is None
+    # All jobs gone, no worker: the end, with the nodes that could not see.
+    connected[:] = []
+    answer.write_text("")
+    assert watch.problem() == (
+        "Slurm job(s) 11, 12, 13 of this run ended and no Dask worker is left to convert the "
+        "positions: job(s) 11, 13 ran on node(s) n5, n7, which cannot see /shared/exp, "
+        "/shared/out; see the job log(s) /logs/dask-worker-11.err; "
+        "/logs/dask-worker-12.err; /logs/dask-worker-13.err")
+
+
+def _blind_python(tmp_path: Path, hidden: Path, first_only: bool) -> Path:
+    """dask-jobqueue's ``python`` for a run whose worker jobs start where ``hidden`` is not
+    mounted (a tmpfs over it, in a mount namespace of the job's own): the first job only, or
+    every job. As on a cluster where some nodes lack the lab's share."""
+    script = tmp_path / "python-on-a-node"
+    mark = tmp_path / "first-job-started"
+    blind = (f"exec unshare --mount --propagation private sh -c "
+             f"'mount -t tmpfs blind \"$0\" && exec \"$@\"' {hidden} {sys.executable} \"$@\"\n")
+    script.write_text("#!/bin/sh\n" + (f"if mkdir {mark} 2>/dev/null; then\n  {blind}fi\n"
+                                       f"exec {sys.executable} \"$@\"\n" if first_only
+                                       else blind))
+    script.chmod(0o755)
+    return script
+
+
+def _one_job_at_a_time() -> list[str]:
+    """Options for worker jobs that each take the whole node: the next job waits in the queue
+    until the one before has ended (as on a busy cluster)."""
+    return ["--slurm-cores", str(os.cpu_count() or 1), "--slurm-jobs", "2",
+            "--slurm-walltime", "00:30:00"]
+
+
+@pytest.mark.skipif(subprocess.run(["unshare", "--mount", "true"], capture_output=True,
+                                   check=False).returncode != 0,
+                    reason="unshare --mount is not allowed here (a node without the folders)")
+@pytest.mark.parametrize("every_node", [False, True], ids=["one node", "every node"])
+def test_a_job_on_a_node_without_the_folders_is_cancelled_for_the_jobs_queued_behind_it(
+    slurm: LocalSlurm, tmp_path: Path, every_node: bool
+) -> None:
+    """The first worker job starts on a node that does not mount the folders; the second waits
+    in the queue behind it. The run gives the blind job's workers nothing, cancels the job (it
+    held the node, given nothing, until its walltime, and the run gave up after BLIND_WAIT
+    while the second job was still queued), and the second job converts every position. Where
+    every job lands on such a node, the run ends in one line naming the node, once all have
+    been cancelled."""
+    python = _blind_python(tmp_path, tmp_path, first_only=not every_node)
+    done, out, logs = _cli_on_slurm(tmp_path, *_one_job_at_a_time(),
+                                    config=f"    python: {python}\n")
+    exp = tmp_path / "exp"
+    unseen = f"{exp}, {out}"
+    cancels = re.findall(
+        rf"Slurm: job (\d+) on node {NODE} cannot see {re.escape(unseen)}: cancelled \(to keep "
+        rf"the run's jobs off that node: job-extra-directives: \['--exclude={NODE}'\] in the "
+        r"jobqueue.slurm config\)", done.stderr)
+    blind_lines = [ln for ln in done.stderr.splitlines() if "cannot see" in ln
+                   and "Slurm:" not in ln and "error:" not in ln]
+    assert blind_lines, done.stderr
+    for line in blind_lines:  # each blind worker, once, named with its host
+        assert re.fullmatch(
+            rf"WARNING: Dask worker tcp://127\.0\.0\.1:\d+ on {re.escape(socket.gethostname())} "
+            rf"cannot see {re.escape(unseen)}: input and output must be on a filesystem every "
+            r"worker shares \(same path on every machine\); the run gives its positions to the "
+            r"other workers", line), line
+    if not every_node:
+        assert done.returncode == 0, done.stderr
+        assert len(cancels) == 1, done.stderr
+        assert "2 converted, 0 up to date, 0 failed" in done.stderr
+        for name in ("pos001", "pos002"):
+            assert_matches_sources(out, exp, name)
+        assert "CANCELLED" in (logs / f"dask-worker-{cancels[0]}.err").read_text()
+        return
+    assert done.returncode == 1, done.stderr
+    assert len(cancels) == 2, done.stderr
+    first, second = sorted(cancels, key=int)
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"posdir2ometiff: error: Slurm job(s) {first}, {second} of this run ended and no Dask "
+        f"worker is left to convert the positions: job(s) {first}, {second} ran on node(s) "
+        f"{NODE}, which cannot see {unseen}; see the job log(s) {logs}/dask-worker-{first}.err; "
+        f"{logs}/dask-worker-{second}.err")
+    assert json.loads((out / "manifest.json").read_text())["positions"] == {}

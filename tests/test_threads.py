@@ -749,7 +749,8 @@ def test_threads_asked_for_bind_the_positions_of_a_cluster_too(
                      metadata=False)
     seen: list[tuple[int, bool]] = []
 
-    def run_inline(jobs, client, fail_fast, progress, beside, check=None, blind=None):
+    def run_inline(jobs, client, fail_fast, progress, beside, check=None, blind=None,
+                   on_blind=None):
         # What the driver sends; here the positions then run in this process, a worker's
         # choice (its share of its host) standing in for 0.
         seen.extend((j.threads, j.io_helper) for j in jobs)
@@ -758,7 +759,8 @@ def test_threads_asked_for_bind_the_positions_of_a_cluster_too(
         return convert_mod._run_jobs(jobs, 1, fail_fast, progress, beside)
 
     monkeypatch.setattr(convert_mod, "preload_workers", lambda client: None)
-    monkeypatch.setattr(convert_mod, "check_shared_filesystem", lambda client, src, out: {})
+    monkeypatch.setattr(convert_mod, "check_shared_filesystem",
+                        lambda client, src, out, more_may_come=False: {})
     monkeypatch.setattr(convert_mod, "threads_per_worker", lambda client: {})
     monkeypatch.setattr(convert_mod, "run_jobs_dask", run_inline)
     assert convert(spec.folder, tmp_path / "out", client=object(), threads=threads,
