@@ -379,9 +379,8 @@ def run_jobs_dask(
     # Tasks submitted with a restriction to these workers (once a blind one is known).
     allowed: dict[Any, frozenset[str]] = {}
     blind = dict(blind or {})
-    for known in blind.values():
-        if on_blind is not None:
-            on_blind(known)
+    for known in blind.values() if on_blind is not None else ():
+        on_blind(known)
     seeing, _ = _seeing(client, blind)
     blind_only_since: float | None = None  # only blind workers connected since
     run = uuid.uuid4().hex[:12]
