@@ -112,6 +112,25 @@ def _look(paths: list[str], dask_worker: Any = None) -> Unshared | None:
                     os.environ.get("SLURMD_NODENAME") or None)
 
 
+def _slurm_job_id() -> str | None:
+    """Run on a worker: the Slurm job it runs in, if any."""
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def _same_job(client: Any, found: Unshared) -> set[str]:
+    """``found``'s worker and the others of its Slurm job (a job of several worker processes,
+    all on its node): the workers that go when a cluster that owns the job cancels it."""
+    doomed = {found.worker}
+    if found.slurm_job is None:
+        return doomed
+    from distributed.comm import get_address_host
+
+    host = get_address_host(found.worker)
+    near = [w for w in client.nthreads() if get_address_host(w) == host]
+    ids = client.run(_slurm_job_id, workers=near, on_error="return")
+    return doomed | {w for w, job in ids.items() if job == found.slurm_job}
+
+
 def run_position_task(job: PositionJob, run: str = "") -> tuple[dict, str | None] | Unshared:
     """The task a Dask worker runs for one position (module-level: importable by workers);
     ``run`` names the run in its progress events."""
@@ -385,6 +404,7 @@ def run_jobs_dask(
     blind_only_since: float | None = None  # only blind workers connected since
     run = uuid.uuid4().hex[:12]
     tries: dict[str, int] = {}  # submissions of each position: each its own task key
+    order = {job.layout.name: i for i, job in enumerate(jobs)}
     _listen(client, run, events)
 
     def submit(job: PositionJob) -> Any:
@@ -398,6 +418,25 @@ def run_jobs_dask(
         if where:
             allowed[fut] = frozenset(seeing)
         return fut
+
+    def take_back(found: Unshared) -> None:
+        # The owner of the cluster is about to stop found's job: the positions its other
+        # workers hold (sent there before they were known blind; a task's first seconds on a
+        # new worker are its imports) come back first. A task whose worker dies counts toward
+        # the scheduler's allowed-failures, and a few blind jobs cancelled one after another
+        # made a position fail with KilledWorker (seen in CI).
+        doomed = _same_job(client, found)
+        for worker in doomed - set(blind):
+            blind[worker] = dataclasses.replace(found, worker=worker)
+            seeing.pop(worker, None)
+        held = {key for keys in client.processing(sorted(doomed)).values() for key in keys}
+        back = [fut for fut in pending if fut.key in held]
+        if back:
+            client.cancel(back)  # the scheduler has let go of them when this returns
+            for fut in sorted(back, key=lambda f: order[futures[f].layout.name], reverse=True):
+                pending.discard(fut)
+                allowed.pop(fut, None)
+                todo.appendleft(futures.pop(fut))
 
     def slots() -> int:
         # With no worker at all, one task waits in the scheduler for the first to join; with
@@ -431,14 +470,15 @@ def run_jobs_dask(
                 # collected (a run's frames can sit in reference cycles until the next GC).
                 fut.release()
                 if isinstance(outcome, Unshared):  # not done: again, on a worker that can see
+                    todo.appendleft(job)
                     if outcome.worker not in blind:
                         blind[outcome.worker] = outcome
                         seeing.pop(outcome.worker, None)
                         blind_here.append(outcome.worker)
                         _warn_blind(outcome)
                         if on_blind is not None:
+                            take_back(outcome)
                             on_blind(outcome)
-                    todo.appendleft(job)
                     continue
                 entry, detail = outcome
                 if entry["status"] == "ok":
