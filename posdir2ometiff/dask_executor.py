@@ -430,13 +430,18 @@ def run_jobs_dask(
             blind[worker] = dataclasses.replace(found, worker=worker)
             seeing.pop(worker, None)
         held = {key for keys in client.processing(sorted(doomed)).values() for key in keys}
-        back = [fut for fut in pending if fut.key in held]
-        if back:
-            client.cancel(back)  # the scheduler has let go of them when this returns
-            for fut in sorted(back, key=lambda f: order[futures[f].layout.name], reverse=True):
-                pending.discard(fut)
-                allowed.pop(fut, None)
-                todo.appendleft(futures.pop(fut))
+        requeue([fut for fut in pending if fut.key in held])
+
+    def requeue(back: list[Any]) -> None:
+        """Cancel these pending tasks and put their positions back at the head of the queue,
+        in the run's order (each is submitted again under a key of its own)."""
+        if not back:
+            return
+        client.cancel(back)  # the scheduler has let go of them when this returns
+        for fut in sorted(back, key=lambda f: order[futures[f].layout.name], reverse=True):
+            pending.discard(fut)
+            allowed.pop(fut, None)
+            todo.appendleft(futures.pop(fut))
 
     def slots() -> int:
         # With no worker at all, one task waits in the scheduler for the first to join; with
@@ -488,14 +493,10 @@ def run_jobs_dask(
                     stop = True
                     logger.warning("--fail-fast: no further position is started")
             connected = {*seeing, *blind_here}
-            for fut, workers in list(allowed.items()):
-                # Every worker it may run on is gone (the scheduler would hold it for ever):
-                # again, on the workers there are now.
-                if fut in pending and not workers & connected:
-                    pending.discard(fut)
-                    del allowed[fut]
-                    client.cancel([fut])
-                    todo.appendleft(futures.pop(fut))
+            # Tasks every worker they may run on is gone from (the scheduler would hold them
+            # for ever): again, on the workers there are now.
+            requeue([fut for fut, workers in allowed.items()
+                     if fut in pending and not workers & connected])
             problem = check() if check is not None else None
             if seeing or not blind_here or on_blind is not None:
                 blind_only_since = None
